@@ -1,0 +1,59 @@
+//! Condition types and reasons written to `status.conditions`.
+//!
+//! `Ready` summarises the others. Its reasons keep the Go operator's vocabulary so that
+//! existing alerts and `kubectl wait` scripts keep working; the per-area conditions
+//! (`CloudReady`, `TunnelReady`, `DNSReady`) say which part is not there yet.
+
+/// The summary condition: the public endpoint works for every listed forward.
+pub const READY: &str = "Ready";
+/// Every GCP resource of the Gateway exists and the VM reports itself ready.
+pub const CLOUD_READY: &str = "CloudReady";
+/// The Lease holder's link pod has a recent WireGuard handshake with the VM.
+pub const TUNNEL_READY: &str = "TunnelReady";
+/// The external-dns `DNSEndpoint` for `spec.dnsHostnames` is published (informational:
+/// it never holds `Ready` back).
+pub const DNS_READY: &str = "DNSReady";
+
+/// Reasons shared with the Go operator.
+pub mod reasons {
+    /// Address provisioned and the tunnel is up.
+    pub const READY: &str = "Ready";
+    /// Waiting for cloud resources or the tunnel.
+    pub const PROVISIONING: &str = "Provisioning";
+    /// A reconcile step failed; the message names the step and the error.
+    pub const RECONCILE_FAILED: &str = "ReconcileFailed";
+    /// The Gateway is being deleted and its cloud resources are draining.
+    pub const TERMINATING: &str = "Terminating";
+    /// A forward targets a namespace that does not exist.
+    pub const TARGET_NAMESPACE_NOT_FOUND: &str = "TargetNamespaceNotFound";
+    /// A forward targets another namespace that has not consented with the label
+    /// `wgnet.dev/allow-gateway-ingress=true`.
+    pub const CROSS_NAMESPACE_FORWARD_DENIED: &str = "CrossNamespaceForwardDenied";
+    /// A forward's Service does not exist (yet).
+    pub const SERVICE_NOT_FOUND: &str = "ServiceNotFound";
+    /// A forward's Service has no ClusterIP to DNAT to (ExternalName or headless).
+    pub const UNSUPPORTED_SERVICE_TYPE: &str = "UnsupportedServiceType";
+    /// A forward's Service does not publish the target port for the protocol.
+    pub const TARGET_PORT_NOT_LISTENING: &str = "TargetPortNotListening";
+
+    /// Every reason above, for exhaustive checks in tests and docs.
+    pub const ALL: &[&str] = &[
+        READY,
+        PROVISIONING,
+        RECONCILE_FAILED,
+        TERMINATING,
+        TARGET_NAMESPACE_NOT_FOUND,
+        CROSS_NAMESPACE_FORWARD_DENIED,
+        SERVICE_NOT_FOUND,
+        UNSUPPORTED_SERVICE_TYPE,
+        TARGET_PORT_NOT_LISTENING,
+    ];
+}
+
+/// Messages of the `Ready` condition shared with the Go operator.
+pub mod messages {
+    /// `Ready=True`.
+    pub const READY: &str = "gateway address provisioned and active link tunnel up";
+    /// `Ready=False` while provisioning.
+    pub const PROVISIONING: &str = "waiting for gateway address and active link tunnel";
+}

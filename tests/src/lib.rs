@@ -1,0 +1,16 @@
+//! Test infrastructure shared by every crate of the workspace.
+//!
+//! This library depends on no project crate, so any crate can dev-depend on it. It holds
+//! the pieces that stand in for what these machines lack: today the CRD schema validator
+//! (the API server's admission checks); the GCP emulator, the stand-in Kubernetes API
+//! server and the network-namespace harness join it in later issues.
+
+pub mod crd_schema;
+
+/// Path of the repository root, for tests that read `crds/` and `testdata/`.
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate lives one level below the repository root")
+        .to_path_buf()
+}
