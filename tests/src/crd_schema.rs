@@ -84,7 +84,10 @@ impl SchemaValidator {
     /// Compiles the schema of `version` from a CRD given as JSON. Fails if a CEL rule or a
     /// pattern does not compile, as the API server refuses such a CRD.
     pub fn from_crd(crd: &Value, version: &str) -> Result<Self, SchemaError> {
-        let versions = crd["spec"]["versions"].as_array().cloned().unwrap_or_default();
+        let versions = crd["spec"]["versions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         let v = versions
             .iter()
             .find(|v| v["name"] == version)
@@ -134,7 +137,9 @@ impl SchemaValidator {
         // when the value constraints already failed, which keeps messages focused.
         if errors.is_empty() {
             let old = old.map(|o| self.apply_defaults(o));
-            if let Err(cel_errors) = self.cel.validate_compiled(&self.compiled, &defaulted, old.as_ref())
+            if let Err(cel_errors) =
+                self.cel
+                    .validate_compiled(&self.compiled, &defaulted, old.as_ref())
             {
                 errors.extend(cel_errors.iter().map(|e| FieldError {
                     path: e.field_path.clone(),
@@ -155,7 +160,14 @@ impl SchemaValidator {
         errors
     }
 
-    fn check(&self, node: &Value, value: &Value, path: String, root: bool, out: &mut Vec<FieldError>) {
+    fn check(
+        &self,
+        node: &Value,
+        value: &Value,
+        path: String,
+        root: bool,
+        out: &mut Vec<FieldError>,
+    ) {
         let err = |out: &mut Vec<FieldError>, message: String| {
             out.push(FieldError {
                 path: path.clone(),
@@ -171,7 +183,14 @@ impl SchemaValidator {
         }
         if value.is_null() {
             if node.get("nullable") != Some(&Value::Bool(true)) {
-                err(out, format!("Invalid value: \"null\": {} in body must be of type {}", display(&path), type_name(node)));
+                err(
+                    out,
+                    format!(
+                        "Invalid value: \"null\": {} in body must be of type {}",
+                        display(&path),
+                        type_name(node)
+                    ),
+                );
             }
             return;
         }
@@ -189,7 +208,15 @@ impl SchemaValidator {
             _ => false,
         };
         if !type_ok {
-            err(out, format!("Invalid value: \"{}\": {} in body must be of type {}", json_type(value), display(&path), type_name(node)));
+            err(
+                out,
+                format!(
+                    "Invalid value: \"{}\": {} in body must be of type {}",
+                    json_type(value),
+                    display(&path),
+                    type_name(node)
+                ),
+            );
             return;
         }
 
@@ -197,7 +224,13 @@ impl SchemaValidator {
             && !allowed.contains(value)
         {
             let list: Vec<String> = allowed.iter().map(Value::to_string).collect();
-            err(out, format!("Unsupported value: {value}: supported values: {}", list.join(", ")));
+            err(
+                out,
+                format!(
+                    "Unsupported value: {value}: supported values: {}",
+                    list.join(", ")
+                ),
+            );
         }
 
         match value {
@@ -206,13 +239,27 @@ impl SchemaValidator {
                 if let Some(min) = node.get("minimum").and_then(Value::as_f64) {
                     let exclusive = node.get("exclusiveMinimum") == Some(&Value::Bool(true));
                     if x < min || (exclusive && x == min) {
-                        err(out, format!("Invalid value: {value}: {} in body should be greater than or equal to {}", display(&path), num(min)));
+                        err(
+                            out,
+                            format!(
+                                "Invalid value: {value}: {} in body should be greater than or equal to {}",
+                                display(&path),
+                                num(min)
+                            ),
+                        );
                     }
                 }
                 if let Some(max) = node.get("maximum").and_then(Value::as_f64) {
                     let exclusive = node.get("exclusiveMaximum") == Some(&Value::Bool(true));
                     if x > max || (exclusive && x == max) {
-                        err(out, format!("Invalid value: {value}: {} in body should be less than or equal to {}", display(&path), num(max)));
+                        err(
+                            out,
+                            format!(
+                                "Invalid value: {value}: {} in body should be less than or equal to {}",
+                                display(&path),
+                                num(max)
+                            ),
+                        );
                     }
                 }
             }
@@ -221,7 +268,13 @@ impl SchemaValidator {
                 if let Some(min) = node.get("minLength").and_then(Value::as_u64)
                     && len < min
                 {
-                    err(out, format!("Invalid value: {value}: {} in body should be at least {min} chars long", display(&path)));
+                    err(
+                        out,
+                        format!(
+                            "Invalid value: {value}: {} in body should be at least {min} chars long",
+                            display(&path)
+                        ),
+                    );
                 }
                 if let Some(max) = node.get("maxLength").and_then(Value::as_u64)
                     && len > max
@@ -232,7 +285,13 @@ impl SchemaValidator {
                     && let Some(re) = self.patterns.get(p)
                     && !re.is_match(s)
                 {
-                    err(out, format!("Invalid value: {value}: {} in body should match '{p}'", display(&path)));
+                    err(
+                        out,
+                        format!(
+                            "Invalid value: {value}: {} in body should match '{p}'",
+                            display(&path)
+                        ),
+                    );
                 }
             }
             Value::Array(items) => {
@@ -240,7 +299,13 @@ impl SchemaValidator {
                 if let Some(min) = node.get("minItems").and_then(Value::as_u64)
                     && n < min
                 {
-                    err(out, format!("Invalid value: {n}: {} in body should have at least {min} items", display(&path)));
+                    err(
+                        out,
+                        format!(
+                            "Invalid value: {n}: {} in body should have at least {min} items",
+                            display(&path)
+                        ),
+                    );
                 }
                 if let Some(max) = node.get("maxItems").and_then(Value::as_u64)
                     && n > max
@@ -269,7 +334,8 @@ impl SchemaValidator {
                             .unwrap_or_default();
                         let mut seen = BTreeSet::new();
                         for (i, item) in items.iter().enumerate() {
-                            let key: Vec<String> = keys.iter().map(|k| item[*k].to_string()).collect();
+                            let key: Vec<String> =
+                                keys.iter().map(|k| item[*k].to_string()).collect();
                             if !seen.insert(key.clone()) {
                                 out.push(FieldError {
                                     path: format!("{path}[{i}]"),
@@ -293,9 +359,21 @@ impl SchemaValidator {
         }
     }
 
-    fn check_object(&self, node: &Value, fields: &Map<String, Value>, path: &str, root: bool, out: &mut Vec<FieldError>) {
+    fn check_object(
+        &self,
+        node: &Value,
+        fields: &Map<String, Value>,
+        path: &str,
+        root: bool,
+        out: &mut Vec<FieldError>,
+    ) {
         let props = node.get("properties").and_then(Value::as_object);
-        for req in node.get("required").and_then(Value::as_array).into_iter().flatten() {
+        for req in node
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             if let Some(name) = req.as_str()
                 && !fields.contains_key(name)
             {
@@ -330,7 +408,10 @@ impl SchemaValidator {
     }
 }
 
-fn collect_patterns(node: &Value, out: &mut HashMap<String, regex::Regex>) -> Result<(), SchemaError> {
+fn collect_patterns(
+    node: &Value,
+    out: &mut HashMap<String, regex::Regex>,
+) -> Result<(), SchemaError> {
     match node {
         Value::Object(map) => {
             if let Some(Value::String(p)) = map.get("pattern")
@@ -360,7 +441,11 @@ fn collect_patterns(node: &Value, out: &mut HashMap<String, regex::Regex>) -> Re
 }
 
 fn join(path: &str, name: &str) -> String {
-    if path.is_empty() { name.to_owned() } else { format!("{path}.{name}") }
+    if path.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{path}.{name}")
+    }
 }
 
 fn display(path: &str) -> &str {
@@ -368,7 +453,10 @@ fn display(path: &str) -> &str {
 }
 
 fn type_name(node: &Value) -> String {
-    node.get("type").and_then(Value::as_str).unwrap_or("int-or-string").to_owned()
+    node.get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("int-or-string")
+        .to_owned()
 }
 
 fn json_type(v: &Value) -> &'static str {
@@ -385,7 +473,11 @@ fn json_type(v: &Value) -> &'static str {
 
 /// Prints `65535.0` as `65535`, as the API server does.
 fn num(x: f64) -> String {
-    if x.fract() == 0.0 && x.abs() < 1e15 { format!("{}", x as i64) } else { x.to_string() }
+    if x.fract() == 0.0 && x.abs() < 1e15 {
+        format!("{}", x as i64)
+    } else {
+        x.to_string()
+    }
 }
 
 #[cfg(test)]
@@ -431,7 +523,10 @@ mod tests {
         assert!(text.contains("spec.name: Invalid value: \"ABC\""), "{text}");
         assert!(text.contains("spec.tags[1]: Duplicate value"), "{text}");
         assert!(text.contains("spec.tags: Too many: 3"), "{text}");
-        assert!(text.contains("spec.mode: Unsupported value: \"c\""), "{text}");
+        assert!(
+            text.contains("spec.mode: Unsupported value: \"c\""),
+            "{text}"
+        );
         assert!(text.contains("unknown field \"spec.extra\""), "{text}");
         let missing = v.validate(&json!({"spec": {}}), None);
         assert_eq!(messages(&missing), vec!["spec.port: Required value"]);
@@ -443,11 +538,17 @@ mod tests {
         let v = validator();
         let errs = v.validate(&json!({"spec": {"port": 7}}), None);
         assert_eq!(messages(&errs), vec!["spec: port and other must differ"]);
-        assert!(v.validate(&json!({"spec": {"port": 8, "name": "a"}}), None).is_empty());
+        assert!(
+            v.validate(&json!({"spec": {"port": 8, "name": "a"}}), None)
+                .is_empty()
+        );
         let old = json!({"spec": {"port": 8, "name": "a"}});
         let errs = v.validate(&json!({"spec": {"port": 8, "name": "b"}}), Some(&old));
         assert_eq!(messages(&errs), vec!["spec.name: name is immutable"]);
-        assert_eq!(v.apply_defaults(&json!({"spec": {"port": 1}}))["spec"]["other"], json!(7));
+        assert_eq!(
+            v.apply_defaults(&json!({"spec": {"port": 1}}))["spec"]["other"],
+            json!(7)
+        );
     }
 
     /// A rule that does not compile makes the whole schema unusable, as the API server

@@ -14,7 +14,7 @@ pub use egress_gateway::{
     ConfigSecretRef, EgressForward, EgressGateway, EgressGatewaySpec, EgressGatewayStatus,
 };
 pub use gateway::{
-    Forward, ForwardStatus, GcpSpec, GcpStatus, Gateway, GatewaySpec, GatewayStatus, LinkSpec,
+    Forward, ForwardStatus, Gateway, GatewaySpec, GatewayStatus, GcpSpec, GcpStatus, LinkSpec,
     PendingOperation, Provider, WireguardSpec,
 };
 

@@ -18,8 +18,7 @@ pub const DNS1123_SUBDOMAIN: &str =
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 
 /// A fully qualified host name with at least two labels, optionally a leading `*.` wildcard.
-pub const FQDN: &str =
-    r"^(\*\.)?([a-z0-9]([-a-z0-9]*[a-z0-9])?\.)+[a-z]([-a-z0-9]*[a-z0-9])?\.?$";
+pub const FQDN: &str = r"^(\*\.)?([a-z0-9]([-a-z0-9]*[a-z0-9])?\.)+[a-z]([-a-z0-9]*[a-z0-9])?\.?$";
 
 /// A Go-style duration made of integer amounts of h, m, s or ms, such as `10s` or `1m30s`.
 pub const DURATION: &str = r"^([0-9]+(h|m|s|ms))+$";

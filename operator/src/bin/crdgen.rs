@@ -41,5 +41,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    if stale { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+    if stale {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }

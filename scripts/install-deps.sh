@@ -1,0 +1,28 @@
+#!/bin/sh
+# Installs the Debian/Ubuntu packages the build and tests need, only those missing.
+# Idempotent and quiet when everything is present; needs root (or sudo) otherwise.
+set -eu
+
+# Packages by purpose; later issues add to this list (nftables, iproute2, wireguard tools).
+PACKAGES="gcc libc6-dev pkg-config ca-certificates"
+
+missing=""
+for p in $PACKAGES; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -z "$missing" ]; then
+    exit 0
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then SUDO=sudo; else
+        echo "install-deps: missing packages:$missing; run as root or install them first" >&2
+        exit 1
+    fi
+else
+    SUDO=
+fi
+echo "install-deps: installing$missing"
+$SUDO apt-get update -qq
+# shellcheck disable=SC2086 # word splitting of the package list is intended
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing
