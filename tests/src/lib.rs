@@ -5,6 +5,7 @@
 //! (the API server's admission checks); the GCP emulator, the stand-in Kubernetes API
 //! server and the network-namespace harness join it in later issues.
 
+pub mod apiserver;
 pub mod crd_schema;
 
 /// Path of the repository root, for tests that read `crds/` and `testdata/`.
