@@ -4,14 +4,16 @@
 set -eu
 
 # Packages by purpose; later issues add to this list (nftables, iproute2, wireguard tools).
-PACKAGES="gcc libc6-dev pkg-config ca-certificates"
+PACKAGES="gcc libc6-dev pkg-config ca-certificates python3"
+python3 -m pip --version >/dev/null 2>&1 || PACKAGES="$PACKAGES python3-pip"
 
 missing=""
 for p in $PACKAGES; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
 done
+here=$(dirname "$0")
 if [ -z "$missing" ]; then
-    exit 0
+    exec "$here/install-kube-tools.sh"
 fi
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -26,3 +28,4 @@ echo "install-deps: installing$missing"
 $SUDO apt-get update -qq
 # shellcheck disable=SC2086 # word splitting of the package list is intended
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing
+exec "$here/install-kube-tools.sh"

@@ -1,9 +1,9 @@
 //! Test infrastructure shared by every crate of the workspace.
 //!
 //! This library depends on no project crate, so any crate can dev-depend on it. It holds
-//! the pieces that stand in for what these machines lack: today the CRD schema validator
-//! (the API server's admission checks); the GCP emulator, the stand-in Kubernetes API
-//! server and the network-namespace harness join it in later issues.
+//! the pieces that stand in for what these machines lack: the CRD schema validator (the API
+//! server's admission checks) and the stand-in Kubernetes API server built on it; the GCP
+//! emulator and the network-namespace harness join them in later issues.
 
 pub mod apiserver;
 pub mod crd_schema;

@@ -229,7 +229,9 @@ fn walk(v: &Value, path: Path, field: &str, out: &mut BTreeSet<Path>) {
 }
 
 fn item_is(item: &Value, key: &str, text: &str) -> bool {
-    item.get(key).is_some_and(|v| v.to_string() == text)
+    // The segment holds the key's JSON text; compare as JSON values, not as strings.
+    item.get(key)
+        .is_some_and(|v| serde_json::from_str::<Value>(text).is_ok_and(|t| t == *v))
 }
 
 /// The value at a path, if present.

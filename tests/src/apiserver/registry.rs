@@ -31,6 +31,8 @@ pub struct ResourceType {
     pub short_names: Vec<String>,
     /// Schema checks for custom resources (built-in kinds are not schema-checked).
     pub schema: Option<Arc<SchemaValidator>>,
+    /// Name of the CRD that serves this type; `None` for built-in kinds.
+    pub crd: Option<String>,
 }
 
 impl std::fmt::Debug for ResourceType {
@@ -59,6 +61,7 @@ impl ResourceType {
             status_subresource: status,
             short_names: short.iter().map(|s| (*s).to_owned()).collect(),
             schema: None,
+            crd: None,
         }
     }
 
@@ -316,6 +319,7 @@ impl Registry {
                     })
                     .unwrap_or_default(),
                 schema,
+                crd: Some(expected.clone()),
             });
         }
         Ok(out)
@@ -331,8 +335,7 @@ impl Registry {
 
     /// Stops serving the types of a CRD.
     pub fn uninstall(&mut self, crd_name: &str) {
-        self.types
-            .retain(|_, t| t.group.is_empty() || t.schema.is_none() || t.qualified() != crd_name);
+        self.types.retain(|_, t| t.crd.as_deref() != Some(crd_name));
     }
 
     /// `GET /api`.

@@ -655,10 +655,11 @@ impl State {
             object: obj.clone(),
             old: None,
         });
-        if rt.kind == "CustomResourceDefinition" && rt.group == "apiextensions.k8s.io" {
-            if let Some(crd) = obj["metadata"]["name"].as_str() {
-                self.registry.uninstall(crd);
-            }
+        if rt.kind == "CustomResourceDefinition"
+            && rt.group == "apiextensions.k8s.io"
+            && let Some(crd) = obj["metadata"]["name"].as_str()
+        {
+            self.registry.uninstall(crd);
         }
         self.collect_garbage();
         self.sweep_namespaces();
