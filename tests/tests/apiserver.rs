@@ -320,6 +320,27 @@ async fn watch_streams_changes_from_a_resource_version() -> TestResult {
     Ok(())
 }
 
+/// `timeoutSeconds` ends a watch stream even when nothing changes, so clients re-watch.
+#[tokio::test]
+async fn watch_ends_after_timeout_seconds() -> TestResult {
+    let (_server, client) = start().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let mut stream = cms
+        .watch(&WatchParams::default().timeout(1).disable_bookmarks(), "0")
+        .await?
+        .boxed();
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while stream.try_next().await?.is_some() {}
+        Ok::<_, kube::Error>(())
+    })
+    .await;
+    assert!(
+        matches!(ended, Ok(Ok(()))),
+        "watch did not end after timeoutSeconds: {ended:?}"
+    );
+    Ok(())
+}
+
 /// A resourceVersion older than the kept history gets 410 Gone, so clients relist.
 #[tokio::test]
 async fn watch_from_expired_version_is_gone() -> TestResult {
