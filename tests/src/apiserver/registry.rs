@@ -83,6 +83,11 @@ impl ResourceType {
         }
     }
 
+    /// Whether this is `CustomResourceDefinition` itself, whose writes change what is served.
+    pub fn is_crd_kind(&self) -> bool {
+        self.group == "apiextensions.k8s.io" && self.kind == "CustomResourceDefinition"
+    }
+
     /// Unique key of this type in the registry.
     pub fn key(&self) -> String {
         format!("{}/{}/{}", self.group, self.version, self.plural)

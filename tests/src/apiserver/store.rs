@@ -316,7 +316,7 @@ impl State {
             object: obj.clone(),
             old: None,
         });
-        if rt.kind == "CustomResourceDefinition" && rt.group == "apiextensions.k8s.io" {
+        if rt.is_crd_kind() {
             self.crd_changed(&obj);
         }
         Ok(obj)
@@ -425,10 +425,7 @@ impl State {
             object: new.clone(),
             old: Some(old),
         });
-        if rt.kind == "CustomResourceDefinition"
-            && rt.group == "apiextensions.k8s.io"
-            && sub == Sub::Main
-        {
+        if rt.is_crd_kind() && sub == Sub::Main {
             self.crd_changed(&new);
         }
         if new["metadata"]["deletionTimestamp"].is_string() && finalizers(&new).is_empty() {
@@ -655,8 +652,7 @@ impl State {
             object: obj.clone(),
             old: None,
         });
-        if rt.kind == "CustomResourceDefinition"
-            && rt.group == "apiextensions.k8s.io"
+        if rt.is_crd_kind()
             && let Some(crd) = obj["metadata"]["name"].as_str()
         {
             self.registry.uninstall(crd);
