@@ -1,5 +1,239 @@
-//! GCP provisioning for gateways: the `Cloud` trait, its REST implementation over reqwest and
-//! gcp_auth, and the VM startup-script renderer. No Kubernetes dependency.
+//! GCP provisioning for wireguard-gateway-operator, with no Kubernetes dependency.
 //!
-//! The crate is a workspace member from the start so the dependency direction
-//! (`operator -> cloud`) is fixed; its contents arrive with the GCP provisioning issue.
+//! The reconciler calls the [`Cloud`] trait; [`gcp::GcpCloud`] implements it over the Compute,
+//! IAM and Secret Manager REST APIs. Every call is non-blocking and idempotent: it advances
+//! as far as it can, records names and pending operations in [`Recorded`] (which the operator
+//! keeps in `status.gcp`), and is safe to repeat after any failure.
+//!
+//! I/O boundary: HTTP to GCP through [`api::Api`]; nothing else.
+
+pub mod api;
+pub mod error;
+pub mod gcp;
+pub mod names;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use error::CloudError;
+pub use names::GatewayId;
+
+/// Where a gateway's resources live.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// Gateway identity.
+    pub id: GatewayId,
+    /// Project id.
+    pub project: String,
+    /// Region of the address.
+    pub region: String,
+    /// Zone of the VM.
+    pub zone: String,
+}
+
+/// Transport protocol of an opened port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+/// Bytes that must never be printed (the VM's WireGuard private key).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretBytes(Vec<u8>);
+
+impl SecretBytes {
+    /// Wraps `bytes`.
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Self(bytes)
+    }
+
+    /// The bytes, for the one place that uploads them.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretBytes(<redacted>)")
+    }
+}
+
+/// The gateway as the cloud should look.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Desired {
+    /// Identity and placement.
+    pub target: Target,
+    /// Machine type, such as `e2-small`.
+    pub machine_type: String,
+    /// Boot image or family path.
+    pub image: String,
+    /// Boot disk size in GB.
+    pub disk_size_gb: i32,
+    /// Reserve a static address.
+    pub reserved_ip: bool,
+    /// Spot provisioning.
+    pub spot: bool,
+    /// WireGuard UDP port on the VM.
+    pub listen_port: u16,
+    /// Forwarded ports to open, besides `listen_port`.
+    pub ports: Vec<(u16, Protocol)>,
+    /// Source CIDRs allowed in.
+    pub source_ranges: Vec<String>,
+    /// Instance metadata (startup script and `wgnet-*` attributes); the cloud layer adds
+    /// `enable-guest-attributes` and `block-project-ssh-keys`.
+    pub metadata: BTreeMap<String, String>,
+    /// The VM's WireGuard private key, stored in Secret Manager.
+    pub vm_key: SecretBytes,
+    /// Version of the key set; a new value uploads `vm_key` as a new secret version.
+    pub key_version: i64,
+}
+
+/// A long-running Compute operation being waited on.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingOp {
+    /// The resource it acts on: `network`, `firewall`, `address` or `instance`.
+    pub resource: String,
+    /// Operation name.
+    pub name: String,
+    /// `global`, `regions/<r>` or `zones/<z>`.
+    pub scope: String,
+    /// What it does, such as `insert instance wg-...`.
+    pub description: String,
+}
+
+/// What earlier calls established; the operator keeps it in `status.gcp` and hands it back.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Recorded {
+    /// Shared VPC network name, once it exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    /// Firewall name, once it exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firewall: Option<String>,
+    /// Static address name, once reserved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address_name: Option<String>,
+    /// The public IP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Instance name, once it exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    /// Service account email, once it exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_email: Option<String>,
+    /// Secret id, once it exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// Secret version holding the current key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_version: Option<String>,
+    /// The key version stored in `secret_version`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_version: Option<i64>,
+    /// The service account can read the secret.
+    #[serde(default)]
+    pub iam_bound: bool,
+    /// Counts inserts issued, so each attempt gets its own `requestId`.
+    #[serde(default)]
+    pub attempt: u64,
+    /// Operations in flight.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<PendingOp>,
+}
+
+/// Result of [`Cloud::ensure`].
+#[derive(Debug, Default, PartialEq)]
+pub struct Progress {
+    /// What to record for the next call.
+    pub recorded: Recorded,
+    /// Every resource exists as desired and the VM is RUNNING.
+    pub ready: bool,
+    /// The public IP, once known.
+    pub address: Option<String>,
+    /// The VM's Compute status (PROVISIONING, RUNNING, TERMINATED, ...).
+    pub vm_status: Option<String>,
+    /// What is still in progress, in words.
+    pub waiting: Vec<String>,
+    /// Failures of this pass (other resources still advanced).
+    pub errors: Vec<CloudError>,
+    /// Writes this pass issued (0 on an unchanged resync).
+    pub writes: usize,
+}
+
+impl Progress {
+    /// When to call again: soon while operations run, per the first error's policy on
+    /// failure, and `None` when everything is ready.
+    pub fn requeue_after(&self) -> Option<Duration> {
+        if let Some(e) = self.errors.first() {
+            return Some(e.retry_after());
+        }
+        (!self.ready).then_some(Duration::from_secs(2))
+    }
+}
+
+/// Result of [`Cloud::delete`].
+#[derive(Debug, Default, PartialEq)]
+pub struct DeleteProgress {
+    /// What to record for the next call.
+    pub recorded: Recorded,
+    /// Nothing of the gateway is left.
+    pub done: bool,
+    /// What is still being deleted.
+    pub waiting: Vec<String>,
+    /// Failures of this pass.
+    pub errors: Vec<CloudError>,
+}
+
+/// A gateway found in GCP by its labels or markers.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Owned {
+    /// Where it lives.
+    pub target: TargetKey,
+    /// Resource kinds found for it.
+    pub kinds: Vec<&'static str>,
+}
+
+/// A [`Target`] usable as a map key.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TargetKey {
+    /// Gateway namespace.
+    pub namespace: String,
+    /// Gateway name.
+    pub name: String,
+    /// Gateway uid.
+    pub uid: String,
+    /// Project.
+    pub project: String,
+    /// Region.
+    pub region: String,
+    /// Zone.
+    pub zone: String,
+}
+
+/// What the reconciler needs from a cloud.
+pub trait Cloud: Send + Sync {
+    /// Advances the gateway's resources towards `desired` without waiting on long operations.
+    fn ensure(&self, desired: &Desired, recorded: &Recorded) -> impl Future<Output = Progress> + Send;
+
+    /// Advances deletion of every resource of `target`; `done` once none is left.
+    fn delete(&self, target: &Target, recorded: &Recorded) -> impl Future<Output = DeleteProgress> + Send;
+
+    /// Gateways of this install and cluster found in `project`, for orphan sweeps.
+    fn list_owned(&self, project: &str) -> impl Future<Output = Result<Vec<Owned>, CloudError>> + Send;
+
+    /// Guest attributes the VM reported under `wgnet/` (state, error, public key).
+    fn vm_report(&self, target: &Target) -> impl Future<Output = Result<BTreeMap<String, String>, CloudError>> + Send;
+
+    /// Waits (bounded, server side) until one of `recorded.pending` finishes.
+    fn wait_any(&self, project: &str, recorded: &Recorded) -> impl Future<Output = ()> + Send;
+}

@@ -2,11 +2,12 @@
 //!
 //! This library depends on no project crate, so any crate can dev-depend on it. It holds
 //! the pieces that stand in for what these machines lack: the CRD schema validator (the API
-//! server's admission checks) and the stand-in Kubernetes API server built on it; the GCP
-//! emulator and the network-namespace harness join them in later issues.
+//! server's admission checks), the stand-in Kubernetes API server built on it, and the GCP
+//! emulator; the network-namespace harness joins them in a later issue.
 
 pub mod apiserver;
 pub mod crd_schema;
+pub mod gcp;
 
 /// Path of the repository root, for tests that read `crds/` and `testdata/`.
 pub fn repo_root() -> std::path::PathBuf {

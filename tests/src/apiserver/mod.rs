@@ -21,7 +21,7 @@ mod patch;
 mod registry;
 mod selector;
 mod store;
-mod util;
+pub mod util;
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -1,0 +1,326 @@
+//! The HTTP layer: authorized JSON calls to Compute, IAM and Secret Manager with retries of
+//! transient failures, Google error bodies turned into [`CloudError`]s, and a per-call
+//! observer for metrics and benchmarks.
+//!
+//! I/O boundary: every request to GCP (or the emulator) leaves through [`Api::call`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backon::{ExponentialBuilder, Retryable as _};
+use reqwest::Method;
+use serde_json::Value;
+
+use crate::error::CloudError;
+
+/// OAuth scope for every call.
+const SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
+
+/// Base URLs of the APIs; tests and the sandbox point them at the emulator.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoints {
+    /// Compute v1, ending in `/compute/v1/`.
+    pub compute: String,
+    /// IAM v1, ending in `/v1/`.
+    pub iam: String,
+    /// Secret Manager v1, ending in `/v1/`.
+    pub secrets: String,
+}
+
+impl Default for Endpoints {
+    fn default() -> Self {
+        Self {
+            compute: "https://compute.googleapis.com/compute/v1/".to_owned(),
+            iam: "https://iam.googleapis.com/v1/".to_owned(),
+            secrets: "https://secretmanager.googleapis.com/v1/".to_owned(),
+        }
+    }
+}
+
+/// Where tokens come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Credentials {
+    /// A service-account JSON key file (its `token_uri` decides the token endpoint).
+    KeyFile(PathBuf),
+    /// Application default credentials: `GOOGLE_APPLICATION_CREDENTIALS`, gcloud, or the
+    /// metadata server (GKE workload identity).
+    Ambient,
+}
+
+/// Retries of transient failures inside one call.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RetryPolicy {
+    /// First backoff.
+    pub min_delay: Duration,
+    /// Largest backoff.
+    pub max_delay: Duration,
+    /// Retries after the first attempt.
+    pub max_retries: usize,
+    /// Timeout of one HTTP exchange.
+    pub request_timeout: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            min_delay: Duration::from_millis(250),
+            max_delay: Duration::from_secs(8),
+            max_retries: 5,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The API family of a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Service {
+    /// Compute Engine.
+    Compute,
+    /// IAM.
+    Iam,
+    /// Secret Manager.
+    Secrets,
+}
+
+impl Service {
+    /// Short name for logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Compute => "compute",
+            Self::Iam => "iam",
+            Self::Secrets => "secretmanager",
+        }
+    }
+}
+
+/// Which failures a call may retry by itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retry {
+    /// Reads, deletes and Compute inserts carrying a `requestId`: retry every transient
+    /// failure, including lost answers.
+    Transient,
+    /// Writes that are not idempotent (a second `addVersion` adds a second version): retry
+    /// only error answers, never a lost answer, which the next reconcile sorts out by reading.
+    AnsweredOnly,
+}
+
+/// One finished call, for metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallRecord {
+    /// API family.
+    pub api: &'static str,
+    /// What was done, such as `get instance`.
+    pub op: &'static str,
+    /// HTTP method.
+    pub method: String,
+    /// Status (0 when there was no answer).
+    pub status: u16,
+    /// Round-trip time.
+    pub elapsed: Duration,
+}
+
+/// Receives every call (each retry counts).
+pub type CallObserver = Arc<dyn Fn(&CallRecord) + Send + Sync>;
+
+/// Authorized JSON calls.
+pub struct Api {
+    http: reqwest::Client,
+    tokens: Arc<dyn gcp_auth::TokenProvider>,
+    endpoints: Endpoints,
+    retry: RetryPolicy,
+    observer: Option<CallObserver>,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api")
+            .field("endpoints", &self.endpoints)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Api {
+    /// Builds the client and loads credentials.
+    pub async fn new(
+        credentials: &Credentials,
+        endpoints: Endpoints,
+        retry: RetryPolicy,
+        observer: Option<CallObserver>,
+    ) -> Result<Self, CloudError> {
+        let tokens: Arc<dyn gcp_auth::TokenProvider> = match credentials {
+            Credentials::KeyFile(path) => Arc::new(
+                gcp_auth::CustomServiceAccount::from_file(path).map_err(|e| {
+                    CloudError::Config(format!(
+                        "cannot use the key file {}: {e}",
+                        path.display()
+                    ))
+                })?,
+            ),
+            Credentials::Ambient => gcp_auth::provider()
+                .await
+                .map_err(|e| CloudError::Config(format!("no ambient GCP credentials: {e}")))?,
+        };
+        let http = reqwest::Client::builder()
+            .timeout(retry.request_timeout)
+            .user_agent(concat!("wgnet-operator/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| CloudError::Config(format!("HTTP client: {e}")))?;
+        Ok(Self {
+            http,
+            tokens,
+            endpoints,
+            retry,
+            observer,
+        })
+    }
+
+    fn url(&self, service: Service, path: &str) -> String {
+        let base = match service {
+            Service::Compute => &self.endpoints.compute,
+            Service::Iam => &self.endpoints.iam,
+            Service::Secrets => &self.endpoints.secrets,
+        };
+        format!("{}{}", base.trim_end_matches('/'), format_args!("/{path}"))
+    }
+
+    /// One JSON call with retries. `what` names the resource for error messages.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn call(
+        &self,
+        service: Service,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        op: &'static str,
+        what: &str,
+        retry: Retry,
+    ) -> Result<Value, CloudError> {
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(self.retry.min_delay)
+            .with_max_delay(self.retry.max_delay)
+            .with_max_times(self.retry.max_retries)
+            .with_jitter();
+        let attempt = || self.once(service, method.clone(), path, body, op, what);
+        attempt
+            .retry(backoff)
+            .sleep(tokio::time::sleep)
+            .when(|e: &CloudError| match retry {
+                Retry::Transient => e.is_retryable(),
+                Retry::AnsweredOnly => e.is_retryable() && !matches!(e, CloudError::Transport { .. }),
+            })
+            .notify(|e: &CloudError, after: Duration| {
+                tracing::debug!(error = %e, ?after, "retrying GCP call");
+            })
+            .await
+    }
+
+    async fn once(
+        &self,
+        service: Service,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        op: &'static str,
+        what: &str,
+    ) -> Result<Value, CloudError> {
+        let token = self
+            .tokens
+            .token(&[SCOPE])
+            .await
+            .map_err(|e| CloudError::Auth(e.to_string()))?;
+        let mut req = self
+            .http
+            .request(method.clone(), self.url(service, path))
+            .bearer_auth(token.as_str());
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let started = Instant::now();
+        let result = req.send().await;
+        let (status, outcome) = match result {
+            Err(e) => (
+                0,
+                Err(CloudError::Transport {
+                    api: service.name(),
+                    method: op,
+                    what: what.to_owned(),
+                    message: transport_message(&e),
+                }),
+            ),
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let bytes = resp.bytes().await.map_err(|e| CloudError::Transport {
+                    api: service.name(),
+                    method: op,
+                    what: what.to_owned(),
+                    message: transport_message(&e),
+                });
+                match bytes {
+                    Err(e) => (0, Err(e)),
+                    Ok(bytes) if (200..300).contains(&status) => {
+                        let v = if bytes.is_empty() {
+                            Ok(Value::Object(Default::default()))
+                        } else {
+                            serde_json::from_slice(&bytes).map_err(|e| {
+                                CloudError::Protocol(format!(
+                                    "{} {op} {what}: unreadable answer: {e}",
+                                    service.name()
+                                ))
+                            })
+                        };
+                        (status, v)
+                    }
+                    Ok(bytes) => (status, Err(api_error(service, op, what, status, &bytes))),
+                }
+            }
+        };
+        if let Some(obs) = &self.observer {
+            obs(&CallRecord {
+                api: service.name(),
+                op,
+                method: method.to_string(),
+                status,
+                elapsed: started.elapsed(),
+            });
+        }
+        outcome
+    }
+}
+
+fn transport_message(e: &reqwest::Error) -> String {
+    // reqwest's Display includes the URL, which names project and resources but never
+    // credentials (tokens travel in headers).
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
+
+/// Turns a Google error body into a [`CloudError::Api`].
+fn api_error(service: Service, op: &'static str, what: &str, status: u16, body: &[u8]) -> CloudError {
+    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let err = &v["error"];
+    let message = err["message"]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned());
+    let reason = err["errors"][0]["reason"]
+        .as_str()
+        .or_else(|| err["status"].as_str())
+        .or_else(|| err["details"][0]["reason"].as_str())
+        .unwrap_or("")
+        .to_owned();
+    CloudError::Api {
+        api: service.name(),
+        method: op,
+        what: what.to_owned(),
+        status,
+        reason,
+        message,
+    }
+}

@@ -1,0 +1,158 @@
+//! Shared fixtures for the cloud crate's tests against the GCP emulator.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use wgnet_cloud::api::{Credentials, Endpoints, RetryPolicy};
+use wgnet_cloud::gcp::{GcpCloud, GcpConfig};
+use wgnet_cloud::{Cloud, DeleteProgress, Desired, GatewayId, Progress, Protocol, Recorded, SecretBytes, Target};
+use wgnet_tests::gcp::{Config, GcpEmulator, LatencyProfile};
+
+pub const PROJECT: &str = "wgnet-test";
+pub const INSTALL: &str = "wgnet";
+pub const CLUSTER: &str = "cluster-1";
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "wgnet-cloud-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub struct Env {
+    pub emu: GcpEmulator,
+    pub cloud: GcpCloud,
+    pub _dir: TempDir,
+}
+
+pub async fn env(profile: LatencyProfile) -> Env {
+    env_with(profile, Duration::from_secs(3600)).await
+}
+
+pub async fn env_with(profile: LatencyProfile, token_ttl: Duration) -> Env {
+    let emu = GcpEmulator::start(Config {
+        profile,
+        token_ttl,
+        ..Config::default()
+    })
+    .await
+    .expect("emulator starts");
+    let dir = TempDir::new();
+    let key = dir.0.join("key.json");
+    emu.write_key_file("wgnet-operator@wgnet-test.iam.gserviceaccount.com", &key)
+        .expect("key file");
+    let cloud = GcpCloud::new(GcpConfig {
+        credentials: Credentials::KeyFile(key),
+        endpoints: Endpoints {
+            compute: emu.compute_url(),
+            iam: emu.iam_url(),
+            secrets: emu.secrets_url(),
+        },
+        retry: RetryPolicy {
+            min_delay: Duration::from_millis(2),
+            max_delay: Duration::from_millis(40),
+            max_retries: 5,
+            request_timeout: Duration::from_secs(10),
+        },
+        install: INSTALL.into(),
+        cluster: CLUSTER.into(),
+        network: "wgnet".into(),
+        observer: None,
+    })
+    .await
+    .expect("cloud client");
+    Env { emu, cloud, _dir: dir }
+}
+
+pub fn target(name: &str, uid: &str) -> Target {
+    Target {
+        id: GatewayId {
+            cluster: CLUSTER.into(),
+            namespace: "default".into(),
+            name: name.into(),
+            uid: uid.into(),
+        },
+        project: PROJECT.into(),
+        region: "us-central1".into(),
+        zone: "us-central1-a".into(),
+    }
+}
+
+pub fn desired(name: &str, uid: &str, ports: &[(u16, Protocol)]) -> Desired {
+    Desired {
+        target: target(name, uid),
+        machine_type: "e2-small".into(),
+        image: "projects/debian-cloud/global/images/family/debian-12".into(),
+        disk_size_gb: 10,
+        reserved_ip: true,
+        spot: false,
+        listen_port: 51820,
+        ports: ports.to_vec(),
+        source_ranges: vec!["0.0.0.0/0".into()],
+        metadata: [("wgnet-listen-port".to_owned(), "51820".to_owned())].into(),
+        vm_key: SecretBytes::new(format!("PRIVATE-KEY-OF-{name}").into_bytes()),
+        key_version: 1,
+    }
+}
+
+/// Calls `ensure` until ready (bounded), waiting on operations in between like the
+/// operator's requeue does.
+pub async fn converge(cloud: &GcpCloud, d: &Desired, mut rec: Recorded, max_passes: usize) -> (Recorded, Progress, usize) {
+    for pass in 1..=max_passes {
+        let p = cloud.ensure(d, &rec).await;
+        rec = p.recorded.clone();
+        if p.ready {
+            return (rec, p, pass);
+        }
+        if rec.pending.is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        } else {
+            cloud.wait_any(&d.target.project, &rec).await;
+        }
+    }
+    let p = cloud.ensure(d, &rec).await;
+    panic!("not ready after {max_passes} passes: waiting {:?}, errors {:?}", p.waiting, p.errors);
+}
+
+/// Calls `delete` until done (bounded).
+pub async fn teardown(cloud: &GcpCloud, t: &Target, mut rec: Recorded, max_passes: usize) -> DeleteProgress {
+    for _ in 0..max_passes {
+        let p = cloud.delete(t, &rec).await;
+        rec = p.recorded.clone();
+        if p.done {
+            return p;
+        }
+        if rec.pending.is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        } else {
+            cloud.wait_any(&t.project, &rec).await;
+        }
+    }
+    let p = cloud.delete(t, &rec).await;
+    panic!("not deleted after {max_passes} passes: waiting {:?}, errors {:?}", p.waiting, p.errors);
+}
+
+/// Kinds of live resources, sorted, ignoring the operator's own identity.
+pub fn kinds(emu: &GcpEmulator) -> Vec<&'static str> {
+    let mut k: Vec<_> = emu.inventory().into_iter().map(|i| i.kind).collect();
+    k.sort_unstable();
+    k
+}

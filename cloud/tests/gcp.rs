@@ -1,0 +1,367 @@
+//! The GCP implementation against the emulator over real sockets: lifecycle, drift repair,
+//! lost answers, fault campaigns, IAM propagation, permission and quota errors, two gateways
+//! sharing the network, and token refresh through a real RS256 key file.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+use wgnet_cloud::{Cloud, Protocol, Recorded};
+use wgnet_tests::gcp::{Fault, FaultAction, LatencyProfile};
+
+#[tokio::test]
+async fn lifecycle_create_resync_change_delete() {
+    let e = env(LatencyProfile::polls()).await;
+    let d = desired("web", "uid-1", &[(443, Protocol::Tcp), (80, Protocol::Tcp)]);
+    let (rec, p, _) = converge(&e.cloud, &d, Recorded::default(), 30).await;
+    let name = d.target.id.resource_name();
+    let ip = p.address.clone().expect("reserved address");
+    assert!(ip.starts_with("203.0.113."), "{ip}");
+    assert_eq!(p.vm_status.as_deref(), Some("RUNNING"));
+    assert_eq!(
+        kinds(&e.emu),
+        ["address", "firewall", "instance", "network", "secret", "serviceAccount"]
+    );
+
+    // What was created, as GCP holds it.
+    let fw = e.emu.get("firewall", PROJECT, "global", &name).expect("firewall");
+    assert_eq!(fw["targetTags"], json!([name]));
+    assert_eq!(fw["sourceRanges"], json!(["0.0.0.0/0"]));
+    assert_eq!(
+        fw["allowed"],
+        json!([{"IPProtocol": "udp", "ports": ["51820"]}, {"IPProtocol": "tcp", "ports": ["80", "443"]}])
+    );
+    let inst = e.emu.get("instance", PROJECT, "us-central1-a", &name).expect("instance");
+    assert_eq!(inst["networkInterfaces"][0]["accessConfigs"][0]["natIP"], json!(ip));
+    assert_eq!(inst["shieldedInstanceConfig"]["enableSecureBoot"], json!(true));
+    assert_eq!(inst["labels"]["wgnet-gateway-uid"], json!("uid-1"));
+    let items = inst["metadata"]["items"].as_array().expect("metadata items");
+    for key in ["enable-guest-attributes", "block-project-ssh-keys", "wgnet-listen-port"] {
+        assert!(items.iter().any(|i| i["key"] == key), "metadata {key}");
+    }
+    let email = format!("{name}@{PROJECT}.iam.gserviceaccount.com");
+    assert_eq!(inst["serviceAccounts"][0]["email"], json!(email));
+    assert_eq!(e.emu.secret_payload(PROJECT, &name).as_deref(), Some(d.vm_key.expose()));
+    let policy = e.emu.get("secretPolicy", PROJECT, "global", &name).expect("policy");
+    assert_eq!(
+        policy["bindings"],
+        json!([{"role": "roles/secretmanager.secretAccessor", "members": [format!("serviceAccount:{email}")]}])
+    );
+    // Every body the crate sent passed the discovery-schema checks.
+    assert!(e.emu.request_log().iter().all(|c| c.status != 400), "{:?}", e.emu.request_log());
+
+    // An unchanged resync writes nothing and reads at most three resources.
+    e.emu.clear_request_log();
+    let again = e.cloud.ensure(&d, &rec).await;
+    assert!(again.ready, "{:?}", again.errors);
+    assert_eq!(again.writes, 0);
+    let log = e.emu.request_log();
+    assert!(log.iter().all(|c| !c.is_write()), "{log:?}");
+    assert!(log.len() <= 3, "{log:?}");
+
+    // Changing forwards patches the firewall only: same VM, same IP.
+    let mut d2 = d.clone();
+    d2.ports = vec![(443, Protocol::Tcp), (5353, Protocol::Udp)];
+    e.emu.clear_request_log();
+    let (rec, p2, _) = converge(&e.cloud, &d2, again.recorded, 10).await;
+    let writes: Vec<_> = e.emu.request_log().into_iter().filter(|c| c.is_write()).collect();
+    assert_eq!(writes.len(), 1, "{writes:?}");
+    assert_eq!(writes[0].method, "PATCH");
+    assert_eq!(p2.address.as_deref(), Some(ip.as_str()));
+    let inst2 = e.emu.get("instance", PROJECT, "us-central1-a", &name).expect("instance");
+    assert_eq!(inst2["id"], inst["id"]);
+    let fw = e.emu.get("firewall", PROJECT, "global", &name).expect("firewall");
+    assert_eq!(
+        fw["allowed"],
+        json!([{"IPProtocol": "udp", "ports": ["5353", "51820"]}, {"IPProtocol": "tcp", "ports": ["443"]}])
+    );
+
+    // Orphan sweeps find it by labels and markers.
+    let owned = e.cloud.list_owned(PROJECT).await.expect("list owned");
+    assert_eq!(owned.len(), 1);
+    assert_eq!(owned[0].target.uid, "uid-1");
+    assert_eq!(owned[0].target.zone, "us-central1-a");
+
+    teardown(&e.cloud, &d.target, rec, 30).await;
+    assert!(e.emu.inventory().is_empty(), "{:?}", e.emu.inventory());
+    assert!(e.cloud.list_owned(PROJECT).await.expect("list").is_empty());
+}
+
+#[tokio::test]
+async fn drift_is_repaired_with_the_same_address() {
+    let e = env(LatencyProfile::instant()).await;
+    let d = desired("drift", "uid-2", &[(443, Protocol::Tcp)]);
+    let (rec, p, _) = converge(&e.cloud, &d, Recorded::default(), 20).await;
+    let name = d.target.id.resource_name();
+    let ip = p.address.expect("address");
+
+    // Spot preemption: the VM is started again.
+    assert!(e.emu.preempt_instance(PROJECT, "us-central1-a", &name));
+    let (rec, p, _) = converge(&e.cloud, &d, rec, 10).await;
+    assert_eq!(p.vm_status.as_deref(), Some("RUNNING"));
+
+    // Deleted out of band: recreated with the same reserved IP.
+    assert!(e.emu.remove_resource("instance", PROJECT, "us-central1-a", &name));
+    let (rec, p, _) = converge(&e.cloud, &d, rec, 10).await;
+    assert_eq!(p.address.as_deref(), Some(ip.as_str()));
+    let inst = e.emu.get("instance", PROJECT, "us-central1-a", &name).expect("recreated");
+    assert_eq!(inst["networkInterfaces"][0]["accessConfigs"][0]["natIP"], json!(ip));
+
+    // Someone opened SSH on the firewall: restored.
+    assert!(e.emu.edit_firewall(PROJECT, &name, "allowed", json!([{"IPProtocol": "tcp", "ports": ["22"]}])));
+    let (rec, _, _) = converge(&e.cloud, &d, rec, 10).await;
+    let fw = e.emu.get("firewall", PROJECT, "global", &name).expect("firewall");
+    assert_eq!(
+        fw["allowed"],
+        json!([{"IPProtocol": "udp", "ports": ["51820"]}, {"IPProtocol": "tcp", "ports": ["443"]}])
+    );
+    teardown(&e.cloud, &d.target, rec, 20).await;
+    assert!(e.emu.inventory().is_empty());
+}
+
+#[tokio::test]
+async fn lost_answers_on_every_write_converge_without_duplicates() {
+    let e = env(LatencyProfile::instant()).await;
+    for (method, path) in [
+        ("POST", "/global/networks"),
+        ("POST", "/global/firewalls"),
+        ("POST", "/addresses"),
+        ("POST", "/instances"),
+        ("POST", "/serviceAccounts"),
+        ("POST", "/secrets"),
+        ("POST", ":addVersion"),
+        ("POST", ":setIamPolicy"),
+    ] {
+        e.emu.add_fault(Fault {
+            method: Some(method.into()),
+            path_contains: path.into(),
+            remaining: Some(1),
+            action: FaultAction::DropResponse,
+        });
+    }
+    let d = desired("lossy", "uid-3", &[(443, Protocol::Tcp)]);
+    let (rec, _, _) = converge(&e.cloud, &d, Recorded::default(), 20).await;
+    let name = d.target.id.resource_name();
+    // Every drop happened (the writes were applied, their answers lost) ...
+    let dropped = e.emu.request_log().iter().filter(|c| c.status == 0).count();
+    assert_eq!(dropped, 8);
+    // ... and each resource exists exactly once, with one key version.
+    assert_eq!(
+        kinds(&e.emu),
+        ["address", "firewall", "instance", "network", "secret", "serviceAccount"]
+    );
+    assert_eq!(e.emu.secret_versions(PROJECT, &name), Some(1));
+
+    // A fresh start from nothing recorded (status lost) adopts everything and writes nothing.
+    let p = e.cloud.ensure(&d, &Recorded::default()).await;
+    let p = if p.ready { p } else { e.cloud.ensure(&d, &p.recorded).await };
+    assert!(p.ready, "{:?} {:?}", p.waiting, p.errors);
+    assert_eq!(p.writes, 0);
+    assert_eq!(e.emu.secret_versions(PROJECT, &name), Some(1));
+    teardown(&e.cloud, &d.target, rec, 20).await;
+    assert!(e.emu.inventory().is_empty());
+}
+
+#[tokio::test]
+async fn seeded_fault_campaign_leaks_nothing() {
+    let e = env(LatencyProfile::polls()).await;
+    e.emu.random_failures(0.2, 0x5eed, &[429, 500, 503]);
+    let mut failures = 0;
+    for cycle in 0..50 {
+        let d = desired(&format!("gw{cycle}"), &format!("uid-c{cycle}"), &[(443, Protocol::Tcp), (53, Protocol::Udp)]);
+        let (rec, _, _) = converge(&e.cloud, &d, Recorded::default(), 60).await;
+        teardown(&e.cloud, &d.target, rec, 60).await;
+        assert!(e.emu.inventory().is_empty(), "cycle {cycle}: {:?}", e.emu.inventory());
+        failures += e.emu.request_log().iter().filter(|c| matches!(c.status, 429 | 500 | 503)).count();
+        e.emu.clear_request_log();
+    }
+    // The campaign really injected faults.
+    assert!(failures > 100, "only {failures} injected failures");
+}
+
+#[tokio::test]
+async fn iam_propagation_delay_is_waited_out() {
+    let mut profile = LatencyProfile::instant();
+    profile.iam_propagation = Duration::from_millis(400);
+    let e = env(profile).await;
+    let d = desired("iam", "uid-4", &[]);
+    let first = e.cloud.ensure(&d, &Recorded::default()).await;
+    assert!(!first.ready);
+    assert!(first.errors.is_empty(), "{:?}", first.errors);
+    assert!(
+        first.waiting.iter().any(|w| w.contains("to propagate in IAM")),
+        "{:?}",
+        first.waiting
+    );
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let (rec, _, _) = converge(&e.cloud, &d, first.recorded, 10).await;
+    assert!(rec.iam_bound);
+    teardown(&e.cloud, &d.target, rec, 20).await;
+}
+
+#[tokio::test]
+async fn permission_denied_surfaces_once_with_the_message() {
+    let e = env(LatencyProfile::instant()).await;
+    e.emu.add_fault(Fault {
+        method: Some("POST".into()),
+        path_contains: "/global/firewalls".into(),
+        remaining: None,
+        action: FaultAction::Deny(
+            "Required 'compute.firewalls.create' permission for 'projects/wgnet-test/global/firewalls/x'".into(),
+        ),
+    });
+    let d = desired("denied", "uid-5", &[(443, Protocol::Tcp)]);
+    let mut rec = Recorded::default();
+    let mut last = None;
+    for _ in 0..3 {
+        let p = e.cloud.ensure(&d, &rec).await;
+        rec = p.recorded.clone();
+        last = Some(p);
+    }
+    let p = last.expect("ran");
+    assert!(!p.ready);
+    let err = p.errors.iter().find(|e| e.is_permission_denied()).expect("permission error");
+    assert_eq!(err.reason_code(), "PermissionDenied");
+    assert!(err.to_string().contains("compute.firewalls.create"), "{err}");
+    assert!(err.retry_after() >= Duration::from_secs(60));
+    // Never retried inside a pass: one attempt per pass.
+    let inserts = e
+        .emu
+        .request_log()
+        .iter()
+        .filter(|c| c.method == "POST" && c.path.ends_with("/global/firewalls"))
+        .count();
+    assert_eq!(inserts, 3);
+    // Everything else still advanced.
+    assert!(rec.service_account_email.is_some() && rec.secret_version.is_some() && rec.instance.is_some());
+    e.emu.clear_faults();
+    let (rec, _, _) = converge(&e.cloud, &d, rec, 10).await;
+    teardown(&e.cloud, &d.target, rec, 20).await;
+}
+
+#[tokio::test]
+async fn quota_exhaustion_backs_off_and_reports() {
+    let e = env(LatencyProfile::instant()).await;
+    e.emu.set_quota_per_minute(Some(2));
+    let d = desired("quota", "uid-6", &[(443, Protocol::Tcp)]);
+    let p = e.cloud.ensure(&d, &Recorded::default()).await;
+    assert!(!p.ready);
+    let err = p.errors.iter().find(|e| e.is_quota()).expect("quota error");
+    assert_eq!(err.reason_code(), "QuotaExceeded");
+    assert_eq!(p.requeue_after(), Some(Duration::from_secs(60)));
+    // Bounded: each call gives up after its retries, nothing loops.
+    let rejected = e.emu.request_log().iter().filter(|c| c.status == 403 || c.status == 429).count();
+    assert!(rejected > 0 && rejected <= 6 * 8, "{rejected}");
+    e.emu.set_quota_per_minute(None);
+    let (rec, _, _) = converge(&e.cloud, &d, p.recorded, 10).await;
+    teardown(&e.cloud, &d.target, rec, 20).await;
+}
+
+#[tokio::test]
+async fn two_gateways_share_the_network_until_the_last_is_gone() {
+    let e = env(LatencyProfile::instant()).await;
+    let a = desired("a", "uid-a", &[(443, Protocol::Tcp)]);
+    let b = desired("b", "uid-b", &[(8443, Protocol::Tcp)]);
+    let ((ra, pa, _), (rb, pb, _)) = tokio::join!(
+        converge(&e.cloud, &a, Recorded::default(), 20),
+        converge(&e.cloud, &b, Recorded::default(), 20)
+    );
+    assert_ne!(pa.address, pb.address);
+    assert_ne!(a.target.id.resource_name(), b.target.id.resource_name());
+    let networks = e.emu.inventory().into_iter().filter(|i| i.kind == "network").count();
+    assert_eq!(networks, 1);
+    teardown(&e.cloud, &a.target, ra, 20).await;
+    assert_eq!(
+        kinds(&e.emu),
+        ["address", "firewall", "instance", "network", "secret", "serviceAccount"]
+    );
+    // The survivor is untouched and still ready.
+    let again = e.cloud.ensure(&b, &rb).await;
+    assert!(again.ready && again.writes == 0, "{:?}", again.errors);
+    teardown(&e.cloud, &b.target, rb, 20).await;
+    assert!(e.emu.inventory().is_empty());
+}
+
+#[tokio::test]
+async fn name_collision_is_an_error_and_never_deleted() {
+    let e = env(LatencyProfile::instant()).await;
+    let d = desired("taken", "uid-7", &[]);
+    // Another install's gateway with the same namespace/name and cluster id.
+    let mut other = desired("taken", "uid-x", &[]);
+    other.target.id.cluster = CLUSTER.into();
+    let cloud2 = {
+        // Same project, different install label.
+        let e2 = &e;
+        let _ = e2;
+        env_with_install(&e, "other-install").await
+    };
+    let (rec2, _, _) = converge(&cloud2, &other, Recorded::default(), 20).await;
+    let p = e.cloud.ensure(&d, &Recorded::default()).await;
+    let err = p.errors.iter().find(|e| e.reason_code() == "NameCollision").expect("collision");
+    assert!(err.to_string().contains("does not belong to this gateway"), "{err}");
+    // Deleting ours leaves theirs alone.
+    teardown(&e.cloud, &d.target, p.recorded, 20).await;
+    assert!(kinds(&e.emu).contains(&"instance"));
+    teardown(&cloud2, &other.target, rec2, 20).await;
+    assert!(e.emu.inventory().is_empty());
+}
+
+async fn env_with_install(e: &Env, install: &str) -> wgnet_cloud::gcp::GcpCloud {
+    let key = e._dir.0.join(format!("{install}.json"));
+    e.emu
+        .write_key_file("other@wgnet-test.iam.gserviceaccount.com", &key)
+        .expect("key");
+    wgnet_cloud::gcp::GcpCloud::new(wgnet_cloud::gcp::GcpConfig {
+        credentials: wgnet_cloud::api::Credentials::KeyFile(key),
+        endpoints: wgnet_cloud::api::Endpoints {
+            compute: e.emu.compute_url(),
+            iam: e.emu.iam_url(),
+            secrets: e.emu.secrets_url(),
+        },
+        retry: wgnet_cloud::api::RetryPolicy {
+            min_delay: Duration::from_millis(2),
+            max_delay: Duration::from_millis(40),
+            max_retries: 5,
+            request_timeout: Duration::from_secs(10),
+        },
+        install: install.into(),
+        cluster: CLUSTER.into(),
+        network: "wgnet-other".into(),
+        observer: None,
+    })
+    .await
+    .expect("second install")
+}
+
+#[tokio::test]
+async fn tokens_come_from_the_key_file_and_are_refreshed() {
+    // gcp_auth renews tokens 20 s before expiry, so a 21 s lifetime renews after about 1 s.
+    let e = env_with(LatencyProfile::instant(), Duration::from_secs(21)).await;
+    let d = desired("tok", "uid-8", &[]);
+    let (rec, _, _) = converge(&e.cloud, &d, Recorded::default(), 20).await;
+    let before = e.emu.tokens_issued();
+    assert!(before >= 1);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let p = e.cloud.ensure(&d, &rec).await;
+    assert!(p.ready, "{:?}", p.errors);
+    assert!(e.emu.tokens_issued() > before, "token was not refreshed");
+    // No call was ever unauthenticated.
+    assert!(e.emu.request_log().iter().all(|c| c.status != 401));
+    teardown(&e.cloud, &d.target, p.recorded, 20).await;
+}
+
+#[tokio::test]
+async fn key_material_never_appears_in_progress_or_errors() {
+    let e = env(LatencyProfile::instant()).await;
+    e.emu.fail_next(Some("POST"), ":addVersion", 10, 400);
+    let d = desired("secretive", "uid-9", &[]);
+    let p = e.cloud.ensure(&d, &Recorded::default()).await;
+    assert!(!p.errors.is_empty());
+    let shown = format!("{p:?} {}", p.errors.iter().map(ToString::to_string).collect::<Vec<_>>().join(";"));
+    assert!(!shown.contains("PRIVATE-KEY-OF"), "{shown}");
+    e.emu.clear_faults();
+    let (rec, _, _) = converge(&e.cloud, &d, p.recorded, 10).await;
+    teardown(&e.cloud, &d.target, rec, 20).await;
+}
