@@ -151,10 +151,7 @@ impl Api {
         let tokens: Arc<dyn gcp_auth::TokenProvider> = match credentials {
             Credentials::KeyFile(path) => Arc::new(
                 gcp_auth::CustomServiceAccount::from_file(path).map_err(|e| {
-                    CloudError::Config(format!(
-                        "cannot use the key file {}: {e}",
-                        path.display()
-                    ))
+                    CloudError::Config(format!("cannot use the key file {}: {e}", path.display()))
                 })?,
             ),
             Credentials::Ambient => gcp_auth::provider()
@@ -207,7 +204,9 @@ impl Api {
             .sleep(tokio::time::sleep)
             .when(|e: &CloudError| match retry {
                 Retry::Transient => e.is_retryable(),
-                Retry::AnsweredOnly => e.is_retryable() && !matches!(e, CloudError::Transport { .. }),
+                Retry::AnsweredOnly => {
+                    e.is_retryable() && !matches!(e, CloudError::Transport { .. })
+                }
             })
             .notify(|e: &CloudError, after: Duration| {
                 tracing::debug!(error = %e, ?after, "retrying GCP call");
@@ -302,7 +301,13 @@ fn transport_message(e: &reqwest::Error) -> String {
 }
 
 /// Turns a Google error body into a [`CloudError::Api`].
-fn api_error(service: Service, op: &'static str, what: &str, status: u16, body: &[u8]) -> CloudError {
+fn api_error(
+    service: Service,
+    op: &'static str,
+    what: &str,
+    status: u16,
+    body: &[u8],
+) -> CloudError {
     let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let err = &v["error"];
     let message = err["message"]

@@ -37,7 +37,9 @@ pub enum CloudError {
     #[error("GCP credentials: {0}")]
     Auth(String),
     /// A resource with our name exists but does not belong to this gateway.
-    #[error("GCP {kind} {name} already exists and does not belong to this gateway ({detail}); delete or rename it")]
+    #[error(
+        "GCP {kind} {name} already exists and does not belong to this gateway ({detail}); delete or rename it"
+    )]
     NameCollision {
         /// Resource kind.
         kind: &'static str,
@@ -125,7 +127,9 @@ impl CloudError {
 
     /// Quota or rate limits of any kind.
     pub fn is_quota(&self) -> bool {
-        self.is_rate_limited() || self.reason().contains("QUOTA") || self.reason() == "quotaExceeded"
+        self.is_rate_limited()
+            || self.reason().contains("QUOTA")
+            || self.reason() == "quotaExceeded"
     }
 
     /// 401: the token was rejected.

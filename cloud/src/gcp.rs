@@ -107,7 +107,13 @@ impl Pass<'_> {
 
     fn request_id(&self, what: &str) -> String {
         let n = self.attempt.fetch_add(1, Ordering::Relaxed) + 1;
-        names::request_id(&[what, self.project(), &self.name, &self.id().uid, &n.to_string()])
+        names::request_id(&[
+            what,
+            self.project(),
+            &self.name,
+            &self.id().uid,
+            &n.to_string(),
+        ])
     }
 
     fn wrote(&self) {
@@ -164,7 +170,10 @@ fn labels_ours(v: &Value, install: &str, id: &GatewayId) -> bool {
 
 fn marker_ours(description: &str, install: &str, id: &GatewayId) -> bool {
     names::parse_marker(description).is_some_and(|m| {
-        m.install == install && m.cluster == id.cluster && m.namespace == id.namespace && m.name == id.name
+        m.install == install
+            && m.cluster == id.cluster
+            && m.namespace == id.namespace
+            && m.name == id.name
     })
 }
 
@@ -203,8 +212,19 @@ fn allowed(listen_port: u16, ports: &[(u16, Protocol)]) -> Value {
     Value::Array(out)
 }
 
+/// The fields of a firewall this crate owns: (protocol, port) pairs, source ranges, target
+/// tags, network name, disabled, direction.
+type FirewallShape = (
+    BTreeSet<(String, String)>,
+    BTreeSet<String>,
+    BTreeSet<String>,
+    String,
+    bool,
+    String,
+);
+
 /// A comparable summary of a firewall: the fields we own.
-fn firewall_shape(v: &Value) -> (BTreeSet<(String, String)>, BTreeSet<String>, BTreeSet<String>, String, bool, String) {
+fn firewall_shape(v: &Value) -> FirewallShape {
     let mut ports = BTreeSet::new();
     for a in v["allowed"].as_array().into_iter().flatten() {
         let proto = a["IPProtocol"].as_str().unwrap_or_default().to_owned();
@@ -247,7 +267,12 @@ fn current_metadata(inst: &Value) -> BTreeMap<String, String> {
         .as_array()
         .into_iter()
         .flatten()
-        .filter_map(|i| Some((i["key"].as_str()?.to_owned(), i["value"].as_str()?.to_owned())))
+        .filter_map(|i| {
+            Some((
+                i["key"].as_str()?.to_owned(),
+                i["value"].as_str()?.to_owned(),
+            ))
+        })
         .collect()
 }
 
@@ -259,7 +284,13 @@ impl GcpCloud {
                 "install and network names must not be empty".to_owned(),
             ));
         }
-        let api = Api::new(&config.credentials, config.endpoints, config.retry, config.observer).await?;
+        let api = Api::new(
+            &config.credentials,
+            config.endpoints,
+            config.retry,
+            config.observer,
+        )
+        .await?;
         Ok(Self {
             api,
             install: config.install,
@@ -268,11 +299,25 @@ impl GcpCloud {
         })
     }
 
-    async fn get(&self, s: Service, path: &str, op: &'static str, what: &str) -> Result<Value, CloudError> {
-        self.api.call(s, Method::GET, path, None, op, what, Retry::Transient).await
+    async fn get(
+        &self,
+        s: Service,
+        path: &str,
+        op: &'static str,
+        what: &str,
+    ) -> Result<Value, CloudError> {
+        self.api
+            .call(s, Method::GET, path, None, op, what, Retry::Transient)
+            .await
     }
 
-    async fn get_opt(&self, s: Service, path: &str, op: &'static str, what: &str) -> Result<Option<Value>, CloudError> {
+    async fn get_opt(
+        &self,
+        s: Service,
+        path: &str,
+        op: &'static str,
+        what: &str,
+    ) -> Result<Option<Value>, CloudError> {
         match self.get(s, path, op, what).await {
             Ok(v) => Ok(Some(v)),
             Err(e) if e.is_not_found() => Ok(None),
@@ -301,12 +346,26 @@ impl GcpCloud {
         }
         let v = self
             .api
-            .call(Service::Compute, method, &full, body, op, what, Retry::Transient)
+            .call(
+                Service::Compute,
+                method,
+                &full,
+                body,
+                op,
+                what,
+                Retry::Transient,
+            )
             .await?;
         self.op_state(&v, resource, &format!("{op} {what}"), scope)
     }
 
-    fn op_state(&self, v: &Value, resource: &str, description: &str, scope: &str) -> Result<OpState, CloudError> {
+    fn op_state(
+        &self,
+        v: &Value,
+        resource: &str,
+        description: &str,
+        scope: &str,
+    ) -> Result<OpState, CloudError> {
         if let Some(e) = op_error(v, description) {
             return Err(e);
         }
@@ -324,7 +383,10 @@ impl GcpCloud {
     /// Looks at a recorded operation once.
     async fn poll(&self, project: &str, op: &PendingOp) -> Result<OpState, CloudError> {
         let path = format!("projects/{project}/{}/operations/{}", op.scope, op.name);
-        match self.get(Service::Compute, &path, "get operation", &op.name).await {
+        match self
+            .get(Service::Compute, &path, "get operation", &op.name)
+            .await
+        {
             Ok(v) => self.op_state(&v, &op.resource, &op.description, &op.scope),
             // Operations are garbage-collected after a while; the resource tells the rest.
             Err(e) if e.is_not_found() => Ok(OpState::Done),
@@ -333,7 +395,12 @@ impl GcpCloud {
     }
 
     /// Polls `resource`'s pending operation; `Some` ends the step.
-    async fn check_pending<T>(&self, p: &Pass<'_>, resource: &str, out: &mut Vec<PendingOp>) -> Option<Step<T>> {
+    async fn check_pending<T>(
+        &self,
+        p: &Pass<'_>,
+        resource: &str,
+        out: &mut Vec<PendingOp>,
+    ) -> Option<Step<T>> {
         let op = p.pending(resource)?;
         match self.poll(p.project(), op).await {
             Ok(OpState::Done) => None,
@@ -350,7 +417,11 @@ impl GcpCloud {
         }
     }
 
-    fn finish_op<T>(state: Result<OpState, CloudError>, ready: T, out: &mut Vec<PendingOp>) -> Step<T> {
+    fn finish_op<T>(
+        state: Result<OpState, CloudError>,
+        ready: T,
+        out: &mut Vec<PendingOp>,
+    ) -> Step<T> {
         match state {
             Ok(OpState::Done) => Step::Ready(ready),
             Ok(OpState::Running(op)) => {
@@ -376,9 +447,14 @@ impl GcpCloud {
             return (Step::Ready(()), ops);
         }
         let path = format!("projects/{}/global/networks/{}", p.project(), self.network);
-        let step = match self.get_opt(Service::Compute, &path, "get network", &self.network).await {
+        let step = match self
+            .get_opt(Service::Compute, &path, "get network", &self.network)
+            .await
+        {
             Err(e) => Step::Failed(e),
-            Ok(Some(v)) if v["description"] == names::network_marker(&self.install).as_str() => Step::Ready(()),
+            Ok(Some(v)) if v["description"] == names::network_marker(&self.install).as_str() => {
+                Step::Ready(())
+            }
             Ok(Some(v)) => Step::Failed(collision("network", &self.network, &v)),
             Ok(None) => {
                 let body = json!({
@@ -421,13 +497,20 @@ impl GcpCloud {
         let t = &p.d.target;
         let path = format!("projects/{}/serviceAccounts/{email}", p.project());
         let check = |v: &Value| {
-            if marker_ours(v["description"].as_str().unwrap_or_default(), &self.install, p.id()) {
+            if marker_ours(
+                v["description"].as_str().unwrap_or_default(),
+                &self.install,
+                p.id(),
+            ) {
                 Step::Ready(email.clone())
             } else {
                 Step::Failed(collision("service account", &email, v))
             }
         };
-        match self.get_opt(Service::Iam, &path, "get service account", &email).await {
+        match self
+            .get_opt(Service::Iam, &path, "get service account", &email)
+            .await
+        {
             Err(e) => return Step::Failed(e),
             Ok(Some(v)) => return check(&v),
             Ok(None) => {}
@@ -456,9 +539,14 @@ impl GcpCloud {
             Ok(v) => check(&v),
             Err(e) if e.is_already_exists() => {
                 // An earlier attempt whose answer was lost, or IAM's eventual consistency.
-                match self.get_opt(Service::Iam, &path, "get service account", &email).await {
+                match self
+                    .get_opt(Service::Iam, &path, "get service account", &email)
+                    .await
+                {
                     Ok(Some(v)) => check(&v),
-                    Ok(None) => Step::Waiting(format!("waiting for service account {email} to become visible")),
+                    Ok(None) => Step::Waiting(format!(
+                        "waiting for service account {email} to become visible"
+                    )),
                     Err(e) => Step::Failed(e),
                 }
             }
@@ -480,7 +568,10 @@ impl GcpCloud {
         let t = &p.d.target;
         let path = format!("projects/{}/secrets/{id}", p.project());
         let check = |v: &Value| labels_ours(v, &self.install, p.id());
-        match self.get_opt(Service::Secrets, &path, "get secret", &id).await {
+        match self
+            .get_opt(Service::Secrets, &path, "get secret", &id)
+            .await
+        {
             Err(e) => return Step::Failed(e),
             Ok(Some(v)) if !check(&v) => return Step::Failed(collision("secret", &id, &v)),
             Ok(Some(_)) => {}
@@ -505,7 +596,10 @@ impl GcpCloud {
                 match r {
                     Ok(_) => {}
                     Err(e) if e.is_already_exists() => {
-                        match self.get_opt(Service::Secrets, &path, "get secret", &id).await {
+                        match self
+                            .get_opt(Service::Secrets, &path, "get secret", &id)
+                            .await
+                        {
                             Ok(Some(v)) if check(&v) => {}
                             Ok(Some(v)) => return Step::Failed(collision("secret", &id, &v)),
                             Ok(None) => return Step::Waiting(format!("waiting for secret {id}")),
@@ -519,7 +613,12 @@ impl GcpCloud {
         // The key: adopt the latest version when it already holds it (a lost answer to an
         // earlier addVersion), otherwise add one.
         let latest = self
-            .get_opt(Service::Secrets, &format!("{path}/versions/latest:access"), "access secret", &id)
+            .get_opt(
+                Service::Secrets,
+                &format!("{path}/versions/latest:access"),
+                "access secret",
+                &id,
+            )
             .await;
         match latest {
             Err(e) => return Step::Failed(e),
@@ -566,13 +665,24 @@ impl GcpCloud {
         const ROLE: &str = "roles/secretmanager.secretAccessor";
         // Read-modify-write with the etag; a concurrent change (409 ABORTED) re-reads.
         for _ in 0..3 {
-            let policy = match self.get(Service::Secrets, &format!("{path}:getIamPolicy"), "get secret policy", secret).await {
+            let policy = match self
+                .get(
+                    Service::Secrets,
+                    &format!("{path}:getIamPolicy"),
+                    "get secret policy",
+                    secret,
+                )
+                .await
+            {
                 Ok(v) => v,
                 Err(e) => return Step::Failed(e),
             };
             let mut bindings = policy["bindings"].as_array().cloned().unwrap_or_default();
             let present = bindings.iter().any(|b| {
-                b["role"] == ROLE && b["members"].as_array().is_some_and(|m| m.iter().any(|x| x == member.as_str()))
+                b["role"] == ROLE
+                    && b["members"]
+                        .as_array()
+                        .is_some_and(|m| m.iter().any(|x| x == member.as_str()))
             });
             if present {
                 return Step::Ready(());
@@ -589,7 +699,15 @@ impl GcpCloud {
             p.wrote();
             match self
                 .api
-                .call(Service::Secrets, Method::POST, &format!("{path}:setIamPolicy"), Some(&body), "set secret policy", secret, Retry::AnsweredOnly)
+                .call(
+                    Service::Secrets,
+                    Method::POST,
+                    &format!("{path}:setIamPolicy"),
+                    Some(&body),
+                    "set secret policy",
+                    secret,
+                    Retry::AnsweredOnly,
+                )
                 .await
             {
                 Ok(_) => return Step::Ready(()),
@@ -622,17 +740,29 @@ impl GcpCloud {
             return (Step::Ready(Some(ip.clone())), ops);
         }
         let t = &p.d.target;
-        let path = format!("projects/{}/regions/{}/addresses/{}", p.project(), t.region, p.name);
+        let path = format!(
+            "projects/{}/regions/{}/addresses/{}",
+            p.project(),
+            t.region,
+            p.name
+        );
         let observe = |v: &Value| {
             if !labels_ours(v, &self.install, p.id()) {
                 return Step::Failed(collision("address", &p.name, v));
             }
             match (v["status"].as_str(), v["address"].as_str()) {
                 (Some("RESERVED" | "IN_USE"), Some(ip)) => Step::Ready(Some(ip.to_owned())),
-                (s, _) => Step::Waiting(format!("address {} is {}", p.name, s.unwrap_or("being reserved"))),
+                (s, _) => Step::Waiting(format!(
+                    "address {} is {}",
+                    p.name,
+                    s.unwrap_or("being reserved")
+                )),
             }
         };
-        match self.get_opt(Service::Compute, &path, "get address", &p.name).await {
+        match self
+            .get_opt(Service::Compute, &path, "get address", &p.name)
+            .await
+        {
             Err(e) => (Step::Failed(e), ops),
             Ok(Some(v)) => (observe(&v), ops),
             Ok(None) => {
@@ -658,7 +788,10 @@ impl GcpCloud {
                     )
                     .await;
                 match r {
-                    Ok(OpState::Done) => match self.get(Service::Compute, &path, "get address", &p.name).await {
+                    Ok(OpState::Done) => match self
+                        .get(Service::Compute, &path, "get address", &p.name)
+                        .await
+                    {
                         Ok(v) => (observe(&v), ops),
                         Err(e) => (Step::Failed(e), ops),
                     },
@@ -695,16 +828,35 @@ impl GcpCloud {
         }
         let path = format!("projects/{}/global/firewalls/{}", p.project(), p.name);
         let want = self.firewall_body(p);
-        let step = match self.get_opt(Service::Compute, &path, "get firewall", &p.name).await {
+        let step = match self
+            .get_opt(Service::Compute, &path, "get firewall", &p.name)
+            .await
+        {
             Err(e) => Step::Failed(e),
-            Ok(Some(v)) if !marker_ours(v["description"].as_str().unwrap_or_default(), &self.install, p.id()) => {
+            Ok(Some(v))
+                if !marker_ours(
+                    v["description"].as_str().unwrap_or_default(),
+                    &self.install,
+                    p.id(),
+                ) =>
+            {
                 Step::Failed(collision("firewall", &p.name, &v))
             }
             Ok(Some(v)) if firewall_shape(&v) == firewall_shape(&want) => Step::Ready(()),
             Ok(Some(_)) => {
                 let rid = p.request_id("firewall-patch");
                 let r = self
-                    .mutate(Some(p), Method::PATCH, &path, Some(&want), "patch firewall", "firewall", &p.name, "global", &rid)
+                    .mutate(
+                        Some(p),
+                        Method::PATCH,
+                        &path,
+                        Some(&want),
+                        "patch firewall",
+                        "firewall",
+                        &p.name,
+                        "global",
+                        &rid,
+                    )
                     .await;
                 Self::finish_op(r, (), &mut ops)
             }
@@ -740,7 +892,8 @@ impl GcpCloud {
 
     fn instance_body(&self, p: &Pass<'_>, email: &str, ip: Option<&str>) -> Value {
         let t = &p.d.target;
-        let mut access = json!({"name": "External NAT", "type": "ONE_TO_ONE_NAT", "networkTier": "PREMIUM"});
+        let mut access =
+            json!({"name": "External NAT", "type": "ONE_TO_ONE_NAT", "networkTier": "PREMIUM"});
         if let Some(ip) = ip {
             access["natIP"] = json!(ip);
         }
@@ -778,15 +931,28 @@ impl GcpCloud {
     }
 
     /// Returns the VM status when the step is ready.
-    async fn ensure_instance(&self, p: &Pass<'_>, email: &str, ip: Option<&str>) -> (Step<(String, Option<String>)>, Vec<PendingOp>) {
+    async fn ensure_instance(
+        &self,
+        p: &Pass<'_>,
+        email: &str,
+        ip: Option<&str>,
+    ) -> (Step<(String, Option<String>)>, Vec<PendingOp>) {
         let mut ops = Vec::new();
         if let Some(s) = self.check_pending(p, "instance", &mut ops).await {
             return (s, ops);
         }
         let t = &p.d.target;
-        let path = format!("projects/{}/zones/{}/instances/{}", p.project(), t.zone, p.name);
+        let path = format!(
+            "projects/{}/zones/{}/instances/{}",
+            p.project(),
+            t.zone,
+            p.name
+        );
         let scope = format!("zones/{}", t.zone);
-        let v = match self.get_opt(Service::Compute, &path, "get instance", &p.name).await {
+        let v = match self
+            .get_opt(Service::Compute, &path, "get instance", &p.name)
+            .await
+        {
             Err(e) => return (Step::Failed(e), ops),
             Ok(Some(v)) => v,
             Ok(None) => {
@@ -807,7 +973,9 @@ impl GcpCloud {
                     .await;
                 return match r {
                     // Instances come up RUNNING when the insert is DONE; read the IP next pass.
-                    Ok(OpState::Done) => (Step::Waiting(format!("instance {} created", p.name)), ops),
+                    Ok(OpState::Done) => {
+                        (Step::Waiting(format!("instance {} created", p.name)), ops)
+                    }
                     other => (Self::finish_op(other, (String::new(), None), &mut ops), ops),
                 };
             }
@@ -825,10 +993,22 @@ impl GcpCloud {
             "TERMINATED" | "STOPPED" => {
                 let rid = p.request_id("instance-start");
                 let r = self
-                    .mutate(Some(p), Method::POST, &format!("{path}/start"), None, "start instance", "instance", &p.name, &scope, &rid)
+                    .mutate(
+                        Some(p),
+                        Method::POST,
+                        &format!("{path}/start"),
+                        None,
+                        "start instance",
+                        "instance",
+                        &p.name,
+                        &scope,
+                        &rid,
+                    )
                     .await;
                 return match r {
-                    Ok(OpState::Done) => (Step::Waiting(format!("instance {} started", p.name)), ops),
+                    Ok(OpState::Done) => {
+                        (Step::Waiting(format!("instance {} started", p.name)), ops)
+                    }
                     other => (Self::finish_op(other, (status, nat), &mut ops), ops),
                 };
             }
@@ -839,7 +1019,17 @@ impl GcpCloud {
             let body = json!({"fingerprint": v["metadata"]["fingerprint"], "items": metadata_items(&want)});
             let rid = p.request_id("instance-metadata");
             let r = self
-                .mutate(Some(p), Method::POST, &format!("{path}/setMetadata"), Some(&body), "set instance metadata", "instance", &p.name, &scope, &rid)
+                .mutate(
+                    Some(p),
+                    Method::POST,
+                    &format!("{path}/setMetadata"),
+                    Some(&body),
+                    "set instance metadata",
+                    "instance",
+                    &p.name,
+                    &scope,
+                    &rid,
+                )
                 .await;
             return (Self::finish_op(r, (status, nat), &mut ops), ops);
         }
@@ -849,7 +1039,17 @@ impl GcpCloud {
             let body = json!({"labelFingerprint": v["labelFingerprint"], "labels": want_labels});
             let rid = p.request_id("instance-labels");
             let r = self
-                .mutate(Some(p), Method::POST, &format!("{path}/setLabels"), Some(&body), "set instance labels", "instance", &p.name, &scope, &rid)
+                .mutate(
+                    Some(p),
+                    Method::POST,
+                    &format!("{path}/setLabels"),
+                    Some(&body),
+                    "set instance labels",
+                    "instance",
+                    &p.name,
+                    &scope,
+                    &rid,
+                )
                 .await;
             return (Self::finish_op(r, (status, nat), &mut ops), ops);
         }
@@ -858,7 +1058,17 @@ impl GcpCloud {
 
     // ------------------------------------------------------------------ delete
 
-    async fn delete_compute(&self, project: &str, path: &str, kind: &'static str, name: &str, scope: &str, rec: &Recorded, ours: impl Fn(&Value) -> bool) -> (Step<()>, Vec<PendingOp>) {
+    #[allow(clippy::too_many_arguments)]
+    async fn delete_compute(
+        &self,
+        project: &str,
+        path: &str,
+        kind: &'static str,
+        name: &str,
+        scope: &str,
+        rec: &Recorded,
+        ours: impl Fn(&Value) -> bool,
+    ) -> (Step<()>, Vec<PendingOp>) {
         let mut ops = Vec::new();
         if let Some(op) = rec.pending.iter().find(|o| o.resource == kind) {
             match self.poll(project, op).await {
@@ -883,8 +1093,25 @@ impl GcpCloud {
             // Never delete what is not ours; to this gateway it is as good as gone.
             Ok(Some(v)) if !ours(&v) => (Step::Ready(()), ops),
             Ok(Some(v)) => {
-                let rid = names::request_id(&[del_op, project, name, v["id"].as_str().unwrap_or_default()]);
-                let r = self.mutate(None, Method::DELETE, path, None, del_op, kind, name, scope, &rid).await;
+                let rid = names::request_id(&[
+                    del_op,
+                    project,
+                    name,
+                    v["id"].as_str().unwrap_or_default(),
+                ]);
+                let r = self
+                    .mutate(
+                        None,
+                        Method::DELETE,
+                        path,
+                        None,
+                        del_op,
+                        kind,
+                        name,
+                        scope,
+                        &rid,
+                    )
+                    .await;
                 match r {
                     Ok(OpState::Done) => (Step::Waiting(format!("{kind} {name} deleted")), ops),
                     Err(e) if e.is_not_found() => (Step::Ready(()), ops),
@@ -894,7 +1121,14 @@ impl GcpCloud {
         }
     }
 
-    async fn delete_rpc(&self, s: Service, path: &str, kind: &'static str, name: &str, ours: impl Fn(&Value) -> bool) -> Step<()> {
+    async fn delete_rpc(
+        &self,
+        s: Service,
+        path: &str,
+        kind: &'static str,
+        name: &str,
+        ours: impl Fn(&Value) -> bool,
+    ) -> Step<()> {
         let (get_op, del_op) = if s == Service::Iam {
             ("get service account", "delete service account")
         } else {
@@ -904,7 +1138,19 @@ impl GcpCloud {
             Err(e) => Step::Failed(e),
             Ok(None) => Step::Ready(()),
             Ok(Some(v)) if !ours(&v) => Step::Ready(()),
-            Ok(Some(_)) => match self.api.call(s, Method::DELETE, path, None, del_op, name, Retry::Transient).await {
+            Ok(Some(_)) => match self
+                .api
+                .call(
+                    s,
+                    Method::DELETE,
+                    path,
+                    None,
+                    del_op,
+                    name,
+                    Retry::Transient,
+                )
+                .await
+            {
                 Ok(_) => Step::Ready(()),
                 Err(e) if e.is_not_found() => Step::Ready(()),
                 Err(e) => {
@@ -983,7 +1229,9 @@ impl Cloud for GcpCloud {
             ..rec.clone()
         };
         let net_ok = absorb(net, &mut waiting, &mut errors).is_some();
-        recorded.network = net_ok.then(|| self.network.clone()).or(recorded.network.filter(|_| false));
+        recorded.network = net_ok
+            .then(|| self.network.clone())
+            .or(recorded.network.filter(|_| false));
         let sa_ok = absorb(sa, &mut waiting, &mut errors);
         if let Some(e) = &sa_ok {
             recorded.service_account_email = Some(e.clone());
@@ -1005,7 +1253,8 @@ impl Cloud for GcpCloud {
             recorded.address_name = Some(p.name.clone());
             recorded.address = Some(ip.clone());
         }
-        let mut all = net_ok && sa_ok.is_some() && recorded.secret_version.is_some() && addr_ok.is_some();
+        let mut all =
+            net_ok && sa_ok.is_some() && recorded.secret_version.is_some() && addr_ok.is_some();
         match fw {
             Some((s, ops)) => {
                 pending.extend(ops);
@@ -1072,11 +1321,21 @@ impl Cloud for GcpCloud {
         let sa_path = format!("projects/{project}/serviceAccounts/{email}");
         let secret_path = format!("projects/{project}/secrets/{name}");
         let ((inst, ops), sa, secret) = join3(
-            self.delete_compute(project, &inst_path, "instance", &name, &format!("zones/{}", target.zone), rec, |v| labels_ours(v, install, id)),
+            self.delete_compute(
+                project,
+                &inst_path,
+                "instance",
+                &name,
+                &format!("zones/{}", target.zone),
+                rec,
+                |v| labels_ours(v, install, id),
+            ),
             self.delete_rpc(Service::Iam, &sa_path, "service account", &email, |v| {
                 marker_ours(v["description"].as_str().unwrap_or_default(), install, id)
             }),
-            self.delete_rpc(Service::Secrets, &secret_path, "secret", &name, |v| labels_ours(v, install, id)),
+            self.delete_rpc(Service::Secrets, &secret_path, "secret", &name, |v| {
+                labels_ours(v, install, id)
+            }),
         )
         .await;
         pending.extend(ops);
@@ -1098,12 +1357,23 @@ impl Cloud for GcpCloud {
         }
         if inst_gone {
             let fw_path = format!("projects/{project}/global/firewalls/{name}");
-            let addr_path = format!("projects/{project}/regions/{}/addresses/{name}", target.region);
+            let addr_path = format!(
+                "projects/{project}/regions/{}/addresses/{name}",
+                target.region
+            );
             let ((fw, fw_ops), (addr, addr_ops)) = join(
                 self.delete_compute(project, &fw_path, "firewall", &name, "global", rec, |v| {
                     marker_ours(v["description"].as_str().unwrap_or_default(), install, id)
                 }),
-                self.delete_compute(project, &addr_path, "address", &name, &format!("regions/{}", target.region), rec, |v| labels_ours(v, install, id)),
+                self.delete_compute(
+                    project,
+                    &addr_path,
+                    "address",
+                    &name,
+                    &format!("regions/{}", target.region),
+                    rec,
+                    |v| labels_ours(v, install, id),
+                ),
             )
             .await;
             pending.extend(fw_ops);
@@ -1122,7 +1392,15 @@ impl Cloud for GcpCloud {
                 let net_path = format!("projects/{project}/global/networks/{}", self.network);
                 let marker = names::network_marker(install);
                 let (net, net_ops) = self
-                    .delete_compute(project, &net_path, "network", &self.network, "global", rec, |v| v["description"] == marker.as_str())
+                    .delete_compute(
+                        project,
+                        &net_path,
+                        "network",
+                        &self.network,
+                        "global",
+                        rec,
+                        |v| v["description"] == marker.as_str(),
+                    )
                     .await;
                 pending.extend(net_ops);
                 match net {
@@ -1155,9 +1433,18 @@ impl Cloud for GcpCloud {
         let mut found: BTreeMap<TargetKey, BTreeSet<&'static str>> = BTreeMap::new();
         let install = names::label_value(&self.install);
         let cluster = names::label_value(&self.cluster);
-        let filter = format!("labels.{}={install} AND labels.{}={cluster}", names::LABEL_INSTALL, names::LABEL_CLUSTER);
+        let filter = format!(
+            "labels.{}={install} AND labels.{}={cluster}",
+            names::LABEL_INSTALL,
+            names::LABEL_CLUSTER
+        );
         let secrets = self
-            .get(Service::Secrets, &format!("projects/{project}/secrets?filter={}", encode(&filter)), "list secrets", project)
+            .get(
+                Service::Secrets,
+                &format!("projects/{project}/secrets?filter={}", encode(&filter)),
+                "list secrets",
+                project,
+            )
             .await?;
         for s in secrets["secrets"].as_array().into_iter().flatten() {
             let l = &s["labels"];
@@ -1193,16 +1480,29 @@ impl Cloud for GcpCloud {
             }
         };
         let fws = self
-            .get(Service::Compute, &format!("projects/{project}/global/firewalls"), "list firewalls", project)
+            .get(
+                Service::Compute,
+                &format!("projects/{project}/global/firewalls"),
+                "list firewalls",
+                project,
+            )
             .await?;
         for f in fws["items"].as_array().into_iter().flatten() {
             add_marker(f["description"].as_str().unwrap_or_default(), "firewall");
         }
         let sas = self
-            .get(Service::Iam, &format!("projects/{project}/serviceAccounts"), "list service accounts", project)
+            .get(
+                Service::Iam,
+                &format!("projects/{project}/serviceAccounts"),
+                "list service accounts",
+                project,
+            )
             .await?;
         for a in sas["accounts"].as_array().into_iter().flatten() {
-            add_marker(a["description"].as_str().unwrap_or_default(), "serviceAccount");
+            add_marker(
+                a["description"].as_str().unwrap_or_default(),
+                "serviceAccount",
+            );
         }
         Ok(found
             .into_iter()
@@ -1219,7 +1519,10 @@ impl Cloud for GcpCloud {
             "projects/{}/zones/{}/instances/{name}/getGuestAttributes?queryPath=wgnet%2F",
             target.project, target.zone
         );
-        let v = match self.get_opt(Service::Compute, &path, "get guest attributes", &name).await? {
+        let v = match self
+            .get_opt(Service::Compute, &path, "get guest attributes", &name)
+            .await?
+        {
             Some(v) => v,
             None => return Ok(BTreeMap::new()),
         };
@@ -1227,7 +1530,12 @@ impl Cloud for GcpCloud {
             .as_array()
             .into_iter()
             .flatten()
-            .filter_map(|i| Some((i["key"].as_str()?.to_owned(), i["value"].as_str()?.to_owned())))
+            .filter_map(|i| {
+                Some((
+                    i["key"].as_str()?.to_owned(),
+                    i["value"].as_str()?.to_owned(),
+                ))
+            })
             .collect())
     }
 
@@ -1236,11 +1544,22 @@ impl Cloud for GcpCloud {
             return;
         }
         let waits = recorded.pending.iter().map(|op| {
-            let path = format!("projects/{project}/{}/operations/{}/wait", op.scope, op.name);
+            let path = format!(
+                "projects/{project}/{}/operations/{}/wait",
+                op.scope, op.name
+            );
             Box::pin(async move {
                 let _ = self
                     .api
-                    .call(Service::Compute, Method::POST, &path, None, "wait operation", &op.name, Retry::Transient)
+                    .call(
+                        Service::Compute,
+                        Method::POST,
+                        &path,
+                        None,
+                        "wait operation",
+                        &op.name,
+                        Retry::Transient,
+                    )
                     .await;
             })
         });
@@ -1267,7 +1586,14 @@ mod tests {
 
     #[test]
     fn firewall_allowed_is_canonical() {
-        let a = allowed(51820, &[(443, Protocol::Tcp), (80, Protocol::Tcp), (53, Protocol::Udp)]);
+        let a = allowed(
+            51820,
+            &[
+                (443, Protocol::Tcp),
+                (80, Protocol::Tcp),
+                (53, Protocol::Udp),
+            ],
+        );
         assert_eq!(
             a,
             json!([{"IPProtocol": "udp", "ports": ["53", "51820"]}, {"IPProtocol": "tcp", "ports": ["80", "443"]}])

@@ -223,16 +223,30 @@ pub struct TargetKey {
 /// What the reconciler needs from a cloud.
 pub trait Cloud: Send + Sync {
     /// Advances the gateway's resources towards `desired` without waiting on long operations.
-    fn ensure(&self, desired: &Desired, recorded: &Recorded) -> impl Future<Output = Progress> + Send;
+    fn ensure(
+        &self,
+        desired: &Desired,
+        recorded: &Recorded,
+    ) -> impl Future<Output = Progress> + Send;
 
     /// Advances deletion of every resource of `target`; `done` once none is left.
-    fn delete(&self, target: &Target, recorded: &Recorded) -> impl Future<Output = DeleteProgress> + Send;
+    fn delete(
+        &self,
+        target: &Target,
+        recorded: &Recorded,
+    ) -> impl Future<Output = DeleteProgress> + Send;
 
     /// Gateways of this install and cluster found in `project`, for orphan sweeps.
-    fn list_owned(&self, project: &str) -> impl Future<Output = Result<Vec<Owned>, CloudError>> + Send;
+    fn list_owned(
+        &self,
+        project: &str,
+    ) -> impl Future<Output = Result<Vec<Owned>, CloudError>> + Send;
 
     /// Guest attributes the VM reported under `wgnet/` (state, error, public key).
-    fn vm_report(&self, target: &Target) -> impl Future<Output = Result<BTreeMap<String, String>, CloudError>> + Send;
+    fn vm_report(
+        &self,
+        target: &Target,
+    ) -> impl Future<Output = Result<BTreeMap<String, String>, CloudError>> + Send;
 
     /// Waits (bounded, server side) until one of `recorded.pending` finishes.
     fn wait_any(&self, project: &str, recorded: &Recorded) -> impl Future<Output = ()> + Send;

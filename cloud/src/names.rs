@@ -199,9 +199,15 @@ mod tests {
         assert_eq!(a, id("default", "web").resource_name());
         assert_ne!(a, id("default", "web2").resource_name());
         // Separator matters: ns "a/b" + name "c" must not equal ns "a" + name "b/c".
-        assert_ne!(id("a", "b-c").resource_name(), id("a-b", "c").resource_name());
+        assert_ne!(
+            id("a", "b-c").resource_name(),
+            id("a-b", "c").resource_name()
+        );
         assert!(a.starts_with("wg-"));
-        assert!(a.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
+        assert!(
+            a.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        );
     }
 
     #[test]
@@ -214,7 +220,10 @@ mod tests {
     fn markers_round_trip() {
         let g = id("ns", "web");
         let m = parse_marker(&g.marker("inst", "us-central1", "us-central1-a")).expect("parses");
-        assert_eq!((m.namespace.as_str(), m.name.as_str(), m.uid.as_str()), ("ns", "web", "u1"));
+        assert_eq!(
+            (m.namespace.as_str(), m.name.as_str(), m.uid.as_str()),
+            ("ns", "web", "u1")
+        );
         assert_eq!(m.zone, "us-central1-a");
         assert_eq!(parse_marker("created by hand"), None);
         assert_eq!(parse_marker(&network_marker("inst")), None);

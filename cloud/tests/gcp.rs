@@ -22,35 +22,70 @@ async fn lifecycle_create_resync_change_delete() {
     assert_eq!(p.vm_status.as_deref(), Some("RUNNING"));
     assert_eq!(
         kinds(&e.emu),
-        ["address", "firewall", "instance", "network", "secret", "serviceAccount"]
+        [
+            "address",
+            "firewall",
+            "instance",
+            "network",
+            "secret",
+            "serviceAccount"
+        ]
     );
 
     // What was created, as GCP holds it.
-    let fw = e.emu.get("firewall", PROJECT, "global", &name).expect("firewall");
+    let fw = e
+        .emu
+        .get("firewall", PROJECT, "global", &name)
+        .expect("firewall");
     assert_eq!(fw["targetTags"], json!([name]));
     assert_eq!(fw["sourceRanges"], json!(["0.0.0.0/0"]));
     assert_eq!(
         fw["allowed"],
         json!([{"IPProtocol": "udp", "ports": ["51820"]}, {"IPProtocol": "tcp", "ports": ["80", "443"]}])
     );
-    let inst = e.emu.get("instance", PROJECT, "us-central1-a", &name).expect("instance");
-    assert_eq!(inst["networkInterfaces"][0]["accessConfigs"][0]["natIP"], json!(ip));
-    assert_eq!(inst["shieldedInstanceConfig"]["enableSecureBoot"], json!(true));
+    let inst = e
+        .emu
+        .get("instance", PROJECT, "us-central1-a", &name)
+        .expect("instance");
+    assert_eq!(
+        inst["networkInterfaces"][0]["accessConfigs"][0]["natIP"],
+        json!(ip)
+    );
+    assert_eq!(
+        inst["shieldedInstanceConfig"]["enableSecureBoot"],
+        json!(true)
+    );
     assert_eq!(inst["labels"]["wgnet-gateway-uid"], json!("uid-1"));
-    let items = inst["metadata"]["items"].as_array().expect("metadata items");
-    for key in ["enable-guest-attributes", "block-project-ssh-keys", "wgnet-listen-port"] {
+    let items = inst["metadata"]["items"]
+        .as_array()
+        .expect("metadata items");
+    for key in [
+        "enable-guest-attributes",
+        "block-project-ssh-keys",
+        "wgnet-listen-port",
+    ] {
         assert!(items.iter().any(|i| i["key"] == key), "metadata {key}");
     }
     let email = format!("{name}@{PROJECT}.iam.gserviceaccount.com");
     assert_eq!(inst["serviceAccounts"][0]["email"], json!(email));
-    assert_eq!(e.emu.secret_payload(PROJECT, &name).as_deref(), Some(d.vm_key.expose()));
-    let policy = e.emu.get("secretPolicy", PROJECT, "global", &name).expect("policy");
+    assert_eq!(
+        e.emu.secret_payload(PROJECT, &name).as_deref(),
+        Some(d.vm_key.expose())
+    );
+    let policy = e
+        .emu
+        .get("secretPolicy", PROJECT, "global", &name)
+        .expect("policy");
     assert_eq!(
         policy["bindings"],
         json!([{"role": "roles/secretmanager.secretAccessor", "members": [format!("serviceAccount:{email}")]}])
     );
     // Every body the crate sent passed the discovery-schema checks.
-    assert!(e.emu.request_log().iter().all(|c| c.status != 400), "{:?}", e.emu.request_log());
+    assert!(
+        e.emu.request_log().iter().all(|c| c.status != 400),
+        "{:?}",
+        e.emu.request_log()
+    );
 
     // An unchanged resync writes nothing and reads at most three resources.
     e.emu.clear_request_log();
@@ -66,13 +101,24 @@ async fn lifecycle_create_resync_change_delete() {
     d2.ports = vec![(443, Protocol::Tcp), (5353, Protocol::Udp)];
     e.emu.clear_request_log();
     let (rec, p2, _) = converge(&e.cloud, &d2, again.recorded, 10).await;
-    let writes: Vec<_> = e.emu.request_log().into_iter().filter(|c| c.is_write()).collect();
+    let writes: Vec<_> = e
+        .emu
+        .request_log()
+        .into_iter()
+        .filter(|c| c.is_write())
+        .collect();
     assert_eq!(writes.len(), 1, "{writes:?}");
     assert_eq!(writes[0].method, "PATCH");
     assert_eq!(p2.address.as_deref(), Some(ip.as_str()));
-    let inst2 = e.emu.get("instance", PROJECT, "us-central1-a", &name).expect("instance");
+    let inst2 = e
+        .emu
+        .get("instance", PROJECT, "us-central1-a", &name)
+        .expect("instance");
     assert_eq!(inst2["id"], inst["id"]);
-    let fw = e.emu.get("firewall", PROJECT, "global", &name).expect("firewall");
+    let fw = e
+        .emu
+        .get("firewall", PROJECT, "global", &name)
+        .expect("firewall");
     assert_eq!(
         fw["allowed"],
         json!([{"IPProtocol": "udp", "ports": ["5353", "51820"]}, {"IPProtocol": "tcp", "ports": ["443"]}])
@@ -103,16 +149,33 @@ async fn drift_is_repaired_with_the_same_address() {
     assert_eq!(p.vm_status.as_deref(), Some("RUNNING"));
 
     // Deleted out of band: recreated with the same reserved IP.
-    assert!(e.emu.remove_resource("instance", PROJECT, "us-central1-a", &name));
+    assert!(
+        e.emu
+            .remove_resource("instance", PROJECT, "us-central1-a", &name)
+    );
     let (rec, p, _) = converge(&e.cloud, &d, rec, 10).await;
     assert_eq!(p.address.as_deref(), Some(ip.as_str()));
-    let inst = e.emu.get("instance", PROJECT, "us-central1-a", &name).expect("recreated");
-    assert_eq!(inst["networkInterfaces"][0]["accessConfigs"][0]["natIP"], json!(ip));
+    let inst = e
+        .emu
+        .get("instance", PROJECT, "us-central1-a", &name)
+        .expect("recreated");
+    assert_eq!(
+        inst["networkInterfaces"][0]["accessConfigs"][0]["natIP"],
+        json!(ip)
+    );
 
     // Someone opened SSH on the firewall: restored.
-    assert!(e.emu.edit_firewall(PROJECT, &name, "allowed", json!([{"IPProtocol": "tcp", "ports": ["22"]}])));
+    assert!(e.emu.edit_firewall(
+        PROJECT,
+        &name,
+        "allowed",
+        json!([{"IPProtocol": "tcp", "ports": ["22"]}])
+    ));
     let (rec, _, _) = converge(&e.cloud, &d, rec, 10).await;
-    let fw = e.emu.get("firewall", PROJECT, "global", &name).expect("firewall");
+    let fw = e
+        .emu
+        .get("firewall", PROJECT, "global", &name)
+        .expect("firewall");
     assert_eq!(
         fw["allowed"],
         json!([{"IPProtocol": "udp", "ports": ["51820"]}, {"IPProtocol": "tcp", "ports": ["443"]}])
@@ -150,13 +213,24 @@ async fn lost_answers_on_every_write_converge_without_duplicates() {
     // ... and each resource exists exactly once, with one key version.
     assert_eq!(
         kinds(&e.emu),
-        ["address", "firewall", "instance", "network", "secret", "serviceAccount"]
+        [
+            "address",
+            "firewall",
+            "instance",
+            "network",
+            "secret",
+            "serviceAccount"
+        ]
     );
     assert_eq!(e.emu.secret_versions(PROJECT, &name), Some(1));
 
     // A fresh start from nothing recorded (status lost) adopts everything and writes nothing.
     let p = e.cloud.ensure(&d, &Recorded::default()).await;
-    let p = if p.ready { p } else { e.cloud.ensure(&d, &p.recorded).await };
+    let p = if p.ready {
+        p
+    } else {
+        e.cloud.ensure(&d, &p.recorded).await
+    };
     assert!(p.ready, "{:?} {:?}", p.waiting, p.errors);
     assert_eq!(p.writes, 0);
     assert_eq!(e.emu.secret_versions(PROJECT, &name), Some(1));
@@ -170,11 +244,24 @@ async fn seeded_fault_campaign_leaks_nothing() {
     e.emu.random_failures(0.2, 0x5eed, &[429, 500, 503]);
     let mut failures = 0;
     for cycle in 0..50 {
-        let d = desired(&format!("gw{cycle}"), &format!("uid-c{cycle}"), &[(443, Protocol::Tcp), (53, Protocol::Udp)]);
+        let d = desired(
+            &format!("gw{cycle}"),
+            &format!("uid-c{cycle}"),
+            &[(443, Protocol::Tcp), (53, Protocol::Udp)],
+        );
         let (rec, _, _) = converge(&e.cloud, &d, Recorded::default(), 60).await;
         teardown(&e.cloud, &d.target, rec, 60).await;
-        assert!(e.emu.inventory().is_empty(), "cycle {cycle}: {:?}", e.emu.inventory());
-        failures += e.emu.request_log().iter().filter(|c| matches!(c.status, 429 | 500 | 503)).count();
+        assert!(
+            e.emu.inventory().is_empty(),
+            "cycle {cycle}: {:?}",
+            e.emu.inventory()
+        );
+        failures += e
+            .emu
+            .request_log()
+            .iter()
+            .filter(|c| matches!(c.status, 429 | 500 | 503))
+            .count();
         e.emu.clear_request_log();
     }
     // The campaign really injected faults.
@@ -191,7 +278,10 @@ async fn iam_propagation_delay_is_waited_out() {
     assert!(!first.ready);
     assert!(first.errors.is_empty(), "{:?}", first.errors);
     assert!(
-        first.waiting.iter().any(|w| w.contains("to propagate in IAM")),
+        first
+            .waiting
+            .iter()
+            .any(|w| w.contains("to propagate in IAM")),
         "{:?}",
         first.waiting
     );
@@ -222,9 +312,16 @@ async fn permission_denied_surfaces_once_with_the_message() {
     }
     let p = last.expect("ran");
     assert!(!p.ready);
-    let err = p.errors.iter().find(|e| e.is_permission_denied()).expect("permission error");
+    let err = p
+        .errors
+        .iter()
+        .find(|e| e.is_permission_denied())
+        .expect("permission error");
     assert_eq!(err.reason_code(), "PermissionDenied");
-    assert!(err.to_string().contains("compute.firewalls.create"), "{err}");
+    assert!(
+        err.to_string().contains("compute.firewalls.create"),
+        "{err}"
+    );
     assert!(err.retry_after() >= Duration::from_secs(60));
     // Never retried inside a pass: one attempt per pass.
     let inserts = e
@@ -235,7 +332,11 @@ async fn permission_denied_surfaces_once_with_the_message() {
         .count();
     assert_eq!(inserts, 3);
     // Everything else still advanced.
-    assert!(rec.service_account_email.is_some() && rec.secret_version.is_some() && rec.instance.is_some());
+    assert!(
+        rec.service_account_email.is_some()
+            && rec.secret_version.is_some()
+            && rec.instance.is_some()
+    );
     e.emu.clear_faults();
     let (rec, _, _) = converge(&e.cloud, &d, rec, 10).await;
     teardown(&e.cloud, &d.target, rec, 20).await;
@@ -252,7 +353,12 @@ async fn quota_exhaustion_backs_off_and_reports() {
     assert_eq!(err.reason_code(), "QuotaExceeded");
     assert_eq!(p.requeue_after(), Some(Duration::from_secs(60)));
     // Bounded: each call gives up after its retries, nothing loops.
-    let rejected = e.emu.request_log().iter().filter(|c| c.status == 403 || c.status == 429).count();
+    let rejected = e
+        .emu
+        .request_log()
+        .iter()
+        .filter(|c| c.status == 403 || c.status == 429)
+        .count();
     assert!(rejected > 0 && rejected <= 6 * 8, "{rejected}");
     e.emu.set_quota_per_minute(None);
     let (rec, _, _) = converge(&e.cloud, &d, p.recorded, 10).await;
@@ -270,12 +376,24 @@ async fn two_gateways_share_the_network_until_the_last_is_gone() {
     );
     assert_ne!(pa.address, pb.address);
     assert_ne!(a.target.id.resource_name(), b.target.id.resource_name());
-    let networks = e.emu.inventory().into_iter().filter(|i| i.kind == "network").count();
+    let networks = e
+        .emu
+        .inventory()
+        .into_iter()
+        .filter(|i| i.kind == "network")
+        .count();
     assert_eq!(networks, 1);
     teardown(&e.cloud, &a.target, ra, 20).await;
     assert_eq!(
         kinds(&e.emu),
-        ["address", "firewall", "instance", "network", "secret", "serviceAccount"]
+        [
+            "address",
+            "firewall",
+            "instance",
+            "network",
+            "secret",
+            "serviceAccount"
+        ]
     );
     // The survivor is untouched and still ready.
     let again = e.cloud.ensure(&b, &rb).await;
@@ -299,8 +417,15 @@ async fn name_collision_is_an_error_and_never_deleted() {
     };
     let (rec2, _, _) = converge(&cloud2, &other, Recorded::default(), 20).await;
     let p = e.cloud.ensure(&d, &Recorded::default()).await;
-    let err = p.errors.iter().find(|e| e.reason_code() == "NameCollision").expect("collision");
-    assert!(err.to_string().contains("does not belong to this gateway"), "{err}");
+    let err = p
+        .errors
+        .iter()
+        .find(|e| e.reason_code() == "NameCollision")
+        .expect("collision");
+    assert!(
+        err.to_string().contains("does not belong to this gateway"),
+        "{err}"
+    );
     // Deleting ours leaves theirs alone.
     teardown(&e.cloud, &d.target, p.recorded, 20).await;
     assert!(kinds(&e.emu).contains(&"instance"));
@@ -359,7 +484,14 @@ async fn key_material_never_appears_in_progress_or_errors() {
     let d = desired("secretive", "uid-9", &[]);
     let p = e.cloud.ensure(&d, &Recorded::default()).await;
     assert!(!p.errors.is_empty());
-    let shown = format!("{p:?} {}", p.errors.iter().map(ToString::to_string).collect::<Vec<_>>().join(";"));
+    let shown = format!(
+        "{p:?} {}",
+        p.errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(";")
+    );
     assert!(!shown.contains("PRIVATE-KEY-OF"), "{shown}");
     e.emu.clear_faults();
     let (rec, _, _) = converge(&e.cloud, &d, p.recorded, 10).await;

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use wgnet_cloud::api::{Credentials, Endpoints, RetryPolicy};
 use wgnet_cloud::gcp::{GcpCloud, GcpConfig};
-use wgnet_cloud::{Cloud, DeleteProgress, Desired, GatewayId, Progress, Protocol, Recorded, SecretBytes, Target};
+use wgnet_cloud::{
+    Cloud, DeleteProgress, Desired, GatewayId, Progress, Protocol, Recorded, SecretBytes, Target,
+};
 use wgnet_tests::gcp::{Config, GcpEmulator, LatencyProfile};
 
 pub const PROJECT: &str = "wgnet-test";
@@ -79,7 +81,11 @@ pub async fn env_with(profile: LatencyProfile, token_ttl: Duration) -> Env {
     })
     .await
     .expect("cloud client");
-    Env { emu, cloud, _dir: dir }
+    Env {
+        emu,
+        cloud,
+        _dir: dir,
+    }
 }
 
 pub fn target(name: &str, uid: &str) -> Target {
@@ -115,7 +121,12 @@ pub fn desired(name: &str, uid: &str, ports: &[(u16, Protocol)]) -> Desired {
 
 /// Calls `ensure` until ready (bounded), waiting on operations in between like the
 /// operator's requeue does.
-pub async fn converge(cloud: &GcpCloud, d: &Desired, mut rec: Recorded, max_passes: usize) -> (Recorded, Progress, usize) {
+pub async fn converge(
+    cloud: &GcpCloud,
+    d: &Desired,
+    mut rec: Recorded,
+    max_passes: usize,
+) -> (Recorded, Progress, usize) {
     for pass in 1..=max_passes {
         let p = cloud.ensure(d, &rec).await;
         rec = p.recorded.clone();
@@ -129,11 +140,19 @@ pub async fn converge(cloud: &GcpCloud, d: &Desired, mut rec: Recorded, max_pass
         }
     }
     let p = cloud.ensure(d, &rec).await;
-    panic!("not ready after {max_passes} passes: waiting {:?}, errors {:?}", p.waiting, p.errors);
+    panic!(
+        "not ready after {max_passes} passes: waiting {:?}, errors {:?}",
+        p.waiting, p.errors
+    );
 }
 
 /// Calls `delete` until done (bounded).
-pub async fn teardown(cloud: &GcpCloud, t: &Target, mut rec: Recorded, max_passes: usize) -> DeleteProgress {
+pub async fn teardown(
+    cloud: &GcpCloud,
+    t: &Target,
+    mut rec: Recorded,
+    max_passes: usize,
+) -> DeleteProgress {
     for _ in 0..max_passes {
         let p = cloud.delete(t, &rec).await;
         rec = p.recorded.clone();
@@ -147,7 +166,10 @@ pub async fn teardown(cloud: &GcpCloud, t: &Target, mut rec: Recorded, max_passe
         }
     }
     let p = cloud.delete(t, &rec).await;
-    panic!("not deleted after {max_passes} passes: waiting {:?}, errors {:?}", p.waiting, p.errors);
+    panic!(
+        "not deleted after {max_passes} passes: waiting {:?}, errors {:?}",
+        p.waiting, p.errors
+    );
 }
 
 /// Kinds of live resources, sorted, ignoring the operator's own identity.

@@ -37,7 +37,11 @@ async fn main() -> ExitCode {
             "--project" => projects.push(v),
             "--profile" => match LatencyProfile::named(&v) {
                 Some(p) => config.profile = p,
-                None => return fail(&format!("unknown profile {v:?}; use instant, polls or gcp-typical")),
+                None => {
+                    return fail(&format!(
+                        "unknown profile {v:?}; use instant, polls or gcp-typical"
+                    ));
+                }
             },
             "--scale" => match v.parse::<f64>() {
                 Ok(s) if s >= 0.0 => scale = s,
@@ -59,11 +63,11 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Some(path) = &key_file {
-        if let Err(e) = emulator.write_key_file(&key_email, path) {
-            eprintln!("wgnet-gcp-emulator: {e}");
-            return ExitCode::FAILURE;
-        }
+    if let Some(path) = &key_file
+        && let Err(e) = emulator.write_key_file(&key_email, path)
+    {
+        eprintln!("wgnet-gcp-emulator: {e}");
+        return ExitCode::FAILURE;
     }
     eprintln!(
         "wgnet-gcp-emulator: serving {} (compute {}, iam and secretmanager {}, token {})",

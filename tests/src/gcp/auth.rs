@@ -80,7 +80,8 @@ pub fn verify_assertion(
     audience: &str,
 ) -> Result<Grant, String> {
     let mut parts = jwt.split('.');
-    let (Some(h), Some(c), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(h), Some(c), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err("Invalid JWT: expected three segments".to_owned());
     };

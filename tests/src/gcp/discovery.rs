@@ -53,12 +53,7 @@ impl Discovery {
             return self.check_node(target, v, at);
         }
         let ty = schema.get("type").and_then(Value::as_str).unwrap_or("any");
-        let bad = |want: &str| {
-            Err(format!(
-                "Invalid value at '{at}' ({want}), {}",
-                short(v)
-            ))
-        };
+        let bad = |want: &str| Err(format!("Invalid value at '{at}' ({want}), {}", short(v)));
         match ty {
             "object" => {
                 let Some(obj) = v.as_object() else {
@@ -121,9 +116,9 @@ impl Discovery {
 
 fn check_enum(schema: &Value, s: &str, at: &str) -> Result<(), String> {
     match schema.get("enum").and_then(Value::as_array) {
-        Some(values) if !values.iter().any(|e| e.as_str() == Some(s)) => Err(format!(
-            "Invalid value at '{at}' (TYPE_ENUM), \"{s}\""
-        )),
+        Some(values) if !values.iter().any(|e| e.as_str() == Some(s)) => {
+            Err(format!("Invalid value at '{at}' (TYPE_ENUM), \"{s}\""))
+        }
         _ => Ok(()),
     }
 }
@@ -159,7 +154,9 @@ mod tests {
             "allowed": [{"IPProtocol": "udp", "ports": ["51820"]}], "targetTags": ["t"], "priority": 1000});
         assert_eq!(d.check("Firewall", &ok), Ok(()));
         let unknown = json!({"name": "fw", "allowed": [{"IPProtocol": "udp", "port": ["1"]}]});
-        let err = d.check("Firewall", &unknown).expect_err("unknown nested field");
+        let err = d
+            .check("Firewall", &unknown)
+            .expect_err("unknown nested field");
         assert!(err.contains("Unknown name \"port\""), "{err}");
     }
 

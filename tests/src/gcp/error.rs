@@ -112,11 +112,7 @@ pub fn for_status(code: u16) -> GcpError {
         409 => GcpError::new(409, "conflict", "The request conflicts (injected)"),
         429 => GcpError::new(429, "rateLimitExceeded", "Quota exceeded (injected)"),
         502 => GcpError::new(502, "backendError", "Bad Gateway"),
-        503 => GcpError::new(
-            503,
-            "backendError",
-            "The service is currently unavailable.",
-        ),
+        503 => GcpError::new(503, "backendError", "The service is currently unavailable."),
         504 => GcpError::new(504, "backendError", "Deadline exceeded"),
         c => GcpError::new(c, "backendError", "Internal error encountered."),
     }

@@ -188,7 +188,7 @@ fn error_response(e: &GcpError, family: Family) -> Response<Body> {
     json_response(e.code, &e.body(family))
 }
 
-fn query_param<'a>(query: &'a str, key: &str) -> Option<String> {
+fn query_param(query: &str, key: &str) -> Option<String> {
     query.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         (k == key).then(|| percent_decode(v))
@@ -249,17 +249,27 @@ fn quota_group(api: &'static str, method: &str, path: &str) -> &'static str {
 }
 
 /// Serves one request. An `Err` drops the connection without an answer.
-pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, std::io::Error> {
+pub async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, std::io::Error> {
     let method = req.method().to_string();
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or("").to_owned();
     let api = api_of(&path);
     let headers = req.headers().clone();
-    let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY).collect().await {
+    let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+    {
         Ok(b) => b.to_bytes(),
         Err(_) => return Ok(respond(413, "text/plain", "request too large".into())),
     };
-    let family = if api == "compute" { Family::Compute } else { Family::Rpc };
+    let family = if api == "compute" {
+        Family::Compute
+    } else {
+        Family::Rpc
+    };
     let mut drop_response = false;
     let is_api = matches!(api, "compute" | "iam" | "secretmanager");
     if is_api {
@@ -268,10 +278,12 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Respo
             let w = lock(&shared.world);
             w.profile.scaled(w.profile.request)
         };
-        let delay = latency + request_latency + match &fault {
-            Some(FaultAction::Delay(d)) => *d,
-            _ => Duration::ZERO,
-        };
+        let delay = latency
+            + request_latency
+            + match &fault {
+                Some(FaultAction::Delay(d)) => *d,
+                _ => Duration::ZERO,
+            };
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
@@ -294,10 +306,7 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Respo
     let resp = match api {
         "oauth" => token_endpoint(&shared, &method, &body),
         "metadata" => metadata(&shared, &method, &path, &query, &headers, &body).await,
-        "unknown" => error_response(
-            &GcpError::not_found(&path),
-            Family::Rpc,
-        ),
+        "unknown" => error_response(&GcpError::not_found(&path), Family::Rpc),
         _ => {
             let caller = authenticate(&shared, &headers);
             let result = match caller {
@@ -320,10 +329,16 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Respo
             }
         }
     };
-    let status = if drop_response { 0 } else { resp.status().as_u16() };
+    let status = if drop_response {
+        0
+    } else {
+        resp.status().as_u16()
+    };
     log(&shared, api, &method, &path, &query, status);
     if drop_response {
-        return Err(std::io::Error::other("emulator dropped the response (injected fault)"));
+        return Err(std::io::Error::other(
+            "emulator dropped the response (injected fault)",
+        ));
     }
     Ok(resp)
 }
@@ -365,7 +380,12 @@ fn pick_fault(shared: &Shared, method: &str, path: &str) -> (Option<FaultAction>
     (chosen, c.latency)
 }
 
-fn quota_exceeded(shared: &Shared, api: &'static str, method: &str, path: &str) -> Option<GcpError> {
+fn quota_exceeded(
+    shared: &Shared,
+    api: &'static str,
+    method: &str,
+    path: &str,
+) -> Option<GcpError> {
     let mut c = lock(&shared.controls);
     let limit = c.quota?;
     let now = Instant::now();
@@ -409,7 +429,9 @@ fn authenticate(shared: &Shared, headers: &hyper::HeaderMap) -> Result<(String, 
         .ok_or_else(unauthenticated)?;
     let a = lock(&shared.auth);
     match a.tokens.get(token) {
-        Some((email, exp)) if *exp > Instant::now() => Ok((email.clone(), a.admins.contains(email))),
+        Some((email, exp)) if *exp > Instant::now() => {
+            Ok((email.clone(), a.admins.contains(email)))
+        }
         _ => Err(unauthenticated()),
     }
 }
@@ -445,9 +467,8 @@ fn parse_body(body: &[u8]) -> Result<Value, GcpError> {
     if body.is_empty() {
         return Ok(json!({}));
     }
-    serde_json::from_slice(body).map_err(|e| {
-        GcpError::invalid(format!("Invalid JSON payload received. {e}"))
-    })
+    serde_json::from_slice(body)
+        .map_err(|e| GcpError::invalid(format!("Invalid JSON payload received. {e}")))
 }
 
 async fn dispatch(
@@ -470,16 +491,27 @@ async fn dispatch(
                 ("POST", ["projects", p, "serviceAccounts"]) => {
                     w.project(p)?;
                     let v = parse_body(body)?;
-                    shared.iam.check("CreateServiceAccountRequest", &v).map_err(GcpError::invalid)?;
+                    shared
+                        .iam
+                        .check("CreateServiceAccountRequest", &v)
+                        .map_err(GcpError::invalid)?;
                     w.create_service_account(now, p, &v)
                 }
                 ("GET", ["projects", p, "serviceAccounts"]) => {
                     w.project(p)?;
                     Ok(w.list_service_accounts(p))
                 }
-                ("GET", ["projects", p, "serviceAccounts", email]) => w.get_service_account(p, email),
-                ("DELETE", ["projects", p, "serviceAccounts", email]) => w.delete_service_account(p, email),
-                _ => Err(GcpError::new(404, "notFound", format!("Method not found: {method} {path}"))),
+                ("GET", ["projects", p, "serviceAccounts", email]) => {
+                    w.get_service_account(p, email)
+                }
+                ("DELETE", ["projects", p, "serviceAccounts", email]) => {
+                    w.delete_service_account(p, email)
+                }
+                _ => Err(GcpError::new(
+                    404,
+                    "notFound",
+                    format!("Method not found: {method} {path}"),
+                )),
             }
         }
         _ => {
@@ -489,7 +521,10 @@ async fn dispatch(
                 ("POST", ["projects", p, "secrets"]) => {
                     w.project(p)?;
                     let v = parse_body(body)?;
-                    shared.secrets.check("Secret", &v).map_err(GcpError::invalid)?;
+                    shared
+                        .secrets
+                        .check("Secret", &v)
+                        .map_err(GcpError::invalid)?;
                     let id = query_param(query, "secretId").unwrap_or_default();
                     w.create_secret(p, &id, v)
                 }
@@ -502,20 +537,32 @@ async fn dispatch(
                 }
                 ("POST", ["projects", p, "secrets", rest]) if rest.ends_with(":setIamPolicy") => {
                     let v = parse_body(body)?;
-                    shared.secrets.check("SetIamPolicyRequest", &v).map_err(GcpError::invalid)?;
+                    shared
+                        .secrets
+                        .check("SetIamPolicyRequest", &v)
+                        .map_err(GcpError::invalid)?;
                     w.set_secret_policy(now, p, rest.trim_end_matches(":setIamPolicy"), &v)
                 }
                 ("POST", ["projects", p, "secrets", rest]) if rest.ends_with(":addVersion") => {
                     let v = parse_body(body)?;
-                    shared.secrets.check("AddSecretVersionRequest", &v).map_err(GcpError::invalid)?;
+                    shared
+                        .secrets
+                        .check("AddSecretVersionRequest", &v)
+                        .map_err(GcpError::invalid)?;
                     w.add_version(p, rest.trim_end_matches(":addVersion"), &v)
                 }
                 ("GET", ["projects", p, "secrets", id]) => w.get_secret(p, id),
                 ("DELETE", ["projects", p, "secrets", id]) => w.delete_secret(p, id),
-                ("GET", ["projects", p, "secrets", id, "versions", v]) if v.ends_with(":access") => {
+                ("GET", ["projects", p, "secrets", id, "versions", v])
+                    if v.ends_with(":access") =>
+                {
                     w.access(p, id, v.trim_end_matches(":access"), caller, true, now)
                 }
-                _ => Err(GcpError::new(404, "notFound", format!("Method not found: {method} {path}"))),
+                _ => Err(GcpError::new(
+                    404,
+                    "notFound",
+                    format!("Method not found: {method} {path}"),
+                )),
             }
         }
     }
@@ -541,7 +588,9 @@ async fn compute(
     let rid = rid.as_deref();
     let filter = query_param(query, "filter");
     // Operation waits release the lock while they sleep.
-    if let (["projects", p, scope @ .., "operations", name, "wait"], "POST") = (s.as_slice(), method) {
+    if let (["projects", p, scope @ .., "operations", name, "wait"], "POST") =
+        (s.as_slice(), method)
+    {
         let scope = scope.join("/");
         let deadline = now + Duration::from_secs(120);
         loop {
@@ -571,13 +620,14 @@ async fn compute(
     }
     let mut w = lock(&shared.world);
     w.tick(now);
-    if let Some(p) = s.get(1) {
-        if !(s.len() >= 5 && s[3] == "images") {
-            w.project(p)?;
-        }
+    if let Some(p) = s.get(1)
+        && !(s.len() >= 5 && s[3] == "images")
+    {
+        w.project(p)?;
     }
     let parsed = || parse_body(body);
-    let check = |schema: &str, v: &Value| shared.compute.check(schema, v).map_err(GcpError::invalid);
+    let check =
+        |schema: &str, v: &Value| shared.compute.check(schema, v).map_err(GcpError::invalid);
     match (method, s.as_slice()) {
         ("GET", ["projects", p, scope @ .., "operations", name]) => {
             w.get_operation(p, &scope.join("/"), name, true)
@@ -587,41 +637,66 @@ async fn compute(
             check("Network", &v)?;
             w.insert_network(now, p, v, caller, rid)
         }
-        ("GET", ["projects", p, "global", "networks"]) => w.list("networks", p, None, filter.as_deref()),
+        ("GET", ["projects", p, "global", "networks"]) => {
+            w.list("networks", p, None, filter.as_deref())
+        }
         ("GET", ["projects", p, "global", "networks", n]) => w.get_network(p, n),
-        ("DELETE", ["projects", p, "global", "networks", n]) => w.delete_network(now, p, n, caller, rid),
+        ("DELETE", ["projects", p, "global", "networks", n]) => {
+            w.delete_network(now, p, n, caller, rid)
+        }
         ("POST", ["projects", p, "global", "firewalls"]) => {
             let v = parsed()?;
             check("Firewall", &v)?;
             w.insert_firewall(now, p, v, caller, rid)
         }
-        ("GET", ["projects", p, "global", "firewalls"]) => w.list("firewalls", p, None, filter.as_deref()),
+        ("GET", ["projects", p, "global", "firewalls"]) => {
+            w.list("firewalls", p, None, filter.as_deref())
+        }
         ("GET", ["projects", p, "global", "firewalls", n]) => w.get_firewall(p, n),
         ("PATCH", ["projects", p, "global", "firewalls", n]) => {
             let v = parsed()?;
             check("Firewall", &v)?;
             w.patch_firewall(now, p, n, v, caller, rid)
         }
-        ("DELETE", ["projects", p, "global", "firewalls", n]) => w.delete_firewall(now, p, n, caller, rid),
+        ("DELETE", ["projects", p, "global", "firewalls", n]) => {
+            w.delete_firewall(now, p, n, caller, rid)
+        }
         ("POST", ["projects", p, "regions", r, "addresses"]) => {
             let v = parsed()?;
             check("Address", &v)?;
             w.insert_address(now, p, r, v, caller, rid)
         }
-        ("GET", ["projects", p, "regions", r, "addresses"]) => w.list("addresses", p, Some(r), filter.as_deref()),
+        ("GET", ["projects", p, "regions", r, "addresses"]) => {
+            w.list("addresses", p, Some(r), filter.as_deref())
+        }
         ("GET", ["projects", p, "regions", r, "addresses", n]) => w.get_address(p, r, n),
-        ("DELETE", ["projects", p, "regions", r, "addresses", n]) => w.delete_address(now, p, r, n, caller, rid),
+        ("DELETE", ["projects", p, "regions", r, "addresses", n]) => {
+            w.delete_address(now, p, r, n, caller, rid)
+        }
         ("POST", ["projects", p, "zones", z, "instances"]) => {
             let v = parsed()?;
             check("Instance", &v)?;
             w.insert_instance(now, p, z, v, caller, rid)
         }
-        ("GET", ["projects", p, "zones", z, "instances"]) => w.list("instances", p, Some(z), filter.as_deref()),
+        ("GET", ["projects", p, "zones", z, "instances"]) => {
+            w.list("instances", p, Some(z), filter.as_deref())
+        }
         ("GET", ["projects", p, "zones", z, "instances", n]) => w.get_instance(p, z, n),
         ("DELETE", ["projects", p, "zones", z, "instances", n]) => {
             w.instance_action(now, p, z, n, "delete", json!({}), caller, rid)
         }
-        ("GET", ["projects", p, "zones", z, "instances", n, "getGuestAttributes"]) => {
+        (
+            "GET",
+            [
+                "projects",
+                p,
+                "zones",
+                z,
+                "instances",
+                n,
+                "getGuestAttributes",
+            ],
+        ) => {
             let q = query_param(query, "queryPath").unwrap_or_default();
             w.guest_attributes(p, z, n, &q)
         }
@@ -641,10 +716,14 @@ async fn compute(
         ("GET", ["projects", _, "zones", z, "machineTypes", mt]) => {
             Ok(json!({"kind": "compute#machineType", "name": mt, "zone": z}))
         }
-        ("GET", ["projects", ip, "global", "images", "family", f]) => {
-            Ok(json!({"kind": "compute#image", "name": format!("{f}-v20261101"), "family": f, "selfLink": format!("{}/compute/v1/projects/{ip}/global/images/{f}-v20261101", shared.base), "status": "READY"}))
-        }
-        _ => Err(GcpError::new(404, "notFound", format!("The emulator does not serve {method} {path}"))),
+        ("GET", ["projects", ip, "global", "images", "family", f]) => Ok(
+            json!({"kind": "compute#image", "name": format!("{f}-v20261101"), "family": f, "selfLink": format!("{}/compute/v1/projects/{ip}/global/images/{f}-v20261101", shared.base), "status": "READY"}),
+        ),
+        _ => Err(GcpError::new(
+            404,
+            "notFound",
+            format!("The emulator does not serve {method} {path}"),
+        )),
     }
 }
 
@@ -652,7 +731,10 @@ async fn compute(
 
 fn metadata_text(status: u16, body: String, etag: Option<&str>) -> Response<Body> {
     let mut r = respond(status, "application/text", body);
-    r.headers_mut().insert("metadata-flavor", hyper::header::HeaderValue::from_static("Google"));
+    r.headers_mut().insert(
+        "metadata-flavor",
+        hyper::header::HeaderValue::from_static("Google"),
+    );
     if let Some(e) = etag.and_then(|e| hyper::header::HeaderValue::from_str(e).ok()) {
         r.headers_mut().insert("etag", e);
     }
@@ -693,9 +775,16 @@ async fn metadata(
     if let Some(attr) = key.strip_prefix("instance/guest-attributes/") {
         let enabled = lock(&shared.world)
             .instance_metadata(project, zone, instance)
-            .is_some_and(|(v, _)| attribute(&v, "enable-guest-attributes").is_some_and(|x| x.eq_ignore_ascii_case("true")));
+            .is_some_and(|(v, _)| {
+                attribute(&v, "enable-guest-attributes")
+                    .is_some_and(|x| x.eq_ignore_ascii_case("true"))
+            });
         if !enabled {
-            return metadata_text(403, "Guest attributes endpoint access is disabled.".into(), None);
+            return metadata_text(
+                403,
+                "Guest attributes endpoint access is disabled.".into(),
+                None,
+            );
         }
         return match method {
             "PUT" => {
@@ -706,7 +795,11 @@ async fn metadata(
                     attr,
                     String::from_utf8_lossy(body).into_owned(),
                 );
-                if ok { metadata_text(200, String::new(), None) } else { metadata_text(400, "bad guest attribute".into(), None) }
+                if ok {
+                    metadata_text(200, String::new(), None)
+                } else {
+                    metadata_text(400, "bad guest attribute".into(), None)
+                }
             }
             _ => match lock(&shared.world).guest_attribute(project, zone, instance, attr) {
                 Some(v) => metadata_text(200, v, None),
@@ -717,13 +810,23 @@ async fn metadata(
     if key == "instance/service-accounts/default/token" {
         let email = lock(&shared.world)
             .instance_metadata(project, zone, instance)
-            .and_then(|(v, _)| v.pointer("/serviceAccounts/0/email").and_then(Value::as_str).map(str::to_owned));
+            .and_then(|(v, _)| {
+                v.pointer("/serviceAccounts/0/email")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            });
         let Some(email) = email else {
             return metadata_text(404, "no service account".into(), None);
         };
         let (token, ttl) = lock(&shared.auth).issue(&email);
-        let mut r = json_response(200, &json!({"access_token": token, "expires_in": ttl, "token_type": "Bearer"}));
-        r.headers_mut().insert("metadata-flavor", hyper::header::HeaderValue::from_static("Google"));
+        let mut r = json_response(
+            200,
+            &json!({"access_token": token, "expires_in": ttl, "token_type": "Bearer"}),
+        );
+        r.headers_mut().insert(
+            "metadata-flavor",
+            hyper::header::HeaderValue::from_static("Google"),
+        );
         return r;
     }
     let wait = query_param(query, "wait_for_change").is_some_and(|v| v == "true");
@@ -763,7 +866,14 @@ fn attribute(inst: &Value, key: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-fn metadata_value(inst: &Value, key: &str, query: &str, project: &str, number: u64, zone: &str) -> Option<String> {
+fn metadata_value(
+    inst: &Value,
+    key: &str,
+    query: &str,
+    project: &str,
+    number: u64,
+    zone: &str,
+) -> Option<String> {
     let recursive = query_param(query, "recursive").is_some_and(|v| v == "true")
         || query_param(query, "alt").is_some_and(|v| v == "json");
     match key {
@@ -776,21 +886,39 @@ fn metadata_value(inst: &Value, key: &str, query: &str, project: &str, number: u
                     .collect();
                 Some(Value::Object(map).to_string())
             } else {
-                Some(items.iter().filter_map(|i| i["key"].as_str()).map(|k| format!("{k}\n")).collect())
+                Some(
+                    items
+                        .iter()
+                        .filter_map(|i| i["key"].as_str())
+                        .map(|k| format!("{k}\n"))
+                        .collect(),
+                )
             }
         }
         "instance/name" => inst["name"].as_str().map(str::to_owned),
         "instance/id" => inst["id"].as_str().map(str::to_owned),
         "instance/zone" => Some(format!("projects/{number}/zones/{zone}")),
-        "instance/hostname" => Some(format!("{}.{zone}.c.{project}.internal", inst["name"].as_str()?)),
-        "instance/service-accounts/default/email" => inst.pointer("/serviceAccounts/0/email")?.as_str().map(str::to_owned),
-        "instance/network-interfaces/0/ip" => inst.pointer("/networkInterfaces/0/networkIP")?.as_str().map(str::to_owned),
-        "instance/network-interfaces/0/access-configs/0/external-ip" => {
-            inst.pointer("/networkInterfaces/0/accessConfigs/0/natIP")?.as_str().map(str::to_owned)
-        }
+        "instance/hostname" => Some(format!(
+            "{}.{zone}.c.{project}.internal",
+            inst["name"].as_str()?
+        )),
+        "instance/service-accounts/default/email" => inst
+            .pointer("/serviceAccounts/0/email")?
+            .as_str()
+            .map(str::to_owned),
+        "instance/network-interfaces/0/ip" => inst
+            .pointer("/networkInterfaces/0/networkIP")?
+            .as_str()
+            .map(str::to_owned),
+        "instance/network-interfaces/0/access-configs/0/external-ip" => inst
+            .pointer("/networkInterfaces/0/accessConfigs/0/natIP")?
+            .as_str()
+            .map(str::to_owned),
         "project/project-id" => Some(project.to_owned()),
         "project/numeric-project-id" => Some(number.to_string()),
-        k => k.strip_prefix("instance/attributes/").and_then(|a| attribute(inst, a)),
+        k => k
+            .strip_prefix("instance/attributes/")
+            .and_then(|a| attribute(inst, a)),
     }
 }
 
@@ -802,15 +930,24 @@ mod tests {
     fn decodes_form_values() {
         assert_eq!(percent_decode("a%3Ab+c%2Fd"), "a:b c/d");
         assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(query_param("x=1&filter=labels.a%3D%22b%22", "filter").as_deref(), Some("labels.a=\"b\""));
+        assert_eq!(
+            query_param("x=1&filter=labels.a%3D%22b%22", "filter").as_deref(),
+            Some("labels.a=\"b\"")
+        );
     }
 
     #[test]
     fn classifies_paths() {
         assert_eq!(api_of("/compute/v1/projects/p/global/networks"), "compute");
         assert_eq!(api_of("/v1/projects/p/serviceAccounts"), "iam");
-        assert_eq!(api_of("/v1/projects/p/secrets/s:addVersion"), "secretmanager");
+        assert_eq!(
+            api_of("/v1/projects/p/secrets/s:addVersion"),
+            "secretmanager"
+        );
         assert_eq!(api_of("/token"), "oauth");
-        assert_eq!(quota_group("compute", "GET", "/compute/v1/projects/p/global/networks"), "compute-lists");
+        assert_eq!(
+            quota_group("compute", "GET", "/compute/v1/projects/p/global/networks"),
+            "compute-lists"
+        );
     }
 }

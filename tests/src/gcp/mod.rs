@@ -442,7 +442,14 @@ impl GcpEmulator {
         use base64::Engine as _;
         let w = lock(&self.shared.world);
         let v = w
-            .access(project, secret, "latest", "", true, std::time::Instant::now())
+            .access(
+                project,
+                secret,
+                "latest",
+                "",
+                true,
+                std::time::Instant::now(),
+            )
             .ok()?;
         base64::engine::general_purpose::STANDARD
             .decode(v["payload"]["data"].as_str()?)
@@ -455,7 +462,13 @@ impl GcpEmulator {
     }
 
     /// A guest attribute (`namespace/key`) the VM wrote.
-    pub fn guest_attribute(&self, project: &str, zone: &str, name: &str, path: &str) -> Option<String> {
+    pub fn guest_attribute(
+        &self,
+        project: &str,
+        zone: &str,
+        name: &str,
+        path: &str,
+    ) -> Option<String> {
         lock(&self.shared.world).guest_attribute(project, zone, name, path)
     }
 }

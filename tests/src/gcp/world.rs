@@ -342,10 +342,10 @@ impl World {
         }
         if done_at <= now {
             self.finish(&key);
-        } else if !self.profile.advance_on_poll {
-            self.ops
-                .get_mut(&key)
-                .map(|op| op.value["status"] = json!("RUNNING"));
+        } else if !self.profile.advance_on_poll
+            && let Some(op) = self.ops.get_mut(&key)
+        {
+            op.value["status"] = json!("RUNNING");
         }
         self.ops[&key].value.clone()
     }
@@ -387,9 +387,9 @@ impl World {
             if op.polls >= 2 {
                 self.finish(&key);
             } else {
-                self.ops
-                    .get_mut(&key)
-                    .map(|op| op.value["status"] = json!("RUNNING"));
+                if let Some(op) = self.ops.get_mut(&key) {
+                    op.value["status"] = json!("RUNNING");
+                }
             }
         }
         Ok(self.ops[&key].value.clone())
@@ -464,7 +464,9 @@ impl World {
         self.networks
             .get(&(project.to_owned(), name.to_owned()))
             .cloned()
-            .ok_or_else(|| GcpError::not_found(&format!("projects/{project}/global/networks/{name}")))
+            .ok_or_else(|| {
+                GcpError::not_found(&format!("projects/{project}/global/networks/{name}"))
+            })
     }
 
     /// `networks.delete`: refused while a firewall or instance uses the network.
@@ -523,7 +525,9 @@ impl World {
         let net = self
             .networks
             .get(&(project.to_owned(), name.to_owned()))
-            .ok_or_else(|| GcpError::not_found(&format!("projects/{project}/global/networks/{name}")))?;
+            .ok_or_else(|| {
+                GcpError::not_found(&format!("projects/{project}/global/networks/{name}"))
+            })?;
         Ok(net["selfLink"].as_str().unwrap_or_default().to_owned())
     }
 
@@ -554,12 +558,20 @@ impl World {
             .flatten()
         {
             let proto = a.get("IPProtocol").and_then(Value::as_str).unwrap_or("");
-            if !matches!(proto, "tcp" | "udp" | "icmp" | "all" | "sctp" | "esp" | "ah") {
+            if !matches!(
+                proto,
+                "tcp" | "udp" | "icmp" | "all" | "sctp" | "esp" | "ah"
+            ) {
                 return Err(GcpError::invalid(format!(
                     "Invalid value for field 'resource.allowed[0].IPProtocol': '{proto}'."
                 )));
             }
-            for p in a.get("ports").and_then(Value::as_array).into_iter().flatten() {
+            for p in a
+                .get("ports")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 let s = p.as_str().unwrap_or_default();
                 let ok = s.split('-').count() <= 2
                     && s.split('-').all(|x| x.parse::<u16>().is_ok_and(|n| n > 0));
@@ -661,7 +673,16 @@ impl World {
             .insert((project.to_owned(), name.to_owned()), current);
         let d = self.profile.firewall_patch;
         Ok(self.start_op(
-            now, project, "global", "patch", &path, Some(&id), d, None, user, request_id,
+            now,
+            project,
+            "global",
+            "patch",
+            &path,
+            Some(&id),
+            d,
+            None,
+            user,
+            request_id,
         ))
     }
 
@@ -688,7 +709,10 @@ impl World {
             &path,
             Some(&id),
             d,
-            Some(Effect::RemoveFirewall((project.to_owned(), name.to_owned()))),
+            Some(Effect::RemoveFirewall((
+                project.to_owned(),
+                name.to_owned(),
+            ))),
             user,
             request_id,
         ))
@@ -696,7 +720,10 @@ impl World {
 
     /// Replaces a firewall's fields out of band (a test's "someone edited it").
     pub fn edit_firewall(&mut self, project: &str, name: &str, field: &str, value: Value) -> bool {
-        match self.firewalls.get_mut(&(project.to_owned(), name.to_owned())) {
+        match self
+            .firewalls
+            .get_mut(&(project.to_owned(), name.to_owned()))
+        {
             Some(f) => {
                 f[field] = value;
                 true
@@ -728,8 +755,15 @@ impl World {
         if self.addresses.contains_key(&key) {
             return Err(GcpError::already_exists(&path));
         }
-        if body.get("addressType").and_then(Value::as_str).unwrap_or("EXTERNAL") != "EXTERNAL" {
-            return Err(GcpError::invalid("The emulator serves EXTERNAL addresses only."));
+        if body
+            .get("addressType")
+            .and_then(Value::as_str)
+            .unwrap_or("EXTERNAL")
+            != "EXTERNAL"
+        {
+            return Err(GcpError::invalid(
+                "The emulator serves EXTERNAL addresses only.",
+            ));
         }
         let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(203, 0, 113, 0)) + self.next_static);
         self.next_static = 10 + (self.next_static - 9) % 240;
@@ -747,7 +781,9 @@ impl World {
         obj.insert("labelFingerprint".into(), json!(fingerprint(id)));
         self.addresses.insert(key.clone(), body);
         let link = self.link(&path);
-        self.addresses.get_mut(&key).map(|a| a["selfLink"] = json!(link));
+        if let Some(a) = self.addresses.get_mut(&key) {
+            a["selfLink"] = json!(link);
+        }
         let d = self.profile.address_insert;
         Ok(self.start_op(
             now,
@@ -853,11 +889,15 @@ impl World {
             .as_array()
             .and_then(|d| d.iter().find(|d| d["boot"] == true))
             .cloned()
-            .ok_or_else(|| GcpError::invalid("Invalid value for field 'resource.disks': a boot disk is required."))?;
+            .ok_or_else(|| {
+                GcpError::invalid(
+                    "Invalid value for field 'resource.disks': a boot disk is required.",
+                )
+            })?;
         let image = str_at(&boot, "/initializeParams/sourceImage").unwrap_or_default();
-        let image_ok = IMAGE_FAMILIES.iter().any(|(p, f)| {
-            image.ends_with(&format!("projects/{p}/global/images/family/{f}"))
-        });
+        let image_ok = IMAGE_FAMILIES
+            .iter()
+            .any(|(p, f)| image.ends_with(&format!("projects/{p}/global/images/family/{f}")));
         if !image_ok {
             return Err(GcpError::not_found(image));
         }
@@ -880,13 +920,17 @@ impl World {
         body["networkInterfaces"][0]["networkIP"] = json!(internal.to_string());
         body["networkInterfaces"][0]["name"] = json!("nic0");
         let link = self.link(&path);
-        if body.pointer("/networkInterfaces/0/accessConfigs/0").is_some() {
+        if body
+            .pointer("/networkInterfaces/0/accessConfigs/0")
+            .is_some()
+        {
             let region = zone.rsplit_once('-').map_or(zone, |(r, _)| r);
             let nat = match str_at(&body, "/networkInterfaces/0/accessConfigs/0/natIP") {
                 Some(ip) => {
-                    let found = self.addresses.iter_mut().find(|((p, r, _), a)| {
-                        p == project && r == region && a["address"] == ip
-                    });
+                    let found = self
+                        .addresses
+                        .iter_mut()
+                        .find(|((p, r, _), a)| p == project && r == region && a["address"] == ip);
                     let Some((_, a)) = found else {
                         return Err(GcpError::invalid(format!(
                             "Invalid value for field 'resource.networkInterfaces[0].accessConfigs[0].natIP': '{ip}'. The specified external IP address '{ip}' was not found in region '{region}'."
@@ -980,12 +1024,7 @@ impl World {
     }
 
     /// The instance's metadata and a version that changes with every `setMetadata`.
-    pub fn instance_metadata(
-        &self,
-        project: &str,
-        zone: &str,
-        name: &str,
-    ) -> Option<(Value, u64)> {
+    pub fn instance_metadata(&self, project: &str, zone: &str, name: &str) -> Option<(Value, u64)> {
         self.instances
             .get(&(project.to_owned(), zone.to_owned(), name.to_owned()))
             .map(|i| (i.value.clone(), i.metadata_version))
@@ -1080,7 +1119,16 @@ impl World {
             }
         };
         Ok(self.start_op(
-            now, project, &scope, action, &path, Some(&id), duration, effect, user, request_id,
+            now,
+            project,
+            &scope,
+            action,
+            &path,
+            Some(&id),
+            duration,
+            effect,
+            user,
+            request_id,
         ))
     }
 
@@ -1171,7 +1219,13 @@ impl World {
     }
 
     /// A guest attribute as written by the VM.
-    pub fn guest_attribute(&self, project: &str, zone: &str, name: &str, path: &str) -> Option<String> {
+    pub fn guest_attribute(
+        &self,
+        project: &str,
+        zone: &str,
+        name: &str,
+        path: &str,
+    ) -> Option<String> {
         self.instances
             .get(&(project.to_owned(), zone.to_owned(), name.to_owned()))?
             .guest
@@ -1292,7 +1346,11 @@ impl World {
     }
 
     /// `serviceAccounts.delete`.
-    pub fn delete_service_account(&mut self, project: &str, email: &str) -> Result<Value, GcpError> {
+    pub fn delete_service_account(
+        &mut self,
+        project: &str,
+        email: &str,
+    ) -> Result<Value, GcpError> {
         self.get_service_account(project, email)?;
         self.service_accounts
             .retain(|(p, e), _| !((p == project || project == "-") && e == email));
@@ -1319,18 +1377,28 @@ impl World {
     /// Whether `email` exists and has propagated (usable in IAM bindings).
     fn propagated(&self, email: &str, now: Instant) -> bool {
         self.service_accounts.iter().any(|((_, e), s)| {
-            e == email && now.duration_since(s.created) >= self.profile.scaled(self.profile.iam_propagation)
+            e == email
+                && now.duration_since(s.created)
+                    >= self.profile.scaled(self.profile.iam_propagation)
         })
     }
 
     // ---------------------------------------------------------------- Secret Manager
 
     fn secret_path(&self, project: &str, id: &str) -> String {
-        format!("projects/{}/secrets/{id}", self.projects.get(project).copied().unwrap_or(0))
+        format!(
+            "projects/{}/secrets/{id}",
+            self.projects.get(project).copied().unwrap_or(0)
+        )
     }
 
     /// `secrets.create`.
-    pub fn create_secret(&mut self, project: &str, id: &str, mut body: Value) -> Result<Value, GcpError> {
+    pub fn create_secret(
+        &mut self,
+        project: &str,
+        id: &str,
+        mut body: Value,
+    ) -> Result<Value, GcpError> {
         static RE: std::sync::OnceLock<Regex> = std::sync::OnceLock::new();
         if !RE
             .get_or_init(|| Regex::new(r"^[a-zA-Z0-9_-]{1,255}$").expect("static regex"))
@@ -1345,7 +1413,11 @@ impl World {
         let key = (project.to_owned(), id.to_owned());
         let path = self.secret_path(project, id);
         if self.secrets.contains_key(&key) {
-            return Err(GcpError::new(409, "alreadyExists", format!("Secret [{path}] already exists.")));
+            return Err(GcpError::new(
+                409,
+                "alreadyExists",
+                format!("Secret [{path}] already exists."),
+            ));
         }
         let n = self.next_id();
         let obj = as_obj(&mut body)?;
@@ -1371,7 +1443,10 @@ impl World {
                 GcpError::new(
                     404,
                     "notFound",
-                    format!("Secret [{}] not found or has no versions.", self.secret_path(project, id)),
+                    format!(
+                        "Secret [{}] not found or has no versions.",
+                        self.secret_path(project, id)
+                    ),
                 )
             })
     }
@@ -1405,7 +1480,12 @@ impl World {
     }
 
     /// `secrets.addVersion`.
-    pub fn add_version(&mut self, project: &str, id: &str, body: &Value) -> Result<Value, GcpError> {
+    pub fn add_version(
+        &mut self,
+        project: &str,
+        id: &str,
+        body: &Value,
+    ) -> Result<Value, GcpError> {
         let path = self.secret_path(project, id);
         self.secret(project, id)?;
         let data = body
@@ -1434,7 +1514,15 @@ impl World {
     }
 
     /// `versions.access`; `allowed` is false for callers without access to the secret.
-    pub fn access(&self, project: &str, id: &str, version: &str, caller: &str, admin: bool, now: Instant) -> Result<Value, GcpError> {
+    pub fn access(
+        &self,
+        project: &str,
+        id: &str,
+        version: &str,
+        caller: &str,
+        admin: bool,
+        now: Instant,
+    ) -> Result<Value, GcpError> {
         let path = self.secret_path(project, id);
         let denied = || {
             GcpError::new(
@@ -1447,7 +1535,11 @@ impl World {
         };
         let Some(s) = self.secrets.get(&(project.to_owned(), id.to_owned())) else {
             return Err(if admin {
-                GcpError::new(404, "notFound", format!("Secret [{path}] not found or has no versions."))
+                GcpError::new(
+                    404,
+                    "notFound",
+                    format!("Secret [{path}] not found or has no versions."),
+                )
             } else {
                 denied()
             });
@@ -1509,7 +1601,13 @@ impl World {
 
     /// `secrets.setIamPolicy`: a stale etag is 409 ABORTED; members must exist and have
     /// propagated, or GCP answers 400 "does not exist".
-    pub fn set_secret_policy(&mut self, now: Instant, project: &str, id: &str, body: &Value) -> Result<Value, GcpError> {
+    pub fn set_secret_policy(
+        &mut self,
+        now: Instant,
+        project: &str,
+        id: &str,
+        body: &Value,
+    ) -> Result<Value, GcpError> {
         let current = self.secret(project, id)?.policy_version;
         let policy = &body["policy"];
         if let Some(etag) = policy.get("etag").and_then(Value::as_str)
@@ -1528,7 +1626,9 @@ impl World {
                 if let Some(email) = m.strip_prefix("serviceAccount:")
                     && !self.propagated(email, now)
                 {
-                    return Err(GcpError::invalid(format!("Service account {email} does not exist.")));
+                    return Err(GcpError::invalid(format!(
+                        "Service account {email} does not exist."
+                    )));
                 }
                 if !m.contains(':') {
                     return Err(GcpError::invalid(format!("Invalid member {m:?}.")));
@@ -1558,14 +1658,15 @@ impl World {
                 })
                 .unwrap_or_default()
         };
-        let item = |kind: &'static str, project: &str, scope: &str, name: &str, v: &Value| InventoryItem {
-            kind,
-            project: project.to_owned(),
-            scope: scope.to_owned(),
-            name: name.to_owned(),
-            labels: labels(v),
-            description: v["description"].as_str().unwrap_or_default().to_owned(),
-        };
+        let item =
+            |kind: &'static str, project: &str, scope: &str, name: &str, v: &Value| InventoryItem {
+                kind,
+                project: project.to_owned(),
+                scope: scope.to_owned(),
+                name: name.to_owned(),
+                labels: labels(v),
+                description: v["description"].as_str().unwrap_or_default().to_owned(),
+            };
         let mut out = Vec::new();
         for ((p, n), v) in &self.networks {
             out.push(item("network", p, "global", n, v));
@@ -1594,7 +1695,8 @@ fn policy_etag(version: u64) -> String {
 }
 
 fn fingerprint(n: u64) -> String {
-    base64::engine::general_purpose::STANDARD.encode(n.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes())
+    base64::engine::general_purpose::STANDARD
+        .encode(n.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes())
 }
 
 fn as_obj(v: &mut Value) -> Result<&mut Map<String, Value>, GcpError> {
@@ -1605,7 +1707,11 @@ fn as_obj(v: &mut Value) -> Result<&mut Map<String, Value>, GcpError> {
 fn required_name(body: &Value) -> Result<String, GcpError> {
     let name = body.get("name").and_then(Value::as_str).unwrap_or_default();
     if name.is_empty() {
-        return Err(GcpError::new(400, "required", "Required field 'resource.name' not specified"));
+        return Err(GcpError::new(
+            400,
+            "required",
+            "Required field 'resource.name' not specified",
+        ));
     }
     if !name_ok(name) {
         return Err(GcpError::invalid(format!(
@@ -1628,7 +1734,9 @@ fn check_metadata(meta: &Value) -> Result<(), GcpError> {
         }
         let v = item["value"].as_str().unwrap_or_default();
         if v.len() > 256 * 1024 {
-            return Err(GcpError::invalid(format!("Metadata value for key '{k}' exceeds 256 KiB.")));
+            return Err(GcpError::invalid(format!(
+                "Metadata value for key '{k}' exceeds 256 KiB."
+            )));
         }
         total += k.len() + v.len();
     }
@@ -1651,7 +1759,11 @@ fn crc32c(data: &[u8]) -> u32 {
     for &b in data {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 == 1 { (crc >> 1) ^ 0x82F6_3B78 } else { crc >> 1 };
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0x82F6_3B78
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -1675,7 +1787,9 @@ impl Filter {
         let mut terms = Vec::new();
         while !rest.is_empty() {
             let Some(c) = re.captures(rest) else {
-                return Err(GcpError::invalid(format!("Invalid list filter expression '{s}'.")));
+                return Err(GcpError::invalid(format!(
+                    "Invalid list filter expression '{s}'."
+                )));
             };
             let value = c[3].trim_matches(|ch| ch == '"' || ch == '\'').to_owned();
             terms.push((c[1].to_owned(), c[2].to_owned(), value));
