@@ -333,6 +333,16 @@ impl GcpEmulator {
         write_private(path, text.as_bytes()).map_err(|e| format!("writing {}: {e}", path.display()))
     }
 
+    /// Issues a token directly (tests of the emulator itself); `admin` identities may call
+    /// every API, others only what IAM grants them.
+    pub fn issue_token(&self, email: &str, admin: bool) -> String {
+        let mut a = lock(&self.shared.auth);
+        if admin {
+            a.admins.insert(email.to_owned());
+        }
+        a.issue(email).0
+    }
+
     /// Sets how long newly issued tokens live.
     pub fn set_token_ttl(&self, ttl: Duration) {
         lock(&self.shared.auth).token_ttl = ttl;
