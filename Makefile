@@ -5,7 +5,7 @@ CARGO ?= cargo
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 
-.PHONY: help deps build fmt fmt-check lint test generate check-generated ci
+.PHONY: help deps build fmt fmt-check lint test bench generate check-generated ci
 
 # Show the targets.
 help:
@@ -36,6 +36,11 @@ lint: deps
 test: deps
 	$(CARGO) test --workspace --locked
 	$(MAKE) --no-print-directory check-generated
+
+# Benchmarks (not part of test): control-plane time to Ready and API calls per gateway
+# against the GCP emulator's gcp-typical profile.
+bench: deps
+	$(CARGO) bench --locked -p wgnet-cloud --bench provision
 
 # Regenerate crds/ from the API types.
 generate: deps

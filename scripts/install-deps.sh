@@ -3,8 +3,10 @@
 # Idempotent and quiet when everything is present; needs root (or sudo) otherwise.
 set -eu
 
-# Packages by purpose; later issues add to this list (nftables, iproute2, wireguard tools).
-PACKAGES="gcc libc6-dev pkg-config ca-certificates python3"
+# Packages by purpose: a C toolchain for ring, CA roots for TLS, python3 for the kube tools
+# installer, openssl for the GCP emulator's service-account keys. Later issues add the data
+# plane's (nftables, iproute2, wireguard tools).
+PACKAGES="gcc libc6-dev pkg-config ca-certificates python3 openssl"
 python3 -m pip --version >/dev/null 2>&1 || PACKAGES="$PACKAGES python3-pip"
 
 missing=""
