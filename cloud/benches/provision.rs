@@ -99,7 +99,8 @@ async fn main() {
     let dir = std::env::temp_dir().join(format!("wgnet-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let key = dir.join("key.json");
-    emu.write_key_file("bench@wgnet-test.iam.gserviceaccount.com", &key).unwrap();
+    emu.write_key_file("bench@wgnet-test.iam.gserviceaccount.com", &key)
+        .unwrap();
     let cloud = GcpCloud::new(GcpConfig {
         credentials: Credentials::KeyFile(key),
         endpoints: Endpoints {
@@ -123,7 +124,11 @@ async fn main() {
     let p = &profile;
     let critical = p.scaled(p.network_insert + p.instance_insert) + p.scaled(p.request) * 5;
     println!("# control plane, emulator profile gcp-typical x{scale}");
-    println!("critical path (network {:?} + instance {:?} + 5 calls): {critical:?}", p.scaled(p.network_insert), p.scaled(p.instance_insert));
+    println!(
+        "critical path (network {:?} + instance {:?} + 5 calls): {critical:?}",
+        p.scaled(p.network_insert),
+        p.scaled(p.instance_insert)
+    );
 
     let d = desired(0);
     emu.clear_request_log();
@@ -136,17 +141,24 @@ async fn main() {
     emu.clear_request_log();
     let p1 = cloud.ensure(&d, &rec).await;
     let (calls, writes, _) = count(&emu.request_log());
-    println!("1 gateway: unchanged resync: {calls} calls, {writes} writes (ready={})", p1.ready);
+    println!(
+        "1 gateway: unchanged resync: {calls} calls, {writes} writes (ready={})",
+        p1.ready
+    );
     emu.clear_request_log();
     teardown(&cloud, &d, rec).await;
     let (calls, writes, waits) = count(&emu.request_log());
-    println!("1 gateway: delete: {calls} calls ({writes} writes, {waits} waits); inventory left: {}", emu.inventory().len());
+    println!(
+        "1 gateway: delete: {calls} calls ({writes} writes, {waits} waits); inventory left: {}",
+        emu.inventory().len()
+    );
 
     let n = 100;
     let ds: Vec<Desired> = (1..=n).map(desired).collect();
     emu.clear_request_log();
     let start = Instant::now();
-    let recs: Vec<(Recorded, Duration)> = futures_util::future::join_all(ds.iter().map(|d| converge(&cloud, d))).await;
+    let recs: Vec<(Recorded, Duration)> =
+        futures_util::future::join_all(ds.iter().map(|d| converge(&cloud, d))).await;
     let all = start.elapsed();
     let slowest = recs.iter().map(|r| r.1).max().unwrap();
     let (calls, writes, waits) = count(&emu.request_log());
@@ -158,7 +170,9 @@ async fn main() {
         waits as f64 / n as f64
     );
     emu.clear_request_log();
-    let resync = futures_util::future::join_all(ds.iter().zip(&recs).map(|(d, r)| cloud.ensure(d, &r.0))).await;
+    let resync =
+        futures_util::future::join_all(ds.iter().zip(&recs).map(|(d, r)| cloud.ensure(d, &r.0)))
+            .await;
     let (calls, writes, _) = count(&emu.request_log());
     println!(
         "{n} gateways: unchanged resync: {:.2} calls/gateway, {writes} writes, all ready: {}",
@@ -167,7 +181,8 @@ async fn main() {
     );
     emu.clear_request_log();
     let start = Instant::now();
-    futures_util::future::join_all(ds.iter().zip(recs).map(|(d, r)| teardown(&cloud, d, r.0))).await;
+    futures_util::future::join_all(ds.iter().zip(recs).map(|(d, r)| teardown(&cloud, d, r.0)))
+        .await;
     let (calls, writes, _) = count(&emu.request_log());
     println!(
         "{n} gateways: deleted in {:?}; {:.1} calls/gateway ({:.1} writes); inventory left: {}",

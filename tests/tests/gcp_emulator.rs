@@ -57,13 +57,31 @@ async fn calls_need_a_valid_token() {
         http: reqwest::Client::new(),
         base: emu.url(),
     };
-    let (s, v) = bad.call(Method::GET, &format!("/compute/v1/projects/{P}/global/networks"), None).await;
+    let (s, v) = bad
+        .call(
+            Method::GET,
+            &format!("/compute/v1/projects/{P}/global/networks"),
+            None,
+        )
+        .await;
     assert_eq!(s, 401);
     assert_eq!(v["error"]["errors"][0]["reason"], "authError");
-    let (s, _) = c.call(Method::GET, &format!("/compute/v1/projects/{P}/global/networks"), None).await;
+    let (s, _) = c
+        .call(
+            Method::GET,
+            &format!("/compute/v1/projects/{P}/global/networks"),
+            None,
+        )
+        .await;
     assert_eq!(s, 200);
     // Unknown projects look like missing permission, as in GCP.
-    let (s, _) = c.call(Method::GET, "/compute/v1/projects/elsewhere/global/networks", None).await;
+    let (s, _) = c
+        .call(
+            Method::GET,
+            "/compute/v1/projects/elsewhere/global/networks",
+            None,
+        )
+        .await;
     assert_eq!(s, 403);
     // The token endpoint refuses forged assertions.
     let resp = reqwest::Client::new()
@@ -79,7 +97,9 @@ async fn calls_need_a_valid_token() {
 #[tokio::test]
 async fn operations_progress_by_polls_and_request_ids_replay() {
     let (emu, c) = start(LatencyProfile::polls()).await;
-    let path = format!("/compute/v1/projects/{P}/global/networks?requestId=6f1c2b1e-58a2-4c57-9d0e-3f1a2b3c4d5e");
+    let path = format!(
+        "/compute/v1/projects/{P}/global/networks?requestId=6f1c2b1e-58a2-4c57-9d0e-3f1a2b3c4d5e"
+    );
     let body = json!({"name": "n1", "autoCreateSubnetworks": true});
     let (s, op) = c.call(Method::POST, &path, Some(body.clone())).await;
     assert_eq!(s, 200);
@@ -90,13 +110,22 @@ async fn operations_progress_by_polls_and_request_ids_replay() {
     let (s, again) = c.call(Method::POST, &path, Some(body.clone())).await;
     assert_eq!((s, again["name"].as_str()), (200, Some(name.as_str())));
     // Without it, the name is taken.
-    let (s, err) = c.call(Method::POST, &format!("/compute/v1/projects/{P}/global/networks"), Some(body)).await;
+    let (s, err) = c
+        .call(
+            Method::POST,
+            &format!("/compute/v1/projects/{P}/global/networks"),
+            Some(body),
+        )
+        .await;
     assert_eq!(s, 409);
     assert_eq!(err["error"]["errors"][0]["reason"], "alreadyExists");
     let op_path = format!("/compute/v1/projects/{P}/global/operations/{name}");
     let (_, o1) = c.call(Method::GET, &op_path, None).await;
     let (_, o2) = c.call(Method::GET, &op_path, None).await;
-    assert_eq!((o1["status"].as_str(), o2["status"].as_str()), (Some("RUNNING"), Some("DONE")));
+    assert_eq!(
+        (o1["status"].as_str(), o2["status"].as_str()),
+        (Some("RUNNING"), Some("DONE"))
+    );
     // Zero UUIDs are refused like GCP does.
     let (s, _) = c
         .call(
@@ -114,7 +143,12 @@ async fn wait_returns_when_the_operation_is_done() {
     let mut profile = LatencyProfile::instant();
     profile.firewall_insert = Duration::from_millis(300);
     let (_emu, c) = start(profile).await;
-    c.call(Method::POST, &format!("/compute/v1/projects/{P}/global/networks"), Some(json!({"name": "n"}))).await;
+    c.call(
+        Method::POST,
+        &format!("/compute/v1/projects/{P}/global/networks"),
+        Some(json!({"name": "n"})),
+    )
+    .await;
     let (s, op) = c
         .call(
             Method::POST,
@@ -125,30 +159,64 @@ async fn wait_returns_when_the_operation_is_done() {
     assert_eq!((s, op["status"].as_str()), (200, Some("RUNNING")));
     let started = std::time::Instant::now();
     let (_, done) = c
-        .call(Method::POST, &format!("/compute/v1/projects/{P}/global/operations/{}/wait", op["name"].as_str().unwrap_or_default()), None)
+        .call(
+            Method::POST,
+            &format!(
+                "/compute/v1/projects/{P}/global/operations/{}/wait",
+                op["name"].as_str().unwrap_or_default()
+            ),
+            None,
+        )
         .await;
     assert_eq!(done["status"], "DONE");
     assert!(started.elapsed() >= Duration::from_millis(200));
     // The network is in use by the firewall.
-    let (s, err) = c.call(Method::DELETE, &format!("/compute/v1/projects/{P}/global/networks/n"), None).await;
+    let (s, err) = c
+        .call(
+            Method::DELETE,
+            &format!("/compute/v1/projects/{P}/global/networks/n"),
+            None,
+        )
+        .await;
     assert_eq!(s, 400);
-    assert_eq!(err["error"]["errors"][0]["reason"], "resourceInUseByAnotherResource");
+    assert_eq!(
+        err["error"]["errors"][0]["reason"],
+        "resourceInUseByAnotherResource"
+    );
 }
 
 #[tokio::test]
 async fn bodies_are_checked_against_the_discovery_schemas() {
     let (_emu, c) = start(LatencyProfile::instant()).await;
     let (s, err) = c
-        .call(Method::POST, &format!("/compute/v1/projects/{P}/global/networks"), Some(json!({"name": "n", "autoCreateSubnet": true})))
+        .call(
+            Method::POST,
+            &format!("/compute/v1/projects/{P}/global/networks"),
+            Some(json!({"name": "n", "autoCreateSubnet": true})),
+        )
         .await;
     assert_eq!(s, 400);
-    assert!(err["error"]["message"].as_str().unwrap_or_default().contains("Unknown name \"autoCreateSubnet\""), "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Unknown name \"autoCreateSubnet\""),
+        "{err}"
+    );
     let (s, _) = c
-        .call(Method::POST, &format!("/compute/v1/projects/{P}/global/networks"), Some(json!({"name": "Bad_Name"})))
+        .call(
+            Method::POST,
+            &format!("/compute/v1/projects/{P}/global/networks"),
+            Some(json!({"name": "Bad_Name"})),
+        )
         .await;
     assert_eq!(s, 400);
     let (s, err) = c
-        .call(Method::POST, &format!("/v1/projects/{P}/secrets?secretId=s"), Some(json!({"replication": {"automatic": {}}, "labelz": {}})))
+        .call(
+            Method::POST,
+            &format!("/v1/projects/{P}/secrets?secretId=s"),
+            Some(json!({"replication": {"automatic": {}}, "labelz": {}})),
+        )
         .await;
     assert_eq!(s, 400);
     assert_eq!(err["error"]["status"], "INVALID_ARGUMENT");
@@ -158,15 +226,33 @@ async fn bodies_are_checked_against_the_discovery_schemas() {
 async fn secret_policies_use_etags_and_gate_instance_access() {
     let (emu, c) = start(LatencyProfile::instant()).await;
     let (s, _) = c
-        .call(Method::POST, &format!("/v1/projects/{P}/serviceAccounts"), Some(json!({"accountId": "vm-account", "serviceAccount": {"description": "d"}})))
+        .call(
+            Method::POST,
+            &format!("/v1/projects/{P}/serviceAccounts"),
+            Some(json!({"accountId": "vm-account", "serviceAccount": {"description": "d"}})),
+        )
         .await;
     assert_eq!(s, 200);
-    c.call(Method::POST, &format!("/v1/projects/{P}/secrets?secretId=key"), Some(json!({"replication": {"automatic": {}}}))).await;
+    c.call(
+        Method::POST,
+        &format!("/v1/projects/{P}/secrets?secretId=key"),
+        Some(json!({"replication": {"automatic": {}}})),
+    )
+    .await;
     let (s, v) = c
-        .call(Method::POST, &format!("/v1/projects/{P}/secrets/key:addVersion"), Some(json!({"payload": {"data": "c2VjcmV0"}})))
+        .call(
+            Method::POST,
+            &format!("/v1/projects/{P}/secrets/key:addVersion"),
+            Some(json!({"payload": {"data": "c2VjcmV0"}})),
+        )
         .await;
     assert_eq!(s, 200);
-    assert!(v["name"].as_str().unwrap_or_default().ends_with("/secrets/key/versions/1"));
+    assert!(
+        v["name"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with("/secrets/key/versions/1")
+    );
     let vm = Client {
         token: emu.issue_token("vm-account@wgnet-test.iam.gserviceaccount.com", false),
         http: reqwest::Client::new(),
@@ -174,17 +260,44 @@ async fn secret_policies_use_etags_and_gate_instance_access() {
     };
     let access = format!("/v1/projects/{P}/secrets/key/versions/latest:access");
     let (s, err) = vm.call(Method::GET, &access, None).await;
-    assert_eq!((s, err["error"]["status"].as_str()), (403, Some("PERMISSION_DENIED")));
+    assert_eq!(
+        (s, err["error"]["status"].as_str()),
+        (403, Some("PERMISSION_DENIED"))
+    );
     // The VM's account cannot touch anything else either.
-    let (s, _) = vm.call(Method::GET, &format!("/compute/v1/projects/{P}/global/networks"), None).await;
+    let (s, _) = vm
+        .call(
+            Method::GET,
+            &format!("/compute/v1/projects/{P}/global/networks"),
+            None,
+        )
+        .await;
     assert_eq!(s, 403);
-    let (_, policy) = c.call(Method::GET, &format!("/v1/projects/{P}/secrets/key:getIamPolicy"), None).await;
+    let (_, policy) = c
+        .call(
+            Method::GET,
+            &format!("/v1/projects/{P}/secrets/key:getIamPolicy"),
+            None,
+        )
+        .await;
     let binding = json!({"role": "roles/secretmanager.secretAccessor", "members": ["serviceAccount:vm-account@wgnet-test.iam.gserviceaccount.com"]});
     let set = |etag: &Value| json!({"policy": {"bindings": [binding.clone()], "etag": etag}});
-    let (s, _) = c.call(Method::POST, &format!("/v1/projects/{P}/secrets/key:setIamPolicy"), Some(set(&policy["etag"]))).await;
+    let (s, _) = c
+        .call(
+            Method::POST,
+            &format!("/v1/projects/{P}/secrets/key:setIamPolicy"),
+            Some(set(&policy["etag"])),
+        )
+        .await;
     assert_eq!(s, 200);
     // The same etag again is stale.
-    let (s, err) = c.call(Method::POST, &format!("/v1/projects/{P}/secrets/key:setIamPolicy"), Some(set(&policy["etag"]))).await;
+    let (s, err) = c
+        .call(
+            Method::POST,
+            &format!("/v1/projects/{P}/secrets/key:setIamPolicy"),
+            Some(set(&policy["etag"])),
+        )
+        .await;
     assert_eq!((s, err["error"]["status"].as_str()), (409, Some("ABORTED")));
     let (s, v) = vm.call(Method::GET, &access, None).await;
     assert_eq!(s, 200);
@@ -194,8 +307,18 @@ async fn secret_policies_use_etags_and_gate_instance_access() {
 #[tokio::test]
 async fn metadata_server_serves_attributes_tokens_and_guest_attributes() {
     let (emu, c) = start(LatencyProfile::instant()).await;
-    c.call(Method::POST, &format!("/compute/v1/projects/{P}/global/networks"), Some(json!({"name": "n"}))).await;
-    c.call(Method::POST, &format!("/v1/projects/{P}/serviceAccounts"), Some(json!({"accountId": "vm-account"}))).await;
+    c.call(
+        Method::POST,
+        &format!("/compute/v1/projects/{P}/global/networks"),
+        Some(json!({"name": "n"})),
+    )
+    .await;
+    c.call(
+        Method::POST,
+        &format!("/v1/projects/{P}/serviceAccounts"),
+        Some(json!({"accountId": "vm-account"})),
+    )
+    .await;
     let (s, _) = c
         .call(
             Method::POST,
@@ -211,21 +334,48 @@ async fn metadata_server_serves_attributes_tokens_and_guest_attributes() {
         )
         .await;
     assert_eq!(s, 200);
-    let md = format!("{}/computeMetadata/v1", emu.metadata_url(P, "us-central1-a", "vm"));
+    let md = format!(
+        "{}/computeMetadata/v1",
+        emu.metadata_url(P, "us-central1-a", "vm")
+    );
     let http = reqwest::Client::new();
-    let get = |path: &str| http.get(format!("{md}/{path}")).header("Metadata-Flavor", "Google");
+    let get = |path: &str| {
+        http.get(format!("{md}/{path}"))
+            .header("Metadata-Flavor", "Google")
+    };
     // The header is mandatory.
-    let r = http.get(format!("{md}/instance/attributes/wgnet-mtu")).send().await.expect("answer");
+    let r = http
+        .get(format!("{md}/instance/attributes/wgnet-mtu"))
+        .send()
+        .await
+        .expect("answer");
     assert_eq!(r.status().as_u16(), 403);
-    let r = get("instance/attributes/wgnet-mtu").send().await.expect("answer");
-    let etag = r.headers().get("etag").and_then(|v| v.to_str().ok()).map(str::to_owned).expect("etag");
+    let r = get("instance/attributes/wgnet-mtu")
+        .send()
+        .await
+        .expect("answer");
+    let etag = r
+        .headers()
+        .get("etag")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .expect("etag");
     assert_eq!(r.text().await.expect("body"), "1380");
     // wait_for_change returns when setMetadata changes the value.
     let waiter = tokio::spawn(
-        get(&format!("instance/attributes/wgnet-mtu?wait_for_change=true&last_etag={etag}&timeout_sec=10")).send(),
+        get(&format!(
+            "instance/attributes/wgnet-mtu?wait_for_change=true&last_etag={etag}&timeout_sec=10"
+        ))
+        .send(),
     );
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let (_, inst) = c.call(Method::GET, &format!("/compute/v1/projects/{P}/zones/us-central1-a/instances/vm"), None).await;
+    let (_, inst) = c
+        .call(
+            Method::GET,
+            &format!("/compute/v1/projects/{P}/zones/us-central1-a/instances/vm"),
+            None,
+        )
+        .await;
     let (s, _) = c
         .call(
             Method::POST,
@@ -250,7 +400,13 @@ async fn metadata_server_serves_attributes_tokens_and_guest_attributes() {
         .await;
     assert_eq!(s, 412);
     // The instance's account gets a token.
-    let tok: Value = get("instance/service-accounts/default/token").send().await.expect("answer").json().await.expect("json");
+    let tok: Value = get("instance/service-accounts/default/token")
+        .send()
+        .await
+        .expect("answer")
+        .json()
+        .await
+        .expect("json");
     assert!(tok["access_token"].as_str().is_some_and(|t| !t.is_empty()));
     // Guest attributes: written inside, read through Compute.
     let r = http
@@ -265,8 +421,17 @@ async fn metadata_server_serves_attributes_tokens_and_guest_attributes() {
         .call(Method::GET, &format!("/compute/v1/projects/{P}/zones/us-central1-a/instances/vm/getGuestAttributes?queryPath=wgnet%2F"), None)
         .await;
     assert_eq!(s, 200);
-    assert_eq!(ga["queryValue"]["items"], json!([{"namespace": "wgnet", "key": "state", "value": "ready"}]));
-    let ip = get("instance/network-interfaces/0/access-configs/0/external-ip").send().await.expect("answer").text().await.expect("ip");
+    assert_eq!(
+        ga["queryValue"]["items"],
+        json!([{"namespace": "wgnet", "key": "state", "value": "ready"}])
+    );
+    let ip = get("instance/network-interfaces/0/access-configs/0/external-ip")
+        .send()
+        .await
+        .expect("answer")
+        .text()
+        .await
+        .expect("ip");
     assert!(ip.starts_with("198.51.100."), "{ip}");
 }
 
@@ -275,12 +440,17 @@ async fn quotas_faults_and_the_request_log() {
     let (emu, c) = start(LatencyProfile::instant()).await;
     emu.set_quota_per_minute(Some(2));
     let list = format!("/compute/v1/projects/{P}/global/firewalls");
-    let statuses: Vec<u16> = futures_util::future::join_all((0..3).map(|_| c.call(Method::GET, &list, None)))
-        .await
-        .into_iter()
-        .map(|(s, _)| s)
-        .collect();
-    assert_eq!(statuses.iter().filter(|s| **s == 403).count(), 1, "{statuses:?}");
+    let statuses: Vec<u16> =
+        futures_util::future::join_all((0..3).map(|_| c.call(Method::GET, &list, None)))
+            .await
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 403).count(),
+        1,
+        "{statuses:?}"
+    );
     emu.set_quota_per_minute(None);
     emu.fail_next(Some("GET"), "/firewalls", 1, 503);
     assert_eq!(c.call(Method::GET, &list, None).await.0, 503);

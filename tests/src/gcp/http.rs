@@ -313,7 +313,8 @@ pub async fn handle(
             let result = match caller {
                 Err(e) => Err(e),
                 Ok((email, admin)) => {
-                    let access = api == "secretmanager" && method == "GET" && path.ends_with(":access");
+                    let access =
+                        api == "secretmanager" && method == "GET" && path.ends_with(":access");
                     if !admin && !access {
                         Err(GcpError::new(
                             403,
