@@ -4,9 +4,10 @@
 set -eu
 
 # Packages by purpose: a C toolchain for ring, CA roots for TLS, python3 for the kube tools
-# installer, openssl for the GCP emulator's service-account keys. Later issues add the data
-# plane's (nftables, iproute2, wireguard tools).
-PACKAGES="gcc libc6-dev pkg-config ca-certificates python3 openssl"
+# installer and test peers, openssl for the GCP emulator's service-account keys, and for the
+# network-namespace tests of the VM script: iproute2, nftables, wireguard-tools, wireguard-go
+# (userspace WireGuard: these kernels have no module), curl and shellcheck.
+PACKAGES="gcc libc6-dev pkg-config ca-certificates python3 openssl iproute2 nftables wireguard-tools wireguard-go curl shellcheck"
 python3 -m pip --version >/dev/null 2>&1 || PACKAGES="$PACKAGES python3-pip"
 
 missing=""

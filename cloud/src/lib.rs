@@ -11,6 +11,7 @@ pub mod api;
 pub mod error;
 pub mod gcp;
 pub mod names;
+pub mod vm;
 
 use std::collections::BTreeMap;
 use std::future::Future;

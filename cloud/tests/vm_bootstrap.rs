@@ -1,0 +1,580 @@
+//! The gateway VM's startup script, run for real in network namespaces against the GCP
+//! emulator: real nftables, userspace WireGuard (wireguard-go, the same script path that
+//! uses kernel WireGuard on GCP), a client namespace on the "internet" and a cluster-side
+//! WireGuard peer standing in for the link. Needs root, iproute2, nftables, wireguard-tools,
+//! wireguard-go and python3 (`make deps` installs them).
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use common::*;
+use wgnet_cloud::gcp::GcpCloud;
+use wgnet_cloud::vm::{self, VmConfig};
+use wgnet_cloud::{Desired, Protocol, Recorded, SecretBytes};
+use wgnet_tests::gcp::{Config, GcpEmulator, LatencyProfile};
+use wgnet_tests::netns::{self, Netns, RootLink, wait_for};
+
+const ZONE: &str = "us-central1-a";
+
+fn echo_py() -> String {
+    wgnet_tests::repo_root()
+        .join("tests/netns/echo.py")
+        .display()
+        .to_string()
+}
+
+/// One gateway: emulator, namespaces, the VM booted from its own metadata, a peer.
+struct Gw {
+    emu: GcpEmulator,
+    cloud: GcpCloud,
+    d: Desired,
+    rec: Recorded,
+    cfg: VmConfig,
+    ip: String,
+    wg_if: String,
+    peer_if: String,
+    vm_pub: String,
+    dir: TempDir,
+    md_url: String,
+    sm_url: String,
+    // Dropped last: processes inside die with their namespaces.
+    client: Netns,
+    cluster: Netns,
+    vm: Netns,
+    _md_link: RootLink,
+    _net: Netns,
+}
+
+fn private_dir() -> TempDir {
+    let d = TempDir::new();
+    std::fs::create_dir_all(d.0.join("state")).expect("state dir");
+    d
+}
+
+async fn gateway() -> Gw {
+    netns::require_root();
+    let tag = netns::unique_tag();
+    let slot: u8 = (tag.bytes().fold(0u32, |a, b| a * 31 + u32::from(b)) % 60) as u8;
+    let root_md = Ipv4Addr::new(192, 0, 2, slot * 4 + 1);
+    let vm_md = Ipv4Addr::new(192, 0, 2, slot * 4 + 2);
+
+    let net = Netns::new("net", &tag);
+    let vm = Netns::new("vm", &tag);
+    let client = Netns::new("cli", &tag);
+    let cluster = Netns::new("clu", &tag);
+    let md_link = RootLink::new(
+        &format!("wgm{tag}"),
+        &format!("{root_md}/30"),
+        &vm,
+        "md0",
+        &format!("{vm_md}/30"),
+    );
+
+    let emu = GcpEmulator::start(Config {
+        addr: (root_md, 0).into(),
+        profile: LatencyProfile::instant(),
+        ..Config::default()
+    })
+    .await
+    .expect("emulator on the metadata link");
+    let dir = private_dir();
+    let key = dir.0.join("key.json");
+    emu.write_key_file("op@wgnet-test.iam.gserviceaccount.com", &key)
+        .expect("key");
+    let cloud = cloud_for(&emu, key).await;
+
+    let (vm_priv, vm_pub) = netns::wg_keypair();
+    let (link_priv, link_pub) = netns::wg_keypair();
+    let mut d = desired(
+        &format!("vm{tag}"),
+        &format!("uid-{tag}"),
+        &[(8080, Protocol::Tcp), (5353, Protocol::Udp)],
+    );
+    let cfg = VmConfig {
+        listen_port: 51820,
+        mtu: 1380,
+        gateway_address: Ipv4Addr::new(10, 99, 0, 1),
+        link_address: Ipv4Addr::new(10, 99, 0, 2),
+        subnet: "10.99.0.0/29".into(),
+        link_public_key: link_pub,
+        key_version: 1,
+    };
+    d.metadata = vm::metadata(&d.target, &cfg);
+    d.vm_key = SecretBytes::new(vm_priv.into_bytes());
+    let (rec, p, _) = converge(&cloud, &d, Recorded::default(), 20).await;
+    let ip = p.address.expect("reserved address");
+
+    // The "internet": a bridge; the VM owns its public IP on ens4, like GCP's Debian names it.
+    net.sh(
+        "ip link add br0 type bridge && ip addr add 203.0.113.1/24 dev br0 && ip link set br0 up",
+    );
+    for (ns, port, addr) in [
+        (&vm, "pvm", format!("{ip}/24")),
+        (&client, "pcl", "203.0.113.20/24".into()),
+        (&cluster, "pcs", "203.0.113.30/24".into()),
+    ] {
+        let ifname = if port == "pvm" { "ens4" } else { "eth0" };
+        let tmp = format!("vt{}", netns::unique_tag());
+        netns::ip(&[
+            "link",
+            "add",
+            &tmp,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &format!("{port}{tag}"),
+        ]);
+        netns::ip(&["link", "set", &tmp, "netns", &ns.name, "name", ifname]);
+        netns::ip(&[
+            "link",
+            "set",
+            &format!("{port}{tag}"),
+            "netns",
+            &net.name,
+            "name",
+            port,
+        ]);
+        net.sh(&format!(
+            "ip link set {port} master br0 && ip link set {port} up"
+        ));
+        ns.sh(&format!(
+            "ip addr add {addr} dev {ifname} && ip link set {ifname} up"
+        ));
+    }
+    vm.sh("ip route add default via 203.0.113.1");
+
+    let base = emu.url();
+    let gw = Gw {
+        md_url: emu.metadata_url(PROJECT, ZONE, &d.target.id.resource_name()),
+        sm_url: format!("{base}/v1"),
+        emu,
+        cloud,
+        d,
+        rec,
+        cfg,
+        ip,
+        wg_if: format!("wg{tag}"),
+        peer_if: format!("wgc{tag}"),
+        vm_pub,
+        dir,
+        client,
+        cluster,
+        vm,
+        _md_link: md_link,
+        _net: net,
+    };
+    std::fs::write(gw.dir.0.join("link.key"), format!("{link_priv}\n")).expect("link key");
+    gw
+}
+
+async fn cloud_for(emu: &GcpEmulator, key: std::path::PathBuf) -> GcpCloud {
+    use wgnet_cloud::api::{Credentials, Endpoints, RetryPolicy};
+    use wgnet_cloud::gcp::GcpConfig;
+    GcpCloud::new(GcpConfig {
+        credentials: Credentials::KeyFile(key),
+        endpoints: Endpoints {
+            compute: emu.compute_url(),
+            iam: emu.iam_url(),
+            secrets: emu.secrets_url(),
+        },
+        retry: RetryPolicy {
+            min_delay: Duration::from_millis(2),
+            max_delay: Duration::from_millis(40),
+            max_retries: 5,
+            request_timeout: Duration::from_secs(10),
+        },
+        install: INSTALL.into(),
+        cluster: CLUSTER.into(),
+        network: "wgnet".into(),
+        observer: None,
+    })
+    .await
+    .expect("cloud")
+}
+
+impl Drop for Gw {
+    fn drop(&mut self) {
+        // wireguard-go leaves its control socket behind when killed.
+        for i in [&self.wg_if, &self.peer_if] {
+            let _ = std::fs::remove_file(format!("/run/wireguard/{i}.sock"));
+        }
+    }
+}
+
+impl Gw {
+    fn name(&self) -> String {
+        self.d.target.id.resource_name()
+    }
+
+    fn script_env(&self) -> String {
+        format!(
+            "WGNET_METADATA_URL='{}' WGNET_SECRETS_URL='{}' WGNET_USERSPACE=wireguard-go WGNET_IFACE={} WGNET_STATE_DIR='{}' WGNET_NO_SYSTEMD=1 WGNET_MAX_BACKOFF=1",
+            self.md_url,
+            self.sm_url,
+            self.wg_if,
+            self.dir.0.join("state").display()
+        )
+    }
+
+    /// What the emulator's "boot" does: fetch the instance's own startup-script from its
+    /// metadata and run it inside the VM namespace.
+    fn boot(&self) {
+        let inst = self
+            .emu
+            .get("instance", PROJECT, ZONE, &self.name())
+            .expect("instance");
+        let script = inst["metadata"]["items"]
+            .as_array()
+            .and_then(|items| items.iter().find(|i| i["key"] == "startup-script"))
+            .and_then(|i| i["value"].as_str())
+            .expect("startup-script in metadata")
+            .to_owned();
+        let path = self.dir.0.join("startup.sh");
+        std::fs::write(&path, script).expect("script");
+        let log = self.dir.0.join("boot.log");
+        drop(self.vm.spawn(
+            &format!(
+                "{} sh '{}' boot >'{}' 2>&1",
+                self.script_env(),
+                path.display(),
+                log.display()
+            ),
+            &[],
+        ));
+    }
+
+    fn guest(&self, key: &str) -> Option<String> {
+        self.emu
+            .guest_attribute(PROJECT, ZONE, &self.name(), &format!("wgnet/{key}"))
+    }
+
+    fn wait_state(&self, want: &str, timeout: Duration) {
+        let got = wait_for(timeout, || {
+            (self.guest("state").as_deref() == Some(want)).then_some(())
+        });
+        let log = std::fs::read_to_string(self.dir.0.join("boot.log")).unwrap_or_default();
+        assert!(
+            got.is_some(),
+            "VM never reached {want}: state {:?}, error {:?}\n{log}",
+            self.guest("state"),
+            self.guest("error")
+        );
+    }
+
+    fn peer_up(&self, endpoint_port: u16) {
+        let conf = format!(
+            "[Interface]\nPrivateKey = {}\nAddress = 10.99.0.2/29\nMTU = {}\n\n[Peer]\nPublicKey = {}\nEndpoint = {}:{endpoint_port}\nAllowedIPs = 10.99.0.0/29\nPersistentKeepalive = 1\n",
+            std::fs::read_to_string(self.dir.0.join("link.key"))
+                .expect("link key")
+                .trim(),
+            self.cfg.mtu,
+            self.vm_pub,
+            self.ip
+        );
+        let path = self.dir.0.join(format!("{}.conf", self.peer_if));
+        std::fs::write(&path, conf).expect("peer conf");
+        self.cluster.sh(&format!(
+            "WG_QUICK_USERSPACE_IMPLEMENTATION=wireguard-go wg-quick up '{}' 2>&1",
+            path.display()
+        ));
+        drop(self.cluster.spawn(
+            &format!(
+                "python3 '{}' serve 10.99.0.2 8080,51820,2222 5353",
+                echo_py()
+            ),
+            &[],
+        ));
+    }
+
+    /// One request from the client, retried briefly while the tunnel comes up.
+    fn request(&self, proto: &str, port: u16) -> Option<String> {
+        self.request_within(proto, port, Duration::from_secs(10))
+    }
+
+    fn request_within(&self, proto: &str, port: u16, timeout: Duration) -> Option<String> {
+        wait_for(timeout, || {
+            let (ok, out, _) = self.client.try_sh(&format!(
+                "python3 '{}' {proto} {} {port}",
+                echo_py(),
+                self.ip
+            ));
+            ok.then(|| out.trim().to_owned())
+        })
+    }
+
+    async fn update(&mut self) {
+        self.d.metadata = vm::metadata(&self.d.target, &self.cfg);
+        let (rec, _, _) = converge(&self.cloud, &self.d, self.rec.clone(), 20).await;
+        self.rec = rec;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_and_udp_reach_the_peer_through_the_vm() {
+    let gw = gateway().await;
+    gw.boot();
+    gw.wait_state("ready", Duration::from_secs(30));
+    assert_eq!(gw.guest("public-key").as_deref(), Some(gw.vm_pub.as_str()));
+    gw.peer_up(51820);
+
+    // Forwarded traffic arrives at the peer from the gateway address (masquerade into wg0).
+    assert_eq!(
+        gw.request("tcp", 8080).as_deref(),
+        Some("tcp 8080 from 10.99.0.1")
+    );
+    assert_eq!(
+        gw.request("udp", 5353).as_deref(),
+        Some("udp 5353 from 10.99.0.1")
+    );
+    // TCP on the WireGuard port is forwarded too; only UDP on it is WireGuard's.
+    assert_eq!(
+        gw.request("tcp", 51820).as_deref(),
+        Some("tcp 51820 from 10.99.0.1")
+    );
+
+    // Nothing reaches the VM's own services from outside: a listener on the VM stays
+    // unreached (the connection goes down the tunnel instead, where the peer answers).
+    drop(gw.vm.spawn(
+        &format!("python3 '{}' serve {} 2223 ''", echo_py(), gw.ip),
+        &[],
+    ));
+    std::thread::sleep(Duration::from_millis(300));
+    let (ok, out, _) = gw
+        .client
+        .try_sh(&format!("python3 '{}' tcp {} 2223", echo_py(), gw.ip));
+    assert!(!ok, "the VM's own port 2223 answered: {out}");
+
+    // The key lives only in the 0600 state directory, never in the boot log.
+    let mode = gw.vm.sh(&format!(
+        "stat -c %a '{}'",
+        gw.dir.0.join("state/private.key").display()
+    ));
+    assert_eq!(mode.trim(), "600");
+    let log = std::fs::read_to_string(gw.dir.0.join("boot.log")).unwrap_or_default();
+    let key = String::from_utf8_lossy(gw.d.vm_key.expose()).into_owned();
+    assert!(!log.contains(&key));
+
+    // 100 MB through the tunnel at the configured MTU (MSS clamping keeps TCP whole).
+    let (ok, out, err) = gw.client.try_sh(&format!(
+        "python3 '{}' bulk {} 8080 104857600",
+        echo_py(),
+        gw.ip
+    ));
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "got 104857600");
+    let rules = gw.vm.sh("nft list table ip wgnet");
+    assert!(rules.contains("tcp option maxseg size set 1340"), "{rules}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watcher_applies_metadata_changes_live() {
+    let mut gw = gateway().await;
+    gw.boot();
+    gw.wait_state("ready", Duration::from_secs(30));
+    gw.peer_up(51820);
+    assert!(gw.request("tcp", 8080).is_some());
+
+    // Re-applying unchanged metadata changes nothing.
+    let before = gw.vm.sh("nft -a list table ip wgnet");
+    let (ok, _, err) = gw.vm.try_sh(&format!(
+        "{} sh '{}' apply",
+        gw.script_env(),
+        gw.dir.0.join("startup.sh").display()
+    ));
+    assert!(ok, "{err}");
+    assert_eq!(gw.vm.sh("nft -a list table ip wgnet"), before);
+
+    // MTU.
+    gw.cfg.mtu = 1300;
+    gw.update().await;
+    let mtu = wait_for(Duration::from_secs(10), || {
+        let out = gw.vm.sh(&format!("ip link show {}", gw.wg_if));
+        out.contains("mtu 1300").then_some(())
+    });
+    assert!(mtu.is_some(), "MTU not applied");
+
+    // Listen port: the peer follows to the new endpoint.
+    gw.cfg.listen_port = 51821;
+    gw.update().await;
+    let port = wait_for(Duration::from_secs(10), || {
+        (gw.vm
+            .sh(&format!("wg show {} listen-port", gw.wg_if))
+            .trim()
+            == "51821")
+            .then_some(())
+    });
+    assert!(port.is_some(), "listen port not applied");
+    gw.cluster.sh(&format!(
+        "wg set {} peer {} endpoint {}:51821",
+        gw.peer_if, gw.vm_pub, gw.ip
+    ));
+    assert_eq!(
+        gw.request("udp", 5353).as_deref(),
+        Some("udp 5353 from 10.99.0.1")
+    );
+
+    // The link's key: the VM accepts only the new one.
+    let (new_priv, new_pub) = netns::wg_keypair();
+    gw.cfg.link_public_key = new_pub.clone();
+    gw.update().await;
+    let peer = wait_for(Duration::from_secs(10), || {
+        (gw.vm.sh(&format!("wg show {} peers", gw.wg_if)).trim() == new_pub).then_some(())
+    });
+    assert!(peer.is_some(), "peer key not applied");
+    std::fs::write(gw.dir.0.join("new-link.key"), format!("{new_priv}\n")).expect("key");
+    gw.cluster.sh(&format!(
+        "wg set {} private-key '{}'",
+        gw.peer_if,
+        gw.dir.0.join("new-link.key").display()
+    ));
+    assert_eq!(
+        gw.request("tcp", 8080).as_deref(),
+        Some("tcp 8080 from 10.99.0.1")
+    );
+
+    // A new VM key version: the VM fetches the key again and presents the new identity.
+    let (vm_priv2, vm_pub2) = netns::wg_keypair();
+    gw.d.vm_key = SecretBytes::new(vm_priv2.into_bytes());
+    gw.d.key_version = 2;
+    gw.cfg.key_version = 2;
+    gw.update().await;
+    let rotated = wait_for(Duration::from_secs(10), || {
+        (gw.vm.sh(&format!("wg show {} public-key", gw.wg_if)).trim() == vm_pub2).then_some(())
+    });
+    assert!(rotated.is_some(), "new key version not fetched");
+    gw.cluster.sh(&format!(
+        "wg set {p} peer {old} remove && wg set {p} peer {new} endpoint {ip}:51821 allowed-ips 10.99.0.0/29 persistent-keepalive 1",
+        p = gw.peer_if,
+        old = gw.vm_pub,
+        new = vm_pub2,
+        ip = gw.ip
+    ));
+    assert_eq!(
+        gw.request("tcp", 8080).as_deref(),
+        Some("tcp 8080 from 10.99.0.1")
+    );
+    assert_eq!(gw.guest("public-key").as_deref(), Some(vm_pub2.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_secret_is_waited_for_and_a_reboot_restores_everything() {
+    let gw = gateway().await;
+    // The secret vanished (or its creation is late): the VM waits and says so.
+    assert!(
+        gw.emu
+            .remove_resource("secret", PROJECT, "global", &gw.name())
+    );
+    gw.boot();
+    gw.wait_state("fetching-key", Duration::from_secs(15));
+    let waiting = wait_for(Duration::from_secs(10), || {
+        gw.guest("error")
+            .filter(|e| e.contains("waiting for secret"))
+    });
+    assert!(waiting.is_some(), "error was {:?}", gw.guest("error"));
+    let rec = Recorded {
+        secret: None,
+        secret_version: None,
+        iam_bound: false,
+        ..gw.rec.clone()
+    };
+    converge(&gw.cloud, &gw.d, rec, 20).await;
+    gw.wait_state("ready", Duration::from_secs(30));
+    gw.peer_up(51820);
+    assert!(gw.request("tcp", 8080).is_some());
+
+    // Power cut: every process dies, the ruleset and the tmpfs state are gone.
+    gw.vm.kill_all();
+    gw.vm.sh(&format!(
+        "nft flush ruleset; ip link del {} 2>/dev/null; true",
+        gw.wg_if
+    ));
+    std::fs::remove_dir_all(gw.dir.0.join("state")).expect("state");
+    std::fs::create_dir_all(gw.dir.0.join("state")).expect("state");
+    assert!(
+        !gw.client
+            .try_sh(&format!("python3 '{}' tcp {} 8080", echo_py(), gw.ip))
+            .0
+    );
+    gw.boot();
+    gw.wait_state("ready", Duration::from_secs(30));
+    // The rebooted VM has no session and no endpoint for the peer (the link dials), so
+    // traffic resumes when the peer's WireGuard re-handshakes: up to REKEY_TIMEOUT plus
+    // KEEPALIVE_TIMEOUT (15 s) after its first unanswered packet.
+    assert_eq!(
+        gw.request_within("tcp", 8080, Duration::from_secs(30))
+            .as_deref(),
+        Some("tcp 8080 from 10.99.0.1")
+    );
+    assert_eq!(
+        gw.request("udp", 5353).as_deref(),
+        Some("udp 5353 from 10.99.0.1")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_metadata_is_rejected_and_executes_nothing() {
+    let mut gw = gateway().await;
+    let marker = gw.dir.0.join("pwned");
+    let m = marker.display().to_string();
+    let cases: Vec<(&str, String)> = vec![
+        ("wgnet-mtu", format!("$(touch {m})")),
+        ("wgnet-listen-port", "70000".into()),
+        ("wgnet-listen-port", format!("51820;touch {m}")),
+        ("wgnet-link-address", format!("10.99.0.2 && touch {m}")),
+        ("wgnet-gateway-address", "999.0.0.1".into()),
+        ("wgnet-subnet", format!("10.99.0.0/29\ntouch {m}")),
+        (
+            "wgnet-peer-public-key",
+            format!("`touch {m}`{}", "A".repeat(44 - 9 - m.len().min(30))),
+        ),
+        ("wgnet-secret", format!("projects/p/secrets/$(touch {m})")),
+        ("wgnet-key-version", format!("1|touch {m}")),
+    ];
+    for (key, value) in cases {
+        let mut d = gw.d.clone();
+        d.metadata = vm::metadata(&d.target, &gw.cfg);
+        d.metadata.insert(key.to_owned(), value.clone());
+        let (rec, _, _) = converge(&gw.cloud, &d, gw.rec.clone(), 20).await;
+        gw.rec = rec;
+        let script = wgnet_cloud::vm::STARTUP_SCRIPT;
+        std::fs::write(gw.dir.0.join("startup.sh"), script).expect("script");
+        let (ok, _, err) = gw.vm.try_sh(&format!(
+            "{} sh '{}' apply",
+            gw.script_env(),
+            gw.dir.0.join("startup.sh").display()
+        ));
+        assert!(!ok, "{key}={value:?} was accepted");
+        assert!(err.contains(key), "{key}: {err}");
+        assert_eq!(gw.guest("state").as_deref(), Some("error"));
+        assert!(
+            gw.guest("error")
+                .is_some_and(|e| e.starts_with("metadata: ") && e.contains(key))
+        );
+        assert!(!marker.exists(), "{key}={value:?} executed a command");
+        let (has_if, _, _) = gw.vm.try_sh(&format!("ip link show {}", gw.wg_if));
+        assert!(
+            !has_if,
+            "{key}: wg interface configured despite bad metadata"
+        );
+        let (has_table, _, _) = gw.vm.try_sh("nft list table ip wgnet");
+        assert!(!has_table, "{key}: ruleset loaded despite bad metadata");
+    }
+}
+
+#[test]
+fn the_startup_script_is_shellcheck_clean() {
+    let path = wgnet_tests::repo_root().join("cloud/src/startup.sh");
+    let out = std::process::Command::new("shellcheck")
+        .args(["-s", "sh"])
+        .arg(&path)
+        .output()
+        .expect("shellcheck is installed by make deps");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""Test peers for network-namespace tests; every operation has a timeout.
+
+  echo.py serve ADDR TCP_PORTS UDP_PORTS   answer "tcp|udp PORT from PEER_IP" per request;
+                                           a TCP request "BULK N" reads N bytes, answers "got N"
+  echo.py tcp HOST PORT                    one TCP request, print the answer
+  echo.py udp HOST PORT                    one UDP request, print the answer
+  echo.py bulk HOST PORT N                 send N bytes over TCP, print the answer
+"""
+import socket
+import sys
+import threading
+
+
+def serve_tcp(addr, port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((addr, port))
+    s.listen(64)
+    while True:
+        conn, peer = s.accept()
+        threading.Thread(target=handle_tcp, args=(conn, peer, port), daemon=True).start()
+
+
+def handle_tcp(conn, peer, port):
+    conn.settimeout(120)
+    try:
+        line = b""
+        while not line.endswith(b"\n"):
+            chunk = conn.recv(1)
+            if not chunk:
+                return
+            line += chunk
+        words = line.split()
+        if words and words[0] == b"BULK":
+            want, got = int(words[1]), 0
+            while got < want:
+                chunk = conn.recv(1 << 16)
+                if not chunk:
+                    break
+                got += len(chunk)
+            conn.sendall(b"got %d\n" % got)
+        else:
+            conn.sendall(b"tcp %d from %s\n" % (port, peer[0].encode()))
+    finally:
+        conn.close()
+
+
+def serve_udp(addr, port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((addr, port))
+    while True:
+        _, peer = s.recvfrom(2048)
+        s.sendto(b"udp %d from %s\n" % (port, peer[0].encode()), peer)
+
+
+def ports(arg):
+    return [int(p) for p in arg.split(",") if p]
+
+
+def main():
+    mode = sys.argv[1]
+    if mode == "serve":
+        addr = sys.argv[2]
+        threads = [threading.Thread(target=serve_tcp, args=(addr, p), daemon=True) for p in ports(sys.argv[3])]
+        threads += [threading.Thread(target=serve_udp, args=(addr, p), daemon=True) for p in ports(sys.argv[4])]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    elif mode == "tcp":
+        with socket.create_connection((sys.argv[2], int(sys.argv[3])), timeout=3) as c:
+            c.sendall(b"hello\n")
+            print(c.recv(256).decode().strip())
+    elif mode == "udp":
+        c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        c.settimeout(2)
+        c.sendto(b"hello\n", (sys.argv[2], int(sys.argv[3])))
+        print(c.recvfrom(256)[0].decode().strip())
+    elif mode == "bulk":
+        n = int(sys.argv[4])
+        with socket.create_connection((sys.argv[2], int(sys.argv[3])), timeout=60) as c:
+            c.sendall(b"BULK %d\n" % n)
+            block = b"x" * (1 << 16)
+            sent = 0
+            while sent < n:
+                k = min(len(block), n - sent)
+                c.sendall(block[:k])
+                sent += k
+            print(c.recv(256).decode().strip())
+    else:
+        sys.exit("unknown mode " + mode)
+
+
+if __name__ == "__main__":
+    main()
