@@ -493,6 +493,8 @@ async fn a_late_secret_is_waited_for_and_a_reboot_restores_everything() {
     ));
     std::fs::remove_dir_all(gw.dir.0.join("state")).expect("state");
     std::fs::create_dir_all(gw.dir.0.join("state")).expect("state");
+    gw.emu
+        .put_guest_attribute_for_test(PROJECT, ZONE, &gw.name(), "wgnet/state", "off");
     assert!(
         !gw.client
             .try_sh(&format!("python3 '{}' tcp {} 8080", echo_py(), gw.ip))
@@ -503,10 +505,14 @@ async fn a_late_secret_is_waited_for_and_a_reboot_restores_everything() {
     // The rebooted VM has no session and no endpoint for the peer (the link dials), so
     // traffic resumes when the peer's WireGuard re-handshakes: up to REKEY_TIMEOUT plus
     // KEEPALIVE_TIMEOUT (15 s) after its first unanswered packet.
+    let got = gw.request_within("tcp", 8080, Duration::from_secs(30));
     assert_eq!(
-        gw.request_within("tcp", 8080, Duration::from_secs(30))
-            .as_deref(),
-        Some("tcp 8080 from 10.99.0.1")
+        got.as_deref(),
+        Some("tcp 8080 from 10.99.0.1"),
+        "peer: {}\nvm: {}\n{}",
+        gw.cluster.try_sh("wg show all").1,
+        gw.vm.try_sh("wg show all; ip addr; nft list ruleset").1,
+        std::fs::read_to_string(gw.dir.0.join("boot.log")).unwrap_or_default()
     );
     assert_eq!(
         gw.request("udp", 5353).as_deref(),

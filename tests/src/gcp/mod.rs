@@ -471,6 +471,18 @@ impl GcpEmulator {
         lock(&self.shared.world).secret_versions(project, secret)
     }
 
+    /// Overwrites a guest attribute, as a VM that lost power leaves it stale.
+    pub fn put_guest_attribute_for_test(
+        &self,
+        project: &str,
+        zone: &str,
+        name: &str,
+        path: &str,
+        value: &str,
+    ) {
+        lock(&self.shared.world).put_guest_attribute(project, zone, name, path, value.to_owned());
+    }
+
     /// A guest attribute (`namespace/key`) the VM wrote.
     pub fn guest_attribute(
         &self,
