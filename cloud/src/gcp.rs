@@ -1125,7 +1125,6 @@ impl GcpCloud {
         &self,
         s: Service,
         path: &str,
-        kind: &'static str,
         name: &str,
         ours: impl Fn(&Value) -> bool,
     ) -> Step<()> {
@@ -1153,10 +1152,7 @@ impl GcpCloud {
             {
                 Ok(_) => Step::Ready(()),
                 Err(e) if e.is_not_found() => Step::Ready(()),
-                Err(e) => {
-                    let _ = kind;
-                    Step::Failed(e)
-                }
+                Err(e) => Step::Failed(e),
             },
         }
     }
@@ -1229,9 +1225,8 @@ impl Cloud for GcpCloud {
             ..rec.clone()
         };
         let net_ok = absorb(net, &mut waiting, &mut errors).is_some();
-        recorded.network = net_ok
-            .then(|| self.network.clone())
-            .or(recorded.network.filter(|_| false));
+        // Unconfirmed this pass (another gateway may have just deleted it): look again next time.
+        recorded.network = net_ok.then(|| self.network.clone());
         let sa_ok = absorb(sa, &mut waiting, &mut errors);
         if let Some(e) = &sa_ok {
             recorded.service_account_email = Some(e.clone());
@@ -1330,10 +1325,10 @@ impl Cloud for GcpCloud {
                 rec,
                 |v| labels_ours(v, install, id),
             ),
-            self.delete_rpc(Service::Iam, &sa_path, "service account", &email, |v| {
+            self.delete_rpc(Service::Iam, &sa_path, &email, |v| {
                 marker_ours(v["description"].as_str().unwrap_or_default(), install, id)
             }),
-            self.delete_rpc(Service::Secrets, &secret_path, "secret", &name, |v| {
+            self.delete_rpc(Service::Secrets, &secret_path, &name, |v| {
                 labels_ours(v, install, id)
             }),
         )

@@ -409,12 +409,8 @@ async fn name_collision_is_an_error_and_never_deleted() {
     // Another install's gateway with the same namespace/name and cluster id.
     let mut other = desired("taken", "uid-x", &[]);
     other.target.id.cluster = CLUSTER.into();
-    let cloud2 = {
-        // Same project, different install label.
-        let e2 = &e;
-        let _ = e2;
-        env_with_install(&e, "other-install").await
-    };
+    // Same project, different install label.
+    let cloud2 = env_with_install(&e, "other-install").await;
     let (rec2, _, _) = converge(&cloud2, &other, Recorded::default(), 20).await;
     let p = e.cloud.ensure(&d, &Recorded::default()).await;
     let err = p
@@ -438,26 +434,7 @@ async fn env_with_install(e: &Env, install: &str) -> wgnet_cloud::gcp::GcpCloud 
     e.emu
         .write_key_file("other@wgnet-test.iam.gserviceaccount.com", &key)
         .expect("key");
-    wgnet_cloud::gcp::GcpCloud::new(wgnet_cloud::gcp::GcpConfig {
-        credentials: wgnet_cloud::api::Credentials::KeyFile(key),
-        endpoints: wgnet_cloud::api::Endpoints {
-            compute: e.emu.compute_url(),
-            iam: e.emu.iam_url(),
-            secrets: e.emu.secrets_url(),
-        },
-        retry: wgnet_cloud::api::RetryPolicy {
-            min_delay: Duration::from_millis(2),
-            max_delay: Duration::from_millis(40),
-            max_retries: 5,
-            request_timeout: Duration::from_secs(10),
-        },
-        install: install.into(),
-        cluster: CLUSTER.into(),
-        network: "wgnet-other".into(),
-        observer: None,
-    })
-    .await
-    .expect("second install")
+    cloud_for(&e.emu, key, install, "wgnet-other").await
 }
 
 #[tokio::test]

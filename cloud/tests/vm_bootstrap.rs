@@ -83,7 +83,7 @@ async fn gateway() -> Gw {
     let key = dir.0.join("key.json");
     emu.write_key_file("op@wgnet-test.iam.gserviceaccount.com", &key)
         .expect("key");
-    let cloud = cloud_for(&emu, key).await;
+    let cloud = cloud_for(&emu, key, INSTALL, "wgnet").await;
 
     let (vm_priv, vm_pub) = netns::wg_keypair();
     let (link_priv, link_pub) = netns::wg_keypair();
@@ -168,31 +168,6 @@ async fn gateway() -> Gw {
     };
     std::fs::write(gw.dir.0.join("link.key"), format!("{link_priv}\n")).expect("link key");
     gw
-}
-
-async fn cloud_for(emu: &GcpEmulator, key: std::path::PathBuf) -> GcpCloud {
-    use wgnet_cloud::api::{Credentials, Endpoints, RetryPolicy};
-    use wgnet_cloud::gcp::GcpConfig;
-    GcpCloud::new(GcpConfig {
-        credentials: Credentials::KeyFile(key),
-        endpoints: Endpoints {
-            compute: emu.compute_url(),
-            iam: emu.iam_url(),
-            secrets: emu.secrets_url(),
-        },
-        retry: RetryPolicy {
-            min_delay: Duration::from_millis(2),
-            max_delay: Duration::from_millis(40),
-            max_retries: 5,
-            request_timeout: Duration::from_secs(10),
-        },
-        install: INSTALL.into(),
-        cluster: CLUSTER.into(),
-        network: "wgnet".into(),
-        observer: None,
-    })
-    .await
-    .expect("cloud")
 }
 
 impl Drop for Gw {

@@ -9,6 +9,7 @@ pub mod apiserver;
 pub mod crd_schema;
 pub mod gcp;
 pub mod netns;
+pub mod serve;
 
 /// Path of the repository root, for tests that read `crds/` and `testdata/`.
 pub fn repo_root() -> std::path::PathBuf {

@@ -61,7 +61,17 @@ pub async fn env_with(profile: LatencyProfile, token_ttl: Duration) -> Env {
     let key = dir.0.join("key.json");
     emu.write_key_file("wgnet-operator@wgnet-test.iam.gserviceaccount.com", &key)
         .expect("key file");
-    let cloud = GcpCloud::new(GcpConfig {
+    let cloud = cloud_for(&emu, key, INSTALL, "wgnet").await;
+    Env {
+        emu,
+        cloud,
+        _dir: dir,
+    }
+}
+
+/// A client of `emu` for operator install `install`, with fast retries for tests.
+pub async fn cloud_for(emu: &GcpEmulator, key: PathBuf, install: &str, network: &str) -> GcpCloud {
+    GcpCloud::new(GcpConfig {
         credentials: Credentials::KeyFile(key),
         endpoints: Endpoints {
             compute: emu.compute_url(),
@@ -74,18 +84,13 @@ pub async fn env_with(profile: LatencyProfile, token_ttl: Duration) -> Env {
             max_retries: 5,
             request_timeout: Duration::from_secs(10),
         },
-        install: INSTALL.into(),
+        install: install.into(),
         cluster: CLUSTER.into(),
-        network: "wgnet".into(),
+        network: network.into(),
         observer: None,
     })
     .await
-    .expect("cloud client");
-    Env {
-        emu,
-        cloud,
-        _dir: dir,
-    }
+    .expect("cloud client")
 }
 
 pub fn target(name: &str, uid: &str) -> Target {

@@ -28,8 +28,6 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -78,29 +76,7 @@ impl ApiServer {
             state: Mutex::new(store::State::new(config.history)),
             controls: Mutex::new(http::Controls::default()),
         });
-        let (shutdown, mut stop) = watch::channel(false);
-        let accept_shared = shared.clone();
-        tokio::spawn(async move {
-            loop {
-                let conn = tokio::select! {
-                    conn = listener.accept() => conn,
-                    _ = stop.changed() => return,
-                };
-                let Ok((stream, _)) = conn else { continue };
-                let shared = accept_shared.clone();
-                let mut stop = stop.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req| http::handle(shared.clone(), req));
-                    let conn = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service);
-                    tokio::pin!(conn);
-                    tokio::select! {
-                        _ = conn.as_mut() => {}
-                        _ = stop.changed() => conn.as_mut().graceful_shutdown(),
-                    }
-                });
-            }
-        });
+        let shutdown = crate::serve::spawn(listener, shared.clone(), http::handle);
         Ok(Self {
             addr,
             shared,

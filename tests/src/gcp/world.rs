@@ -264,15 +264,14 @@ impl World {
         let Some(ip) = str_at(inst, "/networkInterfaces/0/accessConfigs/0/natIP") else {
             return;
         };
-        let link = str_at(inst, "/selfLink").unwrap_or_default().to_owned();
         for a in self.addresses.values_mut() {
             if a["address"] == ip {
-                a["users"] = json!([]);
-                a.as_object_mut().map(|m| m.remove("users"));
+                if let Some(m) = a.as_object_mut() {
+                    m.remove("users");
+                }
                 if a["status"] == "IN_USE" {
                     a["status"] = json!("RESERVED");
                 }
-                let _ = &link;
             }
         }
     }
