@@ -477,9 +477,13 @@ async fn a_late_secret_is_waited_for_and_a_reboot_restores_everything() {
     );
     gw.boot();
     gw.wait_state("ready", Duration::from_secs(30));
-    // The rebooted VM has no session and no endpoint for the peer (the link dials), so
-    // traffic resumes when the peer's WireGuard re-handshakes: up to REKEY_TIMEOUT plus
-    // KEEPALIVE_TIMEOUT (15 s) after its first unanswered packet.
+    // The rebooted VM has no session and no endpoint for the peer (the link dials), so only
+    // the peer can re-handshake. WireGuard does so 15 s (KEEPALIVE + REKEY_TIMEOUT) after it
+    // sends data that gets no answer; keepalives do not count. The link watches handshake
+    // age for this; here one datagram from the peer side starts that timer.
+    let _ = gw
+        .cluster
+        .try_sh(&format!("python3 '{}' udp 10.99.0.1 9", echo_py()));
     let got = gw.request_within("tcp", 8080, Duration::from_secs(30));
     assert_eq!(
         got.as_deref(),
