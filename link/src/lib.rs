@@ -1,5 +1,22 @@
 //! The in-cluster data plane (`wgnet-link`): userspace WireGuard (boringtun), nftables
 //! (nftnl/mnl) and addresses/routes (rtnetlink), in ingress and egress modes.
 //!
-//! The crate is a workspace member from the start so its lint policy (unsafe denied, not
-//! forbidden, for TUN and netlink calls) is in place; its contents arrive with the link issue.
+//! Pure parts (`config`, `wgquick`, `plan`, `keys`, `net`, `status`) are unit-tested; the
+//! kernel-facing parts (`tun`, `wg`, `nft`, `netlink`, `engine`) are tested end to end in
+//! network namespaces by the `wgnet-tests` crate.
+
+pub mod config;
+pub mod engine;
+pub mod http;
+pub mod keys;
+pub mod lease;
+pub mod net;
+pub mod netlink;
+pub mod nft;
+pub mod plan;
+pub mod run;
+pub mod source;
+pub mod status;
+pub mod tun;
+pub mod wg;
+pub mod wgquick;

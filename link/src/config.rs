@@ -1,0 +1,430 @@
+//! The link's configuration: the JSON document the operator writes into the link
+//! ConfigMap (`config.json`) plus the key material from the Secret, validated into one
+//! [`LinkConfig`]. The same two files can sit in a directory for tests, the sandbox and
+//! plain Linux hosts. No I/O here; the sources live in `source`.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::keys::{PublicKey, SecretKey};
+use crate::net::{Ipv4Net, Protocol};
+use crate::wgquick::{self, WgQuick};
+
+/// ConfigMap key of the JSON document.
+pub const CONFIG_KEY: &str = "config.json";
+/// Default Secret key of the ingress private key.
+pub const PRIVATE_KEY_KEY: &str = "private-key";
+/// Default Secret key of the egress wg-quick file.
+pub const WG_QUICK_KEY: &str = "wg0.conf";
+
+/// Why a configuration was refused; the message names the field and never a key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// The raw inputs as the sources deliver them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Raw {
+    /// `config.json`, if present.
+    pub config: Option<Vec<u8>>,
+    /// The key material (`private-key` or `wg0.conf`), if present.
+    pub secret: Option<Vec<u8>>,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "mode", rename_all = "lowercase", deny_unknown_fields)]
+enum Doc {
+    Ingress(IngressDoc),
+    Egress(EgressDoc),
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct IngressDoc {
+    address: String,
+    #[serde(default = "default_mtu")]
+    mtu: u16,
+    peer: PeerDoc,
+    #[serde(default)]
+    forwards: Vec<IngressForward>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PeerDoc {
+    #[serde(default)]
+    endpoint: String,
+    #[serde(default)]
+    public_key: String,
+    #[serde(default = "default_keepalive")]
+    persistent_keepalive: u16,
+    #[serde(default, rename = "allowedIPs")]
+    allowed_ips: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct EgressDoc {
+    #[serde(default)]
+    forwards: Vec<EgressForward>,
+    #[serde(default = "default_resolve")]
+    resolve_interval_seconds: u64,
+}
+
+fn default_mtu() -> u16 {
+    1380
+}
+fn default_keepalive() -> u16 {
+    25
+}
+fn default_resolve() -> u64 {
+    30
+}
+
+/// One ingress forward: traffic from the tunnel on `port` goes to `clusterIP:targetPort`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IngressForward {
+    /// Public port (as it arrives through the tunnel).
+    pub port: u16,
+    /// TCP or UDP.
+    pub protocol: Protocol,
+    /// The Service's ClusterIP (or any reachable address), resolved by the operator.
+    #[serde(rename = "clusterIP")]
+    pub cluster_ip: Ipv4Addr,
+    /// The Service port.
+    pub target_port: u16,
+}
+
+/// One egress forward: traffic to the link on `port` goes to `targetHost:targetPort`
+/// through the tunnel.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EgressForward {
+    /// Name (the Service port name).
+    pub name: String,
+    /// Port the link listens on.
+    pub port: u16,
+    /// TCP or UDP.
+    pub protocol: Protocol,
+    /// Address or DNS name behind the VPN.
+    pub target_host: String,
+    /// Port on the target.
+    pub target_port: u16,
+}
+
+/// The WireGuard peer as the data plane needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConfig {
+    /// The peer's public key.
+    pub public_key: PublicKey,
+    /// Optional preshared key.
+    pub preshared_key: Option<SecretKey>,
+    /// Host (name or address) and port; `None` means "wait".
+    pub endpoint: Option<(String, u16)>,
+    /// Persistent keepalive in seconds.
+    pub keepalive: Option<u16>,
+    /// Source prefixes accepted from the tunnel.
+    pub allowed_ips: Vec<Ipv4Net>,
+}
+
+/// Ingress mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ingress {
+    /// The link's private key.
+    pub private_key: SecretKey,
+    /// wg0 address and tunnel prefix.
+    pub address: Ipv4Net,
+    /// wg0 MTU.
+    pub mtu: u16,
+    /// The VM, once its public key is known.
+    pub peer: Option<PeerConfig>,
+    /// Forwards, sorted and unique by (port, protocol).
+    pub forwards: Vec<IngressForward>,
+}
+
+/// Egress mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Egress {
+    /// The user's VPN identity.
+    pub wg: WgQuick,
+    /// Forwards, sorted and unique by (port, protocol).
+    pub forwards: Vec<EgressForward>,
+    /// How often target names and the endpoint are re-resolved.
+    pub resolve_interval: Duration,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkConfig {
+    /// Ingress mode.
+    Ingress(Ingress),
+    /// Egress mode.
+    Egress(Egress),
+}
+
+impl LinkConfig {
+    /// wg0 MTU.
+    pub fn mtu(&self) -> u16 {
+        match self {
+            Self::Ingress(i) => i.mtu,
+            Self::Egress(e) => e.wg.mtu.unwrap_or(1420),
+        }
+    }
+
+    /// Persistent keepalive of the peer, if any.
+    pub fn keepalive(&self) -> Option<u16> {
+        match self {
+            Self::Ingress(i) => i.peer.as_ref().and_then(|p| p.keepalive),
+            Self::Egress(e) => e.wg.peer.keepalive,
+        }
+    }
+
+    /// Number of configured forwards.
+    pub fn forward_count(&self) -> usize {
+        match self {
+            Self::Ingress(i) => i.forwards.len(),
+            Self::Egress(e) => e.forwards.len(),
+        }
+    }
+}
+
+fn check_ports<'a>(
+    items: impl Iterator<Item = (u16, Protocol, u16)> + 'a,
+) -> Result<(), ConfigError> {
+    let mut seen = BTreeSet::new();
+    for (port, proto, target) in items {
+        if port == 0 || target == 0 {
+            return Err(ConfigError(format!(
+                "forward {port}/{}: ports must be 1-65535",
+                proto.name()
+            )));
+        }
+        if !seen.insert((port, proto)) {
+            return Err(ConfigError(format!(
+                "forward {port}/{} is listed twice",
+                proto.name()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Validates the raw inputs.
+pub fn parse(raw: &Raw) -> Result<LinkConfig, ConfigError> {
+    let doc = raw
+        .config
+        .as_deref()
+        .ok_or_else(|| ConfigError(format!("{CONFIG_KEY} is missing")))?;
+    let doc: Doc =
+        serde_json::from_slice(doc).map_err(|e| ConfigError(format!("{CONFIG_KEY}: {e}")))?;
+    let secret = raw
+        .secret
+        .as_deref()
+        .ok_or_else(|| ConfigError("the key Secret is missing or has no key material".into()))?;
+    match doc {
+        Doc::Ingress(d) => {
+            let text = std::str::from_utf8(secret)
+                .map_err(|_| ConfigError("the private key is not base64 text".into()))?;
+            let private_key =
+                SecretKey::parse(text).map_err(|e| ConfigError(format!("the private key {e}")))?;
+            let address: Ipv4Net = d
+                .address
+                .parse()
+                .map_err(|e| ConfigError(format!("address: {e}")))?;
+            if !(576..=9000).contains(&d.mtu) {
+                return Err(ConfigError(format!(
+                    "mtu {} is not from 576 to 9000",
+                    d.mtu
+                )));
+            }
+            let peer = if d.peer.public_key.is_empty() {
+                None
+            } else {
+                let public_key = PublicKey::parse(&d.peer.public_key)
+                    .map_err(|e| ConfigError(format!("peer.publicKey {e}")))?;
+                let endpoint = if d.peer.endpoint.is_empty() {
+                    None
+                } else {
+                    Some(
+                        wgquick::parse_endpoint(&d.peer.endpoint)
+                            .map_err(|e| ConfigError(format!("peer.endpoint: {e}")))?,
+                    )
+                };
+                let allowed_ips = if d.peer.allowed_ips.is_empty() {
+                    vec![Ipv4Net {
+                        addr: address.network(),
+                        prefix: address.prefix,
+                    }]
+                } else {
+                    d.peer
+                        .allowed_ips
+                        .iter()
+                        .map(|s| s.parse())
+                        .collect::<Result<_, _>>()
+                        .map_err(|e| ConfigError(format!("peer.allowedIPs: {e}")))?
+                };
+                Some(PeerConfig {
+                    public_key,
+                    preshared_key: None,
+                    endpoint,
+                    keepalive: Some(d.peer.persistent_keepalive).filter(|k| *k > 0),
+                    allowed_ips,
+                })
+            };
+            let mut forwards = d.forwards;
+            forwards.sort();
+            check_ports(forwards.iter().map(|f| (f.port, f.protocol, f.target_port)))?;
+            Ok(LinkConfig::Ingress(Ingress {
+                private_key,
+                address,
+                mtu: d.mtu,
+                peer,
+                forwards,
+            }))
+        }
+        Doc::Egress(d) => {
+            let wg =
+                wgquick::parse(secret).map_err(|e| ConfigError(format!("{WG_QUICK_KEY}: {e}")))?;
+            let mut forwards = d.forwards;
+            forwards.sort();
+            check_ports(forwards.iter().map(|f| (f.port, f.protocol, f.target_port)))?;
+            for f in &forwards {
+                if wgquick::parse_endpoint(&format!("{}:1", f.target_host)).is_err() {
+                    return Err(ConfigError(format!(
+                        "forward {}: targetHost {:?} is not a host name or address",
+                        f.name, f.target_host
+                    )));
+                }
+            }
+            Ok(LinkConfig::Egress(Egress {
+                wg,
+                forwards,
+                resolve_interval: Duration::from_secs(d.resolve_interval_seconds.clamp(1, 3600)),
+            }))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PRIV: &str = "dwdtCnMYpX08FsFyUbJmRd9ML4frwJkqsXf7pR25LCo=";
+    const PUB: &str = "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=";
+
+    fn raw(doc: serde_json::Value, secret: &str) -> Raw {
+        Raw {
+            config: Some(doc.to_string().into_bytes()),
+            secret: Some(secret.as_bytes().to_vec()),
+        }
+    }
+
+    #[test]
+    fn ingress_with_defaults() {
+        let c = parse(&raw(
+            serde_json::json!({"mode": "ingress", "address": "10.99.0.2/29",
+                "peer": {"endpoint": "203.0.113.7:51820", "publicKey": PUB},
+                "forwards": [{"port": 8080, "protocol": "TCP", "clusterIP": "10.96.0.10", "targetPort": 80},
+                             {"port": 53, "protocol": "UDP", "clusterIP": "10.96.0.11", "targetPort": 5353}]}),
+            PRIV,
+        ))
+        .expect("valid");
+        let LinkConfig::Ingress(i) = c else {
+            panic!("ingress")
+        };
+        assert_eq!(i.mtu, 1380);
+        let peer = i.peer.expect("peer");
+        assert_eq!(peer.keepalive, Some(25));
+        assert_eq!(peer.allowed_ips, vec!["10.99.0.0/29".parse().expect("net")]);
+        assert_eq!(i.forwards[0].port, 53, "sorted");
+    }
+
+    #[test]
+    fn ingress_waits_without_a_peer() {
+        let c = parse(&raw(
+            serde_json::json!({"mode": "ingress", "address": "10.99.0.2/29", "peer": {}}),
+            PRIV,
+        ))
+        .expect("valid");
+        assert!(matches!(c, LinkConfig::Ingress(Ingress { peer: None, .. })));
+    }
+
+    #[test]
+    fn refusals_are_clear_and_keyless() {
+        let cases = [
+            (
+                serde_json::json!({"mode": "ingress", "address": "10.99.0.2/29", "peer": {},
+                "forwards": [{"port": 80, "protocol": "TCP", "clusterIP": "10.0.0.1", "targetPort": 80},
+                             {"port": 80, "protocol": "TCP", "clusterIP": "10.0.0.2", "targetPort": 81}]}),
+                PRIV,
+                "forward 80/tcp is listed twice",
+            ),
+            (
+                serde_json::json!({"mode": "ingress", "address": "nope", "peer": {}}),
+                PRIV,
+                "address",
+            ),
+            (
+                serde_json::json!({"mode": "ingress", "address": "10.99.0.2/29", "peer": {}, "extra": 1}),
+                PRIV,
+                "unknown field",
+            ),
+            (
+                serde_json::json!({"mode": "sideways"}),
+                PRIV,
+                "unknown variant",
+            ),
+            (
+                serde_json::json!({"mode": "ingress", "address": "10.99.0.2/29", "peer": {"publicKey": "abc"}}),
+                PRIV,
+                "peer.publicKey",
+            ),
+            (
+                serde_json::json!({"mode": "ingress", "address": "10.99.0.2/29", "peer": {}}),
+                "AAAA",
+                "the private key decodes to 3 bytes",
+            ),
+            (
+                serde_json::json!({"mode": "egress", "forwards": []}),
+                "[Interface]\nPrivateKey = AAAA\n",
+                "wg0.conf: line 2",
+            ),
+        ];
+        for (doc, secret, want) in cases {
+            let e = parse(&raw(doc, secret)).expect_err(want);
+            assert!(e.0.contains(want), "{e} should contain {want}");
+            assert!(!e.0.contains(PRIV));
+        }
+        assert!(
+            parse(&Raw::default())
+                .expect_err("empty")
+                .0
+                .contains("config.json is missing")
+        );
+    }
+
+    #[test]
+    fn egress() {
+        let conf = format!(
+            "[Interface]\nPrivateKey = {PRIV}\nAddress = 10.8.0.2/32\n[Peer]\nPublicKey = {PUB}\nEndpoint = 198.51.100.4:51820\nAllowedIPs = 10.0.0.0/24\n"
+        );
+        let c = parse(&raw(
+            serde_json::json!({"mode": "egress", "forwards": [
+                {"name": "db", "port": 1433, "protocol": "TCP", "targetHost": "db.corp.internal", "targetPort": 1433}]}),
+            &conf,
+        ))
+        .expect("valid");
+        assert_eq!(c.forward_count(), 1);
+        let e = parse(&raw(
+            serde_json::json!({"mode": "egress", "forwards": [
+                {"name": "db", "port": 1433, "protocol": "TCP", "targetHost": "db;rm -rf", "targetPort": 1433}]}),
+            &conf,
+        ))
+        .expect_err("bad host");
+        assert!(e.0.contains("targetHost"), "{e}");
+    }
+}

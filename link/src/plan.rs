@@ -1,0 +1,372 @@
+//! The nftables ruleset the link wants, as plain data: one table, built whole from the
+//! configuration, rendered in nft(8) syntax for logs and `wgnet-link plan`. The netlink
+//! encoding lives in `nft`; this module has no I/O so every rule is unit-tested.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use crate::config::IngressForward;
+use crate::net::Protocol;
+
+/// The link's table (family `ip`).
+pub const TABLE: &str = "wgnet_link";
+
+/// What a chain hooks into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// NAT before routing.
+    Prerouting,
+    /// NAT after routing.
+    Postrouting,
+    /// Filter of forwarded packets.
+    Forward,
+    /// Filter of packets for the pod itself.
+    Input,
+}
+
+/// One match or statement of a rule, in evaluation order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stmt {
+    /// `iifname "X"`.
+    Iif(String),
+    /// `iifname != "X"`.
+    IifNot(String),
+    /// `oifname "X"`.
+    Oif(String),
+    /// `oifname != "X"`.
+    OifNot(String),
+    /// `meta l4proto P`.
+    L4(Protocol),
+    /// `th dport N` (requires a preceding `L4`).
+    Dport(u16),
+    /// `ip daddr A`.
+    Daddr(Ipv4Addr),
+    /// `ct state established,related`.
+    Established,
+    /// `ct status dnat`.
+    Dnatted,
+    /// `tcp flags syn` (SYN set, RST clear), requires a preceding `L4(Tcp)`.
+    Syn,
+    /// `tcp option maxseg size > N tcp option maxseg size set N`.
+    ClampMss(u16),
+    /// `dnat to A:P`.
+    Dnat(Ipv4Addr, u16),
+    /// `masquerade`.
+    Masquerade,
+    /// `accept`.
+    Accept,
+    /// `drop`.
+    Drop,
+}
+
+/// A base chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chain {
+    /// Chain name.
+    pub name: &'static str,
+    /// Hook.
+    pub hook: Hook,
+    /// Default verdict: `true` accepts.
+    pub accept_by_default: bool,
+    /// Rules in order.
+    pub rules: Vec<Vec<Stmt>>,
+}
+
+/// The whole table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// Chains in creation order.
+    pub chains: Vec<Chain>,
+}
+
+/// A resolved egress forward.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct EgressRule {
+    /// Port on the link.
+    pub port: u16,
+    /// TCP or UDP.
+    pub protocol: Protocol,
+    /// Resolved target address.
+    pub target: Ipv4Addr,
+    /// Target port.
+    pub target_port: u16,
+}
+
+fn mss(mtu: u16) -> u16 {
+    // IPv4 (20) + TCP (20) headers.
+    mtu.saturating_sub(40)
+}
+
+/// Clamp rules for SYNs crossing wg0 in either direction. They sit in the forward chain
+/// because every tunnelled flow through the link is forwarded, never locally delivered.
+fn clamp(wg: &str, mtu: u16) -> Vec<Vec<Stmt>> {
+    vec![
+        vec![
+            Stmt::Iif(wg.into()),
+            Stmt::L4(Protocol::Tcp),
+            Stmt::Syn,
+            Stmt::ClampMss(mss(mtu)),
+        ],
+        vec![
+            Stmt::Oif(wg.into()),
+            Stmt::L4(Protocol::Tcp),
+            Stmt::Syn,
+            Stmt::ClampMss(mss(mtu)),
+        ],
+    ]
+}
+
+fn input(wg: &str) -> Chain {
+    Chain {
+        name: "input",
+        hook: Hook::Input,
+        accept_by_default: true,
+        rules: vec![
+            vec![Stmt::Iif(wg.into()), Stmt::Established, Stmt::Accept],
+            vec![Stmt::Iif(wg.into()), Stmt::Drop],
+        ],
+    }
+}
+
+/// Ingress: the tunnel's ports are DNATed to the Services; only those flows may cross.
+pub fn ingress(wg: &str, mtu: u16, forwards: &[IngressForward]) -> Plan {
+    let mut pre = Vec::new();
+    let mut fwd = clamp(wg, mtu);
+    fwd.push(vec![Stmt::Established, Stmt::Accept]);
+    for f in forwards {
+        pre.push(vec![
+            Stmt::Iif(wg.into()),
+            Stmt::L4(f.protocol),
+            Stmt::Dport(f.port),
+            Stmt::Dnat(f.cluster_ip, f.target_port),
+        ]);
+        fwd.push(vec![
+            Stmt::Iif(wg.into()),
+            Stmt::Dnatted,
+            Stmt::Daddr(f.cluster_ip),
+            Stmt::L4(f.protocol),
+            Stmt::Dport(f.target_port),
+            Stmt::Accept,
+        ]);
+    }
+    Plan {
+        chains: vec![
+            Chain {
+                name: "prerouting",
+                hook: Hook::Prerouting,
+                accept_by_default: true,
+                rules: pre,
+            },
+            Chain {
+                name: "postrouting",
+                hook: Hook::Postrouting,
+                accept_by_default: true,
+                // The VM's tunnel address is not routable in the cluster: replies must come
+                // back to the link, so DNATed flows leave with the pod's address.
+                rules: vec![vec![
+                    Stmt::OifNot(wg.into()),
+                    Stmt::Dnatted,
+                    Stmt::Masquerade,
+                ]],
+            },
+            Chain {
+                name: "forward",
+                hook: Hook::Forward,
+                accept_by_default: false,
+                rules: fwd,
+            },
+            input(wg),
+        ],
+    }
+}
+
+/// Egress: the pod's forward ports are DNATed to the targets behind the VPN and leave
+/// through wg0 with the VPN address; nothing from the tunnel may enter the cluster.
+pub fn egress(wg: &str, mtu: u16, rules: &[EgressRule]) -> Plan {
+    let mut pre = Vec::new();
+    let mut fwd = clamp(wg, mtu);
+    fwd.push(vec![Stmt::Established, Stmt::Accept]);
+    for r in rules {
+        pre.push(vec![
+            Stmt::IifNot(wg.into()),
+            Stmt::IifNot("lo".into()),
+            Stmt::L4(r.protocol),
+            Stmt::Dport(r.port),
+            Stmt::Dnat(r.target, r.target_port),
+        ]);
+        fwd.push(vec![
+            Stmt::Oif(wg.into()),
+            Stmt::Dnatted,
+            Stmt::Daddr(r.target),
+            Stmt::L4(r.protocol),
+            Stmt::Dport(r.target_port),
+            Stmt::Accept,
+        ]);
+    }
+    Plan {
+        chains: vec![
+            Chain {
+                name: "prerouting",
+                hook: Hook::Prerouting,
+                accept_by_default: true,
+                rules: pre,
+            },
+            Chain {
+                name: "postrouting",
+                hook: Hook::Postrouting,
+                accept_by_default: true,
+                rules: vec![vec![Stmt::Oif(wg.into()), Stmt::Dnatted, Stmt::Masquerade]],
+            },
+            Chain {
+                name: "forward",
+                hook: Hook::Forward,
+                accept_by_default: false,
+                rules: fwd,
+            },
+            input(wg),
+        ],
+    }
+}
+
+impl fmt::Display for Stmt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Iif(i) => write!(f, "iifname \"{i}\""),
+            Self::IifNot(i) => write!(f, "iifname != \"{i}\""),
+            Self::Oif(i) => write!(f, "oifname \"{i}\""),
+            Self::OifNot(i) => write!(f, "oifname != \"{i}\""),
+            Self::L4(p) => write!(f, "meta l4proto {}", p.name()),
+            Self::Dport(p) => write!(f, "th dport {p}"),
+            Self::Daddr(a) => write!(f, "ip daddr {a}"),
+            Self::Established => f.write_str("ct state established,related"),
+            Self::Dnatted => f.write_str("ct status dnat"),
+            Self::Syn => f.write_str("tcp flags & (syn|rst) == syn"),
+            Self::ClampMss(m) => write!(
+                f,
+                "tcp option maxseg size > {m} tcp option maxseg size set {m}"
+            ),
+            Self::Dnat(a, p) => write!(f, "dnat to {a}:{p}"),
+            Self::Masquerade => f.write_str("masquerade"),
+            Self::Accept => f.write_str("accept"),
+            Self::Drop => f.write_str("drop"),
+        }
+    }
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "table ip {TABLE} {{")?;
+        for c in &self.chains {
+            let (kind, hook, prio) = match c.hook {
+                Hook::Prerouting => ("nat", "prerouting", "dstnat"),
+                Hook::Postrouting => ("nat", "postrouting", "srcnat"),
+                Hook::Forward => ("filter", "forward", "filter"),
+                Hook::Input => ("filter", "input", "filter"),
+            };
+            let policy = if c.accept_by_default {
+                "accept"
+            } else {
+                "drop"
+            };
+            writeln!(f, "    chain {} {{", c.name)?;
+            writeln!(
+                f,
+                "        type {kind} hook {hook} priority {prio}; policy {policy};"
+            )?;
+            for r in &c.rules {
+                let parts: Vec<String> = r.iter().map(ToString::to_string).collect();
+                writeln!(f, "        {}", parts.join(" "))?;
+            }
+            writeln!(f, "    }}")?;
+        }
+        writeln!(f, "}}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fwd(port: u16, protocol: Protocol, ip: [u8; 4], target_port: u16) -> IngressForward {
+        IngressForward {
+            port,
+            protocol,
+            cluster_ip: ip.into(),
+            target_port,
+        }
+    }
+
+    #[test]
+    fn ingress_ruleset() {
+        let p = ingress(
+            "wg0",
+            1380,
+            &[
+                fwd(8080, Protocol::Tcp, [10, 96, 0, 10], 80),
+                fwd(53, Protocol::Udp, [10, 96, 0, 11], 5353),
+            ],
+        );
+        let text = p.to_string();
+        let want = r#"table ip wgnet_link {
+    chain prerouting {
+        type nat hook prerouting priority dstnat; policy accept;
+        iifname "wg0" meta l4proto tcp th dport 8080 dnat to 10.96.0.10:80
+        iifname "wg0" meta l4proto udp th dport 53 dnat to 10.96.0.11:5353
+    }
+    chain postrouting {
+        type nat hook postrouting priority srcnat; policy accept;
+        oifname != "wg0" ct status dnat masquerade
+    }
+    chain forward {
+        type filter hook forward priority filter; policy drop;
+        iifname "wg0" meta l4proto tcp tcp flags & (syn|rst) == syn tcp option maxseg size > 1340 tcp option maxseg size set 1340
+        oifname "wg0" meta l4proto tcp tcp flags & (syn|rst) == syn tcp option maxseg size > 1340 tcp option maxseg size set 1340
+        ct state established,related accept
+        iifname "wg0" ct status dnat ip daddr 10.96.0.10 meta l4proto tcp th dport 80 accept
+        iifname "wg0" ct status dnat ip daddr 10.96.0.11 meta l4proto udp th dport 5353 accept
+    }
+    chain input {
+        type filter hook input priority filter; policy accept;
+        iifname "wg0" ct state established,related accept
+        iifname "wg0" drop
+    }
+}
+"#;
+        assert_eq!(text, want);
+    }
+
+    #[test]
+    fn same_input_same_plan_and_a_change_changes_only_its_rules() {
+        let a = ingress("wg0", 1380, &[fwd(80, Protocol::Tcp, [10, 0, 0, 1], 80)]);
+        let b = ingress("wg0", 1380, &[fwd(80, Protocol::Tcp, [10, 0, 0, 1], 80)]);
+        assert_eq!(a, b, "equal plans let the engine skip a re-apply");
+        let c = ingress("wg0", 1380, &[fwd(80, Protocol::Tcp, [10, 0, 0, 2], 80)]);
+        assert_ne!(a, c);
+        assert_eq!(
+            a.chains[1], c.chains[1],
+            "postrouting does not depend on forwards"
+        );
+    }
+
+    #[test]
+    fn egress_ruleset_never_admits_the_tunnel_into_the_cluster() {
+        let p = egress(
+            "wg0",
+            1420,
+            &[EgressRule {
+                port: 1433,
+                protocol: Protocol::Tcp,
+                target: [10, 0, 0, 5].into(),
+                target_port: 1433,
+            }],
+        );
+        let text = p.to_string();
+        assert!(text.contains(r#"iifname != "wg0" iifname != "lo" meta l4proto tcp th dport 1433 dnat to 10.0.0.5:1433"#), "{text}");
+        assert!(text.contains(r#"oifname "wg0" ct status dnat masquerade"#));
+        assert!(text.contains("maxseg size set 1380"));
+        let forward = &p.chains[2];
+        assert!(!forward.accept_by_default);
+        assert!(forward.rules.iter().all(|r| !r.contains(&Stmt::Iif("wg0".into())) || r.contains(&Stmt::ClampMss(1380))),
+            "no accept rule for new flows from wg0");
+    }
+}

@@ -1,0 +1,408 @@
+//! The link process: command-line options, and the control loop that ties the config
+//! source, leader election, the engine and the HTTP endpoints together. Signals end it
+//! after fencing.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::config::{self, LinkConfig, Raw};
+use crate::engine::Engine;
+use crate::lease::{Elector, Timing};
+use crate::netlink::Netlink;
+use crate::status::Status;
+
+/// Usage text for `--help` and errors.
+pub const USAGE: &str = "\
+usage: wgnet-link [options]
+       wgnet-link plan --config-dir DIR     print the nftables ruleset the config produces
+
+Configuration source (one of):
+  --config-dir DIR          read DIR/config.json and DIR/<secret key>, reloaded on change
+  --configmap NAME --secret NAME
+                            watch this ConfigMap and Secret through the Kubernetes API
+Options:
+  --namespace NS            namespace of the ConfigMap, Secret and Lease
+                            (default: $POD_NAMESPACE or the service account's namespace)
+  --secret-key KEY          key in the Secret or file name in DIR (default: private-key;
+                            an EgressGateway uses wg0.conf)
+  --interface NAME          WireGuard interface (default: wg0)
+  --lease NAME              elect a leader among replicas on this coordination.k8s.io Lease
+  --identity ID             this replica's identity in the Lease (default: $HOSTNAME)
+  --lease-duration S        seconds a silent Lease is honoured (default: 8)
+  --renew-deadline S        a holder that cannot renew for this long steps down (default: 5)
+  --retry-period S          seconds between Lease attempts (default: 1)
+  --http ADDR               /healthz, /readyz and /metrics (default: 0.0.0.0:9090)
+  --log-format text|json    (default: text)
+";
+
+/// Where the configuration comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A directory.
+    Dir(PathBuf),
+    /// A ConfigMap and Secret by name.
+    Kube {
+        /// ConfigMap name.
+        configmap: String,
+        /// Secret name.
+        secret: String,
+    },
+}
+
+/// Parsed options.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Config source.
+    pub source: Source,
+    /// Namespace override.
+    pub namespace: Option<String>,
+    /// Secret key / file name.
+    pub secret_key: String,
+    /// Interface name.
+    pub interface: String,
+    /// Lease name, when electing.
+    pub lease: Option<String>,
+    /// Identity in the Lease.
+    pub identity: Option<String>,
+    /// Election timing.
+    pub timing: Timing,
+    /// HTTP address.
+    pub http: SocketAddr,
+    /// JSON logs.
+    pub json_logs: bool,
+    /// Print the plan and exit.
+    pub plan_only: bool,
+}
+
+/// Parses the command line (without the program name).
+pub fn parse_args(args: &[String]) -> Result<Options, String> {
+    let mut dir = None;
+    let mut configmap = None;
+    let mut secret = None;
+    let mut o = Options {
+        source: Source::Dir(PathBuf::new()),
+        namespace: None,
+        secret_key: config::PRIVATE_KEY_KEY.into(),
+        interface: "wg0".into(),
+        lease: None,
+        identity: None,
+        timing: Timing::standard(),
+        http: SocketAddr::from(([0, 0, 0, 0], 9090)),
+        json_logs: false,
+        plan_only: false,
+    };
+    let mut it = args.iter();
+    let secs = |v: &str, flag: &str| -> Result<Duration, String> {
+        v.parse::<u64>()
+            .ok()
+            .filter(|s| (1..=3600).contains(s))
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("{flag} needs a number of seconds from 1 to 3600, not {v:?}"))
+    };
+    while let Some(a) = it.next() {
+        if a == "plan" {
+            o.plan_only = true;
+            continue;
+        }
+        if a == "--help" || a == "-h" {
+            return Err(String::new());
+        }
+        let mut value = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{a} needs a value"))
+        };
+        match a.as_str() {
+            "--config-dir" => dir = Some(PathBuf::from(value()?)),
+            "--configmap" => configmap = Some(value()?),
+            "--secret" => secret = Some(value()?),
+            "--namespace" => o.namespace = Some(value()?),
+            "--secret-key" => o.secret_key = value()?,
+            "--interface" => {
+                let v = value()?;
+                if v.is_empty()
+                    || v.len() > 15
+                    || !v
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                {
+                    return Err(format!(
+                        "--interface {v:?} is not a valid interface name (1-15 letters, digits, - _ .)"
+                    ));
+                }
+                o.interface = v;
+            }
+            "--lease" => o.lease = Some(value()?),
+            "--identity" => o.identity = Some(value()?),
+            "--lease-duration" => o.timing.duration = secs(&value()?, a)?,
+            "--renew-deadline" => o.timing.renew_deadline = secs(&value()?, a)?,
+            "--retry-period" => o.timing.retry = secs(&value()?, a)?,
+            "--http" => {
+                let v = value()?;
+                o.http = v
+                    .parse()
+                    .map_err(|_| format!("--http {v:?} is not an address:port"))?;
+            }
+            "--log-format" => {
+                o.json_logs = match value()?.as_str() {
+                    "json" => true,
+                    "text" => false,
+                    v => return Err(format!("--log-format must be text or json, not {v:?}")),
+                }
+            }
+            other => return Err(format!("unknown option {other:?}")),
+        }
+    }
+    o.source = match (dir, configmap, secret) {
+        (Some(d), None, None) => Source::Dir(d),
+        (None, Some(configmap), Some(secret)) => Source::Kube { configmap, secret },
+        (None, None, None) => {
+            return Err(
+                "no configuration source: give --config-dir, or --configmap and --secret".into(),
+            );
+        }
+        _ => return Err("give either --config-dir, or both --configmap and --secret".into()),
+    };
+    if o.timing.renew_deadline >= o.timing.duration {
+        return Err("--renew-deadline must be shorter than --lease-duration, or two replicas could hold the data plane at once".into());
+    }
+    if o.lease.is_some() && matches!(o.source, Source::Dir(_)) && o.plan_only {
+        return Err("plan takes only --config-dir".into());
+    }
+    Ok(o)
+}
+
+fn namespace(o: &Options) -> String {
+    o.namespace
+        .clone()
+        .or_else(|| std::env::var("POD_NAMESPACE").ok())
+        .or_else(|| {
+            std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace").ok()
+        })
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|| "default".into())
+}
+
+/// `wgnet-link plan`: the ruleset for the config in the directory, without touching the
+/// kernel (egress names are shown unresolved as they would be skipped).
+pub fn plan_text(o: &Options) -> Result<String, String> {
+    let Source::Dir(dir) = &o.source else {
+        return Err("plan reads --config-dir".into());
+    };
+    let raw = Raw {
+        config: std::fs::read(dir.join(config::CONFIG_KEY)).ok(),
+        secret: std::fs::read(dir.join(&o.secret_key)).ok(),
+    };
+    let cfg = config::parse(&raw).map_err(|e| e.to_string())?;
+    Ok(match &cfg {
+        LinkConfig::Ingress(i) => {
+            crate::plan::ingress(&o.interface, i.mtu, &i.forwards).to_string()
+        }
+        LinkConfig::Egress(e) => {
+            let rules: Vec<_> = e
+                .forwards
+                .iter()
+                .filter_map(|f| {
+                    f.target_host
+                        .parse()
+                        .ok()
+                        .map(|target| crate::plan::EgressRule {
+                            port: f.port,
+                            protocol: f.protocol,
+                            target,
+                            target_port: f.target_port,
+                        })
+                })
+                .collect();
+            crate::plan::egress(&o.interface, cfg.mtu(), &rules).to_string()
+        }
+    })
+}
+
+/// Runs the link until SIGTERM or SIGINT.
+pub async fn run(o: Options) -> Result<(), String> {
+    let status = Arc::new(Status::default());
+    crate::http::serve(o.http, status.clone())
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", o.http))?;
+    let nl = Netlink::connect().map_err(|e| format!("cannot open a route netlink socket: {e}"))?;
+    let mut engine = Engine::new(&o.interface, nl, status.clone());
+
+    let (raw_tx, mut raw_rx) = watch::channel(Raw::default());
+    let ns = namespace(&o);
+    let needs_kube = matches!(o.source, Source::Kube { .. }) || o.lease.is_some();
+    let client = if needs_kube {
+        Some(
+            kube::Client::try_default()
+                .await
+                .map_err(|e| format!("cannot reach the Kubernetes API: {e}"))?,
+        )
+    } else {
+        None
+    };
+    match (&o.source, &client) {
+        (Source::Dir(d), _) => {
+            tokio::spawn(crate::source::files(
+                d.clone(),
+                o.secret_key.clone(),
+                raw_tx,
+            ));
+        }
+        (Source::Kube { configmap, secret }, Some(c)) => {
+            tokio::spawn(crate::source::kube(
+                c.clone(),
+                ns.clone(),
+                configmap.clone(),
+                secret.clone(),
+                o.secret_key.clone(),
+                raw_tx,
+            ));
+        }
+        (Source::Kube { .. }, None) => unreachable!("a client exists whenever the source is kube"),
+    }
+
+    let (lead_tx, mut lead_rx) = watch::channel(false);
+    let elector = match (&o.lease, &client) {
+        (Some(name), Some(c)) => {
+            let identity = o
+                .identity
+                .clone()
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .unwrap_or_else(|| format!("wgnet-link-{}", std::process::id()));
+            status
+                .elected
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            let e = Elector::new(c.clone(), &ns, name, &identity, o.timing);
+            tokio::spawn(e.clone().run(lead_tx));
+            Some(e)
+        }
+        _ => {
+            let _ = lead_tx.send(true);
+            None
+        }
+    };
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("cannot install the SIGTERM handler: {e}"))?;
+    let mut current: Option<LinkConfig> = None;
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    let mut leading = false;
+    let far = Duration::from_secs(3600);
+    loop {
+        let resolve_every = match &current {
+            Some(LinkConfig::Egress(e)) => e.resolve_interval,
+            Some(LinkConfig::Ingress(_)) => Duration::from_secs(30),
+            None => far,
+        };
+        let wake = retry_at.unwrap_or_else(|| tokio::time::Instant::now() + resolve_every);
+        let mut dirty = false;
+        tokio::select! {
+            r = raw_rx.changed() => {
+                if r.is_err() { return Err("the configuration source stopped".into()); }
+                let raw = raw_rx.borrow_and_update().clone();
+                match config::parse(&raw) {
+                    Ok(cfg) => { current = Some(cfg); dirty = true; }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "configuration refused; keeping the last good one");
+                        status.failed(e.to_string());
+                    }
+                }
+            }
+            r = lead_rx.changed() => {
+                if r.is_err() { return Err("leader election stopped".into()); }
+                leading = *lead_rx.borrow_and_update();
+                status.set_leader(leading);
+                if leading {
+                    dirty = true;
+                } else if engine.active() {
+                    if let Err(e) = engine.fence() { tracing::error!(error = %e, "fencing failed"); }
+                    tracing::info!("lost the lease: wg0 and the table removed");
+                }
+            }
+            _ = tokio::time::sleep_until(wake) => { dirty = true; }
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+        }
+        if !(dirty && leading) {
+            continue;
+        }
+        let Some(cfg) = &current else { continue };
+        match engine.apply(cfg).await {
+            Ok(out) => {
+                retry_at = None;
+                if out.table_changed {
+                    tracing::info!(forwards = cfg.forward_count(), "data plane applied");
+                }
+                for u in &out.unresolved {
+                    tracing::warn!(forward = %u, "forward skipped");
+                }
+                if let Some(e) = &out.endpoint_unresolved {
+                    tracing::warn!(error = %e, "peer endpoint unresolved; retrying");
+                    retry_at = Some(tokio::time::Instant::now() + Duration::from_secs(2));
+                }
+                status.applied();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "applying the configuration failed; retrying");
+                status.failed(e.to_string());
+                retry_at = Some(tokio::time::Instant::now() + Duration::from_secs(2));
+            }
+        }
+    }
+    tracing::info!("stopping: fencing before releasing the lease");
+    status.set_leader(false);
+    if let Err(e) = engine.fence() {
+        tracing::error!(error = %e, "fencing failed");
+    }
+    if let Some(e) = elector {
+        e.release().await;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn options() {
+        let o = parse_args(&args(
+            "--configmap c --secret s --lease l --http 127.0.0.1:9",
+        ))
+        .expect("valid");
+        assert_eq!(
+            o.source,
+            Source::Kube {
+                configmap: "c".into(),
+                secret: "s".into()
+            }
+        );
+        assert_eq!(o.http.port(), 9);
+        for (bad, want) in [
+            ("", "no configuration source"),
+            ("--config-dir d --secret s", "either"),
+            (
+                "--config-dir d --interface this-name-is-too-long",
+                "not a valid interface name",
+            ),
+            (
+                "--config-dir d --lease-duration 3 --renew-deadline 5",
+                "shorter",
+            ),
+            ("--config-dir d --bogus", "unknown option"),
+            ("--config-dir", "needs a value"),
+            ("--config-dir d --retry-period 0", "seconds from 1"),
+        ] {
+            let e = parse_args(&args(bad)).expect_err(bad);
+            assert!(e.contains(want), "{bad}: {e}");
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! The TUN device carrying wg0's plaintext side. I/O boundary: `/dev/net/tun` and the
+//! `TUNSETIFF` ioctl; the device disappears when the last descriptor closes, which is how
+//! fencing removes wg0 even if the process is killed.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+
+#[repr(C)]
+struct IfReq {
+    name: [libc::c_char; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+/// An open TUN device (no packet information header).
+pub struct Tun {
+    file: File,
+    name: String,
+}
+
+impl Tun {
+    /// Creates (or attaches to) the TUN device `name`.
+    pub fn open(name: &str) -> io::Result<Self> {
+        if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('\0') {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{name:?} is not a valid interface name"),
+            ));
+        }
+        let file = OpenOptions::new().read(true).write(true).open("/dev/net/tun").map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot open /dev/net/tun ({e}): the pod needs the device (a hostPath or device plugin) and CAP_NET_ADMIN"))
+        })?;
+        let mut req = IfReq {
+            name: [0; libc::IFNAMSIZ],
+            flags: (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short,
+            _pad: [0; 22],
+        };
+        for (d, s) in req.name.iter_mut().zip(name.bytes()) {
+            *d = s as libc::c_char;
+        }
+        // SAFETY: TUNSETIFF reads and writes one `struct ifreq`, which IfReq mirrors
+        // (16-byte name, flags, padding to 40 bytes); the descriptor is open and ours.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req as *mut IfReq) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self {
+            file,
+            name: name.to_owned(),
+        })
+    }
+
+    /// The interface name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Raw descriptor, for poll(2).
+    pub fn fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+
+    /// Reads one packet.
+    pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        io::Read::read(&mut &self.file, buf)
+    }
+
+    /// Writes one packet.
+    pub fn write(&self, buf: &[u8]) -> io::Result<usize> {
+        io::Write::write(&mut &self.file, buf)
+    }
+}
+
+/// Waits up to `timeout_ms` for `fd` to become readable; `Ok(false)` on timeout.
+pub fn wait_readable(fd: RawFd, timeout_ms: i32) -> io::Result<bool> {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd on the stack, count 1.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::poll(&mut p, 1, timeout_ms) };
+    match rc {
+        r if r < 0 => {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                Ok(false)
+            } else {
+                Err(e)
+            }
+        }
+        0 => Ok(false),
+        _ => Ok(true),
+    }
+}

@@ -1,0 +1,416 @@
+//! The userspace WireGuard device: boringtun's noise state machine between the TUN device
+//! and one UDP socket, with one thread per direction and one for timers. I/O boundary: the
+//! TUN descriptor and the UDP socket. The peer can be changed in place; dropping the
+//! [`Device`] stops the threads and closes the TUN, which removes wg0.
+
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use boringtun::noise::{Tunn, TunnResult};
+use boringtun::x25519;
+
+use crate::keys::{PublicKey, SecretKey};
+use crate::net::Ipv4Net;
+use crate::tun::{self, Tun};
+
+/// Largest packet handled: TUN reads are bounded by the MTU, UDP by the datagram size.
+const BUF: usize = 65_536;
+/// WireGuard overhead on top of the payload (header, counter, tag).
+const OVERHEAD: usize = 32;
+/// Without traffic, WireGuard keeps a session only while it is used. The link forces a
+/// handshake once the last one is this old, so its handshake age is an honest health
+/// signal and a rebooted VM (which lost the session silently) is rejoined within this.
+pub const REHANDSHAKE_AFTER: Duration = Duration::from_secs(60);
+/// WireGuard's REKEY_TIMEOUT: do not start handshakes more often than this.
+const REKEY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Poll granularity of the worker threads, so they notice a stop promptly.
+const TICK_MS: i32 = 100;
+
+/// The peer as the device needs it (endpoint already resolved).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    /// The peer's public key.
+    pub public_key: PublicKey,
+    /// Optional preshared key.
+    pub preshared_key: Option<SecretKey>,
+    /// Where to send; `None` until known.
+    pub endpoint: Option<SocketAddr>,
+    /// Persistent keepalive in seconds.
+    pub keepalive: Option<u16>,
+    /// Inner source prefixes accepted from the peer (cryptokey routing).
+    pub allowed_ips: Vec<Ipv4Net>,
+}
+
+/// Counters since the device started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Plaintext bytes received from the tunnel.
+    pub rx_bytes: u64,
+    /// Plaintext bytes sent into the tunnel.
+    pub tx_bytes: u64,
+    /// Packets received from the tunnel.
+    pub rx_packets: u64,
+    /// Packets sent into the tunnel.
+    pub tx_packets: u64,
+    /// Packets dropped (not allowed, no peer, no endpoint, decrypt failures).
+    pub dropped: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    rx_bytes: AtomicU64,
+    tx_bytes: AtomicU64,
+    rx_packets: AtomicU64,
+    tx_packets: AtomicU64,
+    dropped: AtomicU64,
+}
+
+struct Route {
+    endpoint: Option<SocketAddr>,
+    allowed: Vec<Ipv4Net>,
+}
+
+struct Identity {
+    public_key: PublicKey,
+    preshared_key: Option<SecretKey>,
+    keepalive: Option<u16>,
+    private_key: SecretKey,
+}
+
+struct Shared {
+    tunn: Mutex<Option<Tunn>>,
+    identity: Mutex<Option<Identity>>,
+    route: RwLock<Route>,
+    counters: Counters,
+    stop: AtomicBool,
+    last_initiation: Mutex<Option<Instant>>,
+    started: Instant,
+}
+
+/// A running WireGuard interface.
+pub struct Device {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+    tun: Arc<Tun>,
+    udp: Arc<UdpSocket>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A worker that panicked cannot leave the noise state half-written in a way that
+    // matters more than stopping the data plane would, so poisoning is ignored.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Device {
+    /// Creates the TUN device `name` and a UDP socket on `listen_port` (0 = any).
+    pub fn start(name: &str, listen_port: u16) -> std::io::Result<Self> {
+        let tun = Arc::new(Tun::open(name)?);
+        let udp = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, listen_port))?;
+        udp.set_read_timeout(Some(Duration::from_millis(TICK_MS as u64)))?;
+        let udp = Arc::new(udp);
+        let shared = Arc::new(Shared {
+            tunn: Mutex::new(None),
+            identity: Mutex::new(None),
+            route: RwLock::new(Route {
+                endpoint: None,
+                allowed: Vec::new(),
+            }),
+            counters: Counters::default(),
+            stop: AtomicBool::new(false),
+            last_initiation: Mutex::new(None),
+            started: Instant::now(),
+        });
+        let mut threads = Vec::new();
+        for (label, f) in [
+            ("wg-tx", tx_loop as fn(&Shared, &Tun, &UdpSocket)),
+            ("wg-rx", rx_loop),
+            ("wg-timers", timer_loop),
+        ] {
+            let (s, t, u) = (shared.clone(), tun.clone(), udp.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name(label.into())
+                    .spawn(move || f(&s, &t, &u))?,
+            );
+        }
+        Ok(Self {
+            shared,
+            threads,
+            tun,
+            udp,
+        })
+    }
+
+    /// The interface name.
+    pub fn name(&self) -> &str {
+        self.tun.name()
+    }
+
+    /// The local UDP port.
+    pub fn port(&self) -> u16 {
+        self.udp.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// Sets our key and the peer. The session survives when only the endpoint or the
+    /// allowed prefixes change; a new key or peer starts a new handshake at once.
+    pub fn set_peer(&self, private_key: &SecretKey, peer: Option<&Peer>) {
+        {
+            let mut route = self
+                .shared
+                .route
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            route.endpoint = peer.and_then(|p| p.endpoint);
+            route.allowed = peer.map(|p| p.allowed_ips.clone()).unwrap_or_default();
+        }
+        let mut identity = lock(&self.shared.identity);
+        let same = match (identity.as_ref(), peer) {
+            (Some(i), Some(p)) => {
+                i.public_key == p.public_key
+                    && i.preshared_key == p.preshared_key
+                    && i.keepalive == p.keepalive
+                    && i.private_key == *private_key
+            }
+            (None, None) => true,
+            _ => false,
+        };
+        if same {
+            return;
+        }
+        let mut tunn = lock(&self.shared.tunn);
+        *tunn = peer.map(|p| {
+            Tunn::new(
+                x25519::StaticSecret::from(private_key.bytes()),
+                x25519::PublicKey::from(p.public_key.0),
+                p.preshared_key.as_ref().map(SecretKey::bytes),
+                p.keepalive,
+                rand_index(),
+                None,
+            )
+        });
+        *identity = peer.map(|p| Identity {
+            public_key: p.public_key,
+            preshared_key: p.preshared_key.clone(),
+            keepalive: p.keepalive,
+            private_key: private_key.clone(),
+        });
+        drop(tunn);
+        drop(identity);
+        *lock(&self.shared.last_initiation) = None;
+    }
+
+    /// Time since the current session's handshake, if there is one.
+    pub fn handshake_age(&self) -> Option<Duration> {
+        lock(&self.shared.tunn)
+            .as_ref()
+            .and_then(Tunn::time_since_last_handshake)
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Stats {
+        let c = &self.shared.counters;
+        Stats {
+            rx_bytes: c.rx_bytes.load(Ordering::Relaxed),
+            tx_bytes: c.tx_bytes.load(Ordering::Relaxed),
+            rx_packets: c.rx_packets.load(Ordering::Relaxed),
+            tx_packets: c.tx_packets.load(Ordering::Relaxed),
+            dropped: c.dropped.load(Ordering::Relaxed),
+        }
+    }
+
+    /// How long the device has existed.
+    pub fn uptime(&self) -> Duration {
+        self.shared.started.elapsed()
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        // The TUN closes with the last Arc, here: the kernel removes the interface.
+    }
+}
+
+fn rand_index() -> u32 {
+    let mut b = [0u8; 4];
+    // getrandom(2) cannot fail for 4 bytes once the pool is initialised; a zero index
+    // would still be valid, only less unique.
+    #[allow(unsafe_code)]
+    // SAFETY: writes at most 4 bytes into a 4-byte stack buffer.
+    let _ = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    u32::from_ne_bytes(b) >> 8
+}
+
+fn endpoint(s: &Shared) -> Option<SocketAddr> {
+    s.route
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .endpoint
+}
+
+fn send(udp: &UdpSocket, packet: &[u8], to: SocketAddr) {
+    if let Err(e) = udp.send_to(packet, to) {
+        tracing::trace!(error = %e, "udp send failed");
+    }
+}
+
+fn tx_loop(s: &Shared, tun: &Tun, udp: &UdpSocket) {
+    let mut buf = vec![0u8; BUF];
+    let mut out = vec![0u8; BUF + OVERHEAD];
+    while !s.stop.load(Ordering::Relaxed) {
+        match tun::wait_readable(tun.fd(), TICK_MS) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                tracing::error!(error = %e, "poll on the TUN device failed; stopping transmit");
+                return;
+            }
+        }
+        let n = match tun.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!(error = %e, "TUN read failed");
+                continue;
+            }
+        };
+        let Some(to) = endpoint(s) else {
+            s.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let len = {
+            let mut g = lock(&s.tunn);
+            let Some(t) = g.as_mut() else {
+                s.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            match t.encapsulate(&buf[..n], &mut out) {
+                TunnResult::WriteToNetwork(p) => p.len(),
+                TunnResult::Err(e) => {
+                    tracing::debug!(error = ?e, "encapsulate failed");
+                    0
+                }
+                _ => 0,
+            }
+        };
+        if len > 0 {
+            send(udp, &out[..len], to);
+            s.counters.tx_packets.fetch_add(1, Ordering::Relaxed);
+            s.counters.tx_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+fn rx_loop(s: &Shared, tun: &Tun, udp: &UdpSocket) {
+    let mut buf = vec![0u8; BUF];
+    let mut out = vec![0u8; BUF];
+    while !s.stop.load(Ordering::Relaxed) {
+        let (n, from) = match udp.recv_from(&mut buf) {
+            Ok(x) => x,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "udp receive failed");
+                continue;
+            }
+        };
+        let mut g = lock(&s.tunn);
+        let Some(t) = g.as_mut() else {
+            s.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        match t.decapsulate(Some(from.ip()), &buf[..n], &mut out) {
+            TunnResult::WriteToNetwork(p) => {
+                send(udp, p, from);
+                // Packets queued while the handshake ran go out now.
+                while let TunnResult::WriteToNetwork(p) = t.decapsulate(None, &[], &mut out) {
+                    send(udp, p, from);
+                }
+                drop(g);
+                roam(s, from);
+            }
+            TunnResult::WriteToTunnelV4(p, src) => {
+                let len = p.len();
+                drop(g);
+                let allowed = s
+                    .route
+                    .read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .allowed
+                    .iter()
+                    .any(|net| net.contains(src));
+                if allowed {
+                    if let Err(e) = tun.write(&out[..len]) {
+                        tracing::trace!(error = %e, "TUN write failed");
+                    }
+                    s.counters.rx_packets.fetch_add(1, Ordering::Relaxed);
+                    s.counters.rx_bytes.fetch_add(len as u64, Ordering::Relaxed);
+                } else {
+                    s.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                roam(s, from);
+            }
+            TunnResult::WriteToTunnelV6(..) => {
+                s.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            TunnResult::Done => {
+                drop(g);
+                roam(s, from);
+            }
+            TunnResult::Err(e) => {
+                tracing::trace!(error = ?e, "decapsulate failed");
+                s.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// WireGuard follows an authenticated peer to its latest source address.
+fn roam(s: &Shared, from: SocketAddr) {
+    if endpoint(s) != Some(from) {
+        let mut route = s
+            .route
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if route.endpoint.is_some() {
+            route.endpoint = Some(from);
+        }
+    }
+}
+
+fn timer_loop(s: &Shared, _tun: &Tun, udp: &UdpSocket) {
+    let mut out = vec![0u8; BUF];
+    while !s.stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(TICK_MS as u64));
+        let Some(to) = endpoint(s) else { continue };
+        let mut g = lock(&s.tunn);
+        let Some(t) = g.as_mut() else { continue };
+        if let TunnResult::WriteToNetwork(p) = t.update_timers(&mut out) {
+            send(udp, p, to);
+        }
+        let stale = t
+            .time_since_last_handshake()
+            .is_none_or(|age| age >= REHANDSHAKE_AFTER);
+        let mut last = lock(&s.last_initiation);
+        let due = last.is_none_or(|at| at.elapsed() >= REKEY_TIMEOUT);
+        if stale && due {
+            *last = Some(Instant::now());
+            if let TunnResult::WriteToNetwork(p) = t.format_handshake_initiation(&mut out, true) {
+                send(udp, p, to);
+            }
+        }
+    }
+}
