@@ -89,18 +89,16 @@ impl Netlink {
                 .await
                 .map_err(ctx(format!("removing an old address of {name}")))?;
         }
-        if !have {
-            if let Err(e) = self
+        if !have
+            && let Err(e) = self
                 .handle
                 .address()
                 .add(index, IpAddr::V4(addr.addr), addr.prefix)
                 .execute()
                 .await
-            {
-                if !exists(&e) {
-                    return Err(ctx(format!("adding {addr} to {name}"))(e));
-                }
-            }
+            && !exists(&e)
+        {
+            return Err(ctx(format!("adding {addr} to {name}"))(e));
         }
         self.handle
             .link()

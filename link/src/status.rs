@@ -106,35 +106,38 @@ impl Status {
                 },
             };
         }
-        if let Some(e) = err {
-            return Readiness {
-                ready: false,
-                reason: format!("config not applied: {e}"),
-            };
-        }
         if !configured {
+            let reason = match err {
+                Some(e) => format!("config not applied: {e}"),
+                None => "waiting for configuration".into(),
+            };
             return Readiness {
                 ready: false,
-                reason: "waiting for configuration".into(),
+                reason,
             };
         }
+        // A refused update leaves the last good data plane serving: keep the pod in its
+        // Service, but say so.
+        let note = err
+            .map(|e| format!("; serving the last good config, the newest was refused: {e}"))
+            .unwrap_or_default();
         let limit = MIN_READY_AGE.max(Duration::from_secs(3 * u64::from(keepalive.unwrap_or(0))));
         match self.device().and_then(|d| d.handshake_age()) {
             Some(age) if age < limit => Readiness {
                 ready: true,
-                reason: format!("handshake {}s ago", age.as_secs()),
+                reason: format!("handshake {}s ago{note}", age.as_secs()),
             },
             Some(age) => Readiness {
                 ready: false,
                 reason: format!(
-                    "last handshake {}s ago (limit {}s)",
+                    "last handshake {}s ago (limit {}s){note}",
                     age.as_secs(),
                     limit.as_secs()
                 ),
             },
             None => Readiness {
                 ready: false,
-                reason: "no handshake with the peer yet".into(),
+                reason: format!("no handshake with the peer yet{note}"),
             },
         }
     }
@@ -242,6 +245,11 @@ mod tests {
         assert!(s.readiness().reason.contains("config not applied"));
         s.applied();
         assert_eq!(s.readiness().reason, "no handshake with the peer yet");
+        s.failed("forward 80/tcp is listed twice".into());
+        assert_eq!(
+            s.readiness().reason,
+            "no handshake with the peer yet; serving the last good config, the newest was refused: forward 80/tcp is listed twice"
+        );
     }
 
     #[test]

@@ -1,15 +1,21 @@
 #!/usr/bin/env python3
 """Test peers for network-namespace tests; every operation has a timeout.
 
-  echo.py serve ADDR TCP_PORTS UDP_PORTS   answer "tcp|udp PORT from PEER_IP" per request;
+  echo.py serve ADDR TCP_PORTS UDP_PORTS [TAG]
+                                           answer "[TAG ]tcp|udp PORT from PEER_IP" per request;
                                            a TCP request "BULK N" reads N bytes, answers "got N"
   echo.py tcp HOST PORT                    one TCP request, print the answer
   echo.py udp HOST PORT                    one UDP request, print the answer
   echo.py bulk HOST PORT N                 send N bytes over TCP, print the answer
+  echo.py slow HOST PORT SECONDS           one TCP flow kept open SECONDS, trickling data;
+                                           print the answer (proves the flow survived)
 """
 import socket
 import sys
 import threading
+import time
+
+TAG = b""
 
 
 def serve_tcp(addr, port):
@@ -41,7 +47,7 @@ def handle_tcp(conn, peer, port):
                 got += len(chunk)
             conn.sendall(b"got %d\n" % got)
         else:
-            conn.sendall(b"tcp %d from %s\n" % (port, peer[0].encode()))
+            conn.sendall(TAG + b"tcp %d from %s\n" % (port, peer[0].encode()))
     finally:
         conn.close()
 
@@ -51,7 +57,7 @@ def serve_udp(addr, port):
     s.bind((addr, port))
     while True:
         _, peer = s.recvfrom(2048)
-        s.sendto(b"udp %d from %s\n" % (port, peer[0].encode()), peer)
+        s.sendto(TAG + b"udp %d from %s\n" % (port, peer[0].encode()), peer)
 
 
 def ports(arg):
@@ -61,7 +67,10 @@ def ports(arg):
 def main():
     mode = sys.argv[1]
     if mode == "serve":
+        global TAG
         addr = sys.argv[2]
+        if len(sys.argv) > 5:
+            TAG = sys.argv[5].encode() + b" "
         threads = [threading.Thread(target=serve_tcp, args=(addr, p), daemon=True) for p in ports(sys.argv[3])]
         threads += [threading.Thread(target=serve_udp, args=(addr, p), daemon=True) for p in ports(sys.argv[4])]
         for t in threads:
@@ -87,6 +96,15 @@ def main():
                 k = min(len(block), n - sent)
                 c.sendall(block[:k])
                 sent += k
+            print(c.recv(256).decode().strip())
+    elif mode == "slow":
+        seconds = float(sys.argv[4])
+        steps = max(1, int(seconds * 10))
+        with socket.create_connection((sys.argv[2], int(sys.argv[3])), timeout=30) as c:
+            c.sendall(b"BULK %d\n" % steps)
+            for _ in range(steps):
+                c.sendall(b"x")
+                time.sleep(seconds / steps)
             print(c.recv(256).decode().strip())
     else:
         sys.exit("unknown mode " + mode)

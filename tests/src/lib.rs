@@ -1,13 +1,17 @@
 //! Test infrastructure shared by every crate of the workspace.
 //!
-//! This library depends on no project crate, so any crate can dev-depend on it. It holds
-//! the pieces that stand in for what these machines lack: the CRD schema validator (the API
-//! server's admission checks), the stand-in Kubernetes API server built on it, and the GCP
-//! emulator; the network-namespace harness joins them in a later issue.
+//! It holds the pieces that stand in for what these machines lack: the CRD schema validator
+//! (the API server's admission checks), the stand-in Kubernetes API server built on it, the
+//! GCP emulator, the network-namespace harness, and fixtures that provision and boot a
+//! gateway VM. It depends on the cloud crate only (for those fixtures); the cloud crate's
+//! own tests dev-depend on it, a cycle Cargo allows for dev-dependencies.
 
 pub mod apiserver;
 pub mod crd_schema;
+pub mod fixtures;
+pub mod gateway;
 pub mod gcp;
+pub mod link;
 pub mod netns;
 pub mod serve;
 

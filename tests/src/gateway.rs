@@ -1,0 +1,299 @@
+//! One gateway VM for end-to-end tests: provisioned through the cloud crate in the GCP
+//! emulator, then "booted" the way GCP boots it: the instance's own startup-script, read
+//! back from its metadata, runs in a network namespace that owns the reserved IP, with the
+//! emulator's metadata server reachable from it. Around it: an "internet" bridge, a client
+//! namespace and a cluster-side namespace. Needs root, iproute2, nftables, wireguard-tools,
+//! wireguard-go and python3. Everything is removed on drop.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use wgnet_cloud::gcp::GcpCloud;
+use wgnet_cloud::vm::{self, VmConfig};
+use wgnet_cloud::{Desired, Protocol, Recorded, SecretBytes};
+
+use crate::fixtures::*;
+use crate::gcp::{Config, GcpEmulator, LatencyProfile};
+use crate::netns::{self, Netns, RootLink, wait_for};
+
+/// The zone every test gateway lives in.
+pub const ZONE: &str = "us-central1-a";
+
+/// Path of the echo helper (`tests/netns/echo.py`).
+pub fn echo_py() -> String {
+    crate::repo_root()
+        .join("tests/netns/echo.py")
+        .display()
+        .to_string()
+}
+
+/// One gateway: emulator, namespaces, the VM booted from its own metadata, a peer.
+pub struct Gw {
+    pub emu: GcpEmulator,
+    pub cloud: GcpCloud,
+    pub d: Desired,
+    pub rec: Recorded,
+    pub cfg: VmConfig,
+    pub ip: String,
+    pub wg_if: String,
+    pub peer_if: String,
+    pub vm_pub: String,
+    pub dir: TempDir,
+    pub md_url: String,
+    pub sm_url: String,
+    // Dropped last: processes inside die with their namespaces.
+    pub client: Netns,
+    pub cluster: Netns,
+    pub vm: Netns,
+    pub _md_link: RootLink,
+    pub _net: Netns,
+}
+
+fn private_dir() -> TempDir {
+    let d = TempDir::new();
+    std::fs::create_dir_all(d.0.join("state")).expect("state dir");
+    d
+}
+
+/// Provisions a gateway in the emulator (VM not yet booted) and wires the namespaces:
+/// the "internet" bridge with the VM, a client and the cluster side.
+pub async fn gateway() -> Gw {
+    netns::require_root();
+    let tag = netns::unique_tag();
+    let slot: u8 = (tag.bytes().fold(0u32, |a, b| a * 31 + u32::from(b)) % 60) as u8;
+    let root_md = Ipv4Addr::new(192, 0, 2, slot * 4 + 1);
+    let vm_md = Ipv4Addr::new(192, 0, 2, slot * 4 + 2);
+
+    let net = Netns::new("net", &tag);
+    let vm = Netns::new("vm", &tag);
+    let client = Netns::new("cli", &tag);
+    let cluster = Netns::new("clu", &tag);
+    let md_link = RootLink::new(
+        &format!("wgm{tag}"),
+        &format!("{root_md}/30"),
+        &vm,
+        "md0",
+        &format!("{vm_md}/30"),
+    );
+
+    let emu = GcpEmulator::start(Config {
+        addr: (root_md, 0).into(),
+        profile: LatencyProfile::instant(),
+        ..Config::default()
+    })
+    .await
+    .expect("emulator on the metadata link");
+    let dir = private_dir();
+    let key = dir.0.join("key.json");
+    emu.write_key_file("op@wgnet-test.iam.gserviceaccount.com", &key)
+        .expect("key");
+    let cloud = cloud_for(&emu, key, INSTALL, "wgnet").await;
+
+    let (vm_priv, vm_pub) = netns::wg_keypair();
+    let (link_priv, link_pub) = netns::wg_keypair();
+    let mut d = desired(
+        &format!("vm{tag}"),
+        &format!("uid-{tag}"),
+        &[(8080, Protocol::Tcp), (5353, Protocol::Udp)],
+    );
+    let cfg = VmConfig {
+        listen_port: 51820,
+        mtu: 1380,
+        gateway_address: Ipv4Addr::new(10, 99, 0, 1),
+        link_address: Ipv4Addr::new(10, 99, 0, 2),
+        subnet: "10.99.0.0/29".into(),
+        link_public_key: link_pub,
+        key_version: 1,
+    };
+    d.metadata = vm::metadata(&d.target, &cfg);
+    d.vm_key = SecretBytes::new(vm_priv.into_bytes());
+    let (rec, p, _) = converge(&cloud, &d, Recorded::default(), 20).await;
+    let ip = p.address.expect("reserved address");
+
+    // The "internet": a bridge; the VM owns its public IP on ens4, like GCP's Debian names it.
+    net.sh(
+        "ip link add br0 type bridge && ip addr add 203.0.113.1/24 dev br0 && ip link set br0 up",
+    );
+    for (ns, port, addr) in [
+        (&vm, "pvm", format!("{ip}/24")),
+        (&client, "pcl", "203.0.113.20/24".into()),
+        (&cluster, "pcs", "203.0.113.30/24".into()),
+    ] {
+        let ifname = if port == "pvm" { "ens4" } else { "eth0" };
+        let tmp = format!("vt{}", netns::unique_tag());
+        netns::ip(&[
+            "link",
+            "add",
+            &tmp,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &format!("{port}{tag}"),
+        ]);
+        netns::ip(&["link", "set", &tmp, "netns", &ns.name, "name", ifname]);
+        netns::ip(&[
+            "link",
+            "set",
+            &format!("{port}{tag}"),
+            "netns",
+            &net.name,
+            "name",
+            port,
+        ]);
+        net.sh(&format!(
+            "ip link set {port} master br0 && ip link set {port} up"
+        ));
+        ns.sh(&format!(
+            "ip addr add {addr} dev {ifname} && ip link set {ifname} up"
+        ));
+    }
+    vm.sh("ip route add default via 203.0.113.1");
+
+    let base = emu.url();
+    let gw = Gw {
+        md_url: emu.metadata_url(PROJECT, ZONE, &d.target.id.resource_name()),
+        sm_url: format!("{base}/v1"),
+        emu,
+        cloud,
+        d,
+        rec,
+        cfg,
+        ip,
+        wg_if: format!("wg{tag}"),
+        peer_if: format!("wgc{tag}"),
+        vm_pub,
+        dir,
+        client,
+        cluster,
+        vm,
+        _md_link: md_link,
+        _net: net,
+    };
+    std::fs::write(gw.dir.0.join("link.key"), format!("{link_priv}\n")).expect("link key");
+    gw
+}
+
+impl Drop for Gw {
+    fn drop(&mut self) {
+        // wireguard-go leaves its control socket behind when killed.
+        for i in [&self.wg_if, &self.peer_if] {
+            let _ = std::fs::remove_file(format!("/run/wireguard/{i}.sock"));
+        }
+    }
+}
+
+impl Gw {
+    /// The instance name.
+    pub fn name(&self) -> String {
+        self.d.target.id.resource_name()
+    }
+
+    /// Environment that points the startup script at the emulator and userspace WireGuard.
+    pub fn script_env(&self) -> String {
+        format!(
+            "WGNET_METADATA_URL='{}' WGNET_SECRETS_URL='{}' WGNET_USERSPACE=wireguard-go WGNET_IFACE={} WGNET_STATE_DIR='{}' WGNET_NO_SYSTEMD=1 WGNET_MAX_BACKOFF=1",
+            self.md_url,
+            self.sm_url,
+            self.wg_if,
+            self.dir.0.join("state").display()
+        )
+    }
+
+    /// What the emulator's "boot" does: fetch the instance's own startup-script from its
+    /// metadata and run it inside the VM namespace.
+    pub fn boot(&self) {
+        let inst = self
+            .emu
+            .get("instance", PROJECT, ZONE, &self.name())
+            .expect("instance");
+        let script = inst["metadata"]["items"]
+            .as_array()
+            .and_then(|items| items.iter().find(|i| i["key"] == "startup-script"))
+            .and_then(|i| i["value"].as_str())
+            .expect("startup-script in metadata")
+            .to_owned();
+        let path = self.dir.0.join("startup.sh");
+        std::fs::write(&path, script).expect("script");
+        let log = self.dir.0.join("boot.log");
+        drop(self.vm.spawn(
+            &format!(
+                "{} sh '{}' boot >'{}' 2>&1",
+                self.script_env(),
+                path.display(),
+                log.display()
+            ),
+            &[],
+        ));
+    }
+
+    /// A guest attribute under `wgnet/`.
+    pub fn guest(&self, key: &str) -> Option<String> {
+        self.emu
+            .guest_attribute(PROJECT, ZONE, &self.name(), &format!("wgnet/{key}"))
+    }
+
+    /// Waits for the VM's reported state, failing with its boot log.
+    pub fn wait_state(&self, want: &str, timeout: Duration) {
+        let got = wait_for(timeout, || {
+            (self.guest("state").as_deref() == Some(want)).then_some(())
+        });
+        let log = std::fs::read_to_string(self.dir.0.join("boot.log")).unwrap_or_default();
+        assert!(
+            got.is_some(),
+            "VM never reached {want}: state {:?}, error {:?}\n{log}",
+            self.guest("state"),
+            self.guest("error")
+        );
+    }
+
+    /// A wg-quick peer in the cluster namespace standing in for the link, with an echo server.
+    pub fn peer_up(&self, endpoint_port: u16) {
+        let conf = format!(
+            "[Interface]\nPrivateKey = {}\nAddress = 10.99.0.2/29\nMTU = {}\n\n[Peer]\nPublicKey = {}\nEndpoint = {}:{endpoint_port}\nAllowedIPs = 10.99.0.0/29\nPersistentKeepalive = 1\n",
+            std::fs::read_to_string(self.dir.0.join("link.key"))
+                .expect("link key")
+                .trim(),
+            self.cfg.mtu,
+            self.vm_pub,
+            self.ip
+        );
+        let path = self.dir.0.join(format!("{}.conf", self.peer_if));
+        std::fs::write(&path, conf).expect("peer conf");
+        self.cluster.sh(&format!(
+            "WG_QUICK_USERSPACE_IMPLEMENTATION=wireguard-go wg-quick up '{}' 2>&1",
+            path.display()
+        ));
+        drop(self.cluster.spawn(
+            &format!(
+                "python3 '{}' serve 10.99.0.2 8080,51820,2222 5353",
+                echo_py()
+            ),
+            &[],
+        ));
+    }
+
+    /// One request from the client, retried briefly while the tunnel comes up.
+    pub fn request(&self, proto: &str, port: u16) -> Option<String> {
+        self.request_within(proto, port, Duration::from_secs(10))
+    }
+
+    /// As [`Gw::request`] with a deadline.
+    pub fn request_within(&self, proto: &str, port: u16, timeout: Duration) -> Option<String> {
+        wait_for(timeout, || {
+            let (ok, out, _) = self.client.try_sh(&format!(
+                "python3 '{}' {proto} {} {port}",
+                echo_py(),
+                self.ip
+            ));
+            ok.then(|| out.trim().to_owned())
+        })
+    }
+
+    /// Re-renders the metadata from `cfg` and converges the cloud resources.
+    pub async fn update(&mut self) {
+        self.d.metadata = vm::metadata(&self.d.target, &self.cfg);
+        let (rec, _, _) = converge(&self.cloud, &self.d, self.rec.clone(), 20).await;
+        self.rec = rec;
+    }
+}

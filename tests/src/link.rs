@@ -1,0 +1,182 @@
+//! Runs real `wgnet-link` processes inside network namespaces for end-to-end tests: a
+//! config directory per link, logs captured to a file, HTTP endpoints queried from inside
+//! the namespace, and the process killed on drop. I/O boundary: the link binary (built on
+//! demand) and `curl` inside the namespace.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use crate::netns::{Netns, wait_for};
+
+/// Path of the `wgnet-link` binary next to the running test. Built once per test process
+/// (a no-op when up to date): `cargo test -p wgnet-tests` alone would not rebuild another
+/// package's binary, and a stale one would test old code.
+pub fn binary() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().expect("test executable path");
+            // target/<profile>/deps/<test> -> target/<profile>/wgnet-link
+            let dir = exe
+                .parent()
+                .and_then(Path::parent)
+                .expect("tests run from target/<profile>/deps");
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut cmd = Command::new(cargo);
+            cmd.args([
+                "build",
+                "--quiet",
+                "-p",
+                "wgnet-link",
+                "--bin",
+                "wgnet-link",
+            ]);
+            if dir.file_name().is_some_and(|n| n == "release") {
+                cmd.arg("--release");
+            }
+            let bin = dir.join("wgnet-link");
+            let ok = cmd
+                .current_dir(crate::repo_root())
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(
+                ok && bin.exists(),
+                "could not build wgnet-link at {}",
+                bin.display()
+            );
+            bin
+        })
+        .clone()
+}
+
+/// One running link.
+pub struct Link {
+    /// The namespace it runs in.
+    pub ns: String,
+    /// Its config directory (`config.json` and the key file).
+    pub dir: PathBuf,
+    /// Its log file.
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Link {
+    /// Starts `wgnet-link --config-dir dir --http 127.0.0.1:9090 <extra>` in `ns`.
+    pub fn start(ns: &Netns, dir: &Path, extra: &[&str]) -> Self {
+        Self::start_with_env(ns, dir, extra, &[])
+    }
+
+    /// As [`Link::start`] with extra environment (for example KUBECONFIG).
+    pub fn start_with_env(ns: &Netns, dir: &Path, extra: &[&str], env: &[(&str, String)]) -> Self {
+        std::fs::create_dir_all(dir).expect("link dir");
+        let log = dir.join(format!("link-{}.log", ns.name));
+        let out = std::fs::File::create(&log).expect("link log");
+        let err = out.try_clone().expect("link log");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &ns.name])
+            .arg(binary())
+            .arg("--config-dir")
+            .arg(dir)
+            .args(["--http", "127.0.0.1:9090"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawning wgnet-link");
+        Self {
+            ns: ns.name.clone(),
+            dir: dir.to_owned(),
+            log,
+            child: Some(child),
+        }
+    }
+
+    /// `GET path` on the link's HTTP port: (status code, body).
+    pub fn get(&self, path: &str) -> (u16, String) {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns,
+                "curl",
+                "-s",
+                "-m",
+                "2",
+                "-w",
+                "\n%{http_code}",
+            ])
+            .arg(format!("http://127.0.0.1:9090{path}"))
+            .output();
+        let text = out
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_owned())
+    }
+
+    /// One metric's value from `/metrics`.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let (_, body) = self.get("/metrics");
+        body.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub fn wait_ready(&self, timeout: Duration) {
+        let ok = wait_for(timeout, || (self.get("/readyz").0 == 200).then_some(()));
+        assert!(
+            ok.is_some(),
+            "link in {} never became ready: {:?}\n{}",
+            self.ns,
+            self.get("/readyz"),
+            self.logs()
+        );
+    }
+
+    /// The log so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGTERM and wait (bounded) for a clean exit; returns whether it exited by itself.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return true;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let exited = wait_for(Duration::from_secs(10), || c.try_wait().ok().flatten()).is_some();
+        if !exited {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        exited
+    }
+
+    /// SIGKILL (a crash): no fencing runs.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,255 @@
+//! The ingress data path end to end, for real: a client on the "internet" → the gateway
+//! VM booted from its own startup script (GCP emulator metadata, wireguard-go, nftables)
+//! → WireGuard → `wgnet-link` in the cluster namespace (boringtun, nftnl, rtnetlink) →
+//! backend namespaces standing in for ClusterIPs. Needs root (`make test` runs as root).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use wgnet_tests::gateway::{Gw, echo_py, gateway};
+use wgnet_tests::link::Link;
+use wgnet_tests::netns::{self, Netns, wait_for};
+
+struct Ingress {
+    link: Link,
+    dir: PathBuf,
+    vm_pub: String,
+    _backend: Netns,
+    gw: Gw,
+}
+
+fn config(vm_ip: &str, vm_pub: &str, forwards: &[(u16, &str, &str, u16)]) -> String {
+    let fwd: Vec<String> = forwards
+        .iter()
+        .map(|(port, proto, ip, target)| {
+            format!(
+                r#"{{"port":{port},"protocol":"{proto}","clusterIP":"{ip}","targetPort":{target}}}"#
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"mode":"ingress","address":"10.99.0.2/29","mtu":1380,
+            "peer":{{"endpoint":"{vm_ip}:51820","publicKey":"{vm_pub}","persistentKeepalive":5}},
+            "forwards":[{}]}}"#,
+        fwd.join(",")
+    )
+}
+
+impl Ingress {
+    fn set_forwards(&self, forwards: &[(u16, &str, &str, u16)]) {
+        let text = config(&self.gw.ip, &self.vm_pub, forwards);
+        // Write then rename, as a ConfigMap volume update would.
+        let tmp = self.dir.join(".config.json.tmp");
+        std::fs::write(&tmp, text).expect("config");
+        std::fs::rename(&tmp, self.dir.join("config.json")).expect("config");
+    }
+
+    fn request(&self, proto: &str, port: u16) -> Option<String> {
+        self.gw.request(proto, port)
+    }
+
+    /// A single attempt, for asserting that something does not answer.
+    fn request_once(&self, proto: &str, port: u16) -> Option<String> {
+        let (ok, out, _) = self.gw.client.try_sh(&format!(
+            "python3 '{}' {proto} {} {port}",
+            echo_py(),
+            self.gw.ip
+        ));
+        ok.then(|| out.trim().to_owned())
+    }
+}
+
+/// A booted VM, two backends (10.96.0.10 answering on 80 and 53, 10.96.0.11 on 81 and
+/// 54) and a link forwarding `forwards`.
+async fn ingress(forwards: &[(u16, &str, &str, u16)]) -> Ingress {
+    let gw = gateway().await;
+    gw.boot();
+    gw.wait_state("ready", Duration::from_secs(30));
+    let backend = Netns::new("be", &netns::unique_tag());
+    netns::veth(
+        &gw.cluster,
+        "svc0",
+        "10.96.0.1/24",
+        &backend,
+        "eth0",
+        "10.96.0.10/24",
+    );
+    backend.sh("ip addr add 10.96.0.11/24 dev eth0 && ip route add default via 10.96.0.1");
+    for (ip, tcp, udp) in [("10.96.0.10", "80", "53"), ("10.96.0.11", "81", "54")] {
+        drop(backend.spawn(
+            &format!("python3 '{}' serve {ip} {tcp} {udp}", echo_py()),
+            &[],
+        ));
+    }
+    let dir = gw.dir.0.join("link");
+    std::fs::create_dir_all(&dir).expect("link dir");
+    std::fs::copy(gw.dir.0.join("link.key"), dir.join("private-key")).expect("key");
+    let vm_pub = gw.vm_pub.clone();
+    std::fs::write(dir.join("config.json"), config(&gw.ip, &vm_pub, forwards)).expect("config");
+    let link = Link::start(&gw.cluster, &dir, &[]);
+    link.wait_ready(Duration::from_secs(20));
+    Ingress {
+        link,
+        dir,
+        vm_pub,
+        _backend: backend,
+        gw,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_and_udp_reach_services_and_forwards_change_live() {
+    let t = ingress(&[
+        (8080, "TCP", "10.96.0.10", 80),
+        (5353, "UDP", "10.96.0.10", 53),
+    ])
+    .await;
+    // The backend sees the link's address (masquerade), never the VM's tunnel address.
+    assert_eq!(
+        t.request("tcp", 8080).as_deref(),
+        Some("tcp 80 from 10.96.0.1"),
+        "{}",
+        t.link.logs()
+    );
+    assert_eq!(
+        t.request("udp", 5353).as_deref(),
+        Some("udp 53 from 10.96.0.1")
+    );
+    // A port with no forward goes nowhere.
+    assert_eq!(t.request_once("tcp", 9999), None);
+
+    // An established flow on 8080 must survive every change below.
+    let slow = t.gw.client.spawn(
+        &format!(
+            "python3 '{}' slow {} 8080 4 > '{}' 2>&1",
+            echo_py(),
+            t.gw.ip,
+            t.dir.join("slow.out").display()
+        ),
+        &[],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Added live: reachable without restarting anything.
+    let pid = t.link.pid();
+    t.set_forwards(&[
+        (8080, "TCP", "10.96.0.10", 80),
+        (5353, "UDP", "10.96.0.10", 53),
+        (9090, "TCP", "10.96.0.11", 81),
+    ]);
+    assert_eq!(
+        t.request("tcp", 9090).as_deref(),
+        Some("tcp 81 from 10.96.0.1")
+    );
+    // Retargeted live: new flows reach the other backend.
+    t.set_forwards(&[
+        (8080, "TCP", "10.96.0.11", 81),
+        (5353, "UDP", "10.96.0.10", 53),
+        (9090, "TCP", "10.96.0.11", 81),
+    ]);
+    let moved = wait_for(Duration::from_secs(10), || {
+        (t.request_once("tcp", 8080).as_deref() == Some("tcp 81 from 10.96.0.1")).then_some(())
+    });
+    assert!(moved.is_some(), "8080 never moved to the new backend");
+    // Removed live: only that port closes.
+    t.set_forwards(&[
+        (8080, "TCP", "10.96.0.11", 81),
+        (9090, "TCP", "10.96.0.11", 81),
+    ]);
+    let closed = wait_for(Duration::from_secs(10), || {
+        t.request_once("udp", 5353).is_none().then_some(())
+    });
+    assert!(
+        closed.is_some(),
+        "5353 still answers after its forward was removed"
+    );
+    assert_eq!(
+        t.request("tcp", 9090).as_deref(),
+        Some("tcp 81 from 10.96.0.1")
+    );
+    assert_eq!(t.link.pid(), pid, "no restart");
+
+    // The slow flow started before the retarget finished on its original backend.
+    let mut slow = slow;
+    let done = wait_for(Duration::from_secs(15), || slow.try_wait().ok().flatten());
+    assert!(done.is_some(), "the established flow hung");
+    let out = std::fs::read_to_string(t.dir.join("slow.out")).unwrap_or_default();
+    assert_eq!(out.trim(), "got 40", "established flow was cut: {out}");
+
+    assert_eq!(t.link.metric("wgnet_link_forwards"), Some(2.0));
+    assert!(
+        t.link
+            .metric("wgnet_link_rx_bytes_total")
+            .is_some_and(|b| b > 0.0)
+    );
+    assert!(
+        t.link
+            .metric("wgnet_link_handshake_age_seconds")
+            .is_some_and(|a| a < 60.0)
+    );
+    assert_eq!(t.link.metric("wgnet_link_config_errors_total"), Some(0.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_reconnects_large_transfers_complete_and_sigterm_fences() {
+    let mut t = ingress(&[(8080, "TCP", "10.96.0.10", 80)]).await;
+    let mtu = t.gw.cluster.sh("cat /sys/class/net/wg0/mtu");
+    assert_eq!(mtu.trim(), "1380");
+    // 100 MB through the tunnel at MTU 1380 (MSS clamped on both hops).
+    let (ok, out, err) = t.gw.client.try_sh(&format!(
+        "python3 '{}' bulk {} 8080 100000000",
+        echo_py(),
+        t.gw.ip
+    ));
+    assert!(
+        ok && out.trim() == "got 100000000",
+        "bulk transfer: {out} {err}\n{}",
+        t.link.logs()
+    );
+
+    // A crash (no fencing) and a restart: the VM accepts the new session at once.
+    t.link.kill();
+    t.link = Link::start(&t.gw.cluster, &t.dir, &[]);
+    t.link.wait_ready(Duration::from_secs(20));
+    assert_eq!(
+        t.request("tcp", 8080).as_deref(),
+        Some("tcp 80 from 10.96.0.1")
+    );
+
+    // SIGTERM: the link removes wg0 and its table before exiting.
+    assert!(
+        t.link.stop(),
+        "the link did not exit on SIGTERM:\n{}",
+        t.link.logs()
+    );
+    let (has_wg, _, _) = t.gw.cluster.try_sh("ip link show wg0");
+    let (has_table, _, _) = t.gw.cluster.try_sh("nft list table ip wgnet_link");
+    assert!(
+        !has_wg && !has_table,
+        "fencing left wg0={has_wg} table={has_table}"
+    );
+    assert!(t.link.logs().contains("fencing"), "{}", t.link.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_config_is_refused_and_the_last_good_one_keeps_serving_and_ready() {
+    let t = ingress(&[(8080, "TCP", "10.96.0.10", 80)]).await;
+    std::fs::write(t.dir.join("config.json"), r#"{"mode":"ingress","address":"10.99.0.2/29","peer":{},"forwards":[{"port":0,"protocol":"TCP","clusterIP":"10.96.0.10","targetPort":80}]}"#).expect("config");
+    let refused = wait_for(Duration::from_secs(10), || {
+        let (code, body) = t.link.get("/readyz");
+        (code == 200
+            && body.contains("the newest was refused")
+            && body.contains("ports must be 1-65535"))
+        .then_some(())
+    });
+    assert!(refused.is_some(), "readyz: {:?}", t.link.get("/readyz"));
+    assert_eq!(
+        t.request("tcp", 8080).as_deref(),
+        Some("tcp 80 from 10.96.0.1")
+    );
+    let key = std::fs::read_to_string(t.dir.join("private-key")).expect("key");
+    assert!(
+        !t.link.logs().contains(key.trim()),
+        "the private key reached the log"
+    );
+}
