@@ -7,7 +7,9 @@ set -eu
 # installer and test peers, openssl for the GCP emulator's service-account keys, and for the
 # network-namespace tests of the VM script: iproute2, nftables, wireguard-tools, wireguard-go
 # (userspace WireGuard: these kernels have no module), curl and shellcheck.
-PACKAGES="gcc libc6-dev pkg-config ca-certificates python3 openssl iproute2 nftables wireguard-tools wireguard-go curl shellcheck"
+# libnftnl-dev and libmnl-dev: the link links libnftnl/libmnl (nftnl, mnl crates).
+# iperf3: `make bench` only, but small enough to install with the rest.
+PACKAGES="gcc libc6-dev pkg-config ca-certificates python3 openssl iproute2 nftables wireguard-tools wireguard-go curl shellcheck libnftnl-dev libmnl-dev iperf3"
 python3 -m pip --version >/dev/null 2>&1 || PACKAGES="$PACKAGES python3-pip"
 
 missing=""
