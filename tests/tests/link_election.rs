@@ -261,7 +261,7 @@ async fn one_holder_failover_on_crash_and_handover_on_sigterm() {
 
     // Graceful: the old replica returns as standby; SIGTERM on the holder fences, then
     // releases the lease, so the standby takes over without waiting for expiry.
-    let mut a = p.start(0);
+    let a = p.start(0);
     a.wait_ready(Duration::from_secs(20));
     assert_eq!(a.metric("wgnet_link_leader"), Some(0.0));
     let stop = Arc::new(AtomicBool::new(false));
