@@ -38,9 +38,12 @@ test: deps
 	$(MAKE) --no-print-directory check-generated
 
 # Benchmarks (not part of test): control-plane time to Ready and API calls per gateway
-# against the GCP emulator's gcp-typical profile.
+# against the GCP emulator's gcp-typical profile; data-plane throughput and latency in
+# network namespaces against boringtun-cli and wireguard-go (needs root).
 bench: deps
+	@command -v boringtun-cli >/dev/null || $(CARGO) install --locked boringtun-cli
 	$(CARGO) bench --locked -p wgnet-cloud --bench provision
+	$(CARGO) bench --locked -p wgnet-tests --bench dataplane
 
 # Regenerate crds/ from the API types.
 generate: deps

@@ -110,6 +110,7 @@ impl Device {
         let tun = Arc::new(Tun::open(name)?);
         let udp = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, listen_port))?;
         udp.set_read_timeout(Some(Duration::from_millis(TICK_MS as u64)))?;
+        grow_buffers(&udp);
         let udp = Arc::new(udp);
         let shared = Arc::new(Shared {
             tunn: Mutex::new(None),
@@ -234,6 +235,32 @@ impl Drop for Device {
             let _ = t.join();
         }
         // The TUN closes with the last Arc, here: the kernel removes the interface.
+    }
+}
+
+/// Socket buffer size: a burst of full-MTU packets must not overflow the default
+/// ~200 KiB while a worker is busy with crypto, or TCP inside the tunnel backs off.
+const SOCKET_BUFFER: libc::c_int = 4 << 20;
+
+fn grow_buffers(udp: &UdpSocket) {
+    use std::os::fd::AsRawFd as _;
+    let fd = udp.as_raw_fd();
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        let v = SOCKET_BUFFER;
+        let len = std::mem::size_of_val(&v) as libc::socklen_t;
+        // SAFETY: setsockopt reads one c_int from a valid pointer with its exact length.
+        // The *FORCE variants need CAP_NET_ADMIN (which the link has); without it the
+        // plain option applies, capped by net.core.[rw]mem_max.
+        #[allow(unsafe_code)]
+        unsafe {
+            let p = (&v as *const libc::c_int).cast();
+            if libc::setsockopt(fd, libc::SOL_SOCKET, force, p, len) != 0 {
+                libc::setsockopt(fd, libc::SOL_SOCKET, plain, p, len);
+            }
+        }
     }
 }
 

@@ -7,6 +7,8 @@
   echo.py tcp HOST PORT                    one TCP request, print the answer
   echo.py udp HOST PORT                    one UDP request, print the answer
   echo.py bulk HOST PORT N                 send N bytes over TCP, print the answer
+  echo.py rr HOST PORT N                   N one-byte request/response round trips over one
+                                           TCP flow; print "p50_us p99_us"
   echo.py slow HOST PORT SECONDS           one TCP flow kept open SECONDS, trickling data;
                                            print the answer (proves the flow survived)
 """
@@ -38,7 +40,14 @@ def handle_tcp(conn, peer, port):
                 return
             line += chunk
         words = line.split()
-        if words and words[0] == b"BULK":
+        if words and words[0] == b"PING":
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for _ in range(int(words[1])):
+                b = conn.recv(1)
+                if not b:
+                    break
+                conn.sendall(b)
+        elif words and words[0] == b"BULK":
             want, got = int(words[1]), 0
             while got < want:
                 chunk = conn.recv(1 << 16)
@@ -97,6 +106,20 @@ def main():
                 c.sendall(block[:k])
                 sent += k
             print(c.recv(256).decode().strip())
+    elif mode == "rr":
+        n = int(sys.argv[4])
+        with socket.create_connection((sys.argv[2], int(sys.argv[3])), timeout=10) as c:
+            c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            c.sendall(b"PING %d\n" % n)
+            rtts = []
+            for _ in range(n):
+                t = time.perf_counter_ns()
+                c.sendall(b"x")
+                if c.recv(1) != b"x":
+                    sys.exit("short answer")
+                rtts.append((time.perf_counter_ns() - t) / 1000)
+            rtts.sort()
+            print("%.1f %.1f" % (rtts[len(rtts) // 2], rtts[min(len(rtts) - 1, len(rtts) * 99 // 100)]))
     elif mode == "slow":
         seconds = float(sys.argv[4])
         steps = max(1, int(seconds * 10))

@@ -1,0 +1,319 @@
+//! `make bench`: data-plane throughput and latency, side by side in one run, in network
+//! namespaces on this machine:
+//!
+//! - bare veth (the ceiling),
+//! - boringtun-cli ↔ boringtun-cli (default threads, and WG_THREADS=1),
+//! - wireguard-go ↔ wireguard-go,
+//! - wgnet-link ↔ wgnet-link (egress link → ingress link, so the path also crosses two
+//!   DNAT/forward hops the others do not),
+//! - the whole ingress path: client → gateway VM (real startup script, wireguard-go) →
+//!   wgnet-link → backend.
+//!
+//! Single-stream TCP with iperf3 (5 s) and 1-byte TCP request/response round trips. For
+//! the links also peak RSS (VmHWM) and CPU seconds per Gbit. Needs root, iperf3 and
+//! boringtun-cli (the Makefile installs them). Prints a Markdown table.
+
+use std::process::Command;
+use std::time::Duration;
+
+use wgnet_tests::fixtures::TempDir;
+use wgnet_tests::gateway::{echo_py, gateway};
+use wgnet_tests::link::Link;
+use wgnet_tests::netns::{self, Netns, wait_for};
+
+const SECONDS: u32 = 5;
+const ROUND_TRIPS: u32 = 2000;
+
+struct Row {
+    path: String,
+    gbps: f64,
+    p50_us: f64,
+    p99_us: f64,
+    note: String,
+}
+
+fn iperf(client: &Netns, server: &Netns, server_ip: &str, connect_ip: &str) -> f64 {
+    drop(server.spawn(&format!("iperf3 -s -1 -B {server_ip} >/dev/null 2>&1"), &[]));
+    let ok = wait_for(Duration::from_secs(5), || {
+        server.try_sh("ss -ltn | grep -q ':5201 '").0.then_some(())
+    });
+    assert!(ok.is_some(), "iperf3 server did not start");
+    let out = client.sh(&format!("iperf3 -c {connect_ip} -t {SECONDS} -J"));
+    let v: serde_json::Value = serde_json::from_str(&out).expect("iperf3 JSON");
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .expect("iperf3 result")
+        / 1e9
+}
+
+fn rr(client: &Netns, server: &Netns, server_ip: &str, connect_ip: &str, port: u16) -> (f64, f64) {
+    drop(server.spawn(
+        &format!("python3 '{}' serve {server_ip} {port} ''", echo_py()),
+        &[],
+    ));
+    std::thread::sleep(Duration::from_millis(300));
+    let out = wait_for(Duration::from_secs(10), || {
+        let (ok, out, _) = client.try_sh(&format!(
+            "python3 '{}' rr {connect_ip} {port} {ROUND_TRIPS}",
+            echo_py()
+        ));
+        ok.then_some(out)
+    })
+    .expect("round trips");
+    let mut it = out.split_whitespace().filter_map(|v| v.parse::<f64>().ok());
+    (it.next().unwrap_or(f64::NAN), it.next().unwrap_or(f64::NAN))
+}
+
+/// (utime + stime) in seconds and VmHWM in MiB of a process.
+fn cpu_and_rss(pid: u32) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let hz = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .unwrap_or(100.0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hwm_kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    (ticks / hz, hwm_kb / 1024.0)
+}
+
+fn two(tag: &str) -> (Netns, Netns) {
+    let a = Netns::new("ba", tag);
+    let b = Netns::new("bb", tag);
+    netns::veth(&a, "eth0", "203.0.113.1/24", &b, "eth0", "203.0.113.2/24");
+    (a, b)
+}
+
+fn bare() -> Row {
+    let (a, b) = two(&netns::unique_tag());
+    let gbps = iperf(&a, &b, "203.0.113.2", "203.0.113.2");
+    let (p50, p99) = rr(&a, &b, "203.0.113.2", "203.0.113.2", 7000);
+    Row {
+        path: "bare veth".into(),
+        gbps,
+        p50_us: p50,
+        p99_us: p99,
+        note: "the ceiling".into(),
+    }
+}
+
+/// A pair of userspace WireGuard implementations configured with wg(8) over UAPI.
+fn userspace_pair(label: &str, start: &str, env: &str) -> Row {
+    let tag = netns::unique_tag();
+    let (a, b) = two(&tag);
+    let dir = TempDir::new();
+    let ka = netns::wg_keypair();
+    let kb = netns::wg_keypair();
+    // Distinct names: the UAPI sockets share /run/wireguard across namespaces.
+    let names = [format!("wga{tag}"), format!("wgb{tag}")];
+    for (ns, me, peer, addr, peer_ip, ifname) in [
+        (&a, &ka, &kb, "10.99.0.1", "203.0.113.2", &names[0]),
+        (&b, &kb, &ka, "10.99.0.2", "203.0.113.1", &names[1]),
+    ] {
+        let key = dir.0.join(format!("{addr}.key"));
+        std::fs::write(&key, &me.0).expect("key");
+        ns.sh(&format!("{env} {start} {ifname} >/dev/null 2>&1"));
+        let up = wait_for(Duration::from_secs(10), || {
+            ns.try_sh(&format!("wg show {ifname}")).0.then_some(())
+        });
+        assert!(up.is_some(), "{label} did not create {ifname}");
+        ns.sh(&format!(
+            "wg set {ifname} private-key '{}' listen-port 51820 peer {} endpoint {peer_ip}:51820 allowed-ips 10.99.0.0/24 && ip addr add {addr}/24 dev {ifname} && ip link set {ifname} mtu 1420 up",
+            key.display(),
+            peer.1
+        ));
+    }
+    let gbps = iperf(&a, &b, "10.99.0.2", "10.99.0.2");
+    let (p50, p99) = rr(&a, &b, "10.99.0.2", "10.99.0.2", 7000);
+    for ns in [&a, &b] {
+        ns.kill_all();
+    }
+    for n in &names {
+        let _ = std::fs::remove_file(format!("/run/wireguard/{n}.sock"));
+    }
+    Row {
+        path: label.into(),
+        gbps,
+        p50_us: p50,
+        p99_us: p99,
+        note: String::new(),
+    }
+}
+
+/// client → link A (egress: 5201/7000 DNAT to B's tunnel address) → WireGuard → link B
+/// (ingress: DNAT to the server) → server.
+fn link_pair() -> Row {
+    let tag = netns::unique_tag();
+    let (a, b) = two(&tag);
+    let client = Netns::new("bc", &tag);
+    let server = Netns::new("bs", &tag);
+    netns::veth(
+        &client,
+        "eth0",
+        "10.244.1.2/24",
+        &a,
+        "eth1",
+        "10.244.1.1/24",
+    );
+    netns::veth(&b, "svc0", "10.96.0.1/24", &server, "eth0", "10.96.0.10/24");
+    server.sh("ip route add default via 10.96.0.1");
+    let dir = TempDir::new();
+    let ka = netns::wg_keypair();
+    let kb = netns::wg_keypair();
+    let da = dir.0.join("a");
+    let db = dir.0.join("b");
+    std::fs::create_dir_all(&da).expect("dir");
+    std::fs::create_dir_all(&db).expect("dir");
+    std::fs::write(
+        da.join("wg0.conf"),
+        format!("[Interface]\nPrivateKey = {}\nAddress = 10.99.0.1/24\nMTU = 1420\nListenPort = 51820\n[Peer]\nPublicKey = {}\nEndpoint = 203.0.113.2:51820\nAllowedIPs = 10.99.0.0/24\nPersistentKeepalive = 25\n", ka.0, kb.1),
+    )
+    .expect("conf");
+    std::fs::write(
+        da.join("config.json"),
+        r#"{"mode":"egress","forwards":[{"name":"iperf","port":5201,"protocol":"TCP","targetHost":"10.99.0.2","targetPort":5201},
+            {"name":"rr","port":7000,"protocol":"TCP","targetHost":"10.99.0.2","targetPort":7000}]}"#,
+    )
+    .expect("config");
+    std::fs::write(db.join("private-key"), &kb.0).expect("key");
+    std::fs::write(
+        db.join("config.json"),
+        format!(r#"{{"mode":"ingress","address":"10.99.0.2/24","mtu":1420,"peer":{{"endpoint":"203.0.113.1:51820","publicKey":"{}","persistentKeepalive":25,"allowedIPs":["10.99.0.0/24"]}},
+            "forwards":[{{"port":5201,"protocol":"TCP","clusterIP":"10.96.0.10","targetPort":5201}},{{"port":7000,"protocol":"TCP","clusterIP":"10.96.0.10","targetPort":7000}}]}}"#, ka.1),
+    )
+    .expect("config");
+    let la = Link::start(&a, &da, &["--secret-key", "wg0.conf"]);
+    let lb = Link::start(&b, &db, &[]);
+    la.wait_ready(Duration::from_secs(20));
+    lb.wait_ready(Duration::from_secs(20));
+    let (pa, pb) = (la.pid().expect("pid"), lb.pid().expect("pid"));
+    let (ca0, _) = cpu_and_rss(pa);
+    let (cb0, _) = cpu_and_rss(pb);
+    let gbps = iperf(&client, &server, "10.96.0.10", "10.244.1.1");
+    let (ca1, ra) = cpu_and_rss(pa);
+    let (cb1, rb) = cpu_and_rss(pb);
+    let gbit = gbps * f64::from(SECONDS);
+    let (p50, p99) = rr(&client, &server, "10.96.0.10", "10.244.1.1", 7000);
+    Row {
+        path: "wgnet-link ↔ wgnet-link".into(),
+        gbps,
+        p50_us: p50,
+        p99_us: p99,
+        note: format!(
+            "+2 NAT hops; CPU s/Gbit: sender {:.2}, receiver {:.2}; peak RSS {:.1} / {:.1} MiB",
+            (ca1 - ca0) / gbit,
+            (cb1 - cb0) / gbit,
+            ra,
+            rb
+        ),
+    }
+}
+
+/// client → VM (startup script, wireguard-go, nftables) → link → backend.
+async fn ingress_path() -> Row {
+    let gw = gateway().await;
+    gw.boot();
+    gw.wait_state("ready", Duration::from_secs(30));
+    let backend = Netns::new("bk", &netns::unique_tag());
+    netns::veth(
+        &gw.cluster,
+        "svc0",
+        "10.96.0.1/24",
+        &backend,
+        "eth0",
+        "10.96.0.10/24",
+    );
+    backend.sh("ip route add default via 10.96.0.1");
+    let dir = gw.dir.0.join("link");
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::copy(gw.dir.0.join("link.key"), dir.join("private-key")).expect("key");
+    std::fs::write(
+        dir.join("config.json"),
+        format!(r#"{{"mode":"ingress","address":"10.99.0.2/29","mtu":1380,"peer":{{"endpoint":"{}:51820","publicKey":"{}","persistentKeepalive":25}},
+            "forwards":[{{"port":5201,"protocol":"TCP","clusterIP":"10.96.0.10","targetPort":5201}},{{"port":7000,"protocol":"TCP","clusterIP":"10.96.0.10","targetPort":7000}}]}}"#, gw.ip, gw.vm_pub),
+    )
+    .expect("config");
+    let link = Link::start(&gw.cluster, &dir, &[]);
+    link.wait_ready(Duration::from_secs(20));
+    let gbps = iperf(&gw.client, &backend, "10.96.0.10", &gw.ip);
+    let (p50, p99) = rr(&gw.client, &backend, "10.96.0.10", &gw.ip, 7000);
+    Row {
+        path: "ingress path (VM wireguard-go → link)".into(),
+        gbps,
+        p50_us: p50,
+        p99_us: p99,
+        note: "the VM uses kernel WireGuard on GCP".into(),
+    }
+}
+
+fn main() {
+    netns::require_root();
+    for bin in ["iperf3", "boringtun-cli", "wireguard-go"] {
+        let ok = Command::new("sh")
+            .args(["-c", &format!("command -v {bin}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(ok, "{bin} is missing: run `make bench` (it installs it)");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut rows = vec![bare()];
+    rows.push(userspace_pair(
+        "boringtun-cli ↔ boringtun-cli (default threads)",
+        "boringtun-cli --disable-drop-privileges",
+        "",
+    ));
+    rows.push(userspace_pair(
+        "boringtun-cli ↔ boringtun-cli (WG_THREADS=1)",
+        "boringtun-cli --disable-drop-privileges",
+        "WG_THREADS=1",
+    ));
+    rows.push(userspace_pair(
+        "wireguard-go ↔ wireguard-go",
+        "wireguard-go",
+        "",
+    ));
+    rows.push(link_pair());
+    rows.push(rt.block_on(ingress_path()));
+    let best_bt = rows
+        .iter()
+        .filter(|r| r.path.starts_with("boringtun"))
+        .map(|r| r.gbps)
+        .fold(0.0, f64::max);
+    let wg_go = rows
+        .iter()
+        .find(|r| r.path.starts_with("wireguard-go"))
+        .map_or(f64::NAN, |r| r.gbps);
+    println!("\n| path | TCP Gbit/s | RR p50 µs | RR p99 µs | notes |\n|---|---|---|---|---|");
+    for r in &rows {
+        println!(
+            "| {} | {:.2} | {:.0} | {:.0} | {} |",
+            r.path, r.gbps, r.p50_us, r.p99_us, r.note
+        );
+    }
+    if let Some(l) = rows.iter().find(|r| r.path.starts_with("wgnet-link")) {
+        println!(
+            "\nlink / best boringtun-cli: {:.2}x; link / wireguard-go: {:.2}x",
+            l.gbps / best_bt,
+            l.gbps / wg_go
+        );
+    }
+}
