@@ -13,6 +13,9 @@
 //! the links also peak RSS (VmHWM) and CPU seconds per Gbit. Needs root, iperf3 and
 //! boringtun-cli (the Makefile installs them). Prints a Markdown table.
 
+// A benchmark's output is its report.
+#![allow(clippy::print_stdout)]
+
 use std::process::Command;
 use std::time::Duration;
 
