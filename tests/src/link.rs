@@ -68,18 +68,19 @@ impl Link {
         Self::start_with_env(ns, dir, extra, &[])
     }
 
-    /// As [`Link::start`] with extra environment (for example KUBECONFIG).
+    /// As [`Link::start`] with extra environment (for example KUBECONFIG). When `extra`
+    /// names a ConfigMap the directory holds only the log.
     pub fn start_with_env(ns: &Netns, dir: &Path, extra: &[&str], env: &[(&str, String)]) -> Self {
         std::fs::create_dir_all(dir).expect("link dir");
         let log = dir.join(format!("link-{}.log", ns.name));
         let out = std::fs::File::create(&log).expect("link log");
         let err = out.try_clone().expect("link log");
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &ns.name])
-            .arg(binary())
-            .arg("--config-dir")
-            .arg(dir)
-            .args(["--http", "127.0.0.1:9090"])
+        cmd.args(["netns", "exec", &ns.name]).arg(binary());
+        if !extra.contains(&"--configmap") {
+            cmd.arg("--config-dir").arg(dir);
+        }
+        cmd.args(["--http", "127.0.0.1:9090"])
             .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
