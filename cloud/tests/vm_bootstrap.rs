@@ -13,6 +13,7 @@ use common::*;
 use wgnet_cloud::vm;
 use wgnet_cloud::{Recorded, SecretBytes};
 use wgnet_tests::gateway::{ZONE, echo_py, gateway};
+use wgnet_tests::gcp::{Fault, FaultAction};
 use wgnet_tests::netns::{self, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -290,4 +291,57 @@ fn the_startup_script_is_shellcheck_clean() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_iam_binding_is_waited_for() {
+    let gw = gateway().await;
+    // IAM propagation is eventually consistent: the instance's first reads are refused.
+    gw.emu.add_fault(Fault {
+        method: Some("GET".into()),
+        path_contains: ":access".into(),
+        remaining: Some(3),
+        action: FaultAction::Deny(
+            "Permission 'secretmanager.versions.access' denied for resource (or it may not exist)."
+                .into(),
+        ),
+    });
+    gw.boot();
+    let waiting = wait_for(Duration::from_secs(15), || {
+        gw.guest("error")
+            .filter(|e| e.contains("waiting for secret"))
+    });
+    assert!(waiting.is_some(), "error was {:?}", gw.guest("error"));
+    gw.wait_state("ready", Duration::from_secs(30));
+    let access: Vec<u16> = gw
+        .emu
+        .request_log()
+        .iter()
+        .filter(|c| c.path.ends_with(":access"))
+        .map(|c| c.status)
+        .collect();
+    assert_eq!(
+        access.iter().filter(|s| **s == 403).count(),
+        3,
+        "{access:?}"
+    );
+    assert_eq!(access.last(), Some(&200), "{access:?}");
+    gw.peer_up(51820);
+    assert!(gw.request("tcp", 8080).is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_metadata_server_is_tolerated() {
+    let gw = gateway().await;
+    // Each of the first metadata reads takes 2 s (the script's limit per read is 10 s).
+    gw.emu.add_fault(Fault {
+        method: Some("GET".into()),
+        path_contains: "/computeMetadata/".into(),
+        remaining: Some(6),
+        action: FaultAction::Delay(Duration::from_secs(2)),
+    });
+    gw.boot();
+    gw.wait_state("ready", Duration::from_secs(60));
+    gw.peer_up(51820);
+    assert!(gw.request("tcp", 8080).is_some());
 }

@@ -272,6 +272,13 @@ pub async fn handle(
         Family::Rpc
     };
     let mut drop_response = false;
+    // The metadata server honours only Delay faults: a slow metadata server is a real
+    // condition on a busy host; it never answers with API errors.
+    if api == "metadata"
+        && let Some(d) = metadata_delay(&shared, &method, &path)
+    {
+        tokio::time::sleep(d).await;
+    }
     let is_api = matches!(api, "compute" | "iam" | "secretmanager");
     if is_api {
         let (fault, latency) = pick_fault(&shared, &method, &path);
@@ -354,6 +361,26 @@ fn log(shared: &Shared, api: &'static str, method: &str, path: &str, query: &str
         query: query.to_owned(),
         status,
     });
+}
+
+fn metadata_delay(shared: &Shared, method: &str, path: &str) -> Option<Duration> {
+    let mut c = lock(&shared.controls);
+    let mut chosen = None;
+    for f in &mut c.faults {
+        if let FaultAction::Delay(d) = f.action
+            && f.remaining != Some(0)
+            && f.method.as_deref().is_none_or(|m| m == method)
+            && path.contains(&f.path_contains)
+        {
+            if let Some(r) = f.remaining.as_mut() {
+                *r -= 1;
+            }
+            chosen = Some(d);
+            break;
+        }
+    }
+    c.faults.retain(|f| f.remaining != Some(0));
+    chosen
 }
 
 fn pick_fault(shared: &Shared, method: &str, path: &str) -> (Option<FaultAction>, Duration) {
