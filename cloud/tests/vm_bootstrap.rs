@@ -91,7 +91,20 @@ async fn the_watcher_applies_metadata_changes_live() {
     assert!(ok, "{err}");
     assert_eq!(gw.vm.sh("nft -a list table ip wgnet"), before);
 
-    // MTU.
+    // MTU (which rewrites the ruleset's MSS clamp), while a flow is established: the
+    // table is replaced atomically, so conntrack keeps the flow and its DNAT.
+    let slow_out = gw.dir.0.join("slow.out");
+    let mut slow = gw.client.spawn(
+        &format!(
+            "python3 '{}' slow {} 8080 4 > '{}' 2>&1",
+            echo_py(),
+            gw.ip,
+            slow_out.display()
+        ),
+        &[],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let ruleset = gw.vm.sh("nft list table ip wgnet");
     gw.cfg.mtu = 1300;
     gw.update().await;
     let mtu = wait_for(Duration::from_secs(10), || {
@@ -99,6 +112,24 @@ async fn the_watcher_applies_metadata_changes_live() {
         out.contains("mtu 1300").then_some(())
     });
     assert!(mtu.is_some(), "MTU not applied");
+    let reapplied = wait_for(Duration::from_secs(10), || {
+        gw.vm
+            .sh("nft list table ip wgnet")
+            .contains("maxseg size set 1260")
+            .then_some(())
+    });
+    assert!(
+        reapplied.is_some(),
+        "ruleset not re-applied; was:\n{ruleset}"
+    );
+    let done = wait_for(Duration::from_secs(15), || slow.try_wait().ok().flatten());
+    assert!(done.is_some(), "the established flow hung");
+    let out = std::fs::read_to_string(&slow_out).unwrap_or_default();
+    assert_eq!(
+        out.trim(),
+        "got 40",
+        "the established flow was cut by the re-apply"
+    );
 
     // Listen port: the peer follows to the new endpoint.
     gw.cfg.listen_port = 51821;
