@@ -376,3 +376,79 @@ async fn a_slow_metadata_server_is_tolerated() {
     gw.peer_up(51820);
     assert!(gw.request("tcp", 8080).is_some());
 }
+
+/// A PATH with every tool of this machine except wg and nft, and an `apt-get` stand-in
+/// that records its arguments and, when `works`, "installs" the two by linking them in.
+fn path_without_wireguard(dir: &std::path::Path, works: bool) -> String {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).expect("bin");
+    for src in [
+        "/usr/local/sbin",
+        "/usr/local/bin",
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+    ] {
+        let Ok(entries) = std::fs::read_dir(src) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let dst = bin.join(&name);
+            if name == "wg" || name == "nft" || name == "apt-get" || dst.exists() {
+                continue;
+            }
+            let _ = std::os::unix::fs::symlink(e.path(), dst);
+        }
+    }
+    let log = dir.join("apt.log");
+    let install = if works {
+        format!(
+            "ln -sf \"$(readlink -f /usr/bin/wg)\" '{b}/wg'; ln -sf \"$(readlink -f /usr/sbin/nft)\" '{b}/nft'",
+            b = bin.display()
+        )
+    } else {
+        "exit 100".into()
+    };
+    let stub = format!(
+        "#!/bin/sh\necho \"$*\" >> '{}'\ncase \"$1\" in update) exit 0 ;; esac\n{install}\n",
+        log.display()
+    );
+    let apt = bin.join("apt-get");
+    std::fs::write(&apt, stub).expect("stub");
+    std::fs::set_permissions(&apt, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    bin.display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_packages_are_installed_and_a_failed_install_is_reported() {
+    let gw = gateway().await;
+    let path = path_without_wireguard(&gw.dir.0, true);
+    gw.boot_with(&[("PATH", path)]);
+    gw.wait_state("ready", Duration::from_secs(30));
+    let apt = std::fs::read_to_string(gw.dir.0.join("apt.log")).expect("apt-get ran");
+    assert_eq!(
+        apt.lines().collect::<Vec<_>>(),
+        ["update -qq", "install -y -qq wireguard-tools nftables"],
+        "{apt}"
+    );
+    gw.peer_up(51820);
+    assert!(gw.request("tcp", 8080).is_some());
+
+    let broken = gateway().await;
+    let path = path_without_wireguard(&broken.dir.0, false);
+    broken.boot_with(&[("PATH", path)]);
+    broken.wait_state("error", Duration::from_secs(60));
+    assert_eq!(
+        broken.guest("error").as_deref(),
+        Some("install: could not install wireguard-tools nftables")
+    );
+    let tries = std::fs::read_to_string(broken.dir.0.join("apt.log")).unwrap_or_default();
+    assert_eq!(
+        tries.lines().filter(|l| l.starts_with("install")).count(),
+        5,
+        "{tries}"
+    );
+}

@@ -203,6 +203,11 @@ impl Gw {
     /// What the emulator's "boot" does: fetch the instance's own startup-script from its
     /// metadata and run it inside the VM namespace.
     pub fn boot(&self) {
+        self.boot_with(&[]);
+    }
+
+    /// As [`Gw::boot`], with extra environment for the script (for example a PATH).
+    pub fn boot_with(&self, env: &[(&str, String)]) {
         let inst = self
             .emu
             .get("instance", PROJECT, ZONE, &self.name())
@@ -223,7 +228,7 @@ impl Gw {
                 path.display(),
                 log.display()
             ),
-            &[],
+            env,
         ));
     }
 
