@@ -60,9 +60,14 @@ fn private_dir() -> TempDir {
 pub async fn gateway() -> Gw {
     netns::require_root();
     let tag = netns::unique_tag();
-    let slot: u8 = (tag.bytes().fold(0u32, |a, b| a * 31 + u32::from(b)) % 60) as u8;
-    let root_md = Ipv4Addr::new(192, 0, 2, slot * 4 + 1);
-    let vm_md = Ipv4Addr::new(192, 0, 2, slot * 4 + 2);
+    // The metadata link's /30 lives in the root namespace, so it must not touch the
+    // machine's own networks (these hosts sit on 192.0.2.0/24 themselves): 198.51.100.0/25
+    // is this fixture's, in 25 slots. A process-wide counter, not a hash, so concurrent
+    // gateways never share a slot (test binaries run one after another).
+    static SLOTS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+    let slot = SLOTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 25;
+    let root_md = Ipv4Addr::new(198, 51, 100, slot * 4 + 1);
+    let vm_md = Ipv4Addr::new(198, 51, 100, slot * 4 + 2);
 
     let net = Netns::new("net", &tag);
     let vm = Netns::new("vm", &tag);

@@ -167,6 +167,15 @@ pub struct RootLink {
 impl RootLink {
     /// Creates it with the given addresses (CIDR form).
     pub fn new(root_if: &str, root_addr: &str, ns: &Netns, ns_if: &str, ns_addr: &str) -> Self {
+        // Never shadow an address the machine already uses (its gateway could be one).
+        let ip_only = root_addr.split('/').next().unwrap_or(root_addr);
+        let taken = run("ip", &["-4", "-o", "addr", "show"]);
+        assert!(
+            !taken
+                .split_whitespace()
+                .any(|w| w.split('/').next() == Some(ip_only)),
+            "{ip_only} is already an address of this machine; refusing to add it again"
+        );
         let peer = format!("vp{}", unique_tag());
         ip(&[
             "link", "add", root_if, "type", "veth", "peer", "name", &peer,
