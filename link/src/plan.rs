@@ -128,27 +128,18 @@ fn input(wg: &str) -> Chain {
     }
 }
 
-/// Ingress: the tunnel's ports are DNATed to the Services; only those flows may cross.
-pub fn ingress(wg: &str, mtu: u16, forwards: &[IngressForward]) -> Plan {
-    let mut pre = Vec::new();
+/// The four chains both modes share; only the DNAT rules, the masquerade match and the
+/// admitted destinations differ.
+fn assemble(
+    wg: &str,
+    mtu: u16,
+    pre: Vec<Vec<Stmt>>,
+    masquerade: Vec<Stmt>,
+    admit: Vec<Vec<Stmt>>,
+) -> Plan {
     let mut fwd = clamp(wg, mtu);
     fwd.push(vec![Stmt::Established, Stmt::Accept]);
-    for f in forwards {
-        pre.push(vec![
-            Stmt::Iif(wg.into()),
-            Stmt::L4(f.protocol),
-            Stmt::Dport(f.port),
-            Stmt::Dnat(f.cluster_ip, f.target_port),
-        ]);
-        fwd.push(vec![
-            Stmt::Iif(wg.into()),
-            Stmt::Dnatted,
-            Stmt::Daddr(f.cluster_ip),
-            Stmt::L4(f.protocol),
-            Stmt::Dport(f.target_port),
-            Stmt::Accept,
-        ]);
-    }
+    fwd.extend(admit);
     Plan {
         chains: vec![
             Chain {
@@ -161,13 +152,7 @@ pub fn ingress(wg: &str, mtu: u16, forwards: &[IngressForward]) -> Plan {
                 name: "postrouting",
                 hook: Hook::Postrouting,
                 accept_by_default: true,
-                // The VM's tunnel address is not routable in the cluster: replies must come
-                // back to the link, so DNATed flows leave with the pod's address.
-                rules: vec![vec![
-                    Stmt::OifNot(wg.into()),
-                    Stmt::Dnatted,
-                    Stmt::Masquerade,
-                ]],
+                rules: vec![masquerade],
             },
             Chain {
                 name: "forward",
@@ -180,52 +165,68 @@ pub fn ingress(wg: &str, mtu: u16, forwards: &[IngressForward]) -> Plan {
     }
 }
 
+/// Ingress: the tunnel's ports are DNATed to the Services; only those flows may cross.
+pub fn ingress(wg: &str, mtu: u16, forwards: &[IngressForward]) -> Plan {
+    let pre = forwards
+        .iter()
+        .map(|f| {
+            vec![
+                Stmt::Iif(wg.into()),
+                Stmt::L4(f.protocol),
+                Stmt::Dport(f.port),
+                Stmt::Dnat(f.cluster_ip, f.target_port),
+            ]
+        })
+        .collect();
+    let admit = forwards
+        .iter()
+        .map(|f| {
+            vec![
+                Stmt::Iif(wg.into()),
+                Stmt::Dnatted,
+                Stmt::Daddr(f.cluster_ip),
+                Stmt::L4(f.protocol),
+                Stmt::Dport(f.target_port),
+                Stmt::Accept,
+            ]
+        })
+        .collect();
+    // The VM's tunnel address is not routable in the cluster: replies must come back to
+    // the link, so DNATed flows leave with the pod's address.
+    let masquerade = vec![Stmt::OifNot(wg.into()), Stmt::Dnatted, Stmt::Masquerade];
+    assemble(wg, mtu, pre, masquerade, admit)
+}
+
 /// Egress: the pod's forward ports are DNATed to the targets behind the VPN and leave
 /// through wg0 with the VPN address; nothing from the tunnel may enter the cluster.
 pub fn egress(wg: &str, mtu: u16, rules: &[EgressRule]) -> Plan {
-    let mut pre = Vec::new();
-    let mut fwd = clamp(wg, mtu);
-    fwd.push(vec![Stmt::Established, Stmt::Accept]);
-    for r in rules {
-        pre.push(vec![
-            Stmt::IifNot(wg.into()),
-            Stmt::IifNot("lo".into()),
-            Stmt::L4(r.protocol),
-            Stmt::Dport(r.port),
-            Stmt::Dnat(r.target, r.target_port),
-        ]);
-        fwd.push(vec![
-            Stmt::Oif(wg.into()),
-            Stmt::Dnatted,
-            Stmt::Daddr(r.target),
-            Stmt::L4(r.protocol),
-            Stmt::Dport(r.target_port),
-            Stmt::Accept,
-        ]);
-    }
-    Plan {
-        chains: vec![
-            Chain {
-                name: "prerouting",
-                hook: Hook::Prerouting,
-                accept_by_default: true,
-                rules: pre,
-            },
-            Chain {
-                name: "postrouting",
-                hook: Hook::Postrouting,
-                accept_by_default: true,
-                rules: vec![vec![Stmt::Oif(wg.into()), Stmt::Dnatted, Stmt::Masquerade]],
-            },
-            Chain {
-                name: "forward",
-                hook: Hook::Forward,
-                accept_by_default: false,
-                rules: fwd,
-            },
-            input(wg),
-        ],
-    }
+    let pre = rules
+        .iter()
+        .map(|r| {
+            vec![
+                Stmt::IifNot(wg.into()),
+                Stmt::IifNot("lo".into()),
+                Stmt::L4(r.protocol),
+                Stmt::Dport(r.port),
+                Stmt::Dnat(r.target, r.target_port),
+            ]
+        })
+        .collect();
+    let admit = rules
+        .iter()
+        .map(|r| {
+            vec![
+                Stmt::Oif(wg.into()),
+                Stmt::Dnatted,
+                Stmt::Daddr(r.target),
+                Stmt::L4(r.protocol),
+                Stmt::Dport(r.target_port),
+                Stmt::Accept,
+            ]
+        })
+        .collect();
+    let masquerade = vec![Stmt::Oif(wg.into()), Stmt::Dnatted, Stmt::Masquerade];
+    assemble(wg, mtu, pre, masquerade, admit)
 }
 
 impl fmt::Display for Stmt {
