@@ -232,27 +232,11 @@ async fn ingress_path() -> Row {
     let gw = gateway().await;
     gw.boot();
     gw.wait_state("ready", Duration::from_secs(30));
-    let backend = Netns::new("bk", &netns::unique_tag());
-    netns::veth(
-        &gw.cluster,
-        "svc0",
-        "10.96.0.1/24",
-        &backend,
-        "eth0",
-        "10.96.0.10/24",
-    );
-    backend.sh("ip route add default via 10.96.0.1");
-    let dir = gw.dir.0.join("link");
-    std::fs::create_dir_all(&dir).expect("dir");
-    std::fs::copy(gw.dir.0.join("link.key"), dir.join("private-key")).expect("key");
-    std::fs::write(
-        dir.join("config.json"),
-        format!(r#"{{"mode":"ingress","address":"10.99.0.2/29","mtu":1380,"peer":{{"endpoint":"{}:51820","publicKey":"{}","persistentKeepalive":25}},
-            "forwards":[{{"port":5201,"protocol":"TCP","clusterIP":"10.96.0.10","targetPort":5201}},{{"port":7000,"protocol":"TCP","clusterIP":"10.96.0.10","targetPort":7000}}]}}"#, gw.ip, gw.vm_pub),
-    )
-    .expect("config");
-    let link = Link::start(&gw.cluster, &dir, &[]);
-    link.wait_ready(Duration::from_secs(20));
+    let backend = gw.backend();
+    let (_link, _) = gw.start_link(&[
+        (5201, "TCP", "10.96.0.10", 5201),
+        (7000, "TCP", "10.96.0.10", 7000),
+    ]);
     let gbps = iperf(&gw.client, &backend, "10.96.0.10", &gw.ip);
     let (p50, p99) = rr(&gw.client, &backend, "10.96.0.10", &gw.ip, 7000);
     Row {

@@ -6,6 +6,7 @@
 //! wireguard-go and python3. Everything is removed on drop.
 
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use wgnet_cloud::gcp::GcpCloud;
@@ -14,6 +15,7 @@ use wgnet_cloud::{Desired, Protocol, Recorded, SecretBytes};
 
 use crate::fixtures::*;
 use crate::gcp::{Config, GcpEmulator, LatencyProfile};
+use crate::link::Link;
 use crate::netns::{self, Netns, RootLink, wait_for};
 
 /// The zone every test gateway lives in.
@@ -298,6 +300,56 @@ impl Gw {
             ));
             ok.then(|| out.trim().to_owned())
         })
+    }
+
+    /// A backend namespace behind the cluster namespace standing in for a ClusterIP:
+    /// 10.96.0.10, reached through the cluster side's `svc0` (10.96.0.1).
+    pub fn backend(&self) -> Netns {
+        let backend = Netns::new("be", &netns::unique_tag());
+        netns::veth(
+            &self.cluster,
+            "svc0",
+            "10.96.0.1/24",
+            &backend,
+            "eth0",
+            "10.96.0.10/24",
+        );
+        backend.sh("ip route add default via 10.96.0.1");
+        backend
+    }
+
+    /// The link's ingress `config.json` for this VM, with forwards as
+    /// (port, protocol, clusterIP, targetPort).
+    pub fn link_config(&self, forwards: &[(u16, &str, &str, u16)]) -> String {
+        let fwd: Vec<String> = forwards
+            .iter()
+            .map(|(port, proto, ip, target)| {
+                format!(r#"{{"port":{port},"protocol":"{proto}","clusterIP":"{ip}","targetPort":{target}}}"#)
+            })
+            .collect();
+        format!(
+            r#"{{"mode":"ingress","address":"{}/29","mtu":{},
+                "peer":{{"endpoint":"{}:{}","publicKey":"{}","persistentKeepalive":5}},
+                "forwards":[{}]}}"#,
+            self.cfg.link_address,
+            self.cfg.mtu,
+            self.ip,
+            self.cfg.listen_port,
+            self.vm_pub,
+            fwd.join(",")
+        )
+    }
+
+    /// Writes the link's directory (its key and [`Gw::link_config`]) and starts a link in
+    /// the cluster namespace, waiting until it is ready. Returns the link and the directory.
+    pub fn start_link(&self, forwards: &[(u16, &str, &str, u16)]) -> (Link, PathBuf) {
+        let dir = self.dir.0.join("link");
+        std::fs::create_dir_all(&dir).expect("link dir");
+        std::fs::copy(self.dir.0.join("link.key"), dir.join("private-key")).expect("link key");
+        std::fs::write(dir.join("config.json"), self.link_config(forwards)).expect("link config");
+        let link = Link::start(&self.cluster, &dir, &[]);
+        link.wait_ready(Duration::from_secs(20));
+        (link, dir)
     }
 
     /// Re-renders the metadata from `cfg` and converges the cloud resources.

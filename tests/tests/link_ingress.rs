@@ -8,36 +8,18 @@ use std::time::Duration;
 
 use wgnet_tests::gateway::{Gw, echo_py, gateway};
 use wgnet_tests::link::Link;
-use wgnet_tests::netns::{self, Netns, wait_for};
+use wgnet_tests::netns::{Netns, wait_for};
 
 struct Ingress {
     link: Link,
     dir: PathBuf,
-    vm_pub: String,
     _backend: Netns,
     gw: Gw,
 }
 
-fn config(vm_ip: &str, vm_pub: &str, forwards: &[(u16, &str, &str, u16)]) -> String {
-    let fwd: Vec<String> = forwards
-        .iter()
-        .map(|(port, proto, ip, target)| {
-            format!(
-                r#"{{"port":{port},"protocol":"{proto}","clusterIP":"{ip}","targetPort":{target}}}"#
-            )
-        })
-        .collect();
-    format!(
-        r#"{{"mode":"ingress","address":"10.99.0.2/29","mtu":1380,
-            "peer":{{"endpoint":"{vm_ip}:51820","publicKey":"{vm_pub}","persistentKeepalive":5}},
-            "forwards":[{}]}}"#,
-        fwd.join(",")
-    )
-}
-
 impl Ingress {
     fn set_forwards(&self, forwards: &[(u16, &str, &str, u16)]) {
-        let text = config(&self.gw.ip, &self.vm_pub, forwards);
+        let text = self.gw.link_config(forwards);
         // Write then rename, as a ConfigMap volume update would.
         let tmp = self.dir.join(".config.json.tmp");
         std::fs::write(&tmp, text).expect("config");
@@ -65,33 +47,18 @@ async fn ingress(forwards: &[(u16, &str, &str, u16)]) -> Ingress {
     let gw = gateway().await;
     gw.boot();
     gw.wait_state("ready", Duration::from_secs(30));
-    let backend = Netns::new("be", &netns::unique_tag());
-    netns::veth(
-        &gw.cluster,
-        "svc0",
-        "10.96.0.1/24",
-        &backend,
-        "eth0",
-        "10.96.0.10/24",
-    );
-    backend.sh("ip addr add 10.96.0.11/24 dev eth0 && ip route add default via 10.96.0.1");
+    let backend = gw.backend();
+    backend.sh("ip addr add 10.96.0.11/24 dev eth0");
     for (ip, tcp, udp) in [("10.96.0.10", "80", "53"), ("10.96.0.11", "81", "54")] {
         drop(backend.spawn(
             &format!("python3 '{}' serve {ip} {tcp} {udp}", echo_py()),
             &[],
         ));
     }
-    let dir = gw.dir.0.join("link");
-    std::fs::create_dir_all(&dir).expect("link dir");
-    std::fs::copy(gw.dir.0.join("link.key"), dir.join("private-key")).expect("key");
-    let vm_pub = gw.vm_pub.clone();
-    std::fs::write(dir.join("config.json"), config(&gw.ip, &vm_pub, forwards)).expect("config");
-    let link = Link::start(&gw.cluster, &dir, &[]);
-    link.wait_ready(Duration::from_secs(20));
+    let (link, dir) = gw.start_link(forwards);
     Ingress {
         link,
         dir,
-        vm_pub,
         _backend: backend,
         gw,
     }
