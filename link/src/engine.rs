@@ -261,8 +261,10 @@ impl Engine {
             self.plan = Some(plan);
             out.table_changed = true;
         }
-        self.status
-            .set_forwards(cfg.forward_count() - out.unresolved.len(), cfg.keepalive());
+        self.status.set_forwards(
+            cfg.forward_count().saturating_sub(out.unresolved.len()),
+            cfg.keepalive(),
+        );
         Ok(out)
     }
 

@@ -15,7 +15,7 @@ use nftnl::{
 };
 use nftnl_sys as sys;
 
-use crate::plan::{Hook, Plan, Stmt, TABLE};
+use crate::plan::{Hook, Plan, Stmt};
 
 /// A failed apply, with the kernel's answer.
 #[derive(Debug, thiserror::Error)]
@@ -155,13 +155,15 @@ fn add_stmt(rule: &mut Rule<'_>, s: &Stmt) -> Result<(), NftError> {
     Ok(())
 }
 
+/// [`crate::plan::TABLE`] as libnftnl wants it; a test keeps the two equal.
+const TABLE_C: &std::ffi::CStr = c"wgnet_link";
+
 fn table() -> Table {
-    Table::new(c"wgnet_link", ProtoFamily::Ipv4)
+    Table::new(TABLE_C, ProtoFamily::Ipv4)
 }
 
 /// Replaces the link's table with `plan` in one atomic batch.
 pub fn apply(plan: &Plan) -> Result<(), NftError> {
-    debug_assert_eq!(TABLE, "wgnet_link");
     let table = table();
     let mut batch = Batch::new();
     // add + delete + add: deleting a table that may not exist would fail the batch.
@@ -237,4 +239,12 @@ fn send(batch: FinalizedBatch) -> Result<(), NftError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_netlink_table_name_is_the_planned_one() {
+        assert_eq!(super::TABLE_C.to_str(), Ok(crate::plan::TABLE));
+    }
 }

@@ -170,8 +170,8 @@ pub fn parse_args(args: &[String]) -> Result<Options, String> {
     if o.timing.renew_deadline >= o.timing.duration {
         return Err("--renew-deadline must be shorter than --lease-duration, or two replicas could hold the data plane at once".into());
     }
-    if o.lease.is_some() && matches!(o.source, Source::Dir(_)) && o.plan_only {
-        return Err("plan takes only --config-dir".into());
+    if o.plan_only && !matches!(o.source, Source::Dir(_)) {
+        return Err("plan reads --config-dir".into());
     }
     Ok(o)
 }
@@ -398,6 +398,7 @@ mod tests {
                 "shorter",
             ),
             ("--config-dir d --bogus", "unknown option"),
+            ("plan --configmap c --secret s", "plan reads --config-dir"),
             ("--config-dir", "needs a value"),
             ("--config-dir d --retry-period 0", "seconds from 1"),
         ] {
