@@ -3,7 +3,7 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use boringtun::x25519;
+use x25519_dalek as x25519;
 
 /// Why a key string was refused. Never carries the key itself.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -6,17 +6,27 @@
 //! network namespaces by the `wgnet-tests` crate.
 
 pub mod config;
+#[cfg(feature = "dataplane")]
 pub mod engine;
+#[cfg(feature = "dataplane")]
 pub mod http;
 pub mod keys;
+#[cfg(feature = "lease")]
 pub mod lease;
 pub mod net;
+#[cfg(feature = "dataplane")]
 pub mod netlink;
+#[cfg(feature = "dataplane")]
 pub mod nft;
 pub mod plan;
+#[cfg(feature = "dataplane")]
 pub mod run;
+#[cfg(feature = "dataplane")]
 pub mod source;
+#[cfg(feature = "dataplane")]
 pub mod status;
+#[cfg(feature = "dataplane")]
 pub mod tun;
+#[cfg(feature = "dataplane")]
 pub mod wg;
 pub mod wgquick;

@@ -6,6 +6,16 @@ use wgnet_link::run;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // The privileged init container's only job: the image has no shell to echo with.
+    if args.first().map(String::as_str) == Some("enable-forwarding") {
+        return match wgnet_link::engine::ensure_forwarding() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("wgnet-link: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let opts = match run::parse_args(&args) {
         Ok(o) => o,
         Err(e) if e.is_empty() => {

@@ -75,8 +75,9 @@ impl Protocol {
     /// The IP protocol number.
     pub fn number(self) -> u8 {
         match self {
-            Self::Tcp => libc::IPPROTO_TCP as u8,
-            Self::Udp => libc::IPPROTO_UDP as u8,
+            // IANA protocol numbers (IPPROTO_TCP, IPPROTO_UDP), fixed by RFC 790.
+            Self::Tcp => 6,
+            Self::Udp => 17,
         }
     }
 

@@ -19,6 +19,7 @@ use crate::status::Status;
 pub const USAGE: &str = "\
 usage: wgnet-link [options]
        wgnet-link plan --config-dir DIR     print the nftables ruleset the config produces
+       wgnet-link enable-forwarding         turn on IPv4 forwarding in this network namespace
 
 Configuration source (one of):
   --config-dir DIR          read DIR/config.json and DIR/<secret key>, reloaded on change

@@ -1,10 +1,18 @@
-//! wireguard-gateway-operator: the `wgnet.dev` API types and (from later issues) the
-//! controllers that reconcile them.
+//! wireguard-gateway-operator: the `wgnet.dev` API types and the controllers that
+//! reconcile them.
 //!
-//! This crate owns the user-facing contract: [`api`] holds the custom resource types whose
-//! generated schemas live in `crds/`, and [`crd`] renders those schemas. Nothing here does
-//! I/O yet; the controllers that talk to the API server and to GCP arrive with the operator.
+//! [`api`] holds the custom resource types whose generated schemas live in `crds/` (rendered
+//! by [`crd`]). [`controller`] reconciles them against the API server and GCP; the decisions
+//! it makes are pure functions in [`forwards`], [`keys`] and [`children`]. [`http`] serves
+//! health and metrics; [`cli`] reads flags and environment.
 
 pub mod api;
+pub mod children;
+pub mod cli;
+pub mod controller;
 pub mod crd;
+pub mod forwards;
+pub mod http;
 pub mod k8s;
+pub mod keys;
+pub mod metrics;

@@ -422,15 +422,31 @@ pub struct GcpStatus {
     /// State the VM reports about itself (booting, installing, fetching-key, ready, error).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vm_state: Option<String>,
-    /// Long-running GCP operation the next reconcile checks, if any.
+    /// Secret Manager version holding the current VM key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pending_operation: Option<PendingOperation>,
+    pub secret_version: Option<String>,
+    /// Whether the VM's service account has been granted access to its secret.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub iam_bound: bool,
+    /// Inserts issued so far; each attempt gets its own Compute `requestId`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempt: u64,
+    /// Long-running GCP operations the next reconcile checks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_operations: Vec<PendingOperation>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A long-running Compute Engine operation.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct PendingOperation {
+    /// The resource it acts on: `network`, `firewall`, `address` or `instance`.
+    #[serde(default)]
+    pub resource: String,
     /// Operation name.
     pub name: String,
     /// Where the operation lives: `global`, `regions/<region>` or `zones/<zone>`.

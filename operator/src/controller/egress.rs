@@ -1,0 +1,294 @@
+//! The EgressGateway controller: validates the user's wg-quick Secret with the link's own
+//! parser, applies one egress link pod (config by API watch, so Secret edits reload in
+//! place) and a ClusterIP Service named after the EgressGateway, and reports Ready from the
+//! link pod's readiness (a recent handshake).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt as _;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use kube::api::{Api, ListParams, PostParams};
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use wgnet_cloud::Cloud;
+
+use super::{Context, StepError, apply, condition, publish, selector, set_condition};
+use crate::api::conditions;
+use crate::api::{EgressGateway, EgressGatewayStatus};
+use crate::children::{self, LinkParams, MANAGED_SELECTOR};
+
+const KIND: &str = "EgressGateway";
+/// How often an EgressGateway whose Secret is missing or invalid is looked at again (the
+/// operator does not watch Secrets it does not own).
+const CONFIG_RETRY: Duration = Duration::from_secs(10);
+
+/// Name of the link objects of EgressGateway `egw` (its Service is named `egw` itself).
+pub fn link_name(egw: &str) -> String {
+    format!("{egw}-egress")
+}
+
+/// Runs the EgressGateway controller until `shutdown` resolves.
+pub async fn run<C: Cloud + 'static>(
+    ctx: Arc<Context<C>>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let managed = watcher::Config::default().labels(MANAGED_SELECTOR);
+    let pods = watcher::Config::default().labels(&format!(
+        "{MANAGED_SELECTOR},{}=egress-link",
+        children::COMPONENT_LABEL
+    ));
+    Controller::new(
+        Api::<DeserializeGuard<EgressGateway>>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .owns(Api::<Deployment>::all(client.clone()), managed.clone())
+    .owns(Api::<Service>::all(client.clone()), managed)
+    .watches(Api::<Pod>::all(client), pods, |pod: Pod| {
+        let ns = pod.namespace();
+        pod.labels()
+            .get(children::INSTANCE_LABEL)
+            .cloned()
+            .zip(ns)
+            .map(|(n, ns)| ObjectRef::new(&n).within(&ns))
+    })
+    .graceful_shutdown_on(shutdown)
+    .run(reconcile, error_policy, ctx)
+    .for_each(|r| {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "egress controller");
+        }
+        std::future::ready(())
+    })
+    .await;
+}
+
+fn error_policy<C: Cloud>(
+    _: Arc<DeserializeGuard<EgressGateway>>,
+    e: &StepError,
+    ctx: Arc<Context<C>>,
+) -> Action {
+    ctx.metrics.error(KIND, e.step);
+    Action::requeue(Duration::from_secs(5))
+}
+
+async fn reconcile<C: Cloud>(
+    obj: Arc<DeserializeGuard<EgressGateway>>,
+    ctx: Arc<Context<C>>,
+) -> Result<Action, StepError> {
+    let started = Instant::now();
+    let result = match &obj.0 {
+        Ok(egw) => reconcile_egress(egw, &ctx).await,
+        Err(_) => Ok(Action::await_change()),
+    };
+    ctx.metrics.reconciled(KIND, started.elapsed());
+    result
+}
+
+/// What the config Secret says: why it cannot be used, as (reason, message), or the VPN
+/// server's UDP port. Never echoes the Secret's content.
+async fn check_config(
+    client: &kube::Client,
+    ns: &str,
+    egw: &EgressGateway,
+) -> Result<Result<Option<u16>, (&'static str, String)>, StepError> {
+    let r = &egw.spec.config_secret_ref;
+    let secret = Api::<Secret>::namespaced(client.clone(), ns)
+        .get_opt(&r.name)
+        .await
+        .map_err(|e| StepError::kube("read config secret", e))?;
+    let Some(secret) = secret else {
+        return Ok(Err((
+            "ConfigSecretNotFound",
+            format!("Secret {:?} does not exist in namespace {ns:?}", r.name),
+        )));
+    };
+    let Some(bytes) = secret.data.as_ref().and_then(|d| d.get(&r.key)) else {
+        return Ok(Err((
+            "ConfigKeyNotFound",
+            format!("Secret {:?} has no key {:?}", r.name, r.key),
+        )));
+    };
+    Ok(match wgnet_link::wgquick::parse(&bytes.0) {
+        Ok(wg) => Ok(wg.peer.endpoint.map(|(_, port)| port)),
+        Err(e) => Err((
+            "InvalidConfig",
+            format!("Secret {:?} key {:?}: {e}", r.name, r.key),
+        )),
+    })
+}
+
+fn params(egw: &EgressGateway) -> LinkParams<'_> {
+    let name = egw.meta().name.as_deref().unwrap_or_default();
+    LinkParams {
+        namespace: egw.meta().namespace.as_deref().unwrap_or_default(),
+        name: link_name(name),
+        owner: name,
+        component: "egress-link",
+        owner_ref: egw.controller_owner_ref(&()).unwrap_or_default(),
+        secret: (
+            egw.spec.config_secret_ref.name.clone(),
+            egw.spec.config_secret_ref.key.clone(),
+        ),
+        replicas: 1,
+        resources: egw.spec.resources.clone(),
+        node_selector: egw.spec.node_selector.clone(),
+        tolerations: egw.spec.tolerations.clone(),
+    }
+}
+
+/// The link's egress `config.json`.
+pub fn link_config(egw: &EgressGateway) -> String {
+    let forwards: Vec<_> = egw
+        .spec
+        .forwards
+        .iter()
+        .map(|f| json!({"name": f.name, "port": f.port, "protocol": f.protocol.as_str(), "targetHost": f.target_host, "targetPort": f.target_port}))
+        .collect();
+    serde_json::to_string_pretty(&json!({"mode": "egress", "forwards": forwards}))
+        .unwrap_or_default()
+}
+
+async fn reconcile_egress<C: Cloud>(
+    egw: &EgressGateway,
+    ctx: &Context<C>,
+) -> Result<Action, StepError> {
+    if egw.meta().deletion_timestamp.is_some() {
+        // Everything it owns goes with it through owner references.
+        return Ok(Action::await_change());
+    }
+    let ns = egw.namespace().unwrap_or_default();
+    let name = egw.name_any();
+    let c = &ctx.client;
+    let k = |e| StepError::kube("ensure egress link", e);
+    let checked = check_config(c, &ns, egw).await?;
+    let endpoint_port = checked.as_ref().ok().copied().flatten();
+    let problem = checked.err();
+    let p = params(egw);
+    apply(c, &ns, &children::service_account(&p))
+        .await
+        .map_err(k)?;
+    apply(c, &ns, &children::role(&p)).await.map_err(k)?;
+    apply(c, &ns, &children::role_binding(&p))
+        .await
+        .map_err(k)?;
+    apply(c, &ns, &children::config_map(&p, link_config(egw)))
+        .await
+        .map_err(k)?;
+    // The tunnel's UDP goes to the VPN server's port, which only the Secret knows; DNS and
+    // the API server are allowed in any case.
+    apply(
+        c,
+        &ns,
+        &children::network_policy(&p, endpoint_port.map(|port| ("UDP", port)), &[]),
+    )
+    .await
+    .map_err(k)?;
+    apply(c, &ns, &children::deployment(&p, &ctx.settings.link))
+        .await
+        .map_err(k)?;
+    let ports: Vec<(String, i32, String)> = egw
+        .spec
+        .forwards
+        .iter()
+        .map(|f| (f.name.clone(), f.port, f.protocol.as_str().to_owned()))
+        .collect();
+    apply(c, &ns, &children::egress_service(&p, &name, &ports))
+        .await
+        .map_err(k)?;
+
+    let pods = Api::<Pod>::namespaced(c.clone(), &ns)
+        .list(&ListParams::default().labels(&selector(&p.selector())))
+        .await
+        .map_err(|e| StepError::kube("read link pods", e))?;
+    let ready_pod = pods.items.iter().find(|pod| {
+        pod.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    });
+    let mut s = egw.status.clone().unwrap_or_default();
+    s.observed_generation = egw.metadata.generation;
+    s.service_name = Some(name.clone());
+    let (ok, reason, message) = match (&problem, ready_pod) {
+        (Some((reason, message)), _) => (false, (*reason).to_owned(), message.clone()),
+        (None, Some(pod)) => (
+            true,
+            "Ready".to_owned(),
+            format!(
+                "link pod {} has a recent handshake with the VPN server",
+                pod.name_any()
+            ),
+        ),
+        (None, None) if pods.items.is_empty() => (
+            false,
+            "Provisioning".to_owned(),
+            "waiting for the link pod".to_owned(),
+        ),
+        (None, None) => (
+            false,
+            "Provisioning".to_owned(),
+            "the link pod has no recent handshake with the VPN server yet".to_owned(),
+        ),
+    };
+    let was = egw.status.as_ref().and_then(|s| {
+        condition(&s.conditions, conditions::READY).map(|(a, b)| (a.to_owned(), b.to_owned()))
+    });
+    set_condition(
+        &mut s.conditions,
+        conditions::READY,
+        ok,
+        &reason,
+        &message,
+        egw.metadata.generation,
+    );
+    if Some(&s) != egw.status.as_ref() {
+        write_status(ctx, egw, s).await?;
+    }
+    if was.as_ref().map(|(a, b)| (a.as_str(), b.as_str()))
+        != Some((if ok { "True" } else { "False" }, reason.as_str()))
+    {
+        publish(
+            &ctx.recorder,
+            egw,
+            problem.is_some(),
+            &reason,
+            "Reconcile",
+            message,
+        )
+        .await;
+    }
+    Ok(Action::requeue(match (&problem, ok) {
+        (Some(_), _) => CONFIG_RETRY,
+        (None, false) => Duration::from_secs(2),
+        (None, true) => ctx.settings.resync,
+    }))
+}
+
+async fn write_status<C: Cloud>(
+    ctx: &Context<C>,
+    egw: &EgressGateway,
+    status: EgressGatewayStatus,
+) -> Result<(), StepError> {
+    let api: Api<EgressGateway> =
+        Api::namespaced(ctx.client.clone(), &egw.namespace().unwrap_or_default());
+    let Some(mut fresh) = api
+        .get_opt(&egw.name_any())
+        .await
+        .map_err(|e| StepError::kube("write status", e))?
+    else {
+        return Ok(());
+    };
+    fresh.status = Some(status);
+    api.replace_status(&egw.name_any(), &PostParams::default(), &fresh)
+        .await
+        .map_err(|e| StepError::kube("write status", e))?;
+    Ok(())
+}

@@ -1,0 +1,237 @@
+//! The controllers: [`gateway`] reconciles Gateways (GCP through the [`Cloud`] trait, the
+//! link's objects through the API server), [`egress`] reconciles EgressGateways.
+//!
+//! I/O boundary: the Kubernetes API through `kube::Client` and GCP through the `Cloud`
+//! implementation handed in; the decisions in between (forward classification, key sets,
+//! object builders, status) are pure functions in sibling modules.
+
+pub mod egress;
+pub mod gateway;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Client, Resource};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use wgnet_cloud::Cloud;
+
+use crate::children::{FIELD_MANAGER, LinkImage};
+use crate::metrics::Metrics;
+
+/// Operator-wide settings.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The link image and its pod-level options.
+    pub link: LinkImage,
+    /// This cluster's id in GCP names and labels.
+    pub cluster_id: String,
+    /// How often every object is reconciled even without changes (drift repair).
+    pub resync: Duration,
+    /// Projects Gateways may use; empty allows any the credentials reach.
+    pub allowed_projects: Vec<String>,
+    /// Projects the orphan sweep looks at besides those of live Gateways.
+    pub sweep_projects: Vec<String>,
+}
+
+/// Everything a reconcile needs.
+pub struct Context<C> {
+    /// The API client.
+    pub client: Client,
+    /// GCP.
+    pub cloud: C,
+    /// Settings.
+    pub settings: Settings,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Publishes events.k8s.io/v1 Events.
+    pub recorder: Recorder,
+}
+
+impl<C: Cloud> Context<C> {
+    /// A context with a recorder reporting as `instance`.
+    pub fn new(
+        client: Client,
+        cloud: C,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+        instance: Option<String>,
+    ) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: FIELD_MANAGER.into(),
+                instance,
+            },
+        );
+        Self {
+            client,
+            cloud,
+            settings,
+            metrics,
+            recorder,
+        }
+    }
+}
+
+/// A reconcile step that failed; becomes `Ready=False/ReconcileFailed` with `"<step>: <message>"`.
+#[derive(Debug, thiserror::Error)]
+#[error("{step}: {message}")]
+pub struct StepError {
+    /// What was being done, in the Go operator's words where it had them.
+    pub step: &'static str,
+    /// Why it failed (never key material).
+    pub message: String,
+}
+
+impl StepError {
+    /// Wraps a Kubernetes API error.
+    pub fn kube(step: &'static str, e: kube::Error) -> Self {
+        Self {
+            step,
+            message: match e {
+                kube::Error::Api(s) => format!("{} ({})", s.message, s.reason),
+                other => other.to_string(),
+            },
+        }
+    }
+}
+
+/// Runs both controllers until `shutdown` resolves.
+pub async fn run<C: Cloud + 'static>(
+    ctx: Arc<Context<C>>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let gw = gateway::run(ctx.clone(), wait(rx.clone()));
+    let egw = egress::run(ctx.clone(), wait(rx.clone()));
+    let sweep = gateway::sweep_loop(ctx.clone(), wait(rx));
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = tx.send(true);
+    });
+    tokio::join!(gw, egw, sweep);
+}
+
+/// Server-side applies `obj` under the operator's field manager.
+pub async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<K, kube::Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug,
+{
+    let name = obj.meta().name.clone().unwrap_or_default();
+    Api::<K>::namespaced(client.clone(), ns)
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(obj),
+        )
+        .await
+}
+
+/// Deletes `name`, treating "already gone" as success.
+pub async fn delete_quietly<K>(client: &Client, ns: &str, name: &str) -> Result<(), kube::Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    match Api::<K>::namespaced(client.clone(), ns)
+        .delete(name, &DeleteParams::background())
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Sets condition `type_` in `conditions`, keeping its transition time when the status
+/// did not change (so an unchanged status compares equal and is not written).
+pub fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+) {
+    let status = if status { "True" } else { "False" };
+    if let Some(c) = conditions.iter_mut().find(|c| c.type_ == type_) {
+        if c.status != status {
+            c.last_transition_time = Time(k8s_openapi::jiff::Timestamp::now());
+        }
+        c.status = status.into();
+        c.reason = reason.into();
+        c.message = message.into();
+        c.observed_generation = generation;
+        return;
+    }
+    conditions.push(Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: message.into(),
+        observed_generation: generation,
+        last_transition_time: Time(k8s_openapi::jiff::Timestamp::now()),
+    });
+}
+
+/// Removes condition `type_`.
+pub fn remove_condition(conditions: &mut Vec<Condition>, type_: &str) {
+    conditions.retain(|c| c.type_ != type_);
+}
+
+/// The status of condition `type_` and its reason, if set.
+pub fn condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<(&'a str, &'a str)> {
+    conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.as_str(), c.reason.as_str()))
+}
+
+/// Publishes an event, logging (not failing) when the API refuses it.
+pub async fn publish<K: Resource<DynamicType = ()>>(
+    recorder: &Recorder,
+    obj: &K,
+    warning: bool,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let ev = Event {
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&ev, &obj.object_ref(&())).await {
+        tracing::warn!(error = %e, reason, "cannot publish event");
+    }
+}
+
+/// Labels selecting a map of `key=value` pairs, for watcher configs.
+pub fn selector(labels: &BTreeMap<String, String>) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}

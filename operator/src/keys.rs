@@ -1,0 +1,196 @@
+//! WireGuard key sets: both keypairs of a Gateway (the VM's and the link's), generated
+//! together and stored in one Kubernetes Secret so that half a set can never exist.
+//!
+//! Pure apart from the operating system's random source. The Secret's content is built and
+//! read here; the API calls that create it live in the controller.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+
+/// Secret data key of the VM's private key (uploaded to Secret Manager, never to the VM's metadata).
+pub const VM_PRIVATE: &str = "vm-private-key";
+/// Secret data key of the VM's public key (the link's peer).
+pub const VM_PUBLIC: &str = "vm-public-key";
+/// Secret data key of the link's private key (read by the link through the API).
+pub const LINK_PRIVATE: &str = "link-private-key";
+/// Secret data key of the link's public key (the VM's peer, in its metadata).
+pub const LINK_PUBLIC: &str = "link-public-key";
+/// Secret data key of the set's version.
+pub const VERSION: &str = "key-version";
+
+/// A base64 WireGuard private key; its Debug never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PrivateKey(String);
+
+impl PrivateKey {
+    /// The base64 text, for the two places that must hand it on (Secret Manager, the Secret).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for PrivateKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PrivateKey(<redacted>)")
+    }
+}
+
+impl Drop for PrivateKey {
+    fn drop(&mut self) {
+        // Overwrite in place; a String's bytes are plain ASCII here, so zeros stay valid UTF-8.
+        let mut bytes = std::mem::take(&mut self.0).into_bytes();
+        bytes.iter_mut().for_each(|b| *b = 0);
+        std::hint::black_box(&bytes);
+    }
+}
+
+/// One keypair.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyPair {
+    /// Private half.
+    pub private: PrivateKey,
+    /// Public half, base64.
+    pub public: String,
+}
+
+impl KeyPair {
+    /// A fresh keypair from the operating system's random source.
+    pub fn generate() -> Result<Self, String> {
+        let mut bytes = [0u8; 32];
+        getrandom::getrandom(&mut bytes)
+            .map_err(|e| format!("no randomness for a WireGuard key: {e}"))?;
+        // Clamped as `wg genkey` does, so the stored key is the canonical one.
+        bytes[0] &= 248;
+        bytes[31] &= 127;
+        bytes[31] |= 64;
+        let secret = x25519_dalek::StaticSecret::from(bytes);
+        bytes.iter_mut().for_each(|b| *b = 0);
+        let public = x25519_dalek::PublicKey::from(&secret);
+        Ok(Self {
+            private: PrivateKey(STANDARD.encode(secret.to_bytes())),
+            public: STANDARD.encode(public.as_bytes()),
+        })
+    }
+}
+
+/// Both keypairs of a Gateway and their version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeySet {
+    /// The VM's keypair.
+    pub vm: KeyPair,
+    /// The link's keypair.
+    pub link: KeyPair,
+    /// Increases whenever the set is replaced; the VM refetches its key when it changes.
+    pub version: i64,
+}
+
+impl KeySet {
+    /// A fresh set with `version`.
+    pub fn generate(version: i64) -> Result<Self, String> {
+        Ok(Self {
+            vm: KeyPair::generate()?,
+            link: KeyPair::generate()?,
+            version,
+        })
+    }
+
+    /// The Secret's `data`.
+    pub fn to_data(&self) -> BTreeMap<String, Vec<u8>> {
+        [
+            (VM_PRIVATE, self.vm.private.expose().to_owned()),
+            (VM_PUBLIC, self.vm.public.clone()),
+            (LINK_PRIVATE, self.link.private.expose().to_owned()),
+            (LINK_PUBLIC, self.link.public.clone()),
+            (VERSION, self.version.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.into_bytes()))
+        .collect()
+    }
+
+    /// Reads a set back from a Secret's `data`. A set missing any part is an error, never a
+    /// reason to regenerate half of it (the other half is already deployed somewhere).
+    pub fn from_data(data: &BTreeMap<String, Vec<u8>>) -> Result<Self, String> {
+        let text = |k: &str| -> Result<String, String> {
+            let v = data
+                .get(k)
+                .ok_or_else(|| format!("the key Secret lacks {k:?}"))?;
+            let s = std::str::from_utf8(v)
+                .map_err(|_| format!("the key Secret's {k:?} is not text"))?
+                .trim()
+                .to_owned();
+            Ok(s)
+        };
+        let key = |k: &str| -> Result<String, String> {
+            let s = text(k)?;
+            match STANDARD.decode(&s) {
+                Ok(b) if b.len() == 32 => Ok(s),
+                _ => Err(format!(
+                    "the key Secret's {k:?} is not a base64 32-byte WireGuard key"
+                )),
+            }
+        };
+        let version = text(VERSION)?
+            .parse::<i64>()
+            .map_err(|_| format!("the key Secret's {VERSION:?} is not a number"))?;
+        let set = Self {
+            vm: KeyPair {
+                private: PrivateKey(key(VM_PRIVATE)?),
+                public: key(VM_PUBLIC)?,
+            },
+            link: KeyPair {
+                private: PrivateKey(key(LINK_PRIVATE)?),
+                public: key(LINK_PUBLIC)?,
+            },
+            version,
+        };
+        for (pair, what) in [(&set.vm, "VM"), (&set.link, "link")] {
+            if public_of(pair.private.expose()).as_deref() != Some(pair.public.as_str()) {
+                return Err(format!(
+                    "the key Secret's {what} public key does not match its private key"
+                ));
+            }
+        }
+        Ok(set)
+    }
+}
+
+fn public_of(private_b64: &str) -> Option<String> {
+    let bytes: [u8; 32] = STANDARD.decode(private_b64).ok()?.try_into().ok()?;
+    let secret = x25519_dalek::StaticSecret::from(bytes);
+    Some(STANDARD.encode(x25519_dalek::PublicKey::from(&secret).as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_generated_set_round_trips_and_matches_wg_conventions() {
+        let set = KeySet::generate(3).expect("keys");
+        assert_ne!(set.vm, set.link);
+        let raw = STANDARD.decode(set.vm.private.expose()).expect("b64");
+        assert_eq!(raw[0] & 7, 0, "clamped like wg genkey");
+        assert_eq!(raw[31] & 0xc0, 0x40);
+        let back = KeySet::from_data(&set.to_data()).expect("reads back");
+        assert_eq!(back, set);
+    }
+
+    #[test]
+    fn half_a_set_is_an_error_that_never_shows_a_key() {
+        let set = KeySet::generate(1).expect("keys");
+        let mut data = set.to_data();
+        data.remove(LINK_PRIVATE);
+        let e = KeySet::from_data(&data).expect_err("incomplete");
+        assert!(e.contains("link-private-key"), "{e}");
+        let mut data = set.to_data();
+        data.insert(VM_PUBLIC.into(), set.link.public.clone().into_bytes());
+        let e = KeySet::from_data(&data).expect_err("mismatched");
+        assert!(e.contains("does not match"), "{e}");
+        assert!(!e.contains(set.vm.private.expose()));
+        assert!(!format!("{set:?}").contains(set.vm.private.expose()));
+        assert!(!format!("{set:?}").contains(set.link.private.expose()));
+    }
+}

@@ -1,0 +1,190 @@
+//! `wgnet-operator`: reads flags (see `cli::USAGE`), connects to the API server and GCP,
+//! optionally waits to lead, and runs the controllers until SIGTERM.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::{Api, Client};
+use wgnet_cloud::api::{Credentials, Endpoints, RetryPolicy};
+use wgnet_cloud::gcp::{GcpCloud, GcpConfig};
+use wgnet_operator::children::LinkImage;
+use wgnet_operator::cli;
+use wgnet_operator::controller::{self, Context, Settings};
+use wgnet_operator::http::{self, Health};
+use wgnet_operator::metrics::Metrics;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let opts = match cli::parse(&args, |k| std::env::var(k).ok()) {
+        Ok(o) => o,
+        Err(e) if e.is_empty() => {
+            eprint!("{}", cli::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("wgnet-operator: {e}\n\n{}", cli::USAGE);
+            return ExitCode::from(2);
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if opts.json_logs {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("wgnet-operator: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(opts)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("wgnet-operator: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(o: cli::Options) -> Result<(), String> {
+    let client = Client::try_default().await.map_err(|e| {
+        format!("cannot reach the Kubernetes API (in-cluster config or KUBECONFIG): {e}")
+    })?;
+    let cluster_id = match &o.cluster_id {
+        Some(id) => id.clone(),
+        None => Api::<Namespace>::all(client.clone())
+            .get("kube-system")
+            .await
+            .map_err(|e| format!("cannot read the kube-system namespace for the cluster id (set --cluster-id): {e}"))?
+            .metadata
+            .uid
+            .ok_or("the kube-system namespace has no uid; set --cluster-id")?,
+    };
+    let metrics = Arc::new(Metrics::default());
+    let observer_metrics = metrics.clone();
+    let defaults = Endpoints::default();
+    let cloud = GcpCloud::new(GcpConfig {
+        credentials: o
+            .gcp_credentials
+            .clone()
+            .map_or(Credentials::Ambient, Credentials::KeyFile),
+        endpoints: Endpoints {
+            compute: o.compute_endpoint.clone().unwrap_or(defaults.compute),
+            iam: o.iam_endpoint.clone().unwrap_or(defaults.iam),
+            secrets: o.secrets_endpoint.clone().unwrap_or(defaults.secrets),
+        },
+        retry: RetryPolicy::default(),
+        install: o.install.clone(),
+        cluster: cluster_id.clone(),
+        network: o.network.clone(),
+        observer: Some(Arc::new(move |c| observer_metrics.gcp_call(c))),
+    })
+    .await
+    .map_err(|e| format!("cannot set up GCP access: {e}"))?;
+
+    let health = Arc::new(Health {
+        ready: Default::default(),
+        metrics: metrics.clone(),
+    });
+    http::serve(o.health_addr, health.clone())
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", o.health_addr))?;
+    if o.metrics_addr != o.health_addr {
+        http::serve(o.metrics_addr, health.clone())
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", o.metrics_addr))?;
+    }
+    let pod = std::env::var("POD_NAME")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok());
+    let (lead_tx, mut lead_rx) = tokio::sync::watch::channel(!o.leader_elect);
+    let elector = if o.leader_elect {
+        let ns =
+            std::env::var("POD_NAMESPACE").map_err(|_| "--leader-elect needs $POD_NAMESPACE")?;
+        let identity = pod
+            .clone()
+            .ok_or("--leader-elect needs $POD_NAME or $HOSTNAME")?;
+        let e = wgnet_link::lease::Elector::new(
+            client.clone(),
+            &ns,
+            &o.lease_name,
+            &identity,
+            wgnet_link::lease::Timing::standard(),
+        );
+        tokio::spawn(e.clone().run(lead_tx));
+        // A standby is healthy and ready: it serves probes while it waits.
+        health.ready.store(true, Ordering::Relaxed);
+        Some(e)
+    } else {
+        drop(lead_tx);
+        None
+    };
+    let settings = Settings {
+        link: LinkImage {
+            image: o.link_image.clone(),
+            pull_policy: o.link_pull_policy.clone(),
+            privileged_init: o.privileged_init,
+        },
+        cluster_id,
+        resync: o.resync,
+        allowed_projects: o.allowed_projects.clone(),
+        sweep_projects: o.allowed_projects.clone(),
+    };
+    let ctx = Arc::new(Context::new(client, cloud, settings, metrics, pod));
+    let mut terminate = Box::pin(async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+    });
+    if o.leader_elect {
+        tracing::info!("waiting to lead");
+        tokio::select! {
+            r = lead_rx.wait_for(|l| *l) => { r.map_err(|_| "the leader election stopped")?; }
+            () = &mut terminate => { return Ok(()); }
+        }
+    }
+    tracing::info!("running the Gateway and EgressGateway controllers");
+    health.ready.store(true, Ordering::Relaxed);
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let lost = async move {
+        if o.leader_elect {
+            let _ = lead_rx.wait_for(|l| !*l).await;
+            tracing::error!(
+                "lost the operator lease: stopping so that only one replica reconciles"
+            );
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::spawn(async move {
+        tokio::select! {
+            () = &mut terminate => {}
+            () = lost => {}
+        }
+        let _ = stop_tx.send(true);
+    });
+    controller::run(ctx, async move {
+        let _ = stop_rx.wait_for(|s| *s).await;
+    })
+    .await;
+    if let Some(e) = elector {
+        e.release().await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
