@@ -7,6 +7,7 @@
 //! own tests dev-depend on it, a cycle Cargo allows for dev-dependencies.
 
 pub mod apiserver;
+pub mod cluster;
 pub mod crd_schema;
 pub mod fixtures;
 pub mod gateway;
