@@ -105,7 +105,10 @@ fn attach(host: &str, bridge: &str, ns: &Netns, ifname: &str, addr: &str) {
     netns::ip(&["link", "set", &b, "netns", &ns.name, "name", ifname]);
     netns::ip(&["-n", host, "link", "set", &a, "master", bridge]);
     netns::ip(&["-n", host, "link", "set", &a, "up"]);
-    sh(ns, &format!("ip addr add {addr} dev {ifname} && ip link set {ifname} up"));
+    sh(
+        ns,
+        &format!("ip addr add {addr} dev {ifname} && ip link set {ifname} up"),
+    );
 }
 
 impl Cluster {
@@ -118,18 +121,42 @@ impl Cluster {
         let root_ip = Ipv4Addr::new(198, 51, 100, slot * 4 + 1);
         let net_ip = Ipv4Addr::new(198, 51, 100, slot * 4 + 2);
         let net = Netns::new("inet", &tag);
-        let root = RootLink::new(&format!("wge{tag}"), &format!("{root_ip}/30"), &net, "svc0", &format!("{net_ip}/30"));
-        sh(&net, "ip link add br0 type bridge && ip addr add 203.0.113.1/24 dev br0 && ip link set br0 up && sysctl -qw net.ipv4.ip_forward=1");
+        let root = RootLink::new(
+            &format!("wge{tag}"),
+            &format!("{root_ip}/30"),
+            &net,
+            "svc0",
+            &format!("{net_ip}/30"),
+        );
+        sh(
+            &net,
+            "ip link add br0 type bridge && ip addr add 203.0.113.1/24 dev br0 && ip link set br0 up && sysctl -qw net.ipv4.ip_forward=1",
+        );
         // Whatever leaves the internet towards the servers looks like it came from the
         // internet's side of the link, so the root namespace needs no route back.
-        sh(&net, "nft 'add table ip nat; add chain ip nat post { type nat hook postrouting priority 100; }; add rule ip nat post oifname \"svc0\" masquerade'");
+        sh(
+            &net,
+            "nft 'add table ip nat; add chain ip nat post { type nat hook postrouting priority 100; }; add rule ip nat post oifname \"svc0\" masquerade'",
+        );
 
         let node = Netns::new("node", &tag);
         attach(&net.name, "br0", &node, "eth0", "203.0.113.30/24");
-        sh(&node, "ip route add default via 203.0.113.1 && sysctl -qw net.ipv4.ip_forward=1");
-        sh(&node, "ip link add cbr0 type bridge && ip addr add 10.244.0.1/24 dev cbr0 && ip link set cbr0 up");
-        sh(&node, "ip link add sbr0 type bridge && ip addr add 10.96.255.254/16 dev sbr0 && ip link set sbr0 up");
-        sh(&node, "nft 'add table ip nat; add chain ip nat post { type nat hook postrouting priority 100; }; add rule ip nat post ip saddr 10.244.0.0/24 oifname \"eth0\" masquerade'");
+        sh(
+            &node,
+            "ip route add default via 203.0.113.1 && sysctl -qw net.ipv4.ip_forward=1",
+        );
+        sh(
+            &node,
+            "ip link add cbr0 type bridge && ip addr add 10.244.0.1/24 dev cbr0 && ip link set cbr0 up",
+        );
+        sh(
+            &node,
+            "ip link add sbr0 type bridge && ip addr add 10.96.255.254/16 dev sbr0 && ip link set sbr0 up",
+        );
+        sh(
+            &node,
+            "nft 'add table ip nat; add chain ip nat post { type nat hook postrouting priority 100; }; add rule ip nat post ip saddr 10.244.0.0/24 oifname \"eth0\" masquerade'",
+        );
         let client_ns = Netns::new("cli", &tag);
         attach(&net.name, "br0", &client_ns, "eth0", "203.0.113.20/24");
         sh(&client_ns, "ip route add default via 203.0.113.1");
@@ -149,7 +176,8 @@ impl Cluster {
         })
         .await
         .expect("API server");
-        let client = Client::try_from(kube::Config::new(api.url().parse().expect("url"))).expect("client");
+        let client =
+            Client::try_from(kube::Config::new(api.url().parse().expect("url"))).expect("client");
         install_crds(&client).await;
         let dir = TempDir::new();
         let key = dir.0.join("key.json");
@@ -198,9 +226,21 @@ impl Cluster {
     pub fn backend(&self, cluster_ip: &str, tcp: &str, udp: &str, tag: &str) -> Netns {
         let n = SVC_BACKENDS.fetch_add(1, Ordering::Relaxed);
         let ns = Netns::new("svc", &format!("{}{n}", netns::unique_tag()));
-        attach(&self.node.name, "sbr0", &ns, "eth0", &format!("{cluster_ip}/16"));
+        attach(
+            &self.node.name,
+            "sbr0",
+            &ns,
+            "eth0",
+            &format!("{cluster_ip}/16"),
+        );
         sh(&ns, "ip route add default via 10.96.255.254");
-        drop(ns.spawn(&format!("python3 '{}' serve {cluster_ip} {tcp} {udp} {tag}", echo_py()), &[]));
+        drop(ns.spawn(
+            &format!(
+                "python3 '{}' serve {cluster_ip} {tcp} {udp} {tag}",
+                echo_py()
+            ),
+            &[],
+        ));
         ns
     }
 
@@ -208,9 +248,10 @@ impl Cluster {
     /// `timeout`; the answer.
     pub fn request(&self, proto: &str, ip: &str, port: u16, timeout: Duration) -> Option<String> {
         wait_for(timeout, || {
-            let (ok, out, _) = self
-                .client_ns
-                .try_sh(&format!("timeout 3 python3 '{}' {proto} {ip} {port}", echo_py()));
+            let (ok, out, _) = self.client_ns.try_sh(&format!(
+                "timeout 3 python3 '{}' {proto} {ip} {port}",
+                echo_py()
+            ));
             (ok && !out.trim().is_empty()).then(|| out.trim().to_owned())
         })
     }
@@ -218,13 +259,37 @@ impl Cluster {
     /// Whether one request (no retries) gets an answer.
     pub fn answers(&self, proto: &str, ip: &str, port: u16) -> bool {
         self.client_ns
-            .try_sh(&format!("timeout 3 python3 '{}' {proto} {ip} {port}", echo_py()))
+            .try_sh(&format!(
+                "timeout 3 python3 '{}' {proto} {ip} {port}",
+                echo_py()
+            ))
             .0
+    }
+
+    /// A namespace on the "internet" bridge owning `addr` (CIDR form), default route via
+    /// the bridge.
+    pub fn internet_host(&self, role: &str, addr: &str) -> Netns {
+        let ns = Netns::new(role, &netns::unique_tag());
+        attach(&self.net.name, "br0", &ns, "eth0", addr);
+        sh(&ns, "ip route add default via 203.0.113.1");
+        ns
+    }
+
+    /// The pod IP of the link pod `name`.
+    pub fn pod_ip(&self, name: &str) -> Option<String> {
+        let w = self
+            .world
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        w.pods.iter().find(|p| p.name == name).map(|p| p.ip.clone())
     }
 
     /// Names of the link pods running now, per `namespace/deployment`.
     pub fn pods(&self) -> Vec<(String, String, u32)> {
-        let w = self.world.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let w = self
+            .world
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         w.pods
             .iter()
             .map(|p| (p.deploy.clone(), p.name.clone(), p.link.pid().unwrap_or(0)))
@@ -233,7 +298,10 @@ impl Cluster {
 
     /// Kills (SIGKILL, a crash) the link pod `name`; the kubelet stand-in replaces it.
     pub fn kill_pod(&self, name: &str) {
-        let mut w = self.world.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut w = self
+            .world
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(p) = w.pods.iter_mut().find(|p| p.name == name) {
             p.link.kill();
         }
@@ -241,13 +309,19 @@ impl Cluster {
 
     /// Instances booted now.
     pub fn vms(&self) -> Vec<String> {
-        let w = self.world.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let w = self
+            .world
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         w.vms.keys().cloned().collect()
     }
 
     /// The harness's log and every link's log, for failure messages.
     pub fn logs(&self) -> String {
-        let w = self.world.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let w = self
+            .world
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut out = w.log.join("\n");
         for p in &w.pods {
             out.push_str(&format!("\n--- link {} ---\n{}", p.name, p.link.logs()));
@@ -266,7 +340,10 @@ impl Drop for Cluster {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        let mut w = self.world.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut w = self
+            .world
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for mut p in w.pods.drain(..) {
             p.link.kill();
         }
@@ -291,8 +368,11 @@ async fn install_crds(client: &Client) {
     files.sort();
     for f in files {
         let crd: CustomResourceDefinition =
-            serde_yaml::from_str(&std::fs::read_to_string(&f).expect("crd file")).expect("crd yaml");
-        api.create(&PostParams::default(), &crd).await.expect("install CRD");
+            serde_yaml::from_str(&std::fs::read_to_string(&f).expect("crd file"))
+                .expect("crd yaml");
+        api.create(&PostParams::default(), &crd)
+            .await
+            .expect("install CRD");
     }
 }
 
@@ -307,7 +387,10 @@ struct Env {
 }
 
 fn kubelet(env: Env, world: Arc<Mutex<World>>, stop: Arc<AtomicBool>) {
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
         return;
     };
     // The client's buffer task spawns on the runtime that is current when it is built.
@@ -358,15 +441,22 @@ async fn pods_tick(env: &Env, client: &Client, world: &Mutex<World>) {
     // once; RollingUpdate: one old pod per ready new pod beyond the replica count).
     let mut to_stop = Vec::new();
     {
-        let w = world.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let w = world
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for p in &w.pods {
             match wanted.get(&p.deploy) {
                 None => to_stop.push(p.name.clone()),
                 Some((d, h)) if *h != p.hash => {
                     let spec = d.spec.clone().unwrap_or_default();
-                    let recreate = spec.strategy.and_then(|s| s.type_).as_deref() == Some("Recreate");
+                    let recreate =
+                        spec.strategy.and_then(|s| s.type_).as_deref() == Some("Recreate");
                     let replicas = spec.replicas.unwrap_or(1).max(0) as usize;
-                    let new_ready = w.pods.iter().filter(|q| q.deploy == p.deploy && q.hash == *h && q.ready == Some(true)).count();
+                    let new_ready = w
+                        .pods
+                        .iter()
+                        .filter(|q| q.deploy == p.deploy && q.hash == *h && q.ready == Some(true))
+                        .count();
                     let total = w.pods.iter().filter(|q| q.deploy == p.deploy).count();
                     if recreate || (new_ready > 0 && total > replicas) {
                         to_stop.push(p.name.clone());
@@ -376,8 +466,13 @@ async fn pods_tick(env: &Env, client: &Client, world: &Mutex<World>) {
                     }
                 }
                 Some((d, h)) => {
-                    let replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1).max(0) as usize;
-                    let same: Vec<&PodRun> = w.pods.iter().filter(|q| q.deploy == p.deploy && q.hash == *h).collect();
+                    let replicas =
+                        d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1).max(0) as usize;
+                    let same: Vec<&PodRun> = w
+                        .pods
+                        .iter()
+                        .filter(|q| q.deploy == p.deploy && q.hash == *h)
+                        .collect();
                     if same.len() > replicas && same.last().is_some_and(|l| l.name == p.name) {
                         to_stop.push(p.name.clone());
                     }
@@ -387,12 +482,20 @@ async fn pods_tick(env: &Env, client: &Client, world: &Mutex<World>) {
     }
     for name in to_stop {
         let pod = {
-            let mut w = world.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            w.pods.iter().position(|p| p.name == name).map(|i| w.pods.remove(i))
+            let mut w = world
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            w.pods
+                .iter()
+                .position(|p| p.name == name)
+                .map(|i| w.pods.remove(i))
         };
         if let Some(mut p) = pod {
             let clean = p.link.stop();
-            note(world, format!("stopped pod {} (clean exit: {clean})", p.name));
+            note(
+                world,
+                format!("stopped pod {} (clean exit: {clean})", p.name),
+            );
             let _ = Api::<Pod>::namespaced(client.clone(), &p.namespace)
                 .delete(&p.name, &DeleteParams::default())
                 .await;
@@ -405,48 +508,87 @@ async fn pods_tick(env: &Env, client: &Client, world: &Mutex<World>) {
         let replicas = spec.replicas.unwrap_or(1).max(0) as usize;
         let recreate = spec.strategy.as_ref().and_then(|s| s.type_.as_deref()) == Some("Recreate");
         let (current, old) = {
-            let w = world.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let w = world
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             (
-                w.pods.iter().filter(|p| &p.deploy == key && &p.hash == h).count(),
-                w.pods.iter().filter(|p| &p.deploy == key && &p.hash != h).count(),
+                w.pods
+                    .iter()
+                    .filter(|p| &p.deploy == key && &p.hash == h)
+                    .count(),
+                w.pods
+                    .iter()
+                    .filter(|p| &p.deploy == key && &p.hash != h)
+                    .count(),
             )
         };
         // Recreate waits until every old pod is gone; RollingUpdate surges by one.
-        let limit = if recreate && old > 0 { 0 } else if old > 0 { replicas + 1 - old.min(replicas) } else { replicas };
+        let limit = if recreate && old > 0 {
+            0
+        } else if old > 0 {
+            replicas + 1 - old.min(replicas)
+        } else {
+            replicas
+        };
         for _ in current..limit.max(current) {
             if let Some(p) = start_pod(env, d, h) {
-                note(world, format!("started pod {} for {key} at {}", p.name, p.ip));
+                note(
+                    world,
+                    format!("started pod {} for {key} at {}", p.name, p.ip),
+                );
                 let pod = Pod {
                     metadata: kube::api::ObjectMeta {
                         name: Some(p.name.clone()),
                         namespace: Some(p.namespace.clone()),
-                        labels: d.spec.as_ref().and_then(|s| s.template.metadata.as_ref()).and_then(|m| m.labels.clone()),
+                        labels: d
+                            .spec
+                            .as_ref()
+                            .and_then(|s| s.template.metadata.as_ref())
+                            .and_then(|m| m.labels.clone()),
                         ..Default::default()
                     },
                     spec: d.spec.as_ref().and_then(|s| s.template.spec.clone()),
                     ..Pod::default()
                 };
-                let _ = Api::<Pod>::namespaced(client.clone(), &p.namespace).create(&PostParams::default(), &pod).await;
-                world.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pods.push(p);
+                let _ = Api::<Pod>::namespaced(client.clone(), &p.namespace)
+                    .create(&PostParams::default(), &pod)
+                    .await;
+                world
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .pods
+                    .push(p);
             }
         }
     }
     // Mirror readiness; restart crashed links.
     let snapshot: Vec<(String, String, String, bool, Option<bool>)> = {
-        let mut w = world.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut w = world
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         w.pods
             .iter_mut()
             .map(|p| {
                 let alive = p.link.pid().is_some();
-                (p.name.clone(), p.namespace.clone(), p.ip.clone(), alive, p.ready)
+                (
+                    p.name.clone(),
+                    p.namespace.clone(),
+                    p.ip.clone(),
+                    alive,
+                    p.ready,
+                )
             })
             .collect()
     };
     for (name, namespace, ip, alive, was) in snapshot {
         if !alive {
             let restarted = {
-                let mut w = world.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                let Some(p) = w.pods.iter_mut().find(|p| p.name == name) else { continue };
+                let mut w = world
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let Some(p) = w.pods.iter_mut().find(|p| p.name == name) else {
+                    continue;
+                };
                 let d = wanted.get(&p.deploy).map(|(d, _)| d.clone());
                 d.map(|d| {
                     p.link = run_link(env, &p.ns, &d, &p.name, &p.namespace);
@@ -458,8 +600,13 @@ async fn pods_tick(env: &Env, client: &Client, world: &Mutex<World>) {
             }
         }
         let ready = {
-            let w = world.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            w.pods.iter().find(|p| p.name == name).map(|p| p.link.get("/readyz").0 == 200)
+            let w = world
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            w.pods
+                .iter()
+                .find(|p| p.name == name)
+                .map(|p| p.link.get("/readyz").0 == 200)
         };
         let Some(ready) = ready else { continue };
         if was != Some(ready) {
@@ -471,7 +618,9 @@ async fn pods_tick(env: &Env, client: &Client, world: &Mutex<World>) {
                 .await
                 .is_ok()
             {
-                let mut w = world.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut w = world
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 if let Some(p) = w.pods.iter_mut().find(|p| p.name == name) {
                     p.ready = Some(ready);
                 }
@@ -513,7 +662,10 @@ fn run_link(env: &Env, ns: &Netns, d: &Deployment, pod: &str, namespace: &str) -
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let dir = env.dir.join(pod);
     // The init container's job, done the way it would be: the link binary's subcommand.
-    let _ = ns.try_sh(&format!("'{}' enable-forwarding", crate::link::binary().display()));
+    let _ = ns.try_sh(&format!(
+        "'{}' enable-forwarding",
+        crate::link::binary().display()
+    ));
     Link::start_with_env(
         ns,
         &dir,
@@ -528,16 +680,32 @@ fn run_link(env: &Env, ns: &Netns, d: &Deployment, pod: &str, namespace: &str) -
 
 fn boot_tick(env: &Env, world: &Mutex<World>) {
     let mut live: BTreeMap<String, (String, String, Value)> = BTreeMap::new();
-    for item in env.emu.inventory().into_iter().filter(|i| i.kind == "instance") {
-        let Some(inst) = env.emu.get("instance", &item.project, &item.scope, &item.name) else { continue };
+    for item in env
+        .emu
+        .inventory()
+        .into_iter()
+        .filter(|i| i.kind == "instance")
+    {
+        let Some(inst) = env
+            .emu
+            .get("instance", &item.project, &item.scope, &item.name)
+        else {
+            continue;
+        };
         if inst["status"] != "RUNNING" {
             continue;
         }
-        let id = format!("{}-{}", inst["id"].as_str().unwrap_or_default(), inst["lastStartTimestamp"].as_str().unwrap_or_default());
+        let id = format!(
+            "{}-{}",
+            inst["id"].as_str().unwrap_or_default(),
+            inst["lastStartTimestamp"].as_str().unwrap_or_default()
+        );
         live.insert(item.name.clone(), (item.scope.clone(), id, inst));
     }
     let gone: Vec<String> = {
-        let w = world.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let w = world
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         w.vms
             .iter()
             .filter(|(name, vm)| live.get(*name).is_none_or(|(_, id, _)| *id != vm.id))
@@ -545,7 +713,11 @@ fn boot_tick(env: &Env, world: &Mutex<World>) {
             .collect()
     };
     for name in gone {
-        let vm = world.lock().unwrap_or_else(std::sync::PoisonError::into_inner).vms.remove(&name);
+        let vm = world
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .vms
+            .remove(&name);
         if let Some(vm) = vm {
             let _ = std::fs::remove_file(format!("/run/wireguard/{}.sock", vm.iface));
             drop(vm.ns);
@@ -553,10 +725,18 @@ fn boot_tick(env: &Env, world: &Mutex<World>) {
         }
     }
     for (name, (zone, id, inst)) in live {
-        if world.lock().unwrap_or_else(std::sync::PoisonError::into_inner).vms.contains_key(&name) {
+        if world
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .vms
+            .contains_key(&name)
+        {
             continue;
         }
-        let Some(ip) = inst["networkInterfaces"][0]["accessConfigs"][0]["natIP"].as_str().map(str::to_owned) else {
+        let Some(ip) = inst["networkInterfaces"][0]["accessConfigs"][0]["natIP"]
+            .as_str()
+            .map(str::to_owned)
+        else {
             continue;
         };
         let script = inst["metadata"]["items"]
@@ -584,14 +764,18 @@ fn boot_tick(env: &Env, world: &Mutex<World>) {
         );
         drop(ns.spawn(&cmd, &[]));
         note(world, format!("booted VM {name} at {ip}"));
-        world.lock().unwrap_or_else(std::sync::PoisonError::into_inner).vms.insert(
-            name,
-            VmRun {
-                id,
-                iface,
-                ns,
-                _dir: dir,
-            },
-        );
+        world
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .vms
+            .insert(
+                name,
+                VmRun {
+                    id,
+                    iface,
+                    ns,
+                    _dir: dir,
+                },
+            );
     }
 }

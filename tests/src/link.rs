@@ -33,6 +33,17 @@ pub fn binary() -> PathBuf {
                 "--bin",
                 "wgnet-link",
             ]);
+            // The test's own CARGO_PKG_*/CARGO_MANIFEST_DIR would leak into build scripts
+            // that declare them with rerun-if-env-changed (ring does), making this build and
+            // the outer one invalidate each other's artifacts every time.
+            for (k, _) in std::env::vars_os() {
+                let k = k.to_string_lossy().into_owned();
+                if k.starts_with("CARGO_")
+                    && !matches!(k.as_str(), "CARGO_HOME" | "CARGO_TARGET_DIR")
+                {
+                    cmd.env_remove(k);
+                }
+            }
             if dir.file_name().is_some_and(|n| n == "release") {
                 cmd.arg("--release");
             }

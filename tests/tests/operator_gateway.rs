@@ -47,7 +47,13 @@ async fn operator(c: &Cluster) -> Operator {
         allowed_projects: vec![],
         sweep_projects: vec![PROJECT.into()],
     };
-    let ctx = Arc::new(Context::new(c.client.clone(), cloud, settings, metrics.clone(), Some("test".into())));
+    let ctx = Arc::new(Context::new(
+        c.client.clone(),
+        cloud,
+        settings,
+        metrics.clone(),
+        Some("test".into()),
+    ));
     let (stop, mut rx) = watch::channel(false);
     tokio::spawn(controller::run(ctx, async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -99,7 +105,14 @@ fn gateway(name: &str, forwards: serde_json::Value) -> Gateway {
 }
 
 /// Polls the Gateway until `f` holds (bounded); the last object.
-async fn wait_gw(c: &Cluster, ns: &str, name: &str, timeout: Duration, what: &str, f: impl Fn(&Gateway) -> bool) -> Gateway {
+async fn wait_gw(
+    c: &Cluster,
+    ns: &str,
+    name: &str,
+    timeout: Duration,
+    what: &str,
+    f: impl Fn(&Gateway) -> bool,
+) -> Gateway {
     let api: Api<Gateway> = Api::namespaced(c.client.clone(), ns);
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
@@ -132,12 +145,24 @@ fn is_ready(gw: &Gateway) -> bool {
 }
 
 fn firewall_ports(c: &Cluster, gw: &Gateway) -> Vec<String> {
-    let name = gw.status.as_ref().and_then(|s| s.gcp.as_ref()).and_then(|g| g.firewall.clone()).expect("firewall name");
-    let fw = c.emu.get("firewall", PROJECT, "global", &name).expect("firewall");
+    let name = gw
+        .status
+        .as_ref()
+        .and_then(|s| s.gcp.as_ref())
+        .and_then(|g| g.firewall.clone())
+        .expect("firewall name");
+    let fw = c
+        .emu
+        .get("firewall", PROJECT, "global", &name)
+        .expect("firewall");
     let mut out = Vec::new();
     for a in fw["allowed"].as_array().into_iter().flatten() {
         for p in a["ports"].as_array().into_iter().flatten() {
-            out.push(format!("{}/{}", a["IPProtocol"].as_str().unwrap_or_default(), p.as_str().unwrap_or_default()));
+            out.push(format!(
+                "{}/{}",
+                a["IPProtocol"].as_str().unwrap_or_default(),
+                p.as_str().unwrap_or_default()
+            ));
         }
     }
     out.sort();
@@ -146,9 +171,24 @@ fn firewall_ports(c: &Cluster, gw: &Gateway) -> Vec<String> {
 
 async fn managed_children(client: &Client, ns: &str) -> usize {
     let lp = ListParams::default().labels("app.kubernetes.io/managed-by=wgnet-operator");
-    Api::<Deployment>::namespaced(client.clone(), ns).list(&lp).await.expect("deployments").items.len()
-        + Api::<ConfigMap>::namespaced(client.clone(), ns).list(&lp).await.expect("configmaps").items.len()
-        + Api::<Secret>::namespaced(client.clone(), ns).list(&lp).await.expect("secrets").items.len()
+    Api::<Deployment>::namespaced(client.clone(), ns)
+        .list(&lp)
+        .await
+        .expect("deployments")
+        .items
+        .len()
+        + Api::<ConfigMap>::namespaced(client.clone(), ns)
+            .list(&lp)
+            .await
+            .expect("configmaps")
+            .items
+            .len()
+        + Api::<Secret>::namespaced(client.clone(), ns)
+            .list(&lp)
+            .await
+            .expect("secrets")
+            .items
+            .len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -162,54 +202,101 @@ async fn gateway_serves_tcp_and_udp_and_delete_leaves_nothing() {
     let gws: Api<Gateway> = Api::namespaced(c.client.clone(), "apps");
     gws.create(
         &PostParams::default(),
-        &gateway("edge", json!([
-            {"port": 8080, "service": "web", "targetPort": 80},
-            {"port": 5353, "protocol": "UDP", "service": "web", "targetPort": 53}
-        ])),
+        &gateway(
+            "edge",
+            json!([
+                {"port": 8080, "service": "web", "targetPort": 80},
+                {"port": 5353, "protocol": "UDP", "service": "web", "targetPort": 53}
+            ]),
+        ),
     )
     .await
     .expect("create gateway");
-    let gw = wait_gw(&c, "apps", "edge", Duration::from_secs(120), "Ready", is_ready).await;
+    let gw = wait_gw(
+        &c,
+        "apps",
+        "edge",
+        Duration::from_secs(120),
+        "Ready",
+        is_ready,
+    )
+    .await;
     let status = gw.status.clone().expect("status");
     let addr = status.address.clone().expect("address");
     assert!(addr.starts_with("203.0.113."), "{addr}");
     assert_eq!(status.forwards_ready.as_deref(), Some("2/2"));
     assert_eq!(status.observed_generation, gw.metadata.generation);
     for t in [conditions::CLOUD_READY, conditions::TUNNEL_READY] {
-        assert!(status.conditions.iter().any(|c| c.type_ == t && c.status == "True"), "{t}: {:?}", status.conditions);
+        assert!(
+            status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == t && c.status == "True"),
+            "{t}: {:?}",
+            status.conditions
+        );
     }
-    assert!(gw.finalizers().iter().any(|f| f == "wgnet.dev/gateway-teardown"));
+    assert!(
+        gw.finalizers()
+            .iter()
+            .any(|f| f == "wgnet.dev/gateway-teardown")
+    );
 
-    let tcp = c.request("tcp", &addr, 8080, Duration::from_secs(20)).unwrap_or_else(|| panic!("TCP 8080 unanswered\n{}", c.logs()));
+    let tcp = c
+        .request("tcp", &addr, 8080, Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("TCP 8080 unanswered\n{}", c.logs()));
     assert!(tcp.starts_with("web tcp 80 from 10.244.0."), "{tcp}");
-    let udp = c.request("udp", &addr, 5353, Duration::from_secs(20)).expect("UDP 5353");
+    let udp = c
+        .request("udp", &addr, 5353, Duration::from_secs(20))
+        .expect("UDP 5353");
     assert!(udp.starts_with("web udp 53 from 10.244.0."), "{udp}");
-    assert!(!c.answers("tcp", &addr, 9999), "an unlisted port must not answer");
-    assert_eq!(firewall_ports(&c, &gw), vec!["tcp/8080", "udp/51820", "udp/5353"]);
+    assert!(
+        !c.answers("tcp", &addr, 9999),
+        "an unlisted port must not answer"
+    );
+    assert_eq!(
+        firewall_ports(&c, &gw),
+        vec!["tcp/8080", "udp/51820", "udp/5353"]
+    );
 
     // Keys: one Secret with both pairs; no private key anywhere in status or events.
-    let secret = Api::<Secret>::namespaced(c.client.clone(), "apps").get("edge-keys").await.expect("key secret");
+    let secret = Api::<Secret>::namespaced(c.client.clone(), "apps")
+        .get("edge-keys")
+        .await
+        .expect("key secret");
     let data = secret.data.expect("data");
     let vm_priv = String::from_utf8(data["vm-private-key"].0.clone()).expect("text");
     let link_priv = String::from_utf8(data["link-private-key"].0.clone()).expect("text");
     let status_text = serde_json::to_string(&gw.status).expect("json");
     assert!(!status_text.contains(&vm_priv) && !status_text.contains(&link_priv));
-    let events = reqwest::get(format!("{}/apis/events.k8s.io/v1/namespaces/apps/events", c.api.url()))
-        .await
-        .expect("events")
-        .text()
-        .await
-        .expect("events body");
-    assert!(events.contains("\"reason\":\"Ready\""), "a Ready event: {events}");
+    let events = reqwest::get(format!(
+        "{}/apis/events.k8s.io/v1/namespaces/apps/events",
+        c.api.url()
+    ))
+    .await
+    .expect("events")
+    .text()
+    .await
+    .expect("events body");
+    assert!(
+        events.contains("\"reason\":\"Ready\""),
+        "a Ready event: {events}"
+    );
     assert!(!events.contains(&vm_priv) && !events.contains(&link_priv));
     let m = op.metrics.render();
     assert!(m.contains("wgnet_gateways{state=\"Ready\"} 1"), "{m}");
 
     // Delete: the finalizer holds the object until GCP is empty; children go by owner refs.
-    gws.delete("edge", &DeleteParams::default()).await.expect("delete");
+    gws.delete("edge", &DeleteParams::default())
+        .await
+        .expect("delete");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     while gws.get_opt("edge").await.expect("get").is_some() {
-        assert!(tokio::time::Instant::now() < deadline, "Gateway never released\n{}", c.logs());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "Gateway never released\n{}",
+            c.logs()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let left: Vec<_> = c
@@ -222,10 +309,16 @@ async fn gateway_serves_tcp_and_udp_and_delete_leaves_nothing() {
     assert!(left.is_empty(), "GCP resources left behind: {left:?}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while managed_children(&c.client, "apps").await > 0 {
-        assert!(tokio::time::Instant::now() < deadline, "child objects left behind");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "child objects left behind"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(!c.answers("tcp", &addr, 8080), "the address stops answering");
+    assert!(
+        !c.answers("tcp", &addr, 8080),
+        "the address stops answering"
+    );
     drop(op);
 }
 
@@ -238,41 +331,79 @@ async fn forwards_follow_services_consent_and_edits_without_replacing_anything()
     let gws: Api<Gateway> = Api::namespaced(c.client.clone(), "apps");
     gws.create(
         &PostParams::default(),
-        &gateway("edge", json!([
-            {"port": 8080, "service": "web", "targetPort": 80},
-            {"port": 8443, "service": "shop", "namespace": "other", "targetPort": 80}
-        ])),
+        &gateway(
+            "edge",
+            json!([
+                {"port": 8080, "service": "web", "targetPort": 80},
+                {"port": 8443, "service": "shop", "namespace": "other", "targetPort": 80}
+            ]),
+        ),
     )
     .await
     .expect("create gateway");
 
     // The Service does not exist yet: the reason says so, and the VM is provisioned anyway.
-    let gw = wait_gw(&c, "apps", "edge", Duration::from_secs(60), "ServiceNotFound", |g| {
-        ready(g).is_some_and(|(_, r, _)| r == "ServiceNotFound") && g.status.as_ref().is_some_and(|s| s.address.is_some())
-    })
+    let gw = wait_gw(
+        &c,
+        "apps",
+        "edge",
+        Duration::from_secs(60),
+        "ServiceNotFound",
+        |g| {
+            ready(g).is_some_and(|(_, r, _)| r == "ServiceNotFound")
+                && g.status.as_ref().is_some_and(|s| s.address.is_some())
+        },
+    )
     .await;
     let (_, _, msg) = ready(&gw).expect("ready condition");
     assert!(msg.starts_with("2 forward(s) invalid: forward backend Service \"web\" in namespace \"apps\" not found yet"), "{msg}");
-    let addr = gw.status.as_ref().and_then(|s| s.address.clone()).expect("address");
+    let addr = gw
+        .status
+        .as_ref()
+        .and_then(|s| s.address.clone())
+        .expect("address");
 
     // The Service appears: traffic flows. The other namespace has not consented.
     let ip = service(&c.client, "apps", "web", &[(80, "TCP")]).await;
     let _web = c.backend(&ip, "80", ",", "web");
-    let gw = wait_gw(&c, "apps", "edge", Duration::from_secs(60), "cross-namespace denied", |g| {
-        ready(g).is_some_and(|(_, r, _)| r == "CrossNamespaceForwardDenied")
-            && g.status.as_ref().is_some_and(|s| s.forwards_ready.as_deref() == Some("1/2"))
-    })
+    let gw = wait_gw(
+        &c,
+        "apps",
+        "edge",
+        Duration::from_secs(60),
+        "cross-namespace denied",
+        |g| {
+            ready(g).is_some_and(|(_, r, _)| r == "CrossNamespaceForwardDenied")
+                && g.status
+                    .as_ref()
+                    .is_some_and(|s| s.forwards_ready.as_deref() == Some("1/2"))
+        },
+    )
     .await;
-    let tcp = c.request("tcp", &addr, 8080, Duration::from_secs(30)).unwrap_or_else(|| panic!("8080 unanswered\n{}", c.logs()));
+    let tcp = c
+        .request("tcp", &addr, 8080, Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("8080 unanswered\n{}", c.logs()));
     assert!(tcp.starts_with("web tcp 80"), "{tcp}");
-    assert_eq!(firewall_ports(&c, &gw), vec!["tcp/8080", "udp/51820"], "a denied forward stays closed");
+    assert_eq!(
+        firewall_ports(&c, &gw),
+        vec!["tcp/8080", "udp/51820"],
+        "a denied forward stays closed"
+    );
     let shop_ip = service(&c.client, "other", "shop", &[(80, "TCP")]).await;
     let _shop = c.backend(&shop_ip, "80", ",", "shop");
     assert!(!c.answers("tcp", &addr, 8443));
 
     let instance_id = |c: &Cluster| {
-        let inst = c.emu.inventory().into_iter().find(|i| i.kind == "instance").expect("instance");
-        c.emu.get("instance", PROJECT, &inst.scope, &inst.name).expect("instance")["id"].clone()
+        let inst = c
+            .emu
+            .inventory()
+            .into_iter()
+            .find(|i| i.kind == "instance")
+            .expect("instance");
+        c.emu
+            .get("instance", PROJECT, &inst.scope, &inst.name)
+            .expect("instance")["id"]
+            .clone()
     };
     let vm_before = instance_id(&c);
     let pods_before = c.pods();
@@ -280,51 +411,119 @@ async fn forwards_follow_services_consent_and_edits_without_replacing_anything()
 
     // Consent given: the forward opens, with no VM replacement and no link restart.
     Api::<Namespace>::all(c.client.clone())
-        .patch("other", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"wgnet.dev/allow-gateway-ingress": "true"}}})))
+        .patch(
+            "other",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"labels": {"wgnet.dev/allow-gateway-ingress": "true"}}}),
+            ),
+        )
         .await
         .expect("label");
-    let gw = wait_gw(&c, "apps", "edge", Duration::from_secs(60), "Ready with consent", is_ready).await;
-    let shop = c.request("tcp", &addr, 8443, Duration::from_secs(10)).unwrap_or_else(|| panic!("8443 unanswered\n{}", c.logs()));
+    let gw = wait_gw(
+        &c,
+        "apps",
+        "edge",
+        Duration::from_secs(60),
+        "Ready with consent",
+        is_ready,
+    )
+    .await;
+    let shop = c
+        .request("tcp", &addr, 8443, Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("8443 unanswered\n{}", c.logs()));
     assert!(shop.starts_with("shop tcp 80"), "{shop}");
-    assert_eq!(firewall_ports(&c, &gw), vec!["tcp/8080", "tcp/8443", "udp/51820"]);
+    assert_eq!(
+        firewall_ports(&c, &gw),
+        vec!["tcp/8080", "tcp/8443", "udp/51820"]
+    );
 
     // Consent withdrawn: only that port closes.
     Api::<Namespace>::all(c.client.clone())
-        .patch("other", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"wgnet.dev/allow-gateway-ingress": null}}})))
+        .patch(
+            "other",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"labels": {"wgnet.dev/allow-gateway-ingress": null}}}),
+            ),
+        )
         .await
         .expect("unlabel");
-    wait_gw(&c, "apps", "edge", Duration::from_secs(60), "denied again", |g| {
-        ready(g).is_some_and(|(_, r, _)| r == "CrossNamespaceForwardDenied")
-    })
+    wait_gw(
+        &c,
+        "apps",
+        "edge",
+        Duration::from_secs(60),
+        "denied again",
+        |g| ready(g).is_some_and(|(_, r, _)| r == "CrossNamespaceForwardDenied"),
+    )
     .await;
-    let closed = wgnet_tests::netns::wait_for(Duration::from_secs(10), || (!c.answers("tcp", &addr, 8443)).then_some(()));
-    assert!(closed.is_some(), "8443 still answers after consent was withdrawn");
+    let closed = wgnet_tests::netns::wait_for(Duration::from_secs(10), || {
+        (!c.answers("tcp", &addr, 8443)).then_some(())
+    });
+    assert!(
+        closed.is_some(),
+        "8443 still answers after consent was withdrawn"
+    );
     assert!(c.answers("tcp", &addr, 8080), "8080 unaffected");
 
     // A forward added live reaches its Service with the same VM, IP and link process.
     let api_ip = service(&c.client, "apps", "api", &[(9000, "TCP")]).await;
     let _api = c.backend(&api_ip, "9000", ",", "api");
     let mut gw = gws.get("edge").await.expect("get");
-    gw.spec.forwards.push(serde_json::from_value(json!({"port": 9090, "service": "api", "targetPort": 9000})).expect("forward"));
+    gw.spec.forwards.push(
+        serde_json::from_value(json!({"port": 9090, "service": "api", "targetPort": 9000}))
+            .expect("forward"),
+    );
     gw.spec.forwards.retain(|f| f.port != 8443);
-    gws.replace("edge", &PostParams::default(), &gw).await.expect("add forward");
-    let answered = c.request("tcp", &addr, 9090, Duration::from_secs(20)).unwrap_or_else(|| panic!("9090 unanswered\n{}", c.logs()));
+    gws.replace("edge", &PostParams::default(), &gw)
+        .await
+        .expect("add forward");
+    let answered = c
+        .request("tcp", &addr, 9090, Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("9090 unanswered\n{}", c.logs()));
     assert!(answered.starts_with("api tcp 9000"), "{answered}");
-    let gw = wait_gw(&c, "apps", "edge", Duration::from_secs(30), "Ready after edit", is_ready).await;
-    assert_eq!(gw.status.as_ref().and_then(|s| s.address.clone()).as_deref(), Some(addr.as_str()));
+    let gw = wait_gw(
+        &c,
+        "apps",
+        "edge",
+        Duration::from_secs(30),
+        "Ready after edit",
+        is_ready,
+    )
+    .await;
+    assert_eq!(
+        gw.status
+            .as_ref()
+            .and_then(|s| s.address.clone())
+            .as_deref(),
+        Some(addr.as_str())
+    );
     assert_eq!(instance_id(&c), vm_before, "the VM was not replaced");
     assert_eq!(c.pods(), pods_before, "the link pod was not restarted");
 
     // The Service is recreated with a new ClusterIP: traffic follows.
-    Api::<Service>::namespaced(c.client.clone(), "apps").delete("web", &DeleteParams::default()).await.expect("delete svc");
+    Api::<Service>::namespaced(c.client.clone(), "apps")
+        .delete("web", &DeleteParams::default())
+        .await
+        .expect("delete svc");
     let new_ip = service(&c.client, "apps", "web", &[(80, "TCP")]).await;
     assert_ne!(new_ip, ip);
     let _web2 = c.backend(&new_ip, "80", ",", "web2");
     let moved = wgnet_tests::netns::wait_for(Duration::from_secs(20), || {
-        c.request("tcp", &addr, 8080, Duration::from_secs(1)).filter(|a| a.starts_with("web2 "))
+        c.request("tcp", &addr, 8080, Duration::from_secs(1))
+            .filter(|a| a.starts_with("web2 "))
     });
-    assert!(moved.is_some(), "traffic never followed the new ClusterIP\n{}", c.logs());
+    assert!(
+        moved.is_some(),
+        "traffic never followed the new ClusterIP\n{}",
+        c.logs()
+    );
     let gw = gws.get("edge").await.expect("get");
-    assert!(gw.status.as_ref().is_some_and(|s| s.forwards.iter().any(|f| f.cluster_ip.as_deref() == Some(new_ip.as_str()))));
+    assert!(gw.status.as_ref().is_some_and(|s| {
+        s.forwards
+            .iter()
+            .any(|f| f.cluster_ip.as_deref() == Some(new_ip.as_str()))
+    }));
     let _ = gw.name_any();
 }

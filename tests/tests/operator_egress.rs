@@ -1,0 +1,260 @@
+//! The EgressGateway end to end: the operator validates the user's wg-quick Secret, runs one
+//! egress link pod (a real link process, configured through the stand-in API) and a
+//! ClusterIP Service; the pod reaches a host behind a wireguard-go VPN server. Needs root.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
+use kube::api::{Api, PostParams};
+use serde_json::json;
+use tokio::sync::watch;
+use wgnet_operator::api::{EgressGateway, conditions};
+use wgnet_operator::children::LinkImage;
+use wgnet_operator::controller::{self, Context, Settings};
+use wgnet_operator::metrics::Metrics;
+use wgnet_tests::cluster::Cluster;
+use wgnet_tests::fixtures::{self, CLUSTER, INSTALL, PROJECT};
+use wgnet_tests::gateway::echo_py;
+use wgnet_tests::gcp::LatencyProfile;
+use wgnet_tests::netns::{self, wait_for};
+
+fn ready(e: &EgressGateway) -> Option<(String, String, String)> {
+    e.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == conditions::READY)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+async fn wait_egw(c: &Cluster, what: &str, f: impl Fn(&EgressGateway) -> bool) -> EgressGateway {
+    let api: Api<EgressGateway> = Api::namespaced(c.client.clone(), "apps");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let e = api.get("corp").await.expect("get");
+        if f(&e) {
+            return e;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not reached; status {:?}\n{}",
+            e.status,
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn put_secret(c: &Cluster, conf: &str) {
+    let api: Api<Secret> = Api::namespaced(c.client.clone(), "apps");
+    let mut s = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("vpn".into()),
+            ..Default::default()
+        },
+        data: Some([("wg0.conf".to_owned(), ByteString(conf.as_bytes().to_vec()))].into()),
+        ..Secret::default()
+    };
+    match api.get_opt("vpn").await.expect("get") {
+        Some(old) => {
+            s.metadata.resource_version = old.metadata.resource_version;
+            api.replace("vpn", &PostParams::default(), &s)
+                .await
+                .expect("replace");
+        }
+        None => {
+            api.create(&PostParams::default(), &s)
+                .await
+                .expect("create");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn egress_gateway_validates_its_secret_and_reaches_hosts_behind_the_vpn() {
+    let c = Cluster::start(LatencyProfile::instant()).await;
+    let cloud = fixtures::cloud_for(&c.emu, c.key.clone(), INSTALL, "wgnet").await;
+    let settings = Settings {
+        link: LinkImage {
+            image: "ghcr.io/wgnet-dev/wgnet-link:test".into(),
+            pull_policy: "IfNotPresent".into(),
+            privileged_init: true,
+        },
+        cluster_id: CLUSTER.into(),
+        resync: Duration::from_secs(20),
+        allowed_projects: vec![],
+        sweep_projects: vec![PROJECT.into()],
+    };
+    let ctx = Arc::new(Context::new(
+        c.client.clone(),
+        cloud,
+        settings,
+        Arc::new(Metrics::default()),
+        None,
+    ));
+    let (stop, mut rx) = watch::channel(false);
+    tokio::spawn(controller::run(ctx, async move {
+        let _ = rx.wait_for(|s| *s).await;
+    }));
+
+    // The VPN server on the internet, a database behind it.
+    let vpn = c.internet_host("vpn", "203.0.113.40/24");
+    let remote = netns::Netns::new("rem", &netns::unique_tag());
+    netns::veth(&vpn, "eth1", "10.0.0.1/24", &remote, "eth0", "10.0.0.5/24");
+    remote.sh("ip route add default via 10.0.0.1");
+    drop(remote.spawn(
+        &format!("python3 '{}' serve 10.0.0.5 1433 5000 db", echo_py()),
+        &[],
+    ));
+    let (vpn_priv, vpn_pub) = netns::wg_keypair();
+    let (link_priv, link_pub) = netns::wg_keypair();
+    let vpn_if = format!("wgs{}", netns::unique_tag());
+    let server = c.dir().join(format!("{vpn_if}.conf"));
+    std::fs::write(
+        &server,
+        format!("[Interface]\nPrivateKey = {vpn_priv}\nAddress = 10.8.0.1/24\nListenPort = 51820\n\n[Peer]\nPublicKey = {link_pub}\nAllowedIPs = 10.8.0.2/32\n"),
+    )
+    .expect("server conf");
+    vpn.sh(&format!(
+        "sysctl -qw net.ipv4.ip_forward=1 && WG_QUICK_USERSPACE_IMPLEMENTATION=wireguard-go wg-quick up '{}' 2>&1",
+        server.display()
+    ));
+    struct Sock(String);
+    impl Drop for Sock {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(format!("/run/wireguard/{}.sock", self.0));
+        }
+    }
+    let _sock = Sock(vpn_if);
+
+    Api::<Namespace>::all(c.client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "apps"}})).expect("ns"),
+        )
+        .await
+        .expect("namespace");
+    let egw: EgressGateway = serde_json::from_value(json!({
+        "apiVersion": "wgnet.dev/v1alpha1", "kind": "EgressGateway",
+        "metadata": {"name": "corp"},
+        "spec": {
+            "configSecretRef": {"name": "vpn"},
+            "forwards": [
+                {"name": "db", "port": 1433, "targetHost": "10.0.0.5", "targetPort": 1433},
+                {"name": "echo", "port": 5000, "protocol": "UDP", "targetHost": "10.0.0.5", "targetPort": 5000}
+            ]
+        }
+    }))
+    .expect("egw");
+    Api::<EgressGateway>::namespaced(c.client.clone(), "apps")
+        .create(&PostParams::default(), &egw)
+        .await
+        .expect("create");
+
+    // No Secret yet: a condition says which.
+    let e = wait_egw(&c, "ConfigSecretNotFound", |e| {
+        ready(e).is_some_and(|(_, r, _)| r == "ConfigSecretNotFound")
+    })
+    .await;
+    assert!(ready(&e).is_some_and(|(_, _, m)| m.contains("\"vpn\"")));
+
+    // A config with a bad key: the line is named, the value never shown.
+    let bad = format!(
+        "[Interface]\nPrivateKey = {link_priv}\nAddress = 10.8.0.2/32\n\n[Peer]\nPublicKey = not-a-key-{link_priv}\nEndpoint = 203.0.113.40:51820\nAllowedIPs = 10.0.0.0/24\n"
+    );
+    put_secret(&c, &bad).await;
+    let e = wait_egw(&c, "InvalidConfig", |e| {
+        ready(e).is_some_and(|(_, r, _)| r == "InvalidConfig")
+    })
+    .await;
+    let (_, _, msg) = ready(&e).expect("ready");
+    assert!(msg.contains("line 6"), "{msg}");
+    assert!(
+        !msg.contains(&link_priv) && !msg.contains("not-a-key"),
+        "{msg}"
+    );
+
+    let good = format!(
+        "[Interface]\nPrivateKey = {link_priv}\nAddress = 10.8.0.2/32\nMTU = 1380\n\n[Peer]\nPublicKey = {vpn_pub}\nEndpoint = 203.0.113.40:51820\nAllowedIPs = 10.0.0.0/24, 10.8.0.0/24\nPersistentKeepalive = 5\n"
+    );
+    put_secret(&c, &good).await;
+    let e = wait_egw(&c, "Ready", |e| {
+        ready(e).is_some_and(|(s, _, _)| s == "True")
+    })
+    .await;
+    assert_eq!(
+        e.status.as_ref().and_then(|s| s.service_name.as_deref()),
+        Some("corp")
+    );
+    let svc = Api::<Service>::namespaced(c.client.clone(), "apps")
+        .get("corp")
+        .await
+        .expect("service");
+    let spec = svc.spec.expect("spec");
+    let ports: Vec<(String, i32, String)> = spec
+        .ports
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| {
+            (
+                p.name.unwrap_or_default(),
+                p.port,
+                p.protocol.unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ports,
+        vec![
+            ("db".into(), 1433, "TCP".into()),
+            ("echo".into(), 5000, "UDP".into())
+        ]
+    );
+    assert_eq!(spec.type_.as_deref(), Some("ClusterIP"));
+
+    // Pods reach the database through the link pod (what the Service's endpoints are).
+    let pods = c.pods();
+    assert_eq!(pods.len(), 1, "{pods:?}");
+    let pod_ip = c.pod_ip(&pods[0].1).expect("pod ip");
+    let ask = |proto: &str, port: u16| {
+        wait_for(Duration::from_secs(15), || {
+            let (ok, out, _) = c.node.try_sh(&format!(
+                "timeout 3 python3 '{}' {proto} {pod_ip} {port}",
+                echo_py()
+            ));
+            ok.then(|| out.trim().to_owned())
+        })
+    };
+    let tcp = ask("tcp", 1433).unwrap_or_else(|| panic!("1433 unanswered\n{}", c.logs()));
+    assert_eq!(tcp, "db tcp 1433 from 10.8.0.2");
+    assert_eq!(
+        ask("udp", 5000).as_deref(),
+        Some("db udp 5000 from 10.8.0.2")
+    );
+
+    // A broken edit is reported and refused by the running link, which keeps serving.
+    put_secret(&c, &bad).await;
+    wait_egw(&c, "InvalidConfig after an edit", |e| {
+        ready(e).is_some_and(|(_, r, _)| r == "InvalidConfig")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        ask("tcp", 1433).as_deref(),
+        Some("db tcp 1433 from 10.8.0.2")
+    );
+    put_secret(&c, &good).await;
+    wait_egw(&c, "Ready again", |e| {
+        ready(e).is_some_and(|(s, _, _)| s == "True")
+    })
+    .await;
+    assert_eq!(
+        c.pods(),
+        pods,
+        "edits reload in place: same pod, same process"
+    );
+    let _ = stop.send(true);
+    drop(remote);
+}
