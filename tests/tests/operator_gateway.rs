@@ -34,6 +34,10 @@ impl Drop for Operator {
 }
 
 async fn operator(c: &Cluster) -> Operator {
+    operator_with(c, Duration::from_secs(20)).await
+}
+
+async fn operator_with(c: &Cluster, resync: Duration) -> Operator {
     let cloud = fixtures::cloud_for(&c.emu, c.key.clone(), INSTALL, "wgnet").await;
     let metrics = Arc::new(Metrics::default());
     let settings = Settings {
@@ -43,7 +47,7 @@ async fn operator(c: &Cluster) -> Operator {
             privileged_init: true,
         },
         cluster_id: CLUSTER.into(),
-        resync: Duration::from_secs(20),
+        resync,
         allowed_projects: vec![],
         sweep_projects: vec![PROJECT.into()],
     };
@@ -526,4 +530,110 @@ async fn forwards_follow_services_consent_and_edits_without_replacing_anything()
             .any(|f| f.cluster_ip.as_deref() == Some(new_ip.as_str()))
     }));
     let _ = gw.name_any();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn drift_is_repaired_with_the_same_address() {
+    let c = Cluster::start(LatencyProfile::instant()).await;
+    let _op = operator_with(&c, Duration::from_secs(5)).await;
+    namespace(&c.client, "apps", &[]).await;
+    let ip = service(&c.client, "apps", "web", &[(80, "TCP")]).await;
+    let _web = c.backend(&ip, "80", ",", "web");
+    let gws: Api<Gateway> = Api::namespaced(c.client.clone(), "apps");
+    gws.create(
+        &PostParams::default(),
+        &gateway(
+            "edge",
+            json!([{"port": 8080, "service": "web", "targetPort": 80}]),
+        ),
+    )
+    .await
+    .expect("create gateway");
+    let gw = wait_gw(
+        &c,
+        "apps",
+        "edge",
+        Duration::from_secs(120),
+        "Ready",
+        is_ready,
+    )
+    .await;
+    let addr = gw
+        .status
+        .as_ref()
+        .and_then(|s| s.address.clone())
+        .expect("address");
+    let gcp = gw
+        .status
+        .as_ref()
+        .and_then(|s| s.gcp.clone())
+        .expect("gcp status");
+    let (inst, fw) = (
+        gcp.instance.expect("instance"),
+        gcp.firewall.expect("firewall"),
+    );
+    assert!(
+        c.request("tcp", &addr, 8080, Duration::from_secs(20))
+            .is_some(),
+        "{}",
+        c.logs()
+    );
+    let id = |c: &Cluster| {
+        c.emu
+            .get("instance", PROJECT, "us-central1-a", &inst)
+            .map(|i| i["id"].clone())
+    };
+    let first = id(&c).expect("instance");
+
+    // Deleted out of band: recreated with the same reserved IP, and traffic returns.
+    assert!(
+        c.emu
+            .remove_resource("instance", PROJECT, "us-central1-a", &inst)
+    );
+    let back = wgnet_tests::netns::wait_for(Duration::from_secs(90), || {
+        id(&c).filter(|i| *i != first)?;
+        c.request("tcp", &addr, 8080, Duration::from_secs(1))
+    });
+    assert!(
+        back.is_some(),
+        "never repaired after the VM was deleted\n{}",
+        c.logs()
+    );
+
+    // A Spot-style stop: started again, same address.
+    assert!(c.emu.preempt_instance(PROJECT, "us-central1-a", &inst));
+    let stopped = wgnet_tests::netns::wait_for(Duration::from_secs(10), || {
+        (!c.answers("tcp", &addr, 8080)).then_some(())
+    });
+    assert!(stopped.is_some(), "the stopped VM still answered");
+    let back = c.request("tcp", &addr, 8080, Duration::from_secs(90));
+    assert!(
+        back.is_some(),
+        "never repaired after the VM was stopped\n{}",
+        c.logs()
+    );
+
+    // A firewall edited by hand is restored.
+    assert!(
+        c.emu
+            .edit_firewall(PROJECT, &fw, "sourceRanges", json!(["192.0.2.0/24"]))
+    );
+    let restored = wgnet_tests::netns::wait_for(Duration::from_secs(30), || {
+        let f = c.emu.get("firewall", PROJECT, "global", &fw)?;
+        (f["sourceRanges"] == json!(["0.0.0.0/0"])).then_some(())
+    });
+    assert!(restored.is_some(), "the firewall was not restored");
+    let gw = wait_gw(
+        &c,
+        "apps",
+        "edge",
+        Duration::from_secs(60),
+        "Ready after repairs",
+        is_ready,
+    )
+    .await;
+    assert_eq!(
+        gw.status.as_ref().and_then(|s| s.address.clone()),
+        Some(addr)
+    );
 }
