@@ -296,6 +296,42 @@ impl Cluster {
             .collect()
     }
 
+    /// Whether the pod `name` has a wg0 interface now.
+    pub fn pod_has_wg0(&self, name: &str) -> bool {
+        let w = self
+            .world
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        w.pods
+            .iter()
+            .find(|p| p.name == name)
+            .is_some_and(|p| p.ns.try_sh("ip link show wg0").0)
+    }
+
+    /// Deletes the pod `name` as an eviction would (SIGTERM, then gone); the kubelet
+    /// stand-in starts a replacement.
+    pub fn stop_pod(&self, name: &str) {
+        let pod = {
+            let mut w = self
+                .world
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            w.pods
+                .iter()
+                .position(|p| p.name == name)
+                .map(|i| w.pods.remove(i))
+        };
+        if let Some(mut p) = pod {
+            p.link.stop();
+            let note = format!("evicted pod {}", p.name);
+            self.world
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .log
+                .push(note);
+        }
+    }
+
     /// Kills (SIGKILL, a crash) the link pod `name`; the kubelet stand-in replaces it.
     pub fn kill_pod(&self, name: &str) {
         let mut w = self

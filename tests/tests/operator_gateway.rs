@@ -637,3 +637,84 @@ async fn drift_is_repaired_with_the_same_address() {
         Some(addr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_link_replicas_keep_serving_when_the_holder_dies() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    let c = Cluster::start(LatencyProfile::instant()).await;
+    let _op = operator(&c).await;
+    namespace(&c.client, "apps", &[]).await;
+    let ip = service(&c.client, "apps", "web", &[(80, "TCP")]).await;
+    let _web = c.backend(&ip, "80", ",", "web");
+    let mut gw = gateway(
+        "edge",
+        json!([{"port": 8080, "service": "web", "targetPort": 80}]),
+    );
+    gw.spec.link.replicas = 2;
+    Api::<Gateway>::namespaced(c.client.clone(), "apps")
+        .create(&PostParams::default(), &gw)
+        .await
+        .expect("create gateway");
+    let gw = wait_gw(
+        &c,
+        "apps",
+        "edge",
+        Duration::from_secs(120),
+        "Ready",
+        is_ready,
+    )
+    .await;
+    let addr = gw
+        .status
+        .as_ref()
+        .and_then(|s| s.address.clone())
+        .expect("address");
+    assert!(
+        c.request("tcp", &addr, 8080, Duration::from_secs(20))
+            .is_some(),
+        "{}",
+        c.logs()
+    );
+    assert_eq!(c.pods().len(), 2);
+    let pdb = Api::<PodDisruptionBudget>::namespaced(c.client.clone(), "apps")
+        .get("edge-link")
+        .await
+        .expect("PDB for 2 replicas");
+    assert!(pdb.spec.and_then(|s| s.min_available).is_some());
+
+    let holder = || async {
+        Api::<Lease>::namespaced(c.client.clone(), "apps")
+            .get("edge-link")
+            .await
+            .ok()
+            .and_then(|l| l.spec)
+            .and_then(|s| s.holder_identity)
+    };
+    let first = holder().await.expect("a holder");
+    // Only the holder has wg0.
+    let with_wg0: Vec<String> = c
+        .pods()
+        .iter()
+        .filter(|(_, name, _)| c.pod_has_wg0(name))
+        .map(|(_, name, _)| name.clone())
+        .collect();
+    assert_eq!(
+        with_wg0,
+        vec![first.clone()],
+        "exactly the holder carries the key"
+    );
+
+    c.stop_pod(&first);
+    let started = std::time::Instant::now();
+    let served = c.request("tcp", &addr, 8080, Duration::from_secs(30));
+    assert!(
+        served.is_some(),
+        "no service after the holder died\n{}",
+        c.logs()
+    );
+    let took = started.elapsed();
+    let second = holder().await.expect("a new holder");
+    assert_ne!(second, first);
+    eprintln!("failover after the holder was stopped: served again in {took:?}");
+}
