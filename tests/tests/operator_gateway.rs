@@ -718,3 +718,154 @@ async fn two_link_replicas_keep_serving_when_the_holder_dies() {
     assert_ne!(second, first);
     eprintln!("failover after the holder was stopped: served again in {took:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gcp_denials_dns_without_its_crd_and_delete_while_provisioning() {
+    use wgnet_tests::gcp::{Fault, FaultAction};
+    let c = Cluster::start(LatencyProfile::instant()).await;
+    let _op = operator_with(&c, Duration::from_secs(5)).await;
+    namespace(&c.client, "apps", &[]).await;
+    let ip = service(&c.client, "apps", "web", &[(80, "TCP")]).await;
+    let _web = c.backend(&ip, "80", ",", "web");
+
+    // Instance creation is denied: the condition carries GCP's reason and message, the rest
+    // of the resources still advance, and lifting the denial heals it on the next pass.
+    c.emu.add_fault(Fault {
+        method: Some("POST".into()),
+        path_contains: "/instances".into(),
+        remaining: None,
+        action: FaultAction::Deny(
+            "Required 'compute.instances.create' permission for 'projects/wgnet-test'".into(),
+        ),
+    });
+    let mut gw = gateway(
+        "edge",
+        json!([{"port": 8080, "service": "web", "targetPort": 80}]),
+    );
+    gw.spec.dns_hostnames = vec!["edge.example.test".into()];
+    let gws: Api<Gateway> = Api::namespaced(c.client.clone(), "apps");
+    gws.create(&PostParams::default(), &gw)
+        .await
+        .expect("create");
+    let gw = wait_gw(
+        &c,
+        "apps",
+        "edge",
+        Duration::from_secs(60),
+        "PermissionDenied",
+        |g| {
+            g.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == conditions::CLOUD_READY && c.reason == "PermissionDenied")
+            })
+        },
+    )
+    .await;
+    let (status, reason, message) = ready(&gw).expect("ready");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "ReconcileFailed")
+    );
+    assert!(message.contains("compute.instances.create"), "{message}");
+    assert!(
+        gw.status.as_ref().and_then(|s| s.address.clone()).is_some(),
+        "the address was reserved regardless"
+    );
+    c.emu.clear_faults();
+    let gw = wait_gw(
+        &c,
+        "apps",
+        "edge",
+        Duration::from_secs(120),
+        "Ready after the denial is lifted",
+        is_ready,
+    )
+    .await;
+
+    // No external-dns CRD in this cluster: said in DNSReady, never in Ready.
+    let dns = gw
+        .status
+        .as_ref()
+        .and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == conditions::DNS_READY)
+                .cloned()
+        })
+        .expect("DNSReady");
+    assert_eq!(
+        (dns.status.as_str(), dns.reason.as_str()),
+        ("False", "DNSEndpointCRDMissing")
+    );
+
+    // A second Gateway deleted while its cloud resources are still being created.
+    c.emu
+        .set_profile(LatencyProfile::gcp_typical().scaled_by(0.05));
+    let brief = gws
+        .create(
+            &PostParams::default(),
+            &gateway(
+                "brief",
+                json!([{"port": 8081, "service": "web", "targetPort": 80}]),
+            ),
+        )
+        .await
+        .expect("create second");
+    let brief_name = wgnet_cloud::GatewayId {
+        cluster: CLUSTER.into(),
+        namespace: "apps".into(),
+        name: "brief".into(),
+        uid: brief.metadata.uid.clone().expect("uid"),
+    }
+    .resource_name();
+    wait_gw(
+        &c,
+        "apps",
+        "brief",
+        Duration::from_secs(30),
+        "provisioning started",
+        |g| {
+            g.status
+                .as_ref()
+                .and_then(|s| s.gcp.as_ref())
+                .is_some_and(|g| !g.pending_operations.is_empty() || g.network.is_some())
+        },
+    )
+    .await;
+    gws.delete("brief", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while gws.get_opt("brief").await.expect("get").is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never released\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Only the first Gateway's resources are left, and it still serves.
+    let strays: Vec<String> = c
+        .emu
+        .inventory()
+        .into_iter()
+        .filter(|i| i.name.contains(&brief_name))
+        .map(|i| format!("{} {}", i.kind, i.name))
+        .collect();
+    assert!(
+        strays.is_empty(),
+        "left behind by the deleted Gateway: {strays:?}"
+    );
+    let addr = gws
+        .get("edge")
+        .await
+        .expect("edge")
+        .status
+        .and_then(|s| s.address)
+        .expect("address");
+    assert!(
+        c.request("tcp", &addr, 8080, Duration::from_secs(20))
+            .is_some()
+    );
+}
