@@ -44,6 +44,7 @@ bench: deps
 	@command -v boringtun-cli >/dev/null || $(CARGO) install --locked boringtun-cli
 	$(CARGO) bench --locked -p wgnet-cloud --bench provision
 	$(CARGO) bench --locked -p wgnet-tests --bench dataplane
+	$(CARGO) bench --locked -p wgnet-tests --bench operator
 
 # Regenerate crds/ from the API types.
 generate: deps
