@@ -5,13 +5,14 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMap, Container, ContainerPort, EnvVar, EnvVarSource,
     HTTPGetAction, HostPathVolumeSource, ObjectFieldSelector, PodAffinityTerm, PodAntiAffinity,
-    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext,
+    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret, SecurityContext,
     Service, ServiceAccount, ServicePort, ServiceSpec, Toleration, Volume, VolumeMount,
     WeightedPodAffinityTerm,
 };
@@ -165,6 +166,16 @@ pub fn role_binding(p: &LinkParams<'_>) -> RoleBinding {
             namespace: Some(p.namespace.to_owned()),
             ..Subject::default()
         }]),
+    }
+}
+
+/// A Secret with one key, such as the link's private key copied out of the full key set.
+pub fn secret(p: &LinkParams<'_>, name: &str, key: &str, value: &str) -> Secret {
+    Secret {
+        metadata: p.meta(name),
+        type_: Some("Opaque".into()),
+        data: Some([(key.to_owned(), ByteString(value.as_bytes().to_vec()))].into()),
+        ..Secret::default()
     }
 }
 

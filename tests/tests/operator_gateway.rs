@@ -271,6 +271,30 @@ async fn gateway_serves_tcp_and_udp_and_delete_leaves_nothing() {
     let data = secret.data.expect("data");
     let vm_priv = String::from_utf8(data["vm-private-key"].0.clone()).expect("text");
     let link_priv = String::from_utf8(data["link-private-key"].0.clone()).expect("text");
+    // The link reads a Secret holding only its own key; its Role names nothing else.
+    let link_key = Api::<Secret>::namespaced(c.client.clone(), "apps")
+        .get("edge-link-key")
+        .await
+        .expect("link key secret");
+    let link_data = link_key.data.expect("data");
+    assert_eq!(link_data.keys().collect::<Vec<_>>(), vec!["private-key"]);
+    assert_eq!(link_data["private-key"].0, link_priv.as_bytes());
+    let role = Api::<k8s_openapi::api::rbac::v1::Role>::namespaced(c.client.clone(), "apps")
+        .get("edge-link")
+        .await
+        .expect("role");
+    let secret_names: Vec<String> = role
+        .rules
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| {
+            r.resources
+                .as_ref()
+                .is_some_and(|rs| rs.iter().any(|x| x == "secrets"))
+        })
+        .flat_map(|r| r.resource_names.unwrap_or_default())
+        .collect();
+    assert_eq!(secret_names, vec!["edge-link-key"]);
     let status_text = serde_json::to_string(&gw.status).expect("json");
     assert!(!status_text.contains(&vm_priv) && !status_text.contains(&link_priv));
     let events = reqwest::get(format!(

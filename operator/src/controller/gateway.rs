@@ -37,7 +37,7 @@ use crate::api::{
 };
 use crate::children::{self, EgressPort, FIELD_MANAGER, LinkParams, MANAGED_SELECTOR};
 use crate::forwards::{self, Classified, Observed};
-use crate::keys::{self, KeySet};
+use crate::keys::KeySet;
 
 const KIND: &str = "Gateway";
 /// How long one reconcile waits on a pending GCP operation before writing status again.
@@ -49,6 +49,15 @@ const SETTLING: Duration = Duration::from_secs(2);
 pub fn key_secret_name(gw: &str) -> String {
     format!("{gw}-keys")
 }
+
+/// Name of the Secret holding only the link's private key: the link's Role names this one,
+/// so a link pod can never read the VM's key from the full set.
+pub fn link_key_secret_name(gw: &str) -> String {
+    format!("{gw}-link-key")
+}
+
+/// The key of the link's private key in its Secret (the link's default `--secret-key`).
+const LINK_KEY: &str = "private-key";
 
 /// Name of the link's objects (ServiceAccount, Role, ConfigMap, Deployment, Lease, ...).
 pub fn link_name(gw: &str) -> String {
@@ -644,7 +653,7 @@ fn link_params(gw: &Gateway) -> LinkParams<'_> {
         owner: name,
         component: "link",
         owner_ref: gw.controller_owner_ref(&()).unwrap_or_default(),
-        secret: (key_secret_name(name), keys::LINK_PRIVATE.to_owned()),
+        secret: (link_key_secret_name(name), LINK_KEY.to_owned()),
         replicas: gw.spec.link.replicas.max(1),
         resources: gw.spec.link.resources.clone(),
         node_selector: gw.spec.link.node_selector.clone(),
@@ -670,6 +679,13 @@ async fn ensure_link<C: Cloud>(
         .map_err(k)?;
     apply(c, ns, &children::role(&p)).await.map_err(k)?;
     apply(c, ns, &children::role_binding(&p)).await.map_err(k)?;
+    apply(
+        c,
+        ns,
+        &children::secret(&p, &p.secret.0, &p.secret.1, keys.link.private.expose()),
+    )
+    .await
+    .map_err(k)?;
     apply(
         c,
         ns,
