@@ -45,6 +45,8 @@ bench: deps
 	$(CARGO) bench --locked -p wgnet-cloud --bench provision
 	$(CARGO) bench --locked -p wgnet-tests --bench dataplane
 	$(CARGO) bench --locked -p wgnet-tests --bench operator
+	$(CARGO) build --locked --release -p wgnet-operator --bin wgnet-operator
+	$(CARGO) bench --locked -p wgnet-tests --bench operator_scale
 
 # Regenerate crds/ from the API types.
 generate: deps

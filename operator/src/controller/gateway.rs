@@ -430,12 +430,32 @@ async fn reconcile_gateway<C: Cloud>(gw: &Gateway, ctx: &Context<C>) -> Result<A
         .await;
         return Ok(Action::requeue(Duration::from_millis(10)));
     }
-    let after = match progress.requeue_after() {
-        Some(d) => d,
-        None if !ready => SETTLING,
+    let after = match progress.errors.first() {
+        Some(e) => e.retry_after(),
+        None if !ready => {
+            let since = status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == conditions::READY)
+                .map(|c| {
+                    k8s_openapi::jiff::Timestamp::now().duration_since(c.last_transition_time.0)
+                })
+                .and_then(|d| Duration::try_from(d).ok())
+                .unwrap_or_default();
+            patience(since, ctx.settings.resync)
+        }
         None => ctx.settings.resync,
     };
     Ok(Action::requeue(after))
+}
+
+/// How soon to look again at a Gateway that is not Ready and has been in its state for
+/// `since`: every 2 s at first (a VM booting, a link handshaking), then a tenth of the time
+/// waited, up to the resync period, so a Gateway stuck for an hour (a VM that never
+/// reports, no link node) does not poll GCP every two seconds. Changes the operator
+/// watches (Pods, Services, Namespaces, owned objects) still trigger a pass at once.
+pub fn patience(since: Duration, resync: Duration) -> Duration {
+    (since / 10).clamp(SETTLING, resync.max(SETTLING))
 }
 
 /// Namespaces and Services the forwards name (read directly, so a decision never rests on
@@ -1136,6 +1156,22 @@ pub async fn sweep_once<C: Cloud>(ctx: &Context<C>) -> Result<usize, StepError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn patience_grows_with_the_wait_up_to_the_resync() {
+        let resync = Duration::from_secs(300);
+        assert_eq!(patience(Duration::ZERO, resync), SETTLING);
+        assert_eq!(patience(Duration::from_secs(15), resync), SETTLING);
+        assert_eq!(
+            patience(Duration::from_secs(300), resync),
+            Duration::from_secs(30)
+        );
+        assert_eq!(patience(Duration::from_secs(36_000), resync), resync);
+        assert_eq!(
+            patience(Duration::from_secs(36_000), Duration::from_secs(1)),
+            SETTLING
+        );
+    }
 
     #[test]
     fn status_gcp_round_trips_the_cloud_record() {

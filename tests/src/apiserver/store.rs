@@ -407,6 +407,7 @@ impl State {
             }
         }
         new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
+        keep_unchanged_timestamps(&mut new, &old);
         if new == old {
             return Ok(old);
         }
@@ -989,6 +990,34 @@ fn managed_entries(obj: &Value) -> Vec<ManagedEntry> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// As kube-apiserver does, a managedFields entry whose fields did not change keeps its old
+/// `time`, so a no-op apply leaves the object (and its resourceVersion) alone instead of
+/// waking every watcher.
+fn keep_unchanged_timestamps(new: &mut Value, old: &Value) {
+    let Some(olds) = old["metadata"]["managedFields"].as_array() else {
+        return;
+    };
+    let Some(news) = new["metadata"]["managedFields"].as_array_mut() else {
+        return;
+    };
+    for e in news.iter_mut() {
+        let same = olds.iter().find(|o| {
+            [
+                "manager",
+                "operation",
+                "subresource",
+                "apiVersion",
+                "fieldsV1",
+            ]
+            .iter()
+            .all(|k| o.get(*k) == e.get(*k))
+        });
+        if let Some(o) = same {
+            e["time"] = o["time"].clone();
+        }
+    }
 }
 
 fn managed_entry(
