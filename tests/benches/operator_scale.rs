@@ -190,7 +190,7 @@ async fn main() {
             .or_default() += 1;
     }
     let mut top: Vec<_> = groups.into_iter().collect();
-    top.sort_by(|a, b| b.1.cmp(&a.1));
+    top.sort_by_key(|g| std::cmp::Reverse(g.1));
     for (g, count) in top.into_iter().take(10) {
         println!("  {count:>8}  {g}");
     }
