@@ -902,3 +902,45 @@ async fn kube_runtime_controller_runs_end_to_end() -> TestResult {
     handle.abort();
     Ok(())
 }
+
+/// kube-apiserver keeps managedFields timestamps on a no-op write, so re-applying the same
+/// object changes nothing and wakes no watcher; controllers that apply on every pass rely on
+/// it (otherwise each apply triggers the next pass).
+#[tokio::test]
+async fn a_repeated_apply_is_a_no_op() -> TestResult {
+    let (_server, client) = start().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "same"}, "data": {"k": "v"}});
+    let first = cms
+        .patch(
+            "same",
+            &PatchParams::apply("op").force(),
+            &Patch::Apply(&body),
+        )
+        .await?;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let again = cms
+        .patch(
+            "same",
+            &PatchParams::apply("op").force(),
+            &Patch::Apply(&body),
+        )
+        .await?;
+    assert_eq!(
+        first.metadata.resource_version,
+        again.metadata.resource_version
+    );
+    assert_eq!(first.metadata.managed_fields, again.metadata.managed_fields);
+    let changed = cms
+        .patch(
+            "same",
+            &PatchParams::apply("op").force(),
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "same"}, "data": {"k": "w"}})),
+        )
+        .await?;
+    assert_ne!(
+        changed.metadata.resource_version,
+        first.metadata.resource_version
+    );
+    Ok(())
+}
