@@ -59,7 +59,7 @@ struct VmRun {
     id: String,
     iface: String,
     ns: Netns,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 #[derive(Default)]
@@ -363,7 +363,7 @@ impl Cluster {
             out.push_str(&format!("\n--- link {} ---\n{}", p.name, p.link.logs()));
         }
         for (name, vm) in &w.vms {
-            let boot = std::fs::read_to_string(vm._dir.0.join("boot.log")).unwrap_or_default();
+            let boot = std::fs::read_to_string(vm.dir.0.join("boot.log")).unwrap_or_default();
             out.push_str(&format!("\n--- vm {name} ---\n{boot}"));
         }
         out
@@ -387,7 +387,6 @@ impl Drop for Cluster {
             let _ = std::fs::remove_file(format!("/run/wireguard/{}.sock", vm.iface));
             drop(vm);
         }
-        let _ = &self.net;
     }
 }
 
@@ -567,34 +566,33 @@ async fn pods_tick(env: &Env, client: &Client, world: &Mutex<World>) {
             replicas
         };
         for _ in current..limit.max(current) {
-            if let Some(p) = start_pod(env, d, h) {
-                note(
-                    world,
-                    format!("started pod {} for {key} at {}", p.name, p.ip),
-                );
-                let pod = Pod {
-                    metadata: kube::api::ObjectMeta {
-                        name: Some(p.name.clone()),
-                        namespace: Some(p.namespace.clone()),
-                        labels: d
-                            .spec
-                            .as_ref()
-                            .and_then(|s| s.template.metadata.as_ref())
-                            .and_then(|m| m.labels.clone()),
-                        ..Default::default()
-                    },
-                    spec: d.spec.as_ref().and_then(|s| s.template.spec.clone()),
-                    ..Pod::default()
-                };
-                let _ = Api::<Pod>::namespaced(client.clone(), &p.namespace)
-                    .create(&PostParams::default(), &pod)
-                    .await;
-                world
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .pods
-                    .push(p);
-            }
+            let p = start_pod(env, d, h);
+            note(
+                world,
+                format!("started pod {} for {key} at {}", p.name, p.ip),
+            );
+            let pod = Pod {
+                metadata: kube::api::ObjectMeta {
+                    name: Some(p.name.clone()),
+                    namespace: Some(p.namespace.clone()),
+                    labels: d
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.template.metadata.as_ref())
+                        .and_then(|m| m.labels.clone()),
+                    ..Default::default()
+                },
+                spec: d.spec.as_ref().and_then(|s| s.template.spec.clone()),
+                ..Pod::default()
+            };
+            let _ = Api::<Pod>::namespaced(client.clone(), &p.namespace)
+                .create(&PostParams::default(), &pod)
+                .await;
+            world
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .pods
+                .push(p);
         }
     }
     // Mirror readiness; restart crashed links.
@@ -665,7 +663,7 @@ async fn pods_tick(env: &Env, client: &Client, world: &Mutex<World>) {
     }
 }
 
-fn start_pod(env: &Env, d: &Deployment, hash: &str) -> Option<PodRun> {
+fn start_pod(env: &Env, d: &Deployment, hash: &str) -> PodRun {
     let namespace = d.namespace().unwrap_or_default();
     let n = POD_IPS.fetch_add(1, Ordering::Relaxed);
     let octet = 2 + (n % 250);
@@ -675,7 +673,7 @@ fn start_pod(env: &Env, d: &Deployment, hash: &str) -> Option<PodRun> {
     attach(&env.node, "cbr0", &ns, "eth0", &format!("{ip}/24"));
     sh(&ns, "ip route add default via 10.244.0.1");
     let link = run_link(env, &ns, d, &name, &namespace);
-    Some(PodRun {
+    PodRun {
         name,
         namespace,
         deploy: format!("{}/{}", d.namespace().unwrap_or_default(), d.name_any()),
@@ -684,7 +682,7 @@ fn start_pod(env: &Env, d: &Deployment, hash: &str) -> Option<PodRun> {
         ready: None,
         link,
         ns,
-    })
+    }
 }
 
 fn run_link(env: &Env, ns: &Netns, d: &Deployment, pod: &str, namespace: &str) -> Link {
@@ -804,14 +802,6 @@ fn boot_tick(env: &Env, world: &Mutex<World>) {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .vms
-            .insert(
-                name,
-                VmRun {
-                    id,
-                    iface,
-                    ns,
-                    _dir: dir,
-                },
-            );
+            .insert(name, VmRun { id, iface, ns, dir });
     }
 }

@@ -108,6 +108,15 @@ fn gateway(name: &str, forwards: serde_json::Value) -> Gateway {
     .expect("gateway")
 }
 
+/// Creates `gw` in `apps`; the Gateways API of that namespace.
+async fn create(c: &Cluster, gw: &Gateway) -> Api<Gateway> {
+    let gws: Api<Gateway> = Api::namespaced(c.client.clone(), "apps");
+    gws.create(&PostParams::default(), gw)
+        .await
+        .expect("create gateway");
+    gws
+}
+
 /// Polls the Gateway until `f` holds (bounded); the last object.
 async fn wait_gw(
     c: &Cluster,
@@ -203,9 +212,8 @@ async fn gateway_serves_tcp_and_udp_and_delete_leaves_nothing() {
     let ip = service(&c.client, "apps", "web", &[(80, "TCP"), (53, "UDP")]).await;
     let _backend = c.backend(&ip, "80", "53", "web");
 
-    let gws: Api<Gateway> = Api::namespaced(c.client.clone(), "apps");
-    gws.create(
-        &PostParams::default(),
+    let gws = create(
+        &c,
         &gateway(
             "edge",
             json!([
@@ -214,8 +222,7 @@ async fn gateway_serves_tcp_and_udp_and_delete_leaves_nothing() {
             ]),
         ),
     )
-    .await
-    .expect("create gateway");
+    .await;
     let gw = wait_gw(
         &c,
         "apps",
@@ -356,9 +363,8 @@ async fn forwards_follow_services_consent_and_edits_without_replacing_anything()
     let _op = operator(&c).await;
     namespace(&c.client, "apps", &[]).await;
     namespace(&c.client, "other", &[]).await;
-    let gws: Api<Gateway> = Api::namespaced(c.client.clone(), "apps");
-    gws.create(
-        &PostParams::default(),
+    let gws = create(
+        &c,
         &gateway(
             "edge",
             json!([
@@ -367,8 +373,7 @@ async fn forwards_follow_services_consent_and_edits_without_replacing_anything()
             ]),
         ),
     )
-    .await
-    .expect("create gateway");
+    .await;
 
     // The Service does not exist yet: the reason says so, and the VM is provisioned anyway.
     let gw = wait_gw(
@@ -563,16 +568,14 @@ async fn drift_is_repaired_with_the_same_address() {
     namespace(&c.client, "apps", &[]).await;
     let ip = service(&c.client, "apps", "web", &[(80, "TCP")]).await;
     let _web = c.backend(&ip, "80", ",", "web");
-    let gws: Api<Gateway> = Api::namespaced(c.client.clone(), "apps");
-    gws.create(
-        &PostParams::default(),
+    create(
+        &c,
         &gateway(
             "edge",
             json!([{"port": 8080, "service": "web", "targetPort": 80}]),
         ),
     )
-    .await
-    .expect("create gateway");
+    .await;
     let gw = wait_gw(
         &c,
         "apps",
@@ -663,7 +666,7 @@ async fn drift_is_repaired_with_the_same_address() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_link_replicas_keep_serving_when_the_holder_dies() {
+async fn two_link_replicas_keep_serving_when_the_holder_is_evicted() {
     use k8s_openapi::api::coordination::v1::Lease;
     use k8s_openapi::api::policy::v1::PodDisruptionBudget;
     let c = Cluster::start(LatencyProfile::instant()).await;
@@ -676,10 +679,7 @@ async fn two_link_replicas_keep_serving_when_the_holder_dies() {
         json!([{"port": 8080, "service": "web", "targetPort": 80}]),
     );
     gw.spec.link.replicas = 2;
-    Api::<Gateway>::namespaced(c.client.clone(), "apps")
-        .create(&PostParams::default(), &gw)
-        .await
-        .expect("create gateway");
+    create(&c, &gw).await;
     let gw = wait_gw(
         &c,
         "apps",
@@ -767,10 +767,7 @@ async fn gcp_denials_dns_without_its_crd_and_delete_while_provisioning() {
         json!([{"port": 8080, "service": "web", "targetPort": 80}]),
     );
     gw.spec.dns_hostnames = vec!["edge.example.test".into()];
-    let gws: Api<Gateway> = Api::namespaced(c.client.clone(), "apps");
-    gws.create(&PostParams::default(), &gw)
-        .await
-        .expect("create");
+    let gws = create(&c, &gw).await;
     let gw = wait_gw(
         &c,
         "apps",

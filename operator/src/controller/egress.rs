@@ -10,18 +10,20 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use wgnet_cloud::Cloud;
 
-use super::{Context, StepError, apply, condition, publish, selector, set_condition};
+use super::{
+    Context, StepError, apply, condition, owner_of_pod, pod_ready, publish, selector,
+    set_condition, write_status,
+};
+use crate::api::EgressGateway;
 use crate::api::conditions;
-use crate::api::{EgressGateway, EgressGatewayStatus};
 use crate::children::{self, LinkParams, MANAGED_SELECTOR};
 
 const KIND: &str = "EgressGateway";
@@ -51,14 +53,7 @@ pub async fn run<C: Cloud + 'static>(
     )
     .owns(Api::<Deployment>::all(client.clone()), managed.clone())
     .owns(Api::<Service>::all(client.clone()), managed)
-    .watches(Api::<Pod>::all(client), pods, |pod: Pod| {
-        let ns = pod.namespace();
-        pod.labels()
-            .get(children::INSTANCE_LABEL)
-            .cloned()
-            .zip(ns)
-            .map(|(n, ns)| ObjectRef::new(&n).within(&ns))
-    })
+    .watches(Api::<Pod>::all(client), pods, |pod: Pod| owner_of_pod(&pod))
     .graceful_shutdown_on(shutdown)
     .run(reconcile, error_policy, ctx)
     .for_each(|r| {
@@ -208,12 +203,7 @@ async fn reconcile_egress<C: Cloud>(
         .list(&ListParams::default().labels(&selector(&p.selector())))
         .await
         .map_err(|e| StepError::kube("read link pods", e))?;
-    let ready_pod = pods.items.iter().find(|pod| {
-        pod.status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-    });
+    let ready_pod = pods.items.iter().find(|pod| pod_ready(pod));
     let mut s = egw.status.clone().unwrap_or_default();
     s.observed_generation = egw.metadata.generation;
     s.service_name = Some(name.clone());
@@ -250,7 +240,7 @@ async fn reconcile_egress<C: Cloud>(
         egw.metadata.generation,
     );
     if Some(&s) != egw.status.as_ref() {
-        write_status(ctx, egw, s).await?;
+        write_status(&ctx.client, egw, |e| e.status = Some(s)).await?;
     }
     if was.as_ref().map(|(a, b)| (a.as_str(), b.as_str()))
         != Some((if ok { "True" } else { "False" }, reason.as_str()))
@@ -270,25 +260,4 @@ async fn reconcile_egress<C: Cloud>(
         (None, false) => Duration::from_secs(2),
         (None, true) => ctx.settings.resync,
     }))
-}
-
-async fn write_status<C: Cloud>(
-    ctx: &Context<C>,
-    egw: &EgressGateway,
-    status: EgressGatewayStatus,
-) -> Result<(), StepError> {
-    let api: Api<EgressGateway> =
-        Api::namespaced(ctx.client.clone(), &egw.namespace().unwrap_or_default());
-    let Some(mut fresh) = api
-        .get_opt(&egw.name_any())
-        .await
-        .map_err(|e| StepError::kube("write status", e))?
-    else {
-        return Ok(());
-    };
-    fresh.status = Some(status);
-    api.replace_status(&egw.name_any(), &PostParams::default(), &fresh)
-        .await
-        .map_err(|e| StepError::kube("write status", e))?;
-    Ok(())
 }

@@ -29,7 +29,8 @@ use wgnet_cloud::vm::{self, VmConfig};
 use wgnet_cloud::{Cloud, Desired, GatewayId, PendingOp, Progress, Recorded, SecretBytes, Target};
 
 use super::{
-    Context, StepError, apply, condition, delete_quietly, publish, remove_condition, set_condition,
+    Context, StepError, apply, condition, delete_quietly, owner_of_pod, pod_ready, publish,
+    remove_condition, set_condition, write_status,
 };
 use crate::api::conditions::{self, messages, reasons};
 use crate::api::{
@@ -85,12 +86,7 @@ pub async fn run<C: Cloud + 'static>(
         .owns(Api::<ConfigMap>::all(client.clone()), managed.clone())
         .owns(Api::<Secret>::all(client.clone()), managed)
         .watches(Api::<Pod>::all(client.clone()), link_pods, |pod: Pod| {
-            let ns = pod.namespace();
-            pod.labels()
-                .get(children::INSTANCE_LABEL)
-                .cloned()
-                .zip(ns)
-                .map(|(gw, ns)| ObjectRef::new(&gw).within(&ns))
+            owner_of_pod(&pod)
         })
         .watches(
             Api::<Service>::all(client.clone()),
@@ -208,7 +204,7 @@ async fn fail<C: Cloud>(ctx: &Context<C>, gw: &Gateway, e: &StepError) {
         gw.metadata.generation,
     );
     if Some(&status) != gw.status.as_ref() {
-        let _ = write_status(ctx, gw, status).await;
+        let _ = write_status(&ctx.client, gw, |g| g.status = Some(status)).await;
     }
     publish(
         &ctx.recorder,
@@ -328,7 +324,7 @@ async fn reconcile_gateway<C: Cloud>(gw: &Gateway, ctx: &Context<C>) -> Result<A
         );
         status.observed_generation = gw.metadata.generation;
         if Some(&status) != gw.status.as_ref() {
-            write_status(ctx, gw, status).await?;
+            write_status(&ctx.client, gw, |g| g.status = Some(status)).await?;
             publish(
                 &ctx.recorder,
                 gw,
@@ -396,7 +392,7 @@ async fn reconcile_gateway<C: Cloud>(gw: &Gateway, ctx: &Context<C>) -> Result<A
     );
     let pending = !progress.recorded.pending.is_empty();
     if Some(&status) != gw.status.as_ref() {
-        write_status(ctx, gw, status.clone()).await?;
+        write_status(&ctx.client, gw, |g| g.status = Some(status.clone())).await?;
     }
     if was != now
         && let Some((s, r)) = &now
@@ -847,11 +843,7 @@ async fn link_active(
         .get_opt(&holder)
         .await
         .map_err(|e| StepError::kube(step, e))?;
-    let ready = pod
-        .as_ref()
-        .and_then(|p| p.status.as_ref())
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    let ready = pod.as_ref().is_some_and(pod_ready);
     Ok(match (pod.is_some(), ready) {
         (true, true) => (
             true,
@@ -983,29 +975,6 @@ fn status_of(
     s
 }
 
-/// Replaces the status on the freshest copy (a custom resource's status PUT needs the
-/// current resourceVersion); a conflict is an error the next pass retries.
-async fn write_status<C: Cloud>(
-    ctx: &Context<C>,
-    gw: &Gateway,
-    status: GatewayStatus,
-) -> Result<(), StepError> {
-    let api: Api<Gateway> =
-        Api::namespaced(ctx.client.clone(), &gw.namespace().unwrap_or_default());
-    let Some(mut fresh) = api
-        .get_opt(&gw.name_any())
-        .await
-        .map_err(|e| StepError::kube("write status", e))?
-    else {
-        return Ok(());
-    };
-    fresh.status = Some(status);
-    api.replace_status(&gw.name_any(), &PostParams::default(), &fresh)
-        .await
-        .map_err(|e| StepError::kube("write status", e))?;
-    Ok(())
-}
-
 async fn teardown<C: Cloud>(gw: &Gateway, ctx: &Context<C>) -> Result<Action, StepError> {
     let ns = gw.namespace().unwrap_or_default();
     let name = gw.name_any();
@@ -1053,7 +1022,7 @@ async fn teardown<C: Cloud>(gw: &Gateway, ctx: &Context<C>) -> Result<Action, St
         gw.metadata.generation,
     );
     if Some(&s) != gw.status.as_ref() {
-        write_status(ctx, gw, s).await?;
+        write_status(&ctx.client, gw, |g| g.status = Some(s)).await?;
     }
     ctx.metrics
         .gateway_state(&format!("{ns}/{name}"), Some(reasons::TERMINATING));

@@ -140,6 +140,62 @@ where
         .await
 }
 
+/// Replaces the status on the freshest copy of `obj` (a custom resource's status PUT needs
+/// the current resourceVersion, and a PUT, unlike a merge patch, clears fields that became
+/// empty); a conflict is an error the next pass retries. A deleted object is left alone.
+pub async fn write_status<K>(
+    client: &Client,
+    obj: &K,
+    set: impl FnOnce(&mut K),
+) -> Result<(), StepError>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug,
+{
+    let name = obj.meta().name.clone().unwrap_or_default();
+    let ns = obj.meta().namespace.clone().unwrap_or_default();
+    let api: Api<K> = Api::namespaced(client.clone(), &ns);
+    let Some(mut fresh) = api
+        .get_opt(&name)
+        .await
+        .map_err(|e| StepError::kube("write status", e))?
+    else {
+        return Ok(());
+    };
+    set(&mut fresh);
+    api.replace_status(&name, &kube::api::PostParams::default(), &fresh)
+        .await
+        .map_err(|e| StepError::kube("write status", e))?;
+    Ok(())
+}
+
+/// Whether a Pod's Ready condition is True.
+pub fn pod_ready(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Maps a link Pod to its owner (the `app.kubernetes.io/instance` label, same namespace).
+pub fn owner_of_pod<K: Resource>(
+    pod: &k8s_openapi::api::core::v1::Pod,
+) -> Option<kube::runtime::reflector::ObjectRef<K>>
+where
+    K::DynamicType: Default,
+{
+    let ns = pod.metadata.namespace.clone()?;
+    let owner = pod
+        .metadata
+        .labels
+        .as_ref()?
+        .get(crate::children::INSTANCE_LABEL)?;
+    Some(kube::runtime::reflector::ObjectRef::new(owner).within(&ns))
+}
+
 /// Deletes `name`, treating "already gone" as success.
 pub async fn delete_quietly<K>(client: &Client, ns: &str, name: &str) -> Result<(), kube::Error>
 where
