@@ -10,56 +10,65 @@ use std::time::Duration;
 
 use crate::netns::{Netns, wait_for};
 
-/// Path of the `wgnet-link` binary next to the running test. Built once per test process
-/// (a no-op when up to date): `cargo test -p wgnet-tests` alone would not rebuild another
-/// package's binary, and a stale one would test old code.
+/// Path of the `wgnet-link` binary next to the running test (see [`workspace_binary`]).
 pub fn binary() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let exe = std::env::current_exe().expect("test executable path");
-            // target/<profile>/deps/<test> -> target/<profile>/wgnet-link
-            let dir = exe
-                .parent()
-                .and_then(Path::parent)
-                .expect("tests run from target/<profile>/deps");
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let mut cmd = Command::new(cargo);
-            cmd.args([
-                "build",
-                "--quiet",
-                "-p",
-                "wgnet-link",
-                "--bin",
-                "wgnet-link",
-            ]);
-            // The test's own CARGO_PKG_*/CARGO_MANIFEST_DIR would leak into build scripts
-            // that declare them with rerun-if-env-changed (ring does), making this build and
-            // the outer one invalidate each other's artifacts every time.
-            for (k, _) in std::env::vars_os() {
-                let k = k.to_string_lossy().into_owned();
-                if k.starts_with("CARGO_")
-                    && !matches!(k.as_str(), "CARGO_HOME" | "CARGO_TARGET_DIR")
-                {
-                    cmd.env_remove(k);
-                }
+    workspace_binary("wgnet-link")
+}
+
+/// Path of a workspace binary (`wgnet-link`, `wgnet-operator`) next to the running test.
+/// Both are built once per test process in one cargo invocation (a no-op when up to date):
+/// `cargo test -p wgnet-tests` alone would not rebuild another package's binary, a stale
+/// one would test old code, and one invocation keeps a single feature set for both.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test executable path");
+        // target/<profile>/deps/<test> -> target/<profile>/
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("tests run from target/<profile>/deps")
+            .to_path_buf();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            "wgnet-link",
+            "--bin",
+            "wgnet-link",
+            "-p",
+            "wgnet-operator",
+            "--bin",
+            "wgnet-operator",
+        ]);
+        // The test's own CARGO_PKG_*/CARGO_MANIFEST_DIR would leak into build scripts that
+        // declare them with rerun-if-env-changed (ring does), making this build and the
+        // outer one invalidate each other's artifacts every time.
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy().into_owned();
+            if k.starts_with("CARGO_") && !matches!(k.as_str(), "CARGO_HOME" | "CARGO_TARGET_DIR") {
+                cmd.env_remove(k);
             }
-            if dir.file_name().is_some_and(|n| n == "release") {
-                cmd.arg("--release");
-            }
-            let bin = dir.join("wgnet-link");
-            let ok = cmd
-                .current_dir(crate::repo_root())
-                .status()
-                .is_ok_and(|s| s.success());
-            assert!(
-                ok && bin.exists(),
-                "could not build wgnet-link at {}",
-                bin.display()
-            );
-            bin
-        })
-        .clone()
+        }
+        if dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let ok = cmd
+            .current_dir(crate::repo_root())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            ok,
+            "could not build the workspace binaries into {}",
+            dir.display()
+        );
+        dir
+    });
+    let bin = dir.join(name);
+    assert!(bin.exists(), "{} was not built", bin.display());
+    bin
 }
 
 /// One running link.

@@ -666,7 +666,7 @@ async fn drift_is_repaired_with_the_same_address() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_link_replicas_keep_serving_when_the_holder_is_evicted() {
+async fn two_link_replicas_keep_serving_through_eviction_crash_and_rolling_update() {
     use k8s_openapi::api::coordination::v1::Lease;
     use k8s_openapi::api::policy::v1::PodDisruptionBudget;
     let c = Cluster::start(LatencyProfile::instant()).await;
@@ -741,6 +741,67 @@ async fn two_link_replicas_keep_serving_when_the_holder_is_evicted() {
     let second = holder().await.expect("a new holder");
     assert_ne!(second, first);
     eprintln!("failover after the holder was stopped: served again in {took:?}");
+
+    // The holder's link crashes (SIGKILL, no fencing): the pod is restarted in place or the
+    // standby takes over once the lease expires; either way service returns.
+    c.kill_pod(&second);
+    assert!(
+        c.request("tcp", &addr, 8080, Duration::from_secs(40))
+            .is_some(),
+        "no service after the holder crashed\n{}",
+        c.logs()
+    );
+
+    // A rolling update (new pod template) keeps serving: surge one new pod, then retire old
+    // ones one at a time; every probe during the rollout is answered within the failover
+    // bound, and the address never changes.
+    let before: Vec<String> = c.pods().into_iter().map(|(_, n, _)| n).collect();
+    let gws: Api<Gateway> = Api::namespaced(c.client.clone(), "apps");
+    gws.patch(
+        "edge",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"link": {"resources": {"requests": {"cpu": "20m"}}}}})),
+    )
+    .await
+    .expect("edit link resources");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut probes = 0;
+    loop {
+        let names: Vec<String> = c.pods().into_iter().map(|(_, n, _)| n).collect();
+        let rolled = names.len() == 2 && names.iter().all(|n| !before.contains(n));
+        assert!(
+            c.request("tcp", &addr, 8080, Duration::from_secs(10))
+                .is_some(),
+            "a probe went unanswered during the rollout (pods {names:?})\n{}",
+            c.logs()
+        );
+        probes += 1;
+        if rolled {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rollout never finished: {names:?}\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(probes > 1, "the rollout was observed while in progress");
+    let d = Api::<Deployment>::namespaced(c.client.clone(), "apps")
+        .get("edge-link")
+        .await
+        .expect("deployment");
+    let strategy = d.spec.and_then(|s| s.strategy).expect("strategy");
+    assert_eq!(strategy.type_.as_deref(), Some("RollingUpdate"));
+    wait_gw(
+        &c,
+        "apps",
+        "edge",
+        Duration::from_secs(60),
+        "Ready after the rollout",
+        is_ready,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -889,4 +950,233 @@ async fn gcp_denials_dns_without_its_crd_and_delete_while_provisioning() {
         c.request("tcp", &addr, 8080, Duration::from_secs(20))
             .is_some()
     );
+}
+
+/// Creates a Service of `type_` with one named port per `(port, protocol)`.
+async fn typed_service(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    type_: &str,
+    ports: &[(i32, &str)],
+) -> Service {
+    let ports: Vec<_> = ports
+        .iter()
+        .map(|(p, proto)| json!({"name": format!("{}-{p}", proto.to_lowercase()), "port": p, "protocol": proto}))
+        .collect();
+    let svc: Service = serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"type": type_, "selector": {"app": name}, "ports": ports}
+    }))
+    .expect("service");
+    Api::<Service>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &svc)
+        .await
+        .expect("create service")
+}
+
+fn address_of(gw: &Gateway) -> String {
+    gw.status
+        .as_ref()
+        .and_then(|s| s.address.clone())
+        .expect("address")
+}
+
+fn instance_of(gw: &Gateway) -> String {
+    gw.status
+        .as_ref()
+        .and_then(|s| s.gcp.as_ref())
+        .and_then(|g| g.instance.clone())
+        .expect("instance name")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodeport_unpublished_port_deleted_service_and_two_gateways_side_by_side() {
+    let c = Cluster::start(LatencyProfile::instant()).await;
+    let _op = operator(&c).await;
+    namespace(&c.client, "apps", &[]).await;
+    let np = typed_service(&c.client, "apps", "np", "NodePort", &[(80, "TCP")]).await;
+    let np_ip = np
+        .spec
+        .as_ref()
+        .and_then(|s| s.cluster_ip.clone())
+        .expect("cluster IP");
+    assert!(
+        np.spec
+            .as_ref()
+            .and_then(|s| s.ports.as_ref())
+            .and_then(|p| p[0].node_port)
+            .is_some(),
+        "the stand-in API server allocates node ports"
+    );
+    let _np = c.backend(&np_ip, "80,81", ",", "np");
+    let dns_ip = service(&c.client, "apps", "dns", &[(53, "UDP")]).await;
+    let _dns = c.backend(&dns_ip, ",", "53", "dns");
+
+    // Port 81 is not published by the Service: that forward is denied and stays closed in
+    // the firewall while the NodePort one serves.
+    let one = create(
+        &c,
+        &gateway(
+            "one",
+            json!([
+                {"port": 8080, "service": "np", "targetPort": 80},
+                {"port": 9000, "service": "np", "targetPort": 81}
+            ]),
+        ),
+    )
+    .await;
+    let gw = wait_gw(
+        &c,
+        "apps",
+        "one",
+        Duration::from_secs(120),
+        "TargetPortNotListening with the tunnel up",
+        |g| {
+            ready(g).is_some_and(|(_, r, _)| r == "TargetPortNotListening")
+                && g.status.as_ref().is_some_and(|s| {
+                    s.forwards_ready.as_deref() == Some("1/2")
+                        && s.conditions
+                            .iter()
+                            .any(|c| c.type_ == conditions::TUNNEL_READY && c.status == "True")
+                })
+        },
+    )
+    .await;
+    let (_, _, msg) = ready(&gw).expect("ready condition");
+    assert!(msg.contains("81"), "the message names the port: {msg}");
+    let addr_one = address_of(&gw);
+    let tcp = c
+        .request("tcp", &addr_one, 8080, Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("8080 unanswered\n{}", c.logs()));
+    assert!(tcp.starts_with("np tcp 80"), "{tcp}");
+    assert_eq!(firewall_ports(&c, &gw), vec!["tcp/8080", "udp/51820"]);
+    assert!(!c.answers("tcp", &addr_one, 9000));
+
+    // Publishing the port fixes it: Ready, the firewall opens, traffic reaches port 81.
+    Api::<Service>::namespaced(c.client.clone(), "apps")
+        .patch(
+            "np",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"ports": [
+                {"name": "tcp-80", "port": 80, "protocol": "TCP"},
+                {"name": "tcp-81", "port": 81, "protocol": "TCP"}
+            ]}})),
+        )
+        .await
+        .expect("publish port 81");
+    let gw = wait_gw(
+        &c,
+        "apps",
+        "one",
+        Duration::from_secs(60),
+        "Ready once published",
+        is_ready,
+    )
+    .await;
+    assert_eq!(
+        firewall_ports(&c, &gw),
+        vec!["tcp/8080", "tcp/9000", "udp/51820"]
+    );
+    let fixed = c
+        .request("tcp", &addr_one, 9000, Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("9000 unanswered after the fix\n{}", c.logs()));
+    assert!(fixed.starts_with("np tcp 81"), "{fixed}");
+
+    // A second Gateway in the same namespace: its own VM, address, firewall and link.
+    create(
+        &c,
+        &gateway(
+            "two",
+            json!([{"port": 5353, "protocol": "UDP", "service": "dns", "targetPort": 53}]),
+        ),
+    )
+    .await;
+    let two = wait_gw(
+        &c,
+        "apps",
+        "two",
+        Duration::from_secs(120),
+        "second Gateway Ready",
+        is_ready,
+    )
+    .await;
+    let addr_two = address_of(&two);
+    assert_ne!(addr_one, addr_two);
+    assert_ne!(instance_of(&gw), instance_of(&two));
+    assert_eq!(firewall_ports(&c, &two), vec!["udp/51820", "udp/5353"]);
+    let udp = c
+        .request("udp", &addr_two, 5353, Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("5353 unanswered\n{}", c.logs()));
+    assert!(udp.starts_with("dns udp 53"), "{udp}");
+    assert!(c.answers("tcp", &addr_one, 8080), "the first keeps serving");
+    assert!(
+        !c.answers("tcp", &addr_two, 8080),
+        "a port is served only by its own Gateway"
+    );
+    assert_eq!(c.pods().len(), 2, "{:?}", c.pods());
+
+    // The Service is deleted: only its forwards close; the VM and the address stay.
+    Api::<Service>::namespaced(c.client.clone(), "apps")
+        .delete("np", &DeleteParams::default())
+        .await
+        .expect("delete np");
+    let gw = wait_gw(
+        &c,
+        "apps",
+        "one",
+        Duration::from_secs(60),
+        "ServiceNotFound",
+        |g| ready(g).is_some_and(|(_, r, _)| r == "ServiceNotFound"),
+    )
+    .await;
+    assert_eq!(address_of(&gw), addr_one);
+    assert_eq!(firewall_ports(&c, &gw), vec!["udp/51820"]);
+    let closed = wgnet_tests::netns::wait_for(Duration::from_secs(10), || {
+        (!c.answers("tcp", &addr_one, 8080)).then_some(())
+    });
+    assert!(closed.is_some(), "8080 still answers without its Service");
+    assert!(
+        c.emu
+            .get("instance", PROJECT, "us-central1-a", &instance_of(&gw))
+            .is_some(),
+        "the VM is kept"
+    );
+
+    // Deleting one Gateway leaves the other's resources alone.
+    one.delete("two", &DeleteParams::default())
+        .await
+        .expect("delete two");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while one.get_opt("two").await.expect("get").is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "Gateway two never released\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let instances: Vec<String> = c
+        .emu
+        .inventory()
+        .into_iter()
+        .filter(|i| i.kind == "instance")
+        .map(|i| i.name)
+        .collect();
+    assert_eq!(instances, vec![instance_of(&gw)]);
+    assert!(
+        c.request("udp", &addr_two, 5353, Duration::from_secs(2))
+            .is_none(),
+        "the deleted Gateway's address stops answering"
+    );
+    let still = wait_gw(
+        &c,
+        "apps",
+        "one",
+        Duration::from_secs(10),
+        "one untouched",
+        |g| g.metadata.deletion_timestamp.is_none(),
+    )
+    .await;
+    assert_eq!(address_of(&still), addr_one);
 }

@@ -86,6 +86,7 @@ pub struct State {
     pub oldest_rv: u64,
     seed: u64,
     next_ip: u32,
+    next_node_port: u32,
     tx: broadcast::Sender<Arc<WatchEvent>>,
 }
 
@@ -106,6 +107,7 @@ impl State {
             oldest_rv: 0,
             seed,
             next_ip: 10,
+            next_node_port: 0,
             tx,
         };
         let ns = state
@@ -794,7 +796,8 @@ impl State {
     }
 
     /// Services get a ClusterIP from 10.96.0.0/16 (unless headless or ExternalName), port
-    /// protocols and target ports defaulted, as the real server and kube-proxy expect.
+    /// protocols and target ports defaulted and NodePort/LoadBalancer ports a node port, as
+    /// the real server and kube-proxy expect.
     fn default_service(&mut self, obj: &mut Value) {
         if !obj["spec"].is_object() {
             obj["spec"] = json!({});
@@ -813,6 +816,7 @@ impl State {
             spec["clusterIP"] = json!(ip);
             spec["clusterIPs"] = json!([ip]);
         }
+        let node_ports = spec["type"] == "NodePort" || spec["type"] == "LoadBalancer";
         if let Some(ports) = spec["ports"].as_array_mut() {
             for p in ports {
                 if p["protocol"].is_null() {
@@ -820,6 +824,11 @@ impl State {
                 }
                 if p["targetPort"].is_null() {
                     p["targetPort"] = p["port"].clone();
+                }
+                if node_ports && p["nodePort"].is_null() {
+                    // The default node-port range is 30000-32767.
+                    p["nodePort"] = json!(30000 + self.next_node_port % 2768);
+                    self.next_node_port += 1;
                 }
             }
         }

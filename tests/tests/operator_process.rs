@@ -1,0 +1,265 @@
+//! The `wgnet-operator` binary itself, twice, with `--leader-elect`: only the Lease holder
+//! reconciles, the standby takes over when the holder crashes, and SIGTERM releases the
+//! Lease and exits cleanly. Runs against the same cluster-and-cloud harness as the
+//! in-process tests (stand-in API server, GCP emulator, kubelet stand-in). Needs root.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Service};
+use kube::Client;
+use kube::api::{Api, PostParams};
+use serde_json::json;
+use wgnet_operator::api::{Gateway, conditions};
+use wgnet_tests::cluster::Cluster;
+use wgnet_tests::fixtures::{CLUSTER, INSTALL, PROJECT};
+use wgnet_tests::gcp::LatencyProfile;
+use wgnet_tests::link::workspace_binary;
+
+/// One operator process; killed on drop so a failing test leaves none behind.
+struct Operator {
+    name: &'static str,
+    child: Child,
+    metrics: u16,
+    log: std::path::PathBuf,
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Operator {
+    fn start(c: &Cluster, name: &'static str) -> Self {
+        // A free port for /metrics and /healthz (the same listener serves both).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let log = c.dir().join(format!("{name}.log"));
+        let out = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(workspace_binary("wgnet-operator"))
+            .args([
+                "--leader-elect",
+                "--link-image",
+                "ghcr.io/wgnet-dev/wgnet-link:test",
+                "--cluster-id",
+                CLUSTER,
+                "--install",
+                INSTALL,
+                "--resync",
+                "20",
+                "--metrics-addr",
+                &addr,
+                "--health-addr",
+                &addr,
+                "--compute-endpoint",
+                &c.emu.compute_url(),
+                "--iam-endpoint",
+                &c.emu.iam_url(),
+                "--secrets-endpoint",
+                &c.emu.secrets_url(),
+            ])
+            .arg("--gcp-credentials")
+            .arg(&c.key)
+            .env("KUBECONFIG", c.dir().join("kubeconfig"))
+            .env("POD_NAMESPACE", "wgnet-system")
+            .env("POD_NAME", name)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .expect("start wgnet-operator");
+        Operator {
+            name,
+            child,
+            metrics: port,
+            log,
+        }
+    }
+
+    /// `wgnet_reconciles_total` summed over its labels, from the process's /metrics.
+    async fn reconciles(&self) -> Option<f64> {
+        let body = reqwest::get(format!("http://127.0.0.1:{}/metrics", self.metrics))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        Some(
+            body.lines()
+                .filter(|l| l.starts_with("wgnet_reconciles_total"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum(),
+        )
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+async fn holder(client: &Client) -> Option<String> {
+    Api::<Lease>::namespaced(client.clone(), "wgnet-system")
+        .get_opt("wgnet-operator")
+        .await
+        .ok()
+        .flatten()
+        .and_then(|l| l.spec)
+        .and_then(|s| s.holder_identity)
+        .filter(|h| !h.is_empty())
+}
+
+/// Polls `f` every 200 ms until it yields, at most `timeout`.
+async fn until<T, F: std::future::Future<Output = Option<T>>>(
+    timeout: Duration,
+    mut f: impl FnMut() -> F,
+) -> Option<T> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn ready_address(client: &Client, name: &str) -> Option<String> {
+    let gw = Api::<Gateway>::namespaced(client.clone(), "apps")
+        .get(name)
+        .await
+        .ok()?;
+    let status = gw.status?;
+    status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == conditions::READY && c.status == "True")
+        .then_some(status.address)?
+}
+
+async fn create_gateway(client: &Client, name: &str) {
+    let gw: Gateway = serde_json::from_value(json!({
+        "apiVersion": "wgnet.dev/v1alpha1",
+        "kind": "Gateway",
+        "metadata": {"name": name},
+        "spec": {
+            "gcp": {"projectID": PROJECT, "region": "us-central1", "zone": "us-central1-a"},
+            "wireguard": {"keepalive": 5},
+            "forwards": [{"port": 8080, "service": "web", "targetPort": 80}]
+        }
+    }))
+    .expect("gateway");
+    Api::<Gateway>::namespaced(client.clone(), "apps")
+        .create(&PostParams::default(), &gw)
+        .await
+        .expect("create gateway");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_operator_replicas_one_leader_failover_and_clean_sigterm() {
+    let c = Cluster::start(LatencyProfile::instant()).await;
+    for ns in ["wgnet-system", "apps"] {
+        Api::<Namespace>::all(c.client.clone())
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": ns}})).expect("namespace"),
+            )
+            .await
+            .expect("create namespace");
+    }
+    let svc: Service = serde_json::from_value(json!({
+        "metadata": {"name": "web", "namespace": "apps"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}
+    }))
+    .expect("service");
+    let svc = Api::<Service>::namespaced(c.client.clone(), "apps")
+        .create(&PostParams::default(), &svc)
+        .await
+        .expect("create service");
+    let ip = svc.spec.and_then(|s| s.cluster_ip).expect("cluster IP");
+    let _web = c.backend(&ip, "80", ",", "web");
+
+    let mut ops = vec![Operator::start(&c, "op-a"), Operator::start(&c, "op-b")];
+    let report = |ops: &[Operator]| {
+        ops.iter()
+            .map(|o| format!("--- {} ---\n{}", o.name, o.logs()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let first = until(Duration::from_secs(60), || holder(&c.client))
+        .await
+        .unwrap_or_else(|| panic!("no operator took the lease\n{}", report(&ops)));
+
+    // The holder's Gateway goes all the way to Ready through the real binary.
+    create_gateway(&c.client, "first").await;
+    let addr = until(Duration::from_secs(120), || {
+        ready_address(&c.client, "first")
+    })
+    .await
+    .unwrap_or_else(|| panic!("first never Ready\n{}\n{}", report(&ops), c.logs()));
+    assert!(
+        c.request("tcp", &addr, 8080, Duration::from_secs(20))
+            .is_some(),
+        "{}",
+        c.logs()
+    );
+    let (leader, standby): (Vec<&Operator>, Vec<&Operator>) =
+        ops.iter().partition(|o| o.name == first);
+    let (leader, standby) = (leader[0], standby[0]);
+    assert!(
+        leader.reconciles().await.is_some_and(|n| n > 0.0),
+        "the leader reconciled"
+    );
+    assert_eq!(
+        standby.reconciles().await,
+        Some(0.0),
+        "the standby serves /metrics but never reconciles"
+    );
+
+    // The leader crashes (SIGKILL: no release). The standby takes over once the lease
+    // expires and provisions a new Gateway.
+    let idx = ops.iter().position(|o| o.name == first).expect("leader");
+    let mut dead = ops.remove(idx);
+    dead.child.kill().expect("kill leader");
+    let _ = dead.child.wait();
+    let second = until(Duration::from_secs(60), || async {
+        holder(&c.client).await.filter(|h| *h != first)
+    })
+    .await
+    .unwrap_or_else(|| panic!("the standby never took over\n{}", report(&ops)));
+    assert_eq!(second, ops[0].name);
+    create_gateway(&c.client, "second").await;
+    until(Duration::from_secs(120), || {
+        ready_address(&c.client, "second")
+    })
+    .await
+    .unwrap_or_else(|| panic!("second never Ready\n{}\n{}", report(&ops), c.logs()));
+    assert!(ops[0].reconciles().await.is_some_and(|n| n > 0.0));
+
+    // SIGTERM: the new leader stops its controllers, releases the lease and exits 0.
+    let pid = ops[0].child.id().to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(killed);
+    let exited = until(Duration::from_secs(30), || {
+        let status = ops[0].child.try_wait().ok().flatten();
+        async move { status }
+    })
+    .await
+    .unwrap_or_else(|| panic!("no exit within 30 s after SIGTERM\n{}", report(&ops)));
+    assert!(exited.success(), "exit status {exited}\n{}", report(&ops));
+    assert_eq!(
+        holder(&c.client).await,
+        None,
+        "the lease is released on a clean stop"
+    );
+}
