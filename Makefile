@@ -50,11 +50,11 @@ bench: deps
 
 # Regenerate crds/ from the API types.
 generate: deps
-	$(CARGO) run --quiet --locked -p wgnet-operator --bin crdgen -- crds
+	$(CARGO) run --quiet --locked -p wgnet-operator --bin crdgen -- crds charts/wireguard-gateway-operator/crds
 
 # Fail when crds/ differs from what the API types render.
 check-generated: deps
-	$(CARGO) run --quiet --locked -p wgnet-operator --bin crdgen -- --check crds
+	$(CARGO) run --quiet --locked -p wgnet-operator --bin crdgen -- --check crds charts/wireguard-gateway-operator/crds
 
 # What CI runs.
 ci: fmt-check lint test

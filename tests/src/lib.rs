@@ -7,6 +7,7 @@
 //! own tests dev-depend on it, a cycle Cargo allows for dev-dependencies.
 
 pub mod apiserver;
+pub mod chart;
 pub mod cluster;
 pub mod crd_schema;
 pub mod fixtures;
@@ -14,6 +15,7 @@ pub mod gateway;
 pub mod gcp;
 pub mod link;
 pub mod netns;
+pub mod rbac;
 pub mod serve;
 
 /// Path of the repository root, for tests that read `crds/` and `testdata/`.

@@ -1,21 +1,29 @@
 //! The `wgnet-operator` binary itself, twice, with `--leader-elect`: only the Lease holder
 //! reconciles, the standby takes over when the holder crashes, and SIGTERM releases the
-//! Lease and exits cleanly. Runs against the same cluster-and-cloud harness as the
-//! in-process tests (stand-in API server, GCP emulator, kubelet stand-in). Needs root.
+//! Lease and exits cleanly. Every API request the two processes made is then checked
+//! against the RBAC the Helm chart renders, so the chart grants what the operator really
+//! does. Runs against the same cluster-and-cloud harness as the in-process tests
+//! (stand-in API server, GCP emulator, kubelet stand-in). Needs root and `helm`.
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use k8s_openapi::ByteString;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use kube::Client;
 use kube::api::{Api, PostParams};
 use serde_json::json;
-use wgnet_operator::api::{Gateway, conditions};
+use wgnet_operator::api::{EgressGateway, Gateway, conditions};
 use wgnet_tests::cluster::Cluster;
 use wgnet_tests::fixtures::{CLUSTER, INSTALL, PROJECT};
 use wgnet_tests::gcp::LatencyProfile;
 use wgnet_tests::link::workspace_binary;
+use wgnet_tests::rbac::{self, Grants};
+
+/// The bearer token the operator processes present; the stand-in API server logs it as
+/// the user, which tells their requests apart from the harness's.
+const OPERATOR_USER: &str = "system:serviceaccount:wgnet-system:wgnet-wireguard-gateway-operator";
 
 /// One operator process; killed on drop so a failing test leaves none behind.
 struct Operator {
@@ -41,6 +49,14 @@ impl Operator {
             .port();
         let addr = format!("127.0.0.1:{port}");
         let log = c.dir().join(format!("{name}.log"));
+        let kubeconfig = c.dir().join("operator-kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            c.api
+                .kubeconfig()
+                .replace("user: {}", &format!("user: {{token: \"{OPERATOR_USER}\"}}")),
+        )
+        .expect("kubeconfig");
         let out = std::fs::File::create(&log).expect("log file");
         let child = Command::new(workspace_binary("wgnet-operator"))
             .args([
@@ -66,7 +82,7 @@ impl Operator {
             ])
             .arg("--gcp-credentials")
             .arg(&c.key)
-            .env("KUBECONFIG", c.dir().join("kubeconfig"))
+            .env("KUBECONFIG", &kubeconfig)
             .env("POD_NAMESPACE", "wgnet-system")
             .env("POD_NAME", name)
             .env("RUST_LOG", "info")
@@ -144,7 +160,7 @@ async fn ready_address(client: &Client, name: &str) -> Option<String> {
         .then_some(status.address)?
 }
 
-async fn create_gateway(client: &Client, name: &str) {
+async fn create_gateway(client: &Client, name: &str, dns: &[&str]) {
     let gw: Gateway = serde_json::from_value(json!({
         "apiVersion": "wgnet.dev/v1alpha1",
         "kind": "Gateway",
@@ -152,7 +168,8 @@ async fn create_gateway(client: &Client, name: &str) {
         "spec": {
             "gcp": {"projectID": PROJECT, "region": "us-central1", "zone": "us-central1-a"},
             "wireguard": {"keepalive": 5},
-            "forwards": [{"port": 8080, "service": "web", "targetPort": 80}]
+            "forwards": [{"port": 8080, "service": "web", "targetPort": 80}],
+            "dnsHostnames": dns
         }
     }))
     .expect("gateway");
@@ -198,7 +215,7 @@ async fn two_operator_replicas_one_leader_failover_and_clean_sigterm() {
         .unwrap_or_else(|| panic!("no operator took the lease\n{}", report(&ops)));
 
     // The holder's Gateway goes all the way to Ready through the real binary.
-    create_gateway(&c.client, "first").await;
+    create_gateway(&c.client, "first", &[]).await;
     let addr = until(Duration::from_secs(120), || {
         ready_address(&c.client, "first")
     })
@@ -235,13 +252,71 @@ async fn two_operator_replicas_one_leader_failover_and_clean_sigterm() {
     .await
     .unwrap_or_else(|| panic!("the standby never took over\n{}", report(&ops)));
     assert_eq!(second, ops[0].name);
-    create_gateway(&c.client, "second").await;
+    create_gateway(&c.client, "second", &["second.example.com"]).await;
     until(Duration::from_secs(120), || {
         ready_address(&c.client, "second")
     })
     .await
     .unwrap_or_else(|| panic!("second never Ready\n{}\n{}", report(&ops), c.logs()));
     assert!(ops[0].reconciles().await.is_some_and(|n| n > 0.0));
+
+    // An EgressGateway with a valid config, so its link Deployment and Service are applied
+    // (the VPN peer does not exist; only the API objects matter here).
+    let (link_priv, _) = wgnet_tests::netns::wg_keypair();
+    let (_, peer_pub) = wgnet_tests::netns::wg_keypair();
+    let conf = format!(
+        "[Interface]\nPrivateKey = {link_priv}\nAddress = 10.8.0.2/32\n\n[Peer]\nPublicKey = {peer_pub}\nEndpoint = 192.0.2.1:51820\nAllowedIPs = 10.0.0.0/24\n"
+    );
+    Api::<Secret>::namespaced(c.client.clone(), "apps")
+        .create(
+            &PostParams::default(),
+            &Secret {
+                metadata: kube::api::ObjectMeta {
+                    name: Some("vpn".into()),
+                    ..Default::default()
+                },
+                data: Some([("wg0.conf".to_owned(), ByteString(conf.into_bytes()))].into()),
+                ..Secret::default()
+            },
+        )
+        .await
+        .expect("config secret");
+    let egw: EgressGateway = serde_json::from_value(json!({
+        "apiVersion": "wgnet.dev/v1alpha1", "kind": "EgressGateway",
+        "metadata": {"name": "corp"},
+        "spec": {
+            "configSecretRef": {"name": "vpn"},
+            "forwards": [{"name": "db", "port": 1433, "targetHost": "10.0.0.5", "targetPort": 1433}]
+        }
+    }))
+    .expect("egress gateway");
+    Api::<EgressGateway>::namespaced(c.client.clone(), "apps")
+        .create(&PostParams::default(), &egw)
+        .await
+        .expect("create egress gateway");
+    until(Duration::from_secs(60), || async {
+        Api::<Service>::namespaced(c.client.clone(), "apps")
+            .get_opt("corp")
+            .await
+            .ok()
+            .flatten()
+    })
+    .await
+    .unwrap_or_else(|| panic!("the egress Service never appeared\n{}", report(&ops)));
+    // A deleted Gateway exercises the teardown path too.
+    Api::<Gateway>::namespaced(c.client.clone(), "apps")
+        .delete("first", &Default::default())
+        .await
+        .expect("delete first");
+    until(Duration::from_secs(90), || async {
+        Api::<Gateway>::namespaced(c.client.clone(), "apps")
+            .get_opt("first")
+            .await
+            .ok()
+            .and_then(|g| g.is_none().then_some(()))
+    })
+    .await
+    .unwrap_or_else(|| panic!("first never released\n{}", report(&ops)));
 
     // SIGTERM: the new leader stops its controllers, releases the lease and exits 0.
     let pid = ops[0].child.id().to_string();
@@ -262,4 +337,44 @@ async fn two_operator_replicas_one_leader_failover_and_clean_sigterm() {
         None,
         "the lease is released on a clean stop"
     );
+
+    // Everything both processes asked of the API server is allowed by the chart's RBAC
+    // (DNS enabled, since "second" publishes a hostname).
+    let docs = wgnet_tests::chart::render("wgnet", "wgnet-system", &["dns.enabled=true"])
+        .unwrap_or_else(|e| panic!("helm template: {e}"));
+    let sa = OPERATOR_USER.rsplit(':').next().expect("name");
+    let grants = Grants::for_service_account(&docs, "wgnet-system", sa).expect("grants");
+    let mut used = std::collections::BTreeSet::new();
+    let mut denied = std::collections::BTreeSet::new();
+    for r in c
+        .api
+        .request_log()
+        .iter()
+        .filter(|r| r.user == OPERATOR_USER)
+    {
+        let Some(a) = rbac::access_of(&r.method, &r.path, &r.query) else {
+            continue;
+        };
+        used.insert(format!("{} {}/{}", a.verb, a.group, a.resource));
+        if !grants.allows(&a) {
+            denied.insert(a.to_string());
+        }
+    }
+    assert!(denied.is_empty(), "the chart's RBAC denies: {denied:#?}");
+    for needed in [
+        "watch wgnet.dev/gateways",
+        "update wgnet.dev/gateways/status",
+        "patch apps/deployments",
+        "create /secrets",
+        "patch rbac.authorization.k8s.io/roles",
+        "create events.k8s.io/events",
+        "patch externaldns.k8s.io/dnsendpoints",
+        "patch /services",
+        "update coordination.k8s.io/leases",
+    ] {
+        assert!(
+            used.contains(needed),
+            "the run never did {needed:?}: {used:#?}"
+        );
+    }
 }

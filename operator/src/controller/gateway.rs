@@ -772,9 +772,19 @@ async fn ensure_dns<C: Cloud>(
     let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &ar);
     let missing = |s: &kube::core::Status| s.is_not_found();
     if gw.spec.dns_hostnames.is_empty() {
+        // Only a Gateway that once asked for DNS (it carries the condition) can have a
+        // record to delete; others skip the call, so installs without DNS permissions
+        // (the chart's dns.enabled=false) never see a 403 here.
+        let had_dns = gw
+            .status
+            .as_ref()
+            .is_some_and(|s| condition(&s.conditions, conditions::DNS_READY).is_some());
+        if !had_dns {
+            return Ok(None);
+        }
         return match api.delete(&name, &Default::default()).await {
             Ok(_) => Ok(None),
-            Err(kube::Error::Api(s)) if missing(&s) => Ok(None),
+            Err(kube::Error::Api(s)) if missing(&s) || s.is_forbidden() => Ok(None),
             Err(e) => Err(StepError::kube("delete dns endpoint", e)),
         };
     }
@@ -817,6 +827,11 @@ async fn ensure_dns<C: Cloud>(
             false,
             "DNSEndpointCRDMissing".into(),
             "external-dns's DNSEndpoint CRD (externaldns.k8s.io/v1alpha1) is not installed, so spec.dnsHostnames are not published".into(),
+        ))),
+        Err(kube::Error::Api(s)) if s.is_forbidden() => Ok(Some((
+            false,
+            "DNSEndpointForbidden".into(),
+            "the operator may not write DNSEndpoints (externaldns.k8s.io); install the chart with dns.enabled=true to publish spec.dnsHostnames".into(),
         ))),
         Err(e) => Ok(Some((false, "DNSEndpointFailed".into(), StepError::kube("ensure dns endpoint", e).to_string()))),
     }

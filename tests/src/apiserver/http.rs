@@ -51,6 +51,9 @@ pub struct LoggedRequest {
     pub query: String,
     /// Status answered (200 for watches that started streaming).
     pub status: u16,
+    /// The bearer token, which this server takes as the user's name (no authentication:
+    /// it only tells clients apart, e.g. to check one client's requests against RBAC).
+    pub user: String,
 }
 
 /// Test controls shared by the server and its handle.
@@ -100,6 +103,13 @@ pub async fn handle(
     let method = req.method().to_string();
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or("").to_owned();
+    let user = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("")
+        .to_owned();
     let (latency, fault) = {
         let mut c = lock(&shared.controls);
         let fault = c
@@ -135,6 +145,7 @@ pub async fn handle(
         path,
         query,
         status: resp.status().as_u16(),
+        user,
     });
     Ok(resp)
 }
