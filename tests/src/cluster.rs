@@ -29,7 +29,7 @@ use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
 use crate::apiserver::{self, ApiServer};
-use crate::fixtures::{PROJECT, TempDir};
+use crate::fixtures::TempDir;
 use crate::gateway::echo_py;
 use crate::gcp::{Config, GcpEmulator, LatencyProfile};
 use crate::link::Link;
@@ -165,6 +165,8 @@ impl Cluster {
             GcpEmulator::start(Config {
                 addr: (root_ip, 0).into(),
                 profile,
+                // The tests' project and the sandbox's (make demo).
+                projects: vec!["wgnet-test".to_owned(), "wgnet-sandbox".to_owned()],
                 ..Config::default()
             })
             .await
@@ -224,6 +226,20 @@ impl Cluster {
     /// A backend owning `cluster_ip` on the Service bridge, answering on `tcp` and `udp`
     /// ports (comma lists) with `tag` in every answer.
     pub fn backend(&self, cluster_ip: &str, tcp: &str, udp: &str, tag: &str) -> Netns {
+        let ns = self.service_host(cluster_ip);
+        drop(ns.spawn(
+            &format!(
+                "python3 '{}' serve {cluster_ip} {tcp} {udp} {tag}",
+                echo_py()
+            ),
+            &[],
+        ));
+        ns
+    }
+
+    /// A namespace owning `cluster_ip` on the Service bridge (what kube-proxy would make of
+    /// a Service with one endpoint), for the caller to run a server in.
+    pub fn service_host(&self, cluster_ip: &str) -> Netns {
         let n = SVC_BACKENDS.fetch_add(1, Ordering::Relaxed);
         let ns = Netns::new("svc", &format!("{}{n}", netns::unique_tag()));
         attach(
@@ -234,13 +250,6 @@ impl Cluster {
             &format!("{cluster_ip}/16"),
         );
         sh(&ns, "ip route add default via 10.96.255.254");
-        drop(ns.spawn(
-            &format!(
-                "python3 '{}' serve {cluster_ip} {tcp} {udp} {tag}",
-                echo_py()
-            ),
-            &[],
-        ));
         ns
     }
 
@@ -713,7 +722,7 @@ fn run_link(env: &Env, ns: &Netns, d: &Deployment, pod: &str, namespace: &str) -
 }
 
 fn boot_tick(env: &Env, world: &Mutex<World>) {
-    let mut live: BTreeMap<String, (String, String, Value)> = BTreeMap::new();
+    let mut live: BTreeMap<String, (String, String, String, Value)> = BTreeMap::new();
     for item in env
         .emu
         .inventory()
@@ -734,7 +743,10 @@ fn boot_tick(env: &Env, world: &Mutex<World>) {
             inst["id"].as_str().unwrap_or_default(),
             inst["lastStartTimestamp"].as_str().unwrap_or_default()
         );
-        live.insert(item.name.clone(), (item.scope.clone(), id, inst));
+        live.insert(
+            item.name.clone(),
+            (item.project.clone(), item.scope.clone(), id, inst),
+        );
     }
     let gone: Vec<String> = {
         let w = world
@@ -742,7 +754,7 @@ fn boot_tick(env: &Env, world: &Mutex<World>) {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         w.vms
             .iter()
-            .filter(|(name, vm)| live.get(*name).is_none_or(|(_, id, _)| *id != vm.id))
+            .filter(|(name, vm)| live.get(*name).is_none_or(|(_, _, id, _)| *id != vm.id))
             .map(|(n, _)| n.clone())
             .collect()
     };
@@ -758,7 +770,7 @@ fn boot_tick(env: &Env, world: &Mutex<World>) {
             note(world, format!("VM {name} shut down"));
         }
     }
-    for (name, (zone, id, inst)) in live {
+    for (name, (project, zone, id, inst)) in live {
         if world
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -788,7 +800,7 @@ fn boot_tick(env: &Env, world: &Mutex<World>) {
         let path = dir.0.join("startup.sh");
         std::fs::write(&path, script).expect("script");
         let iface = format!("wg{tag}");
-        let md = env.emu.metadata_url(PROJECT, &zone, &name);
+        let md = env.emu.metadata_url(&project, &zone, &name);
         let sm = format!("{}/v1", env.emu.url());
         let cmd = format!(
             "WGNET_METADATA_URL='{md}' WGNET_SECRETS_URL='{sm}' WGNET_USERSPACE=wireguard-go WGNET_IFACE={iface} WGNET_STATE_DIR='{}' WGNET_NO_SYSTEMD=1 WGNET_MAX_BACKOFF=1 sh '{}' boot >'{}' 2>&1",

@@ -23,12 +23,15 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     let dir = DIR.get_or_init(|| {
         let exe = std::env::current_exe().expect("test executable path");
-        // target/<profile>/deps/<test> -> target/<profile>/
-        let dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("tests run from target/<profile>/deps")
-            .to_path_buf();
+        // Tests and benches run from target/<profile>/deps/, binaries (the sandbox) from
+        // target/<profile>/ itself.
+        let parent = exe.parent().expect("an executable lives in a directory");
+        let dir = if parent.file_name().is_some_and(|n| n == "deps") {
+            parent.parent().expect("target/<profile>/deps has a parent")
+        } else {
+            parent
+        }
+        .to_path_buf();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
         cmd.args([

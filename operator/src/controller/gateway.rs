@@ -339,6 +339,11 @@ async fn reconcile_gateway<C: Cloud>(gw: &Gateway, ctx: &Context<C>) -> Result<A
             .gateway_state(&format!("{ns}/{name}"), Some("ProjectNotAllowed"));
         return Ok(Action::await_change());
     }
+    let hold_key = format!("{ns}/{name}");
+    if let Some(left) = ctx.holds.remaining(&hold_key, gw.metadata.generation) {
+        // The last pass met a GCP error; this trigger is most likely its own status write.
+        return Ok(Action::requeue(left));
+    }
 
     let observed = observe(&ctx.client, &ns, gw).await?;
     let classified = forwards::classify(&ns, &gw.spec.forwards, &observed);
@@ -416,6 +421,9 @@ async fn reconcile_gateway<C: Cloud>(gw: &Gateway, ctx: &Context<C>) -> Result<A
     for e in &progress.errors {
         tracing::warn!(gateway = %name, namespace = %ns, error = %e, "GCP");
     }
+    if progress.errors.is_empty() {
+        ctx.holds.release(&hold_key);
+    }
     if pending && progress.errors.is_empty() {
         // Waiting here (bounded, server side) instead of polling makes each step follow
         // its operation's end by one round trip; status was written above.
@@ -427,7 +435,9 @@ async fn reconcile_gateway<C: Cloud>(gw: &Gateway, ctx: &Context<C>) -> Result<A
         return Ok(Action::requeue(Duration::from_millis(10)));
     }
     let after = match progress.errors.first() {
-        Some(e) => e.retry_after(),
+        Some(e) => ctx
+            .holds
+            .hold(&hold_key, gw.metadata.generation, e.retry_after()),
         None if !ready => {
             let since = status
                 .conditions

@@ -177,7 +177,7 @@ impl World {
             service_accounts: BTreeMap::new(),
             secrets: BTreeMap::new(),
             counter: 0,
-            next_static: 10,
+            next_static: 0,
             next_ephemeral: 10,
             next_internal: 2,
         }
@@ -764,8 +764,35 @@ impl World {
                 "The emulator serves EXTERNAL addresses only.",
             ));
         }
-        let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(203, 0, 113, 0)) + self.next_static);
-        self.next_static = 10 + (self.next_static - 9) % 240;
+        // Static addresses come from documentation ranges only (203.0.113.10-249, then
+        // 192.0.2.10-249, then 198.51.100.130-249; ephemeral ones use 198.51.100.10-129),
+        // never one still reserved: 600 in all, then GCP's own answer for a full region.
+        let in_use: std::collections::BTreeSet<&str> = self
+            .addresses
+            .values()
+            .filter_map(|a| a["address"].as_str())
+            .collect();
+        let pool = |n: u32| -> Ipv4Addr {
+            let (base, first, n) = match n {
+                0..240 => (Ipv4Addr::new(203, 0, 113, 0), 10, n),
+                240..480 => (Ipv4Addr::new(192, 0, 2, 0), 10, n - 240),
+                _ => (Ipv4Addr::new(198, 51, 100, 0), 130, n - 480),
+            };
+            Ipv4Addr::from(u32::from(base) + first + n)
+        };
+        const POOL: u32 = 600;
+        let Some(n) = (0..POOL)
+            .map(|i| (self.next_static + i) % POOL)
+            .find(|n| !in_use.contains(pool(*n).to_string().as_str()))
+        else {
+            return Err(GcpError::new(
+                403,
+                "quotaExceeded",
+                format!("Quota 'STATIC_ADDRESSES' exceeded.  Limit: {POOL}.0 in region {region}."),
+            ));
+        };
+        self.next_static = (n + 1) % POOL;
+        let ip = pool(n);
         let id = self.next_id();
         let region_link = self.link(&format!("projects/{project}/regions/{region}"));
         let obj = as_obj(&mut body)?;
@@ -948,7 +975,7 @@ impl World {
                     let ip = Ipv4Addr::from(
                         u32::from(Ipv4Addr::new(198, 51, 100, 0)) + self.next_ephemeral,
                     );
-                    self.next_ephemeral = 10 + (self.next_ephemeral - 9) % 240;
+                    self.next_ephemeral = 10 + (self.next_ephemeral - 9) % 120;
                     ip.to_string()
                 }
             };
