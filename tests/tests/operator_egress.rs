@@ -258,3 +258,95 @@ async fn egress_gateway_validates_its_secret_and_reaches_hosts_behind_the_vpn() 
     let _ = stop.send(true);
     drop(remote);
 }
+
+/// Objects the API server accepts but the operator cannot parse (here: the CRDs replaced by
+/// schema-less ones, as an older or hand-edited CRD would allow) get `Ready=False/InvalidSpec`
+/// with the parse error, for both kinds, instead of a silent skip or a failing loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn objects_the_operator_cannot_read_are_reported_as_invalid_spec() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+    let c = Cluster::start(LatencyProfile::instant()).await;
+    let crds: Api<CustomResourceDefinition> = Api::all(c.client.clone());
+    for name in ["gateways.wgnet.dev", "egressgateways.wgnet.dev"] {
+        let mut crd = crds.get(name).await.expect("crd");
+        for v in &mut crd.spec.versions {
+            v.schema = Some(
+                serde_json::from_value(json!({"openAPIV3Schema": {
+                    "type": "object",
+                    "x-kubernetes-preserve-unknown-fields": true
+                }}))
+                .expect("schema"),
+            );
+            v.additional_printer_columns = None;
+        }
+        crd.metadata.managed_fields = None;
+        crds.replace(name, &PostParams::default(), &crd)
+            .await
+            .expect("loosen CRD");
+    }
+    let cloud = fixtures::cloud_for(&c.emu, c.key.clone(), INSTALL, "wgnet").await;
+    let ctx = Arc::new(Context::new(
+        c.client.clone(),
+        cloud,
+        Settings {
+            link: LinkImage {
+                image: "ghcr.io/wgnet-dev/wgnet-link:test".into(),
+                pull_policy: "IfNotPresent".into(),
+                privileged_init: true,
+            },
+            cluster_id: CLUSTER.into(),
+            resync: Duration::from_secs(20),
+            allowed_projects: vec![],
+            sweep_projects: vec![PROJECT.into()],
+        },
+        Arc::new(Metrics::default()),
+        None,
+    ));
+    let (stop, mut rx) = watch::channel(false);
+    tokio::spawn(controller::run(ctx, async move {
+        let _ = rx.wait_for(|s| *s).await;
+    }));
+    Api::<Namespace>::all(c.client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "apps"}})).expect("ns"),
+        )
+        .await
+        .expect("namespace");
+    for (kind, plural) in [("Gateway", "gateways"), ("EgressGateway", "egressgateways")] {
+        let ar = ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("wgnet.dev", "v1alpha1", kind),
+            plural,
+        );
+        let api: Api<DynamicObject> = Api::namespaced_with(c.client.clone(), "apps", &ar);
+        let obj: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "wgnet.dev/v1alpha1", "kind": kind,
+            "metadata": {"name": "broken"},
+            "spec": {"forwards": "not a list"}
+        }))
+        .expect("object");
+        api.patch("broken", &PatchParams::apply("test"), &Patch::Apply(&obj))
+            .await
+            .expect("create malformed object");
+        let reported = wait_for(Duration::from_secs(30), || {
+            let api = api.clone();
+            let got = tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current().block_on(api.get("broken"))
+            })
+            .ok()?;
+            let conds = got.data["status"]["conditions"].as_array()?.clone();
+            conds
+                .into_iter()
+                .find(|c| c["type"] == "Ready" && c["reason"] == "InvalidSpec")
+        });
+        let cond = reported.unwrap_or_else(|| panic!("{kind}: no InvalidSpec condition"));
+        assert_eq!(cond["status"], "False");
+        let msg = cond["message"].as_str().unwrap_or_default();
+        assert!(
+            msg.starts_with(&format!("the {kind} cannot be read: ")),
+            "{kind}: {msg}"
+        );
+    }
+    let _ = stop.send(true);
+}

@@ -19,8 +19,8 @@ use serde_json::json;
 use wgnet_cloud::Cloud;
 
 use super::{
-    Context, StepError, apply, condition, owner_of_pod, pod_ready, publish, selector,
-    set_condition, write_status,
+    Context, StepError, apply, condition, owner_of_pod, pod_ready, publish, report_invalid,
+    selector, set_condition, write_status,
 };
 use crate::api::EgressGateway;
 use crate::api::conditions;
@@ -81,7 +81,7 @@ async fn reconcile<C: Cloud>(
     let started = Instant::now();
     let result = match &obj.0 {
         Ok(egw) => reconcile_egress(egw, &ctx).await,
-        Err(_) => Ok(Action::await_change()),
+        Err(invalid) => report_invalid::<EgressGateway, C>(&ctx, invalid, "EgressGateway").await,
     };
     ctx.metrics.reconciled(KIND, started.elapsed());
     result

@@ -30,7 +30,7 @@ use wgnet_cloud::{Cloud, Desired, GatewayId, PendingOp, Progress, Recorded, Secr
 
 use super::{
     Context, StepError, apply, condition, delete_quietly, owner_of_pod, pod_ready, publish,
-    remove_condition, set_condition, write_status,
+    remove_condition, report_invalid, set_condition, write_status,
 };
 use crate::api::conditions::{self, messages, reasons};
 use crate::api::{
@@ -154,7 +154,7 @@ async fn reconcile<C: Cloud>(
     let started = Instant::now();
     let result = match &obj.0 {
         Ok(gw) => reconcile_gateway(gw, &ctx).await,
-        Err(invalid) => report_invalid(&ctx, invalid).await,
+        Err(invalid) => report_invalid::<Gateway, C>(&ctx, invalid, "Gateway").await,
     };
     ctx.metrics.reconciled(KIND, started.elapsed());
     if let (Err(e), Ok(gw)) = (&result, &obj.0) {
@@ -162,34 +162,6 @@ async fn reconcile<C: Cloud>(
         fail(&ctx, gw, e).await;
     }
     result
-}
-
-/// An object the API server accepted but this operator cannot read (an older CRD, a hand
-/// edit around validation): say so on the object rather than failing in a loop.
-async fn report_invalid<C: Cloud>(
-    ctx: &Context<C>,
-    invalid: &kube::core::error_boundary::InvalidObject,
-) -> Result<Action, StepError> {
-    let (Some(name), Some(ns)) = (&invalid.metadata.name, &invalid.metadata.namespace) else {
-        return Ok(Action::await_change());
-    };
-    let api: Api<Gateway> = Api::namespaced(ctx.client.clone(), ns);
-    let mut conds = Vec::new();
-    set_condition(
-        &mut conds,
-        conditions::READY,
-        false,
-        "InvalidSpec",
-        &format!("the Gateway cannot be read: {}", invalid.error),
-        invalid.metadata.generation,
-    );
-    let patch = json!({"status": {"conditions": conds}});
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map_err(|e| StepError::kube("report invalid object", e))?;
-    ctx.metrics
-        .gateway_state(&format!("{ns}/{name}"), Some("InvalidSpec"));
-    Ok(Action::await_change())
 }
 
 /// Sets `Ready=False/ReconcileFailed` with the step's message and emits a Warning event.

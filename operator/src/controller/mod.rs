@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource};
 use serde::Serialize;
@@ -150,6 +151,44 @@ impl<C: Cloud> Context<C> {
             holds: Holds::default(),
         }
     }
+}
+
+/// An object the API server accepted but this operator cannot read (an older CRD, a hand
+/// edit around validation): say so on the object (`Ready=False/InvalidSpec`) rather than
+/// failing in a loop. Written through the dynamic API, since the typed answer would not
+/// parse either.
+pub async fn report_invalid<K, C>(
+    ctx: &Context<C>,
+    invalid: &kube::core::error_boundary::InvalidObject,
+    kind: &str,
+) -> Result<Action, StepError>
+where
+    K: kube::Resource<DynamicType = ()>,
+    C: Cloud,
+{
+    let (Some(name), Some(ns)) = (&invalid.metadata.name, &invalid.metadata.namespace) else {
+        return Ok(Action::await_change());
+    };
+    let ar = kube::api::ApiResource::erase::<K>(&());
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &ar);
+    let mut conds = Vec::new();
+    set_condition(
+        &mut conds,
+        crate::api::conditions::READY,
+        false,
+        "InvalidSpec",
+        &format!("the {kind} cannot be read: {}", invalid.error),
+        invalid.metadata.generation,
+    );
+    let patch = serde_json::json!({"status": {"conditions": conds}});
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|e| StepError::kube("report invalid object", e))?;
+    if kind == "Gateway" {
+        ctx.metrics
+            .gateway_state(&format!("{ns}/{name}"), Some("InvalidSpec"));
+    }
+    Ok(Action::await_change())
 }
 
 /// A reconcile step that failed; becomes `Ready=False/ReconcileFailed` with `"<step>: <message>"`.
