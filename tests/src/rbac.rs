@@ -197,7 +197,8 @@ pub fn rule_allows(r: &PolicyRule, a: &Access) -> bool {
             .is_some_and(|n| names.iter().any(|x| x == n)),
         _ => true,
     };
-    has(&r.api_groups, &a.group) && resource_ok && has(&Some(r.verbs.clone()), &a.verb) && names_ok
+    let verb_ok = r.verbs.iter().any(|v| v == "*" || *v == a.verb);
+    has(&r.api_groups, &a.group) && resource_ok && verb_ok && names_ok
 }
 
 #[cfg(test)]

@@ -2,22 +2,20 @@
 //! egress link pod (a real link process, configured through the stand-in API) and a
 //! ClusterIP Service; the pod reaches a host behind a wireguard-go VPN server. Needs root.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use kube::api::{Api, PostParams};
 use serde_json::json;
-use tokio::sync::watch;
 use wgnet_operator::api::{EgressGateway, conditions};
-use wgnet_operator::children::LinkImage;
-use wgnet_operator::controller::{self, Context, Settings};
-use wgnet_operator::metrics::Metrics;
 use wgnet_tests::cluster::Cluster;
-use wgnet_tests::fixtures::{self, CLUSTER, INSTALL, PROJECT};
+
 use wgnet_tests::gateway::echo_py;
 use wgnet_tests::gcp::LatencyProfile;
+
+mod common;
+use common::operator_with;
 use wgnet_tests::netns::{self, wait_for};
 
 fn ready(e: &EgressGateway) -> Option<(String, String, String)> {
@@ -75,29 +73,7 @@ async fn put_secret(c: &Cluster, conf: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn egress_gateway_validates_its_secret_and_reaches_hosts_behind_the_vpn() {
     let c = Cluster::start(LatencyProfile::instant()).await;
-    let cloud = fixtures::cloud_for(&c.emu, c.key.clone(), INSTALL, "wgnet").await;
-    let settings = Settings {
-        link: LinkImage {
-            image: "ghcr.io/wgnet-dev/wgnet-link:test".into(),
-            pull_policy: "IfNotPresent".into(),
-            privileged_init: true,
-        },
-        cluster_id: CLUSTER.into(),
-        resync: Duration::from_secs(20),
-        allowed_projects: vec![],
-        sweep_projects: vec![PROJECT.into()],
-    };
-    let ctx = Arc::new(Context::new(
-        c.client.clone(),
-        cloud,
-        settings,
-        Arc::new(Metrics::default()),
-        None,
-    ));
-    let (stop, mut rx) = watch::channel(false);
-    tokio::spawn(controller::run(ctx, async move {
-        let _ = rx.wait_for(|s| *s).await;
-    }));
+    let op = operator_with(&c, Duration::from_secs(20)).await;
 
     // The VPN server on the internet, a database behind it.
     let vpn = c.internet_host("vpn", "203.0.113.40/24");
@@ -255,7 +231,7 @@ async fn egress_gateway_validates_its_secret_and_reaches_hosts_behind_the_vpn() 
         pods,
         "edits reload in place: same pod, same process"
     );
-    let _ = stop.send(true);
+    drop(op);
     drop(remote);
 }
 
@@ -285,28 +261,7 @@ async fn objects_the_operator_cannot_read_are_reported_as_invalid_spec() {
             .await
             .expect("loosen CRD");
     }
-    let cloud = fixtures::cloud_for(&c.emu, c.key.clone(), INSTALL, "wgnet").await;
-    let ctx = Arc::new(Context::new(
-        c.client.clone(),
-        cloud,
-        Settings {
-            link: LinkImage {
-                image: "ghcr.io/wgnet-dev/wgnet-link:test".into(),
-                pull_policy: "IfNotPresent".into(),
-                privileged_init: true,
-            },
-            cluster_id: CLUSTER.into(),
-            resync: Duration::from_secs(20),
-            allowed_projects: vec![],
-            sweep_projects: vec![PROJECT.into()],
-        },
-        Arc::new(Metrics::default()),
-        None,
-    ));
-    let (stop, mut rx) = watch::channel(false);
-    tokio::spawn(controller::run(ctx, async move {
-        let _ = rx.wait_for(|s| *s).await;
-    }));
+    let op = operator_with(&c, Duration::from_secs(20)).await;
     Api::<Namespace>::all(c.client.clone())
         .create(
             &PostParams::default(),
@@ -348,5 +303,5 @@ async fn objects_the_operator_cannot_read_are_reported_as_invalid_spec() {
             "{kind}: {msg}"
         );
     }
-    let _ = stop.send(true);
+    drop(op);
 }

@@ -4,7 +4,6 @@
 //! reach in-cluster backends through the public IP. Needs root.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -12,57 +11,16 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
-use tokio::sync::watch;
 use wgnet_operator::api::{Gateway, conditions};
-use wgnet_operator::children::LinkImage;
-use wgnet_operator::controller::{self, Context, Settings};
-use wgnet_operator::metrics::Metrics;
 use wgnet_tests::cluster::Cluster;
-use wgnet_tests::fixtures::{self, CLUSTER, INSTALL, PROJECT};
+use wgnet_tests::fixtures::{CLUSTER, PROJECT};
 use wgnet_tests::gcp::LatencyProfile;
 
-/// The operator running in-process against the cluster; stops on drop.
-struct Operator {
-    stop: watch::Sender<bool>,
-    metrics: Arc<Metrics>,
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-    }
-}
+mod common;
+use common::{Operator, delete_and_wait, operator_with};
 
 async fn operator(c: &Cluster) -> Operator {
     operator_with(c, Duration::from_secs(20)).await
-}
-
-async fn operator_with(c: &Cluster, resync: Duration) -> Operator {
-    let cloud = fixtures::cloud_for(&c.emu, c.key.clone(), INSTALL, "wgnet").await;
-    let metrics = Arc::new(Metrics::default());
-    let settings = Settings {
-        link: LinkImage {
-            image: "ghcr.io/wgnet-dev/wgnet-link:test".into(),
-            pull_policy: "IfNotPresent".into(),
-            privileged_init: true,
-        },
-        cluster_id: CLUSTER.into(),
-        resync,
-        allowed_projects: vec![],
-        sweep_projects: vec![PROJECT.into()],
-    };
-    let ctx = Arc::new(Context::new(
-        c.client.clone(),
-        cloud,
-        settings,
-        metrics.clone(),
-        Some("test".into()),
-    ));
-    let (stop, mut rx) = watch::channel(false);
-    tokio::spawn(controller::run(ctx, async move {
-        let _ = rx.wait_for(|s| *s).await;
-    }));
-    Operator { stop, metrics }
 }
 
 async fn namespace(client: &Client, name: &str, labels: &[(&str, &str)]) {
@@ -322,18 +280,7 @@ async fn gateway_serves_tcp_and_udp_and_delete_leaves_nothing() {
     assert!(m.contains("wgnet_gateways{state=\"Ready\"} 1"), "{m}");
 
     // Delete: the finalizer holds the object until GCP is empty; children go by owner refs.
-    gws.delete("edge", &DeleteParams::default())
-        .await
-        .expect("delete");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    while gws.get_opt("edge").await.expect("get").is_some() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "Gateway never released\n{}",
-            c.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    delete_and_wait(&c, &gws, "edge", Duration::from_secs(90)).await;
     let left: Vec<_> = c
         .emu
         .inventory()
@@ -915,18 +862,7 @@ async fn gcp_denials_dns_without_its_crd_and_delete_while_provisioning() {
         },
     )
     .await;
-    gws.delete("brief", &DeleteParams::default())
-        .await
-        .expect("delete");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    while gws.get_opt("brief").await.expect("get").is_some() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never released\n{}",
-            c.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    delete_and_wait(&c, &gws, "brief", Duration::from_secs(120)).await;
     // Only the first Gateway's resources are left, and it still serves.
     let strays: Vec<String> = c
         .emu
@@ -1144,18 +1080,7 @@ async fn nodeport_unpublished_port_deleted_service_and_two_gateways_side_by_side
     );
 
     // Deleting one Gateway leaves the other's resources alone.
-    one.delete("two", &DeleteParams::default())
-        .await
-        .expect("delete two");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    while one.get_opt("two").await.expect("get").is_some() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "Gateway two never released\n{}",
-            c.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    delete_and_wait(&c, &one, "two", Duration::from_secs(90)).await;
     let instances: Vec<String> = c
         .emu
         .inventory()

@@ -264,6 +264,8 @@ async fn reconcile_gateway<C: Cloud>(gw: &Gateway, ctx: &Context<C>) -> Result<A
     let ns = gw.namespace().unwrap_or_default();
     let name = gw.name_any();
     if gw.meta().deletion_timestamp.is_some() {
+        // Teardown runs at once and on its own schedule; an error hold no longer applies.
+        ctx.holds.release(&format!("{ns}/{name}"));
         return teardown(gw, ctx).await;
     }
     if !gw.finalizers().iter().any(|f| f == FINALIZER) {

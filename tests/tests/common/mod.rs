@@ -1,0 +1,77 @@
+//! Pieces the in-process operator end-to-end tests share: the operator running against a
+//! `Cluster`, and deleting an object until the API server no longer has it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::Api;
+use kube::api::DeleteParams;
+use tokio::sync::watch;
+use wgnet_operator::children::LinkImage;
+use wgnet_operator::controller::{self, Context, Settings};
+use wgnet_operator::metrics::Metrics;
+use wgnet_tests::cluster::Cluster;
+use wgnet_tests::fixtures::{self, CLUSTER, INSTALL, PROJECT};
+
+/// The operator running in-process against the cluster; stops on drop.
+pub struct Operator {
+    stop: watch::Sender<bool>,
+    /// Its metrics.
+    #[allow(dead_code)] // read by the Gateway tests only
+    pub metrics: Arc<Metrics>,
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Starts both controllers with `resync`.
+pub async fn operator_with(c: &Cluster, resync: Duration) -> Operator {
+    let cloud = fixtures::cloud_for(&c.emu, c.key.clone(), INSTALL, "wgnet").await;
+    let metrics = Arc::new(Metrics::default());
+    let settings = Settings {
+        link: LinkImage {
+            image: "ghcr.io/wgnet-dev/wgnet-link:test".into(),
+            pull_policy: "IfNotPresent".into(),
+            privileged_init: true,
+        },
+        cluster_id: CLUSTER.into(),
+        resync,
+        allowed_projects: vec![],
+        sweep_projects: vec![PROJECT.into()],
+    };
+    let ctx = Arc::new(Context::new(
+        c.client.clone(),
+        cloud,
+        settings,
+        metrics.clone(),
+        Some("test".into()),
+    ));
+    let (stop, mut rx) = watch::channel(false);
+    tokio::spawn(controller::run(ctx, async move {
+        let _ = rx.wait_for(|s| *s).await;
+    }));
+    Operator { stop, metrics }
+}
+
+/// Deletes `name` and waits (at most `timeout`) until it is gone, finalizers included.
+#[allow(dead_code)] // used by the Gateway tests only
+pub async fn delete_and_wait<K>(c: &Cluster, api: &Api<K>, name: &str, timeout: Duration)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.delete(name, &DeleteParams::default())
+        .await
+        .expect("delete");
+    let deadline = tokio::time::Instant::now() + timeout;
+    while api.get_opt(name).await.expect("get").is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} never released\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
