@@ -8,8 +8,10 @@ set -eu
 # network-namespace tests of the VM script: iproute2, nftables, wireguard-tools, wireguard-go
 # (userspace WireGuard: these kernels have no module), curl and shellcheck.
 # libnftnl-dev and libmnl-dev: the link links libnftnl/libmnl (nftnl, mnl crates).
+# ethtool: a link test turns off a veth's checksum offload so the kernel computes the
+# checksums of the link's coalesced packets as a real NIC path would.
 # iperf3: `make bench` only, but small enough to install with the rest.
-PACKAGES="gcc libc6-dev pkg-config ca-certificates python3 openssl iproute2 nftables wireguard-tools wireguard-go curl shellcheck libnftnl-dev libmnl-dev iperf3"
+PACKAGES="gcc libc6-dev pkg-config ca-certificates python3 openssl iproute2 nftables wireguard-tools wireguard-go curl shellcheck libnftnl-dev libmnl-dev ethtool iperf3"
 python3 -m pip --version >/dev/null 2>&1 || PACKAGES="$PACKAGES python3-pip"
 
 missing=""

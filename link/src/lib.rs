@@ -1,9 +1,9 @@
 //! The in-cluster data plane (`wgnet-link`): userspace WireGuard (boringtun), nftables
 //! (nftnl/mnl) and addresses/routes (rtnetlink), in ingress and egress modes.
 //!
-//! Pure parts (`config`, `wgquick`, `plan`, `keys`, `net`, `status`) are unit-tested; the
-//! kernel-facing parts (`tun`, `wg`, `nft`, `netlink`, `engine`) are tested end to end in
-//! network namespaces by the `wgnet-tests` crate.
+//! Pure parts (`config`, `wgquick`, `plan`, `keys`, `net`, `status`, `offload`) are
+//! unit-tested; the kernel-facing parts (`tun`, `udp`, `wg`, `nft`, `netlink`, `engine`)
+//! are tested end to end in network namespaces by the `wgnet-tests` crate.
 
 pub mod config;
 #[cfg(feature = "dataplane")]
@@ -18,6 +18,7 @@ pub mod net;
 pub mod netlink;
 #[cfg(feature = "dataplane")]
 pub mod nft;
+pub mod offload;
 pub mod plan;
 #[cfg(feature = "dataplane")]
 pub mod run;
@@ -27,6 +28,8 @@ pub mod source;
 pub mod status;
 #[cfg(feature = "dataplane")]
 pub mod tun;
+#[cfg(feature = "dataplane")]
+pub mod udp;
 #[cfg(feature = "dataplane")]
 pub mod wg;
 pub mod wgquick;

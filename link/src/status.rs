@@ -198,6 +198,18 @@ impl Status {
             stats.dropped.to_string(),
         );
         metric(
+            "wgnet_link_tx_super_packets_total",
+            "counter",
+            "TCP super-packets from the pod split into segments before encryption (TSO).",
+            stats.tx_super_packets.to_string(),
+        );
+        metric(
+            "wgnet_link_rx_super_packets_total",
+            "counter",
+            "Decrypted TCP segments merged into super-packets for the pod (GRO).",
+            stats.rx_super_packets.to_string(),
+        );
+        metric(
             "wgnet_link_forwards",
             "gauge",
             "Forwards active in the nftables table.",

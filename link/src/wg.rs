@@ -1,6 +1,7 @@
 //! The userspace WireGuard device: boringtun's noise state machine between the TUN device
-//! and one UDP socket, with one thread per direction and one for timers. I/O boundary: the
-//! TUN descriptor and the UDP socket. The peer can be changed in place; dropping the
+//! and one UDP socket, with one thread per direction and one for timers. Both directions
+//! move batches: TCP super-packets from the TUN and many datagrams per system call on the
+//! socket (see `offload` and `udp`). I/O boundary: the TUN descriptor and the UDP socket. The peer can be changed in place; dropping the
 //! [`Device`] stops the threads and closes the TUN, which removes wg0.
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
@@ -12,9 +13,13 @@ use std::time::{Duration, Instant};
 use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519;
 
+use std::os::fd::AsRawFd as _;
+
 use crate::keys::{PublicKey, SecretKey};
 use crate::net::Ipv4Net;
+use crate::offload::{self, Coalescer, VNET_HDR_LEN, VnetHdr};
 use crate::tun::{self, Tun};
+use crate::udp;
 
 /// Largest packet handled: TUN reads are bounded by the MTU, UDP by the datagram size.
 const BUF: usize = 65_536;
@@ -57,6 +62,10 @@ pub struct Stats {
     pub tx_packets: u64,
     /// Packets dropped (not allowed, no peer, no endpoint, decrypt failures).
     pub dropped: u64,
+    /// TCP super-packets read from the TUN and split into several segments.
+    pub tx_super_packets: u64,
+    /// Super-packets of several decrypted segments written to the TUN.
+    pub rx_super_packets: u64,
 }
 
 #[derive(Default)]
@@ -66,6 +75,8 @@ struct Counters {
     rx_packets: AtomicU64,
     tx_packets: AtomicU64,
     dropped: AtomicU64,
+    tx_super_packets: AtomicU64,
+    rx_super_packets: AtomicU64,
 }
 
 struct Route {
@@ -219,6 +230,8 @@ impl Device {
             rx_packets: c.rx_packets.load(Ordering::Relaxed),
             tx_packets: c.tx_packets.load(Ordering::Relaxed),
             dropped: c.dropped.load(Ordering::Relaxed),
+            tx_super_packets: c.tx_super_packets.load(Ordering::Relaxed),
+            rx_super_packets: c.rx_super_packets.load(Ordering::Relaxed),
         }
     }
 
@@ -243,7 +256,6 @@ impl Drop for Device {
 const SOCKET_BUFFER: libc::c_int = 4 << 20;
 
 fn grow_buffers(udp: &UdpSocket) {
-    use std::os::fd::AsRawFd as _;
     let fd = udp.as_raw_fd();
     for (force, plain) in [
         (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
@@ -287,9 +299,20 @@ fn send(udp: &UdpSocket, packet: &[u8], to: SocketAddr) {
     }
 }
 
+/// TUN reads per wake-up before the batch goes out regardless, which bounds the delay a
+/// busy TUN adds to the first packet of a batch.
+const MAX_READS: usize = 64;
+/// The smallest buffer boringtun accepts for a packet it may answer with a handshake.
+const HANDSHAKE_ROOM: usize = 148;
+
+/// TUN → encrypt → UDP. Each wake-up drains the TUN (up to [`MAX_READS`] packets, each
+/// possibly a 64 KiB super-packet split into segments) into one batch sent with one
+/// `sendmmsg`.
 fn tx_loop(s: &Shared, tun: &Tun, udp: &UdpSocket) {
-    let mut buf = vec![0u8; BUF];
-    let mut out = vec![0u8; BUF + OVERHEAD];
+    let fd = udp.as_raw_fd();
+    let mut rd = vec![0u8; VNET_HDR_LEN + BUF];
+    let mut scratch = vec![0u8; BUF];
+    let mut batch = udp::Sender::new(true);
     while !s.stop.load(Ordering::Relaxed) {
         match tun::wait_readable(tun.fd(), TICK_MS) {
             Ok(true) => {}
@@ -299,109 +322,187 @@ fn tx_loop(s: &Shared, tun: &Tun, udp: &UdpSocket) {
                 return;
             }
         }
-        let n = match tun.read(&mut buf) {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::debug!(error = %e, "TUN read failed");
+        let to = endpoint(s);
+        for _ in 0..MAX_READS {
+            let n = match tun.read(&mut rd) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "TUN read failed");
+                    break;
+                }
+            };
+            let (Some(hdr), Some(to)) = (VnetHdr::parse(&rd[..n]), to) else {
+                s.counters.dropped.fetch_add(1, Ordering::Relaxed);
                 continue;
-            }
-        };
-        let Some(to) = endpoint(s) else {
-            s.counters.dropped.fetch_add(1, Ordering::Relaxed);
-            continue;
-        };
-        let len = {
+            };
             let mut g = lock(&s.tunn);
             let Some(t) = g.as_mut() else {
                 s.counters.dropped.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
-            match t.encapsulate(&buf[..n], &mut out) {
-                TunnResult::WriteToNetwork(p) => p.len(),
-                TunnResult::Err(e) => {
-                    tracing::debug!(error = ?e, "encapsulate failed");
-                    0
+            let (mut packets, mut bytes) = (0u64, 0u64);
+            let split = offload::segment(&hdr, &mut rd[VNET_HDR_LEN..n], &mut scratch, |seg| {
+                let need = (seg.len() + OVERHEAD).max(HANDSHAKE_ROOM);
+                if batch.room(need).is_none() {
+                    flush(s, &mut batch, fd, to);
                 }
-                _ => 0,
+                let Some(room) = batch.room(need) else {
+                    return;
+                };
+                match t.encapsulate(seg, room) {
+                    TunnResult::WriteToNetwork(p) => {
+                        let len = p.len();
+                        batch.commit(len);
+                        packets += 1;
+                        bytes += seg.len() as u64;
+                    }
+                    TunnResult::Err(e) => tracing::debug!(error = ?e, "encapsulate failed"),
+                    _ => {}
+                }
+            });
+            drop(g);
+            if let Err(e) = split {
+                tracing::trace!(error = %e, "dropped a malformed packet from the TUN");
+                s.counters.dropped.fetch_add(1, Ordering::Relaxed);
             }
-        };
-        if len > 0 {
-            send(udp, &out[..len], to);
-            s.counters.tx_packets.fetch_add(1, Ordering::Relaxed);
-            s.counters.tx_bytes.fetch_add(n as u64, Ordering::Relaxed);
+            if packets > 1 {
+                s.counters.tx_super_packets.fetch_add(1, Ordering::Relaxed);
+            }
+            s.counters.tx_packets.fetch_add(packets, Ordering::Relaxed);
+            s.counters.tx_bytes.fetch_add(bytes, Ordering::Relaxed);
+        }
+        if let Some(to) = to {
+            flush(s, &mut batch, fd, to);
         }
     }
 }
 
+fn flush(s: &Shared, batch: &mut udp::Sender, fd: std::os::fd::RawFd, to: SocketAddr) {
+    let pending = batch.len();
+    if pending == 0 {
+        return;
+    }
+    let sent = batch.flush(fd, to).unwrap_or_else(|e| {
+        tracing::trace!(error = %e, "udp send failed");
+        0
+    });
+    s.counters
+        .dropped
+        .fetch_add((pending - sent.min(pending)) as u64, Ordering::Relaxed);
+}
+
+/// UDP → decrypt → TUN. Each wake-up takes what the socket holds with one `recvmmsg`
+/// (bursts coalesced by UDP GRO), decrypts datagram by datagram and writes consecutive
+/// segments of a TCP flow to the TUN as one super-packet.
 fn rx_loop(s: &Shared, tun: &Tun, udp: &UdpSocket) {
-    let mut buf = vec![0u8; BUF];
-    let mut out = vec![0u8; BUF];
+    let fd = udp.as_raw_fd();
+    let gro = udp::enable_gro(fd);
+    tracing::debug!(gro, tun_offloads = tun.offloads(), "data-plane offloads");
+    let mut rx = udp::Receiver::default();
+    let mut plain = vec![0u8; VNET_HDR_LEN + BUF];
+    let mut coalescer = Coalescer::default();
     while !s.stop.load(Ordering::Relaxed) {
-        let (n, from) = match udp.recv_from(&mut buf) {
-            Ok(x) => x,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock
-                        | std::io::ErrorKind::TimedOut
-                        | std::io::ErrorKind::Interrupted
-                ) =>
-            {
-                continue;
+        match tun::wait_readable(fd, TICK_MS) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                tracing::error!(error = %e, "poll on the UDP socket failed; stopping receive");
+                return;
             }
+        }
+        let n = match rx.recv(fd) {
+            Ok(n) => n,
             Err(e) => {
                 tracing::debug!(error = %e, "udp receive failed");
                 continue;
             }
         };
-        let mut g = lock(&s.tunn);
-        let Some(t) = g.as_mut() else {
-            s.counters.dropped.fetch_add(1, Ordering::Relaxed);
-            continue;
-        };
-        match t.decapsulate(Some(from.ip()), &buf[..n], &mut out) {
-            TunnResult::WriteToNetwork(p) => {
-                send(udp, p, from);
-                // Packets queued while the handshake ran go out now.
-                while let TunnResult::WriteToNetwork(p) = t.decapsulate(None, &[], &mut out) {
-                    send(udp, p, from);
-                }
-                drop(g);
-                roam(s, from);
-            }
-            TunnResult::WriteToTunnelV4(p, src) => {
-                let len = p.len();
-                drop(g);
-                let allowed = s
-                    .route
-                    .read()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .allowed
-                    .iter()
-                    .any(|net| net.contains(src));
-                if allowed {
-                    if let Err(e) = tun.write(&out[..len]) {
-                        tracing::trace!(error = %e, "TUN write failed");
-                    }
-                    s.counters.rx_packets.fetch_add(1, Ordering::Relaxed);
-                    s.counters.rx_bytes.fetch_add(len as u64, Ordering::Relaxed);
-                } else {
+        let allowed = s
+            .route
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .allowed
+            .clone();
+        for i in 0..n {
+            let (Some(from), datagrams) = rx.message(i) else {
+                continue;
+            };
+            let mut authenticated = false;
+            for d in datagrams {
+                let mut g = lock(&s.tunn);
+                let Some(t) = g.as_mut() else {
                     s.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                match t.decapsulate(Some(from.ip()), d, &mut plain[VNET_HDR_LEN..]) {
+                    TunnResult::WriteToNetwork(p) => {
+                        send(udp, p, from);
+                        // Packets queued while the handshake ran go out now.
+                        while let TunnResult::WriteToNetwork(p) =
+                            t.decapsulate(None, &[], &mut plain[VNET_HDR_LEN..])
+                        {
+                            send(udp, p, from);
+                        }
+                        authenticated = true;
+                    }
+                    TunnResult::WriteToTunnelV4(p, src) => {
+                        let len = p.len();
+                        drop(g);
+                        authenticated = true;
+                        if allowed.iter().any(|net| net.contains(src)) {
+                            deliver(s, tun, &mut coalescer, &mut plain, len);
+                            s.counters.rx_packets.fetch_add(1, Ordering::Relaxed);
+                            s.counters.rx_bytes.fetch_add(len as u64, Ordering::Relaxed);
+                        } else {
+                            s.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    TunnResult::WriteToTunnelV6(..) => {
+                        s.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    TunnResult::Done => authenticated = true,
+                    TunnResult::Err(e) => {
+                        tracing::trace!(error = ?e, "decapsulate failed");
+                        s.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
+            }
+            if authenticated {
                 roam(s, from);
-            }
-            TunnResult::WriteToTunnelV6(..) => {
-                s.counters.dropped.fetch_add(1, Ordering::Relaxed);
-            }
-            TunnResult::Done => {
-                drop(g);
-                roam(s, from);
-            }
-            TunnResult::Err(e) => {
-                tracing::trace!(error = ?e, "decapsulate failed");
-                s.counters.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
+        write_held(s, tun, &mut coalescer);
+    }
+}
+
+/// Hands a decrypted packet (at `plain[VNET_HDR_LEN..][..len]`) to the coalescer, or
+/// writes it on its own after what the coalescer holds, keeping the order.
+fn deliver(s: &Shared, tun: &Tun, coalescer: &mut Coalescer, plain: &mut [u8], len: usize) {
+    let packet = &plain[VNET_HDR_LEN..VNET_HDR_LEN + len];
+    if coalescer.push(packet) {
+        return;
+    }
+    write_held(s, tun, coalescer);
+    if coalescer.push(&plain[VNET_HDR_LEN..VNET_HDR_LEN + len]) {
+        return;
+    }
+    plain[..VNET_HDR_LEN].fill(0);
+    write_tun(tun, &plain[..VNET_HDR_LEN + len]);
+}
+
+fn write_held(s: &Shared, tun: &Tun, coalescer: &mut Coalescer) {
+    if coalescer.segments() > 1 {
+        s.counters.rx_super_packets.fetch_add(1, Ordering::Relaxed);
+    }
+    if let Some(b) = coalescer.take() {
+        write_tun(tun, b);
+    }
+}
+
+fn write_tun(tun: &Tun, b: &[u8]) {
+    if let Err(e) = tun.write(b) {
+        tracing::trace!(error = %e, "TUN write failed");
     }
 }
 

@@ -262,24 +262,45 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let mut rows = vec![bare()];
-    rows.push(userspace_pair(
-        "boringtun-cli ↔ boringtun-cli (default threads)",
-        "boringtun-cli --disable-drop-privileges",
-        "",
-    ));
-    rows.push(userspace_pair(
-        "boringtun-cli ↔ boringtun-cli (WG_THREADS=1)",
-        "boringtun-cli --disable-drop-privileges",
-        "WG_THREADS=1",
-    ));
-    rows.push(userspace_pair(
-        "wireguard-go ↔ wireguard-go",
-        "wireguard-go",
-        "",
-    ));
-    rows.push(link_pair());
-    rows.push(rt.block_on(ingress_path()));
+    // `cargo bench --bench dataplane -- link ingress` runs only the rows whose path
+    // contains one of the words; the ratios need the boringtun and wireguard-go rows.
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let want = |path: &str| only.is_empty() || only.iter().any(|w| path.contains(w.as_str()));
+    let mut rows = Vec::new();
+    if want("bare veth") {
+        rows.push(bare());
+    }
+    for (label, env) in [
+        ("boringtun-cli ↔ boringtun-cli (default threads)", ""),
+        (
+            "boringtun-cli ↔ boringtun-cli (WG_THREADS=1)",
+            "WG_THREADS=1",
+        ),
+    ] {
+        if want(label) {
+            rows.push(userspace_pair(
+                label,
+                "boringtun-cli --disable-drop-privileges",
+                env,
+            ));
+        }
+    }
+    if want("wireguard-go ↔ wireguard-go") {
+        rows.push(userspace_pair(
+            "wireguard-go ↔ wireguard-go",
+            "wireguard-go",
+            "",
+        ));
+    }
+    if want("wgnet-link ↔ wgnet-link") {
+        rows.push(link_pair());
+    }
+    if want("ingress path") {
+        rows.push(rt.block_on(ingress_path()));
+    }
     let best_bt = rows
         .iter()
         .filter(|r| r.path.starts_with("boringtun"))

@@ -3,15 +3,19 @@
 
   echo.py serve ADDR TCP_PORTS UDP_PORTS [TAG]
                                            answer "[TAG ]tcp|udp PORT from PEER_IP" per request;
-                                           a TCP request "BULK N" reads N bytes, answers "got N"
+                                           a TCP request "BULK N" reads N bytes, answers
+                                           "got N SHA256" of what it read
   echo.py tcp HOST PORT                    one TCP request, print the answer
   echo.py udp HOST PORT                    one UDP request, print the answer
-  echo.py bulk HOST PORT N                 send N bytes over TCP, print the answer
+  echo.py bulk HOST PORT N                 send N pseudo-random bytes over TCP; print "got N"
+                                           when the server's digest matches what was sent
   echo.py rr HOST PORT N                   N one-byte request/response round trips over one
                                            TCP flow; print "p50_us p99_us"
   echo.py slow HOST PORT SECONDS           one TCP flow kept open SECONDS, trickling data;
                                            print the answer (proves the flow survived)
 """
+import hashlib
+import random
 import socket
 import sys
 import threading
@@ -48,13 +52,14 @@ def handle_tcp(conn, peer, port):
                     break
                 conn.sendall(b)
         elif words and words[0] == b"BULK":
-            want, got = int(words[1]), 0
+            want, got, digest = int(words[1]), 0, hashlib.sha256()
             while got < want:
                 chunk = conn.recv(1 << 16)
                 if not chunk:
                     break
                 got += len(chunk)
-            conn.sendall(b"got %d\n" % got)
+                digest.update(chunk)
+            conn.sendall(b"got %d %s\n" % (got, digest.hexdigest().encode()))
         else:
             conn.sendall(TAG + b"tcp %d from %s\n" % (port, peer[0].encode()))
     finally:
@@ -67,6 +72,14 @@ def serve_udp(addr, port):
     while True:
         _, peer = s.recvfrom(2048)
         s.sendto(TAG + b"udp %d from %s\n" % (port, peer[0].encode()), peer)
+
+
+def checked(answer, digest):
+    """The server's "got N SHA256" as "got N" when the digest matches what was sent."""
+    words = answer.decode().split()
+    if len(words) == 3 and words[2] == digest.hexdigest():
+        return "got " + words[1]
+    return "corrupted: " + answer.decode().strip()
 
 
 def ports(arg):
@@ -99,13 +112,19 @@ def main():
         n = int(sys.argv[4])
         with socket.create_connection((sys.argv[2], int(sys.argv[3])), timeout=60) as c:
             c.sendall(b"BULK %d\n" % n)
-            block = b"x" * (1 << 16)
-            sent = 0
+            # A prime period, so no two segments of a flow carry the same bytes and a
+            # reordered or misplaced segment changes the digest.
+            period = 1048573
+            data = random.Random(n).randbytes(period)
+            data += data[: 1 << 16]
+            sent, digest = 0, hashlib.sha256()
             while sent < n:
-                k = min(len(block), n - sent)
-                c.sendall(block[:k])
+                k = min(1 << 16, n - sent)
+                chunk = data[sent % period : sent % period + k]
+                c.sendall(chunk)
+                digest.update(chunk)
                 sent += k
-            print(c.recv(256).decode().strip())
+            print(checked(c.recv(256), digest))
     elif mode == "rr":
         n = int(sys.argv[4])
         with socket.create_connection((sys.argv[2], int(sys.argv[3])), timeout=10) as c:
@@ -128,7 +147,7 @@ def main():
             for _ in range(steps):
                 c.sendall(b"x")
                 time.sleep(seconds / steps)
-            print(c.recv(256).decode().strip())
+            print(checked(c.recv(256), hashlib.sha256(b"x" * steps)))
     else:
         sys.exit("unknown mode " + mode)
 

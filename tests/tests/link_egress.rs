@@ -156,6 +156,23 @@ async fn pods_reach_hosts_behind_the_vpn_and_names_are_followed() {
         t.request("udp", 5000).as_deref(),
         Some("db-a udp 5000 from 10.8.0.2")
     );
+    // A bulk upload arrives intact: the link splits the pod's TCP super-packets into
+    // MTU-sized segments with fresh checksums (the server compares a digest).
+    let (ok, out, err) = t.pod.try_sh(&format!(
+        "python3 '{}' bulk 10.244.1.1 1433 30000000",
+        echo_py()
+    ));
+    assert!(
+        ok && out.trim() == "got 30000000",
+        "bulk upload: {out} {err}\n{}",
+        t.link.logs()
+    );
+    assert!(
+        t.link
+            .metric("wgnet_link_tx_super_packets_total")
+            .is_some_and(|n| n > 0.0),
+        "the upload never reached the link as TCP super-packets"
+    );
     // A target outside AllowedIPs is skipped with a reason, never routed into the tunnel.
     assert_eq!(t.request_once("tcp", 6000), None);
     assert!(
