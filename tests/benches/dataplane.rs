@@ -10,8 +10,11 @@
 //!   wgnet-link → backend.
 //!
 //! Single-stream TCP with iperf3 (5 s) and 1-byte TCP request/response round trips. For
-//! the links also peak RSS (VmHWM) and CPU seconds per Gbit. Needs root, iperf3 and
-//! boringtun-cli (the Makefile installs them). Prints a Markdown table.
+//! the links also peak RSS (VmHWM) and CPU seconds per Gbit. Also the crypto limit: what
+//! one core encrypts and decrypts through boringtun alone, 1380-byte packets, no I/O.
+//! Needs root, iperf3 and boringtun-cli (the Makefile installs them). Prints a Markdown
+//! table. `WGNET_BENCH_PERF=DIR` also records `perf` profiles of the two links during the
+//! transfer into DIR and prints where their time goes.
 
 // A benchmark's output is its report.
 #![allow(clippy::print_stdout)]
@@ -207,7 +210,33 @@ fn link_pair() -> Row {
     let (pa, pb) = (la.pid().expect("pid"), lb.pid().expect("pid"));
     let (ca0, _) = cpu_and_rss(pa);
     let (cb0, _) = cpu_and_rss(pb);
+    let profile = std::env::var("WGNET_BENCH_PERF").ok().map(|dir| {
+        let data = format!("{dir}/link-pair.perf.data");
+        let child = Command::new("perf")
+            .args(["record", "-q", "-F", "999", "-g", "-o", &data])
+            .args([
+                "-p",
+                &format!("{pa},{pb}"),
+                "--",
+                "sleep",
+                &SECONDS.to_string(),
+            ])
+            .spawn()
+            .expect("perf record");
+        (child, data)
+    });
     let gbps = iperf(&client, &server, "10.96.0.10", "10.244.1.1");
+    if let Some((mut child, data)) = profile {
+        let _ = child.wait();
+        let report = Command::new("sh")
+            .args(["-c", &format!("perf report -i '{data}' --stdio --no-children --sort comm,dso,sym --percent-limit 1.5 2>/dev/null | grep -E '^ +[0-9]'")])
+            .output()
+            .expect("perf report");
+        println!(
+            "\nwhere the links' time goes (perf, self time, entries over 1.5%):\n{}",
+            String::from_utf8_lossy(&report.stdout)
+        );
+    }
     let (ca1, ra) = cpu_and_rss(pa);
     let (cb1, rb) = cpu_and_rss(pb);
     let gbit = gbps * f64::from(SECONDS);
@@ -246,6 +275,63 @@ async fn ingress_path() -> Row {
         p99_us: p99,
         note: "the VM uses kernel WireGuard on GCP".into(),
     }
+}
+
+/// Gbit/s of plaintext one core encrypts, and decrypts, through boringtun's noise state
+/// machine alone (ring's ChaCha20-Poly1305 plus boringtun's framing), 1380-byte packets.
+fn crypto_limit() -> (f64, f64) {
+    use boringtun::noise::{Tunn, TunnResult};
+    use boringtun::x25519::{PublicKey, StaticSecret};
+    const PACKET: usize = 1380;
+    const BATCH: usize = 2000;
+    let (ka, kb) = (StaticSecret::from([7u8; 32]), StaticSecret::from([9u8; 32]));
+    let (pa, pb) = (PublicKey::from(&ka), PublicKey::from(&kb));
+    let mut a = Tunn::new(ka, pb, None, None, 1, None);
+    let mut b = Tunn::new(kb, pa, None, None, 2, None);
+    let mut buf = vec![0u8; 2048];
+    let mut out = vec![0u8; 2048];
+    // The handshake, then a keepalive that confirms the responder's session.
+    let init = match a.format_handshake_initiation(&mut buf, false) {
+        TunnResult::WriteToNetwork(p) => p.to_vec(),
+        _ => panic!("no handshake initiation"),
+    };
+    let response = match b.decapsulate(None, &init, &mut out) {
+        TunnResult::WriteToNetwork(p) => p.to_vec(),
+        _ => panic!("no handshake response"),
+    };
+    if let TunnResult::WriteToNetwork(p) = a.decapsulate(None, &response, &mut buf) {
+        let keepalive = p.to_vec();
+        let _ = b.decapsulate(None, &keepalive, &mut out);
+    }
+    // An IPv4 header boringtun accepts as the decrypted packet.
+    let mut plain = vec![0x5au8; PACKET];
+    plain[..20].copy_from_slice(&[
+        0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 99, 0, 1, 10, 99, 0, 2,
+    ]);
+    plain[2..4].copy_from_slice(&(PACKET as u16).to_be_bytes());
+    let mut sealed = vec![vec![0u8; PACKET + 32]; BATCH];
+    let (mut enc, mut dec, mut bytes) = (Duration::ZERO, Duration::ZERO, 0u64);
+    while enc + dec < Duration::from_secs(2) {
+        let t = std::time::Instant::now();
+        for s in &mut sealed {
+            match a.encapsulate(&plain, s) {
+                TunnResult::WriteToNetwork(p) => assert_eq!(p.len(), PACKET + 32),
+                _ => panic!("no session to encrypt with"),
+            }
+        }
+        enc += t.elapsed();
+        let t = std::time::Instant::now();
+        for s in &sealed {
+            match b.decapsulate(None, s, &mut out) {
+                TunnResult::WriteToTunnelV4(p, _) => assert_eq!(p.len(), PACKET),
+                _ => panic!("decryption failed"),
+            }
+        }
+        dec += t.elapsed();
+        bytes += (PACKET * BATCH) as u64;
+    }
+    let gbit = bytes as f64 * 8.0 / 1e9;
+    (gbit / enc.as_secs_f64(), gbit / dec.as_secs_f64())
 }
 
 fn main() {
@@ -310,6 +396,7 @@ fn main() {
         .iter()
         .find(|r| r.path.starts_with("wireguard-go"))
         .map_or(f64::NAN, |r| r.gbps);
+    let (enc, dec) = crypto_limit();
     println!("\n| path | TCP Gbit/s | RR p50 µs | RR p99 µs | notes |\n|---|---|---|---|---|");
     for r in &rows {
         println!(
@@ -323,5 +410,11 @@ fn main() {
             l.gbps / best_bt,
             l.gbps / wg_go
         );
+        println!(
+            "crypto limit of one core (boringtun, 1380-byte packets, no I/O): encrypt {enc:.2} Gbit/s, decrypt {dec:.2} Gbit/s; link / slower of the two: {:.2}x",
+            l.gbps / enc.min(dec)
+        );
+    } else {
+        println!("\ncrypto limit of one core: encrypt {enc:.2} Gbit/s, decrypt {dec:.2} Gbit/s");
     }
 }
