@@ -1,10 +1,12 @@
 //! The userspace WireGuard device: boringtun's noise state machine between the TUN device
 //! and one UDP socket, with one thread per direction and one for timers. Both directions
 //! move batches: TCP super-packets from the TUN and many datagrams per system call on the
-//! socket (see `offload` and `udp`). I/O boundary: the TUN descriptor and the UDP socket. The peer can be changed in place; dropping the
-//! [`Device`] stops the threads and closes the TUN, which removes wg0.
+//! socket (see `offload` and `udp`). I/O boundary: the TUN descriptor and the UDP socket.
+//! The peer can be changed in place; dropping the [`Device`] stops the threads and closes
+//! the TUN, which removes wg0.
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
@@ -12,8 +14,6 @@ use std::time::{Duration, Instant};
 
 use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519;
-
-use std::os::fd::AsRawFd as _;
 
 use crate::keys::{PublicKey, SecretKey};
 use crate::net::Ipv4Net;

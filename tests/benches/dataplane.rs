@@ -70,6 +70,22 @@ fn rr(client: &Netns, server: &Netns, server_ip: &str, connect_ip: &str, port: u
     (it.next().unwrap_or(f64::NAN), it.next().unwrap_or(f64::NAN))
 }
 
+/// Idle and total jiffies of the whole machine, from the first line of /proc/stat.
+fn machine_jiffies() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // idle + iowait
+    let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
+    (idle, v.iter().sum())
+}
+
 /// (utime + stime) in seconds and VmHWM in MiB of a process.
 fn cpu_and_rss(pid: u32) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -225,7 +241,10 @@ fn link_pair() -> Row {
             .expect("perf record");
         (child, data)
     });
+    let (idle0, total0) = machine_jiffies();
     let gbps = iperf(&client, &server, "10.96.0.10", "10.244.1.1");
+    let (idle1, total1) = machine_jiffies();
+    let busy = 1.0 - (idle1 - idle0) / (total1 - total0).max(1.0);
     if let Some((mut child, data)) = profile {
         let _ = child.wait();
         let report = Command::new("sh")
@@ -247,11 +266,12 @@ fn link_pair() -> Row {
         p50_us: p50,
         p99_us: p99,
         note: format!(
-            "+2 NAT hops; CPU s/Gbit: sender {:.2}, receiver {:.2}; peak RSS {:.1} / {:.1} MiB",
+            "+2 NAT hops; CPU s/Gbit: sender {:.2}, receiver {:.2}; peak RSS {:.1} / {:.1} MiB; machine {:.0}% busy",
             (ca1 - ca0) / gbit,
             (cb1 - cb0) / gbit,
             ra,
-            rb
+            rb,
+            busy * 100.0
         ),
     }
 }
