@@ -175,7 +175,9 @@ pub fn segment(
     let mss = usize::from(hdr.gso_size);
     let payload = pkt.len() - hlen;
     if payload <= mss {
-        complete_checksum(pkt, ihl, 16)?;
+        if hdr.flags & F_NEEDS_CSUM != 0 {
+            complete_checksum(pkt, ihl, 16)?;
+        }
         emit(pkt);
         return Ok(());
     }
@@ -487,6 +489,33 @@ mod tests {
         let q = tcp(1, TCP_ACK, b"x", &[]);
         segment(&VnetHdr::default(), &mut q.clone(), &mut [], |s| {
             assert_eq!(s, &q[..]);
+        })
+        .expect("ok");
+    }
+
+    #[test]
+    fn a_super_packet_that_fits_one_segment_passes_whole() {
+        let tso = VnetHdr {
+            flags: F_NEEDS_CSUM,
+            gso_type: GSO_TCPV4,
+            gso_size: 1400,
+            csum_start: 20,
+            csum_offset: 16,
+            ..VnetHdr::default()
+        };
+        let mut p = tcp(5, TCP_ACK, &payload(900), &[]);
+        let ps = fold(pseudo(&p, PROTO_TCP, p.len() - 20));
+        put16(&mut p, 36, ps);
+        let mut scratch = vec![0; p.len()];
+        let mut out = Vec::new();
+        segment(&tso, &mut p, &mut scratch, |s| out.push(s.to_vec())).expect("ok");
+        assert_eq!(out.len(), 1);
+        assert!(valid(&out[0]));
+        // Without NEEDS_CSUM a complete checksum is left alone.
+        let whole = tcp(5, TCP_ACK, &payload(900), &[]);
+        let plain = VnetHdr { flags: 0, ..tso };
+        segment(&plain, &mut whole.clone(), &mut scratch, |s| {
+            assert_eq!(s, &whole[..]);
         })
         .expect("ok");
     }
