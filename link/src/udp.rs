@@ -39,10 +39,8 @@ fn groups(lens: &[usize], from: usize, gso: bool) -> Vec<Group> {
     let mut open = false;
     for (i, &len) in lens.iter().enumerate().skip(from) {
         if let Some(g) = out.last_mut().filter(|_| open) {
-            let fits = len <= g.seg
-                && (g.len / g.seg) < MAX_SEGMENTS
-                && g.len + len <= MAX_GSO_BYTES
-                && g.len % g.seg == 0;
+            let fits =
+                len <= g.seg && (g.len / g.seg) < MAX_SEGMENTS && g.len + len <= MAX_GSO_BYTES;
             if fits {
                 g.len += len;
                 // A shorter datagram can only end a group.
