@@ -91,7 +91,7 @@ async fn main() {
         sweep_projects: vec![],
     };
     let ctx = Arc::new(Context::new(
-        c.client.clone(),
+        c.operator_client().await,
         cloud,
         settings,
         metrics.clone(),
@@ -111,7 +111,7 @@ async fn main() {
     let mut ips = Vec::new();
     for (name, port) in [("web", 80), ("api", 9000)] {
         let svc: Service = serde_json::from_value(
-            json!({"metadata": {"name": name}, "spec": {"ports": [{"port": port}]}}),
+            json!({"metadata": {"name": name}, "spec": {"selector": {"app": name}, "ports": [{"port": port}]}}),
         )
         .expect("svc");
         let svc = Api::<Service>::namespaced(c.client.clone(), "apps")
@@ -120,8 +120,8 @@ async fn main() {
             .expect("service");
         ips.push(svc.spec.and_then(|s| s.cluster_ip).expect("ip"));
     }
-    let _web = c.backend(&ips[0], "80", ",", "web");
-    let _api = c.backend(&ips[1], "9000", ",", "api");
+    c.backend("apps", "web", "80", ",", "web").await;
+    c.backend("apps", "api", "9000", ",", "api").await;
     let gws: Api<Gateway> = Api::namespaced(c.client.clone(), "apps");
 
     // 1. apply -> Ready, against the cloud critical path plus the VM's own boot.

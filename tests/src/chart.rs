@@ -1,6 +1,6 @@
-//! The Helm chart, rendered for tests: runs `helm template` / `helm lint` on
+//! The Helm chart for tests: runs `helm template` / `helm lint` on
 //! `charts/wireguard-gateway-operator` with given values and parses the output into YAML
-//! documents. I/O boundary: the `helm` binary (installed by `make deps`).
+//! documents, and any other helm command (install, upgrade, uninstall). I/O boundary: the `helm` binary (installed by `make deps`).
 
 use std::process::Command;
 
@@ -9,6 +9,12 @@ use serde_yaml::Value;
 /// Path of the chart.
 pub fn dir() -> std::path::PathBuf {
     crate::repo_root().join("charts/wireguard-gateway-operator")
+}
+
+/// Runs `helm ARGS` (owned arguments): its output, or why it failed.
+pub fn helm_cmd(args: &[String]) -> Result<String, String> {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    helm(&args)
 }
 
 fn helm(args: &[&str]) -> Result<String, String> {

@@ -1,58 +1,50 @@
 //! A whole "cluster and cloud" for operator end-to-end tests, in network namespaces:
 //!
-//! - the stand-in API server and the GCP emulator, on the root side of one veth into the
+//! - a real control plane ([`ControlPlane`]: etcd, kube-apiserver, kube-controller-manager,
+//!   kube-scheduler) and the GCP emulator, both on the root side of one veth into the
 //!   "internet" namespace (a bridge on 203.0.113.0/24 that NATs towards them);
-//! - a node namespace with a pod bridge (10.244.0.0/24) and a Service bridge
-//!   (10.96.0.0/16, where test backends own their Service's ClusterIP);
-//! - a kubelet stand-in that runs one real `wgnet-link` process per replica of every link
-//!   Deployment, each in its own pod namespace, configured through the API exactly as in a
-//!   cluster, and mirrors its `/readyz` into a Pod object;
+//! - the chart installed with `helm install` (CRDs, ServiceAccount, RBAC), so an operator
+//!   that authenticates as [`Cluster::operator_client`] has exactly the chart's rights;
+//! - a node namespace running real kube-proxy in nftables mode (ClusterIP and NodePort from
+//!   real EndpointSlices) and the kubelet stand-in ([`Kubelet`]), which runs every Pod the
+//!   scheduler binds to the node as a real process in a pod namespace routed from the node
+//!   (pods in 10.244.0.0/24, Services in 10.96.0.0/12, both only inside these namespaces);
 //! - a VM booter that "boots" every RUNNING emulator instance by running its own
 //!   startup-script (from its metadata) in a namespace owning the instance's public IP,
 //!   and tears it down when the instance stops or disappears.
 //!
 //! Everything runs on TEST-NET and private test addresses with no route off the machine,
-//! and is removed on drop. I/O boundary: `ip`/`nft`/processes, the two servers, and a
-//! background thread driving the kubelet and booter loops.
+//! and is removed on drop. I/O boundary: `ip`/`nft`/`helm`/processes, the servers, and
+//! background threads driving the kubelet and booter loops.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::process::Child;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
+use kube::Client;
+use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 
-use crate::apiserver::{self, ApiServer};
+use crate::controlplane::{self, ControlPlane};
 use crate::fixtures::TempDir;
 use crate::gateway::echo_py;
 use crate::gcp::{Config, GcpEmulator, LatencyProfile};
-use crate::link::Link;
+use crate::kubelet::{self, Kubelet};
 use crate::netns::{self, Netns, RootLink, wait_for};
 
-/// The selector the kubelet stand-in watches (the operator's managed-by label).
-const MANAGED: &str = "app.kubernetes.io/managed-by=wgnet-operator";
+/// The chart's release name and namespace in every test cluster.
+pub const RELEASE: &str = "wgnet";
+/// The namespace the chart is installed into.
+pub const OPERATOR_NAMESPACE: &str = "wgnet-system";
+/// The operator's ServiceAccount as the chart names it for [`RELEASE`].
+pub const OPERATOR_SA: &str = "wgnet-wireguard-gateway-operator";
 
 static SLOTS: AtomicU8 = AtomicU8::new(0);
-static POD_IPS: AtomicUsize = AtomicUsize::new(2);
-static SVC_BACKENDS: AtomicUsize = AtomicUsize::new(0);
-
-/// One running link pod.
-struct PodRun {
-    name: String,
-    namespace: String,
-    deploy: String,
-    hash: String,
-    ip: String,
-    ready: Option<bool>,
-    link: Link,
-    ns: Netns,
-}
 
 /// One booted VM.
 struct VmRun {
@@ -64,18 +56,19 @@ struct VmRun {
 
 #[derive(Default)]
 struct World {
-    pods: Vec<PodRun>,
     vms: BTreeMap<String, VmRun>,
     log: Vec<String>,
 }
 
 /// The environment; drop tears it all down.
 pub struct Cluster {
+    /// The kubelet stand-in of the one node.
+    pub kubelet: Kubelet,
     /// The GCP emulator.
     pub emu: Arc<GcpEmulator>,
-    /// The stand-in API server.
-    pub api: ApiServer,
-    /// A client of it.
+    /// The control plane.
+    pub cp: ControlPlane,
+    /// An admin client of it (system:masters), for the tests' own set-up and checks.
     pub client: Client,
     /// Key file of the operator's GCP service account.
     pub key: PathBuf,
@@ -83,6 +76,7 @@ pub struct Cluster {
     pub client_ns: Netns,
     /// The node namespace.
     pub node: Netns,
+    kube_proxy: Option<Child>,
     dir: TempDir,
     world: Arc<Mutex<World>>,
     stop: Arc<AtomicBool>,
@@ -111,9 +105,39 @@ fn attach(host: &str, bridge: &str, ns: &Netns, ifname: &str, addr: &str) {
     );
 }
 
+/// `helm install` of the chart into the control plane (CRDs from the chart's `crds/`).
+/// The operator's own pod is kept off the node (the tests run the operator themselves,
+/// authenticated as the chart's ServiceAccount), unless `run_operator` asks the kubelet
+/// stand-in to run it; `extra` are further `--set` values.
+pub fn helm_install(cp: &ControlPlane, extra: &[&str]) -> Result<String, String> {
+    let kubeconfig = cp.admin_kubeconfig();
+    let chart = crate::chart::dir();
+    let mut args: Vec<String> = [
+        "install",
+        RELEASE,
+        &chart.display().to_string(),
+        "--namespace",
+        OPERATOR_NAMESPACE,
+        "--create-namespace",
+        "--kubeconfig",
+        &kubeconfig.display().to_string(),
+        "--set",
+        "dns.enabled=true",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    for s in extra {
+        args.push("--set".into());
+        args.push((*s).to_owned());
+    }
+    crate::chart::helm_cmd(&args)
+}
+
 impl Cluster {
-    /// Builds the namespaces and starts both servers (CRDs installed) and the kubelet and
-    /// VM-booter loop. `profile` sets the emulator's latencies.
+    /// Builds the namespaces, starts the emulator and the control plane, installs the
+    /// chart, registers the node and starts kube-proxy, the kubelet and the VM booter.
+    /// `profile` sets the emulator's latencies.
     pub async fn start(profile: LatencyProfile) -> Self {
         netns::require_root();
         let tag = netns::unique_tag();
@@ -145,17 +169,10 @@ impl Cluster {
             &node,
             "ip route add default via 203.0.113.1 && sysctl -qw net.ipv4.ip_forward=1",
         );
+        // Pods leave the node masqueraded, as a CNI's SNAT does for traffic off the cluster.
         sh(
             &node,
-            "ip link add cbr0 type bridge && ip addr add 10.244.0.1/24 dev cbr0 && ip link set cbr0 up",
-        );
-        sh(
-            &node,
-            "ip link add sbr0 type bridge && ip addr add 10.96.255.254/16 dev sbr0 && ip link set sbr0 up",
-        );
-        sh(
-            &node,
-            "nft 'add table ip nat; add chain ip nat post { type nat hook postrouting priority 100; }; add rule ip nat post ip saddr 10.244.0.0/24 oifname \"eth0\" masquerade'",
+            "nft 'add table ip cni; add chain ip cni post { type nat hook postrouting priority 100; }; add rule ip cni post ip saddr 10.244.0.0/16 ip daddr != 10.244.0.0/16 oifname \"eth0\" masquerade'",
         );
         let client_ns = Netns::new("cli", &tag);
         attach(&net.name, "br0", &client_ns, "eth0", "203.0.113.20/24");
@@ -172,50 +189,86 @@ impl Cluster {
             .await
             .expect("GCP emulator"),
         );
-        let api = ApiServer::start(apiserver::Config {
-            addr: (root_ip, 0).into(),
-            ..apiserver::Config::default()
+        let cp = ControlPlane::start(controlplane::Options {
+            bind: root_ip,
+            controllers: true,
         })
         .await
-        .expect("API server");
-        let client =
-            Client::try_from(kube::Config::new(api.url().parse().expect("url"))).expect("client");
-        install_crds(&client).await;
+        .unwrap_or_else(|e| panic!("control plane: {e}"));
+        let client = cp.admin_client().await.expect("admin client");
+        helm_install(&cp, &["nodeSelector.wgnet\\.dev/no-such-node=true"])
+            .unwrap_or_else(|e| panic!("helm install: {e}"));
         let dir = TempDir::new();
         let key = dir.0.join("key.json");
         emu.write_key_file("wgnet-operator@wgnet-test.iam.gserviceaccount.com", &key)
             .expect("key file");
-        let kubeconfig = dir.0.join("kubeconfig");
-        api.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+
+        let kube_proxy = start_kube_proxy(&cp, &node, &dir.0);
+        let kubelet = Kubelet::start(
+            &cp,
+            kubelet::Settings {
+                node: controlplane::NODES[0].to_owned(),
+                node_ns: node.name.clone(),
+                node_ip: "203.0.113.30".into(),
+                pod_subnet: 0,
+                dir: dir.0.join("pods"),
+                env: vec![],
+            },
+        )
+        .await;
 
         let world = Arc::new(Mutex::new(World::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let env = Env {
             emu: emu.clone(),
-            api_url: api.url(),
-            kubeconfig,
-            dir: dir.0.clone(),
             net: net.name.clone(),
-            node: node.name.clone(),
         };
         let thread = {
             let (world, stop) = (world.clone(), stop.clone());
-            std::thread::spawn(move || kubelet(env, world, stop))
+            std::thread::spawn(move || booter(env, world, stop))
         };
-        Self {
+        let c = Self {
+            kubelet,
             emu,
-            api,
+            cp,
             client,
             key,
             client_ns,
             node,
+            kube_proxy: Some(kube_proxy),
             dir,
             world,
             stop,
             thread: Some(thread),
             _root: root,
             net,
-        }
+        };
+        c.wait_kube_proxy();
+        c
+    }
+
+    /// Waits until kube-proxy has synced its rules once (its healthz answers 200).
+    fn wait_kube_proxy(&self) {
+        let ok = wait_for(Duration::from_secs(60), || {
+            let (_, code, _) = self.node.try_sh(
+                "curl -s -o /dev/null -m 2 -w '%{http_code}' http://127.0.0.1:10256/healthz",
+            );
+            (code.trim() == "200").then_some(())
+        });
+        assert!(
+            ok.is_some(),
+            "kube-proxy never became healthy:\n{}",
+            std::fs::read_to_string(self.dir.0.join("kube-proxy.log")).unwrap_or_default()
+        );
+    }
+
+    /// A client acting as the chart's operator ServiceAccount: what the operator may do
+    /// in a cluster, and nothing more.
+    pub async fn operator_client(&self) -> Client {
+        self.cp
+            .service_account_client(OPERATOR_NAMESPACE, OPERATOR_SA)
+            .await
+            .expect("operator client")
     }
 
     /// A directory for the test's files.
@@ -223,34 +276,38 @@ impl Cluster {
         &self.dir.0
     }
 
-    /// A backend owning `cluster_ip` on the Service bridge, answering on `tcp` and `udp`
-    /// ports (comma lists) with `tag` in every answer.
-    pub fn backend(&self, cluster_ip: &str, tcp: &str, udp: &str, tag: &str) -> Netns {
-        let ns = self.service_host(cluster_ip);
-        drop(ns.spawn(
-            &format!(
-                "python3 '{}' serve {cluster_ip} {tcp} {udp} {tag}",
-                echo_py()
-            ),
-            &[],
-        ));
-        ns
-    }
-
-    /// A namespace owning `cluster_ip` on the Service bridge (what kube-proxy would make of
-    /// a Service with one endpoint), for the caller to run a server in.
-    pub fn service_host(&self, cluster_ip: &str) -> Netns {
-        let n = SVC_BACKENDS.fetch_add(1, Ordering::Relaxed);
-        let ns = Netns::new("svc", &format!("{}{n}", netns::unique_tag()));
-        attach(
-            &self.node.name,
-            "sbr0",
-            &ns,
-            "eth0",
-            &format!("{cluster_ip}/16"),
-        );
-        sh(&ns, "ip route add default via 10.96.255.254");
-        ns
+    /// A backend pod labelled `app=<app>` in `namespace` (what a Service selecting
+    /// `app: <app>` reaches through kube-proxy), answering on `tcp` and `udp` ports (comma
+    /// lists) with `tag` in every answer; returns once the pod is Ready.
+    pub async fn backend(&self, namespace: &str, app: &str, tcp: &str, udp: &str, tag: &str) {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let name = format!("{app}-{}", netns::unique_tag());
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"app": app}},
+            "spec": {"containers": [{"name": "echo", "image": kubelet::ECHO_IMAGE, "args": [tcp, udp, tag]}]}
+        }))
+        .expect("pod");
+        pods.create(&PostParams::default(), &pod)
+            .await
+            .expect("create backend pod");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let p = pods.get(&name).await.expect("get backend pod");
+            let ready = p
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            if ready {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "backend pod {name} never became ready\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// One request from the client namespace to `ip:port` (`tcp` or `udp`), retried until
@@ -284,72 +341,42 @@ impl Cluster {
         ns
     }
 
-    /// The pod IP of the link pod `name`.
+    /// The pod IP of the pod `name`.
     pub fn pod_ip(&self, name: &str) -> Option<String> {
-        let w = self
-            .world
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        w.pods.iter().find(|p| p.name == name).map(|p| p.ip.clone())
+        self.kubelet
+            .pods()
+            .into_iter()
+            .find(|p| p.name == name)
+            .map(|p| p.ip)
     }
 
-    /// Names of the link pods running now, per `namespace/deployment`.
+    /// The link pods (those the operator manages) running now: (`namespace/deployment`,
+    /// pod name, process id).
     pub fn pods(&self) -> Vec<(String, String, u32)> {
-        let w = self
-            .world
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        w.pods
-            .iter()
-            .map(|p| (p.deploy.clone(), p.name.clone(), p.link.pid().unwrap_or(0)))
+        self.kubelet
+            .pods()
+            .into_iter()
+            .filter(|p| p.managed)
+            .map(|p| (p.owner, p.name, p.pid))
             .collect()
     }
 
     /// Whether the pod `name` has a wg0 interface now.
     pub fn pod_has_wg0(&self, name: &str) -> bool {
-        let w = self
-            .world
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        w.pods
-            .iter()
-            .find(|p| p.name == name)
-            .is_some_and(|p| p.ns.try_sh("ip link show wg0").0)
+        self.kubelet
+            .exec(name, "ip link show wg0")
+            .is_some_and(|(ok, _, _)| ok)
     }
 
-    /// Deletes the pod `name` as an eviction would (SIGTERM, then gone); the kubelet
-    /// stand-in starts a replacement.
+    /// Evicts the pod `name` (SIGTERM, then the Pod is deleted); its ReplicaSet starts a
+    /// replacement.
     pub fn stop_pod(&self, name: &str) {
-        let pod = {
-            let mut w = self
-                .world
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            w.pods
-                .iter()
-                .position(|p| p.name == name)
-                .map(|i| w.pods.remove(i))
-        };
-        if let Some(mut p) = pod {
-            p.link.stop();
-            let note = format!("evicted pod {}", p.name);
-            self.world
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .log
-                .push(note);
-        }
+        self.kubelet.evict(name);
     }
 
-    /// Kills (SIGKILL, a crash) the link pod `name`; the kubelet stand-in replaces it.
+    /// Kills (SIGKILL, a crash) the process of pod `name`; the kubelet restarts it.
     pub fn kill_pod(&self, name: &str) {
-        let mut w = self
-            .world
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(p) = w.pods.iter_mut().find(|p| p.name == name) {
-            p.link.kill();
-        }
+        self.kubelet.crash(name);
     }
 
     /// Instances booted now.
@@ -361,20 +388,20 @@ impl Cluster {
         w.vms.keys().cloned().collect()
     }
 
-    /// The harness's log and every link's log, for failure messages.
+    /// The harness's logs (booter, kubelet and every pod, control plane tails), for
+    /// failure messages.
     pub fn logs(&self) -> String {
         let w = self
             .world
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut out = w.log.join("\n");
-        for p in &w.pods {
-            out.push_str(&format!("\n--- link {} ---\n{}", p.name, p.link.logs()));
-        }
+        out.push_str(&format!("\n--- kubelet ---\n{}", self.kubelet.logs()));
         for (name, vm) in &w.vms {
             let boot = std::fs::read_to_string(vm.dir.0.join("boot.log")).unwrap_or_default();
             out.push_str(&format!("\n--- vm {name} ---\n{boot}"));
         }
+        out.push_str(&self.cp.logs(15));
         out
     }
 }
@@ -385,13 +412,14 @@ impl Drop for Cluster {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        if let Some(mut k) = self.kube_proxy.take() {
+            let _ = k.kill();
+            let _ = k.wait();
+        }
         let mut w = self
             .world
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for mut p in w.pods.drain(..) {
-            p.link.kill();
-        }
         for (_, vm) in std::mem::take(&mut w.vms) {
             let _ = std::fs::remove_file(format!("/run/wireguard/{}.sock", vm.iface));
             drop(vm);
@@ -399,55 +427,49 @@ impl Drop for Cluster {
     }
 }
 
-async fn install_crds(client: &Client) {
-    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let dir = crate::repo_root().join("crds");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .expect("crds/")
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    files.sort();
-    for f in files {
-        let crd: CustomResourceDefinition =
-            serde_yaml::from_str(&std::fs::read_to_string(&f).expect("crd file"))
-                .expect("crd yaml");
-        api.create(&PostParams::default(), &crd)
-            .await
-            .expect("install CRD");
-    }
+/// Real kube-proxy in nftables mode inside the node namespace, as `system:kube-proxy`.
+fn start_kube_proxy(cp: &ControlPlane, node: &Netns, dir: &std::path::Path) -> Child {
+    let kubeconfig = dir.join("kube-proxy.kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        cp.kubeconfig_for_token(cp.url(), cp.token("system:kube-proxy")),
+    )
+    .expect("kube-proxy kubeconfig");
+    let log = std::fs::File::create(dir.join("kube-proxy.log")).expect("kube-proxy log");
+    let err = log.try_clone().expect("kube-proxy log");
+    let bin = controlplane::binary("kube-proxy").unwrap_or_else(|e| panic!("{e}"));
+    std::process::Command::new("ip")
+        .args(["netns", "exec", &node.name])
+        .arg(bin)
+        .args([
+            &format!("--kubeconfig={}", kubeconfig.display()),
+            "--proxy-mode=nftables",
+            &format!("--hostname-override={}", controlplane::NODES[0]),
+            &format!("--cluster-cidr={}", controlplane::POD_CIDR),
+            "--healthz-bind-address=127.0.0.1:10256",
+            "--metrics-bind-address=127.0.0.1:10249",
+            // Leave the namespace's conntrack table size alone.
+            "--conntrack-max-per-core=0",
+            "--v=1",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(err)
+        .spawn()
+        .expect("spawning kube-proxy")
 }
 
-/// What the background loop needs.
+/// What the booter loop needs.
 struct Env {
     emu: Arc<GcpEmulator>,
-    api_url: String,
-    kubeconfig: PathBuf,
-    dir: PathBuf,
     net: String,
-    node: String,
 }
 
-fn kubelet(env: Env, world: Arc<Mutex<World>>, stop: Arc<AtomicBool>) {
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
-        return;
-    };
-    // The client's buffer task spawns on the runtime that is current when it is built.
-    let _entered = rt.enter();
-    let Ok(client) = Client::try_from(kube::Config::new(env.api_url.parse().expect("url"))) else {
-        return;
-    };
+fn booter(env: Env, world: Arc<Mutex<World>>, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::SeqCst) {
         let started = Instant::now();
-        rt.block_on(pods_tick(&env, &client, &world));
         boot_tick(&env, &world);
-        let spent = started.elapsed();
-        std::thread::sleep(Duration::from_millis(200).saturating_sub(spent));
+        std::thread::sleep(Duration::from_millis(200).saturating_sub(started.elapsed()));
     }
 }
 
@@ -457,268 +479,6 @@ fn note(world: &Mutex<World>, line: String) {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .log
         .push(line);
-}
-
-fn template_hash(d: &Deployment) -> String {
-    let t = serde_json::to_string(&d.spec.as_ref().map(|s| &s.template)).unwrap_or_default();
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in t.bytes() {
-        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{:x}", h & 0xff_ffff)
-}
-
-async fn pods_tick(env: &Env, client: &Client, world: &Mutex<World>) {
-    let Ok(list) = Api::<Deployment>::all(client.clone())
-        .list(&ListParams::default().labels(MANAGED))
-        .await
-    else {
-        return;
-    };
-    let mut wanted: BTreeMap<String, (Deployment, String)> = BTreeMap::new();
-    for d in list.items {
-        let key = format!("{}/{}", d.namespace().unwrap_or_default(), d.name_any());
-        let h = template_hash(&d);
-        wanted.insert(key, (d, h));
-    }
-    // Stop pods whose Deployment is gone or whose template is outdated (Recreate: all at
-    // once; RollingUpdate: one old pod per ready new pod beyond the replica count).
-    let mut to_stop = Vec::new();
-    {
-        let w = world
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for p in &w.pods {
-            match wanted.get(&p.deploy) {
-                None => to_stop.push(p.name.clone()),
-                Some((d, h)) if *h != p.hash => {
-                    let spec = d.spec.clone().unwrap_or_default();
-                    let recreate =
-                        spec.strategy.and_then(|s| s.type_).as_deref() == Some("Recreate");
-                    let replicas = spec.replicas.unwrap_or(1).max(0) as usize;
-                    let new_ready = w
-                        .pods
-                        .iter()
-                        .filter(|q| q.deploy == p.deploy && q.hash == *h && q.ready == Some(true))
-                        .count();
-                    let total = w.pods.iter().filter(|q| q.deploy == p.deploy).count();
-                    if recreate || (new_ready > 0 && total > replicas) {
-                        to_stop.push(p.name.clone());
-                        if !recreate {
-                            break;
-                        }
-                    }
-                }
-                Some((d, h)) => {
-                    let replicas =
-                        d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1).max(0) as usize;
-                    let same: Vec<&PodRun> = w
-                        .pods
-                        .iter()
-                        .filter(|q| q.deploy == p.deploy && q.hash == *h)
-                        .collect();
-                    if same.len() > replicas && same.last().is_some_and(|l| l.name == p.name) {
-                        to_stop.push(p.name.clone());
-                    }
-                }
-            }
-        }
-    }
-    for name in to_stop {
-        let pod = {
-            let mut w = world
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            w.pods
-                .iter()
-                .position(|p| p.name == name)
-                .map(|i| w.pods.remove(i))
-        };
-        if let Some(mut p) = pod {
-            let clean = p.link.stop();
-            note(
-                world,
-                format!("stopped pod {} (clean exit: {clean})", p.name),
-            );
-            let _ = Api::<Pod>::namespaced(client.clone(), &p.namespace)
-                .delete(&p.name, &DeleteParams::default())
-                .await;
-            drop(p.ns);
-        }
-    }
-    // Start missing pods; a crashed link is restarted in place (same pod, same name).
-    for (key, (d, h)) in &wanted {
-        let spec = d.spec.clone().unwrap_or_default();
-        let replicas = spec.replicas.unwrap_or(1).max(0) as usize;
-        let recreate = spec.strategy.as_ref().and_then(|s| s.type_.as_deref()) == Some("Recreate");
-        let (current, old) = {
-            let w = world
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            (
-                w.pods
-                    .iter()
-                    .filter(|p| &p.deploy == key && &p.hash == h)
-                    .count(),
-                w.pods
-                    .iter()
-                    .filter(|p| &p.deploy == key && &p.hash != h)
-                    .count(),
-            )
-        };
-        // Recreate waits until every old pod is gone; RollingUpdate surges by one.
-        let limit = if recreate && old > 0 {
-            0
-        } else if old > 0 {
-            replicas + 1 - old.min(replicas)
-        } else {
-            replicas
-        };
-        for _ in current..limit.max(current) {
-            let p = start_pod(env, d, h);
-            note(
-                world,
-                format!("started pod {} for {key} at {}", p.name, p.ip),
-            );
-            let pod = Pod {
-                metadata: kube::api::ObjectMeta {
-                    name: Some(p.name.clone()),
-                    namespace: Some(p.namespace.clone()),
-                    labels: d
-                        .spec
-                        .as_ref()
-                        .and_then(|s| s.template.metadata.as_ref())
-                        .and_then(|m| m.labels.clone()),
-                    ..Default::default()
-                },
-                spec: d.spec.as_ref().and_then(|s| s.template.spec.clone()),
-                ..Pod::default()
-            };
-            let _ = Api::<Pod>::namespaced(client.clone(), &p.namespace)
-                .create(&PostParams::default(), &pod)
-                .await;
-            world
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .pods
-                .push(p);
-        }
-    }
-    // Mirror readiness; restart crashed links.
-    let snapshot: Vec<(String, String, String, bool, Option<bool>)> = {
-        let mut w = world
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        w.pods
-            .iter_mut()
-            .map(|p| {
-                let alive = p.link.pid().is_some();
-                (
-                    p.name.clone(),
-                    p.namespace.clone(),
-                    p.ip.clone(),
-                    alive,
-                    p.ready,
-                )
-            })
-            .collect()
-    };
-    for (name, namespace, ip, alive, was) in snapshot {
-        if !alive {
-            let restarted = {
-                let mut w = world
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                let Some(p) = w.pods.iter_mut().find(|p| p.name == name) else {
-                    continue;
-                };
-                let d = wanted.get(&p.deploy).map(|(d, _)| d.clone());
-                d.map(|d| {
-                    p.link = run_link(env, &p.ns, &d, &p.name, &p.namespace);
-                })
-                .is_some()
-            };
-            if restarted {
-                note(world, format!("restarted crashed link in pod {name}"));
-            }
-        }
-        let ready = {
-            let w = world
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            w.pods
-                .iter()
-                .find(|p| p.name == name)
-                .map(|p| p.link.get("/readyz").0 == 200)
-        };
-        let Some(ready) = ready else { continue };
-        if was != Some(ready) {
-            let status = json!({"status": {"phase": "Running", "podIP": ip, "conditions": [
-                {"type": "Ready", "status": if ready { "True" } else { "False" }}
-            ]}});
-            if Api::<Pod>::namespaced(client.clone(), &namespace)
-                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
-                .await
-                .is_ok()
-            {
-                let mut w = world
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                if let Some(p) = w.pods.iter_mut().find(|p| p.name == name) {
-                    p.ready = Some(ready);
-                }
-            }
-        }
-    }
-}
-
-fn start_pod(env: &Env, d: &Deployment, hash: &str) -> PodRun {
-    let namespace = d.namespace().unwrap_or_default();
-    let n = POD_IPS.fetch_add(1, Ordering::Relaxed);
-    let octet = 2 + (n % 250);
-    let ip = format!("10.244.0.{octet}");
-    let name = format!("{}-{hash}-{n}", d.name_any());
-    let ns = Netns::new("pod", &netns::unique_tag());
-    attach(&env.node, "cbr0", &ns, "eth0", &format!("{ip}/24"));
-    sh(&ns, "ip route add default via 10.244.0.1");
-    let link = run_link(env, &ns, d, &name, &namespace);
-    PodRun {
-        name,
-        namespace,
-        deploy: format!("{}/{}", d.namespace().unwrap_or_default(), d.name_any()),
-        hash: hash.to_owned(),
-        ip,
-        ready: None,
-        link,
-        ns,
-    }
-}
-
-fn run_link(env: &Env, ns: &Netns, d: &Deployment, pod: &str, namespace: &str) -> Link {
-    let container = d
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .map(|p| p.containers[0].clone())
-        .unwrap_or_default();
-    let args = container.args.unwrap_or_default();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let dir = env.dir.join(pod);
-    // The init container's job, done the way it would be: the link binary's subcommand.
-    let _ = ns.try_sh(&format!(
-        "'{}' enable-forwarding",
-        crate::link::binary().display()
-    ));
-    Link::start_with_env(
-        ns,
-        &dir,
-        &args,
-        &[
-            ("KUBECONFIG", env.kubeconfig.display().to_string()),
-            ("POD_NAMESPACE", namespace.to_owned()),
-            ("HOSTNAME", pod.to_owned()),
-        ],
-    )
 }
 
 fn boot_tick(env: &Env, world: &Mutex<World>) {

@@ -8,11 +8,14 @@
 
 pub mod apiserver;
 pub mod chart;
+pub mod clock;
 pub mod cluster;
+pub mod controlplane;
 pub mod crd_schema;
 pub mod fixtures;
 pub mod gateway;
 pub mod gcp;
+pub mod kubelet;
 pub mod link;
 pub mod netns;
 pub mod rbac;

@@ -1,5 +1,4 @@
-//! Leader election between two `wgnet-link` replicas against the stand-in Kubernetes API
-//! server: one holder with wg0 and the table, an idle ready standby, failover when the
+//! Leader election between two `wgnet-link` replicas against a real kube-apiserver: one holder with wg0 and the table, an idle ready standby, failover when the
 //! holder is killed, a graceful hand-over on SIGTERM, and never two wg0 carrying the key
 //! at once. Each replica has its own namespace and backend; a wireguard-go peer stands in
 //! for the VM. Needs root.
@@ -8,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use wgnet_tests::apiserver::{ApiServer, Config};
+use wgnet_tests::controlplane::{self, ControlPlane};
 use wgnet_tests::fixtures::TempDir;
 use wgnet_tests::gateway::echo_py;
 use wgnet_tests::link::Link;
@@ -26,7 +25,7 @@ struct Pair {
     vm: Netns,
     vm_if: String,
     dir: TempDir,
-    _server: ApiServer,
+    _server: ControlPlane,
 }
 
 impl Drop for Pair {
@@ -166,19 +165,17 @@ async fn pair() -> Pair {
         });
     }
 
-    let server = ApiServer::start(Config {
-        addr: (server_ip.parse::<std::net::Ipv4Addr>().expect("ip"), 0).into(),
-        ..Config::default()
+    // The Lease is all the links use: the API server alone, no controllers.
+    let server = ControlPlane::start(controlplane::Options {
+        bind: server_ip.parse().expect("ip"),
+        controllers: false,
     })
     .await
-    .expect("API server");
-    let port = server.addr().port();
+    .unwrap_or_else(|e| panic!("control plane: {e}"));
     for r in &reps {
         std::fs::write(
             &r.kubeconfig,
-            server
-                .kubeconfig()
-                .replace(&server.url(), &format!("http://{server_ip}:{port}")),
+            server.kubeconfig_for_token(server.url(), server.token("wgnet-admin")),
         )
         .expect("kubeconfig");
     }

@@ -1,4 +1,4 @@
-//! The link configured through the Kubernetes API (the stand-in server): a ConfigMap and a
+//! The link configured through the Kubernetes API (a real kube-apiserver): a ConfigMap and a
 //! Secret watched by name, edits applied to the kernel's nftables table without a restart,
 //! a deleted Secret reported while the last good data plane stays. Needs root.
 
@@ -8,8 +8,7 @@ use std::time::Duration;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
-use kube::{Client, Config};
-use wgnet_tests::apiserver::{self, ApiServer};
+use wgnet_tests::controlplane::{self, ControlPlane};
 use wgnet_tests::fixtures::TempDir;
 use wgnet_tests::link::Link;
 use wgnet_tests::netns::{self, Netns, RootLink, wait_for};
@@ -55,13 +54,13 @@ async fn configmap_and_secret_edits_apply_without_a_restart() {
         "api0",
         &format!("198.51.100.{}/30", 100 + slot * 4 + 2),
     );
-    let server = ApiServer::start(apiserver::Config {
-        addr: (root_ip.parse::<std::net::Ipv4Addr>().expect("ip"), 0).into(),
-        ..apiserver::Config::default()
+    let server = ControlPlane::start(controlplane::Options {
+        bind: root_ip.parse().expect("ip"),
+        controllers: false,
     })
     .await
-    .expect("API server");
-    let client = Client::try_from(Config::new(server.url().parse().expect("url"))).expect("client");
+    .unwrap_or_else(|e| panic!("control plane: {e}"));
+    let client = server.admin_client().await.expect("client");
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
     let secrets: Api<Secret> = Api::namespaced(client, "default");
     let (key, _) = netns::wg_keypair();
@@ -86,7 +85,11 @@ async fn configmap_and_secret_edits_apply_without_a_restart() {
 
     let dir = TempDir::new();
     let kubeconfig = dir.0.join("kubeconfig");
-    server.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        server.kubeconfig_for_token(server.url(), server.token("wgnet-admin")),
+    )
+    .expect("kubeconfig");
     let link = Link::start_with_env(
         &ns,
         &dir.0,

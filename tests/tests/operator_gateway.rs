@@ -1,4 +1,4 @@
-//! The operator end to end: Gateways applied to the stand-in API server are provisioned in
+//! The operator end to end: Gateways applied to the real control plane are provisioned in
 //! the GCP emulator, their VMs boot from their own startup-script in network namespaces,
 //! link pods run as real processes (the kubelet stand-in), and clients on the "internet"
 //! reach in-cluster backends through the public IP. Needs root.
@@ -167,8 +167,8 @@ async fn gateway_serves_tcp_and_udp_and_delete_leaves_nothing() {
     let c = Cluster::start(LatencyProfile::instant()).await;
     let op = operator(&c).await;
     namespace(&c.client, "apps", &[]).await;
-    let ip = service(&c.client, "apps", "web", &[(80, "TCP"), (53, "UDP")]).await;
-    let _backend = c.backend(&ip, "80", "53", "web");
+    service(&c.client, "apps", "web", &[(80, "TCP"), (53, "UDP")]).await;
+    c.backend("apps", "web", "80", "53", "web").await;
 
     let gws = create(
         &c,
@@ -262,14 +262,13 @@ async fn gateway_serves_tcp_and_udp_and_delete_leaves_nothing() {
     assert_eq!(secret_names, vec!["edge-link-key"]);
     let status_text = serde_json::to_string(&gw.status).expect("json");
     assert!(!status_text.contains(&vm_priv) && !status_text.contains(&link_priv));
-    let events = reqwest::get(format!(
-        "{}/apis/events.k8s.io/v1/namespaces/apps/events",
-        c.api.url()
-    ))
-    .await
-    .expect("events")
-    .text()
-    .await
+    let events = serde_json::to_string(
+        &Api::<k8s_openapi::api::events::v1::Event>::namespaced(c.client.clone(), "apps")
+            .list(&ListParams::default())
+            .await
+            .expect("events")
+            .items,
+    )
     .expect("events body");
     assert!(
         events.contains("\"reason\":\"Ready\""),
@@ -345,7 +344,7 @@ async fn forwards_follow_services_consent_and_edits_without_replacing_anything()
 
     // The Service appears: traffic flows. The other namespace has not consented.
     let ip = service(&c.client, "apps", "web", &[(80, "TCP")]).await;
-    let _web = c.backend(&ip, "80", ",", "web");
+    c.backend("apps", "web", "80", ",", "web").await;
     let gw = wait_gw(
         &c,
         "apps",
@@ -369,8 +368,8 @@ async fn forwards_follow_services_consent_and_edits_without_replacing_anything()
         vec!["tcp/8080", "udp/51820"],
         "a denied forward stays closed"
     );
-    let shop_ip = service(&c.client, "other", "shop", &[(80, "TCP")]).await;
-    let _shop = c.backend(&shop_ip, "80", ",", "shop");
+    service(&c.client, "other", "shop", &[(80, "TCP")]).await;
+    c.backend("other", "shop", "80", ",", "shop").await;
     assert!(!c.answers("tcp", &addr, 8443));
 
     let instance_id = |c: &Cluster| {
@@ -448,8 +447,8 @@ async fn forwards_follow_services_consent_and_edits_without_replacing_anything()
     assert!(c.answers("tcp", &addr, 8080), "8080 unaffected");
 
     // A forward added live reaches its Service with the same VM, IP and link process.
-    let api_ip = service(&c.client, "apps", "api", &[(9000, "TCP")]).await;
-    let _api = c.backend(&api_ip, "9000", ",", "api");
+    service(&c.client, "apps", "api", &[(9000, "TCP")]).await;
+    c.backend("apps", "api", "9000", ",", "api").await;
     let mut gw = gws.get("edge").await.expect("get");
     gw.spec.forwards.push(
         serde_json::from_value(json!({"port": 9090, "service": "api", "targetPort": 9000}))
@@ -489,7 +488,7 @@ async fn forwards_follow_services_consent_and_edits_without_replacing_anything()
         .expect("delete svc");
     let new_ip = service(&c.client, "apps", "web", &[(80, "TCP")]).await;
     assert_ne!(new_ip, ip);
-    let _web2 = c.backend(&new_ip, "80", ",", "web2");
+    c.backend("apps", "web", "80", ",", "web2").await;
     let moved = wgnet_tests::netns::wait_for(Duration::from_secs(20), || {
         c.request("tcp", &addr, 8080, Duration::from_secs(1))
             .filter(|a| a.starts_with("web2 "))
@@ -513,8 +512,8 @@ async fn drift_is_repaired_with_the_same_address() {
     let c = Cluster::start(LatencyProfile::instant()).await;
     let _op = operator_with(&c, Duration::from_secs(5)).await;
     namespace(&c.client, "apps", &[]).await;
-    let ip = service(&c.client, "apps", "web", &[(80, "TCP")]).await;
-    let _web = c.backend(&ip, "80", ",", "web");
+    service(&c.client, "apps", "web", &[(80, "TCP")]).await;
+    c.backend("apps", "web", "80", ",", "web").await;
     create(
         &c,
         &gateway(
@@ -619,8 +618,8 @@ async fn two_link_replicas_keep_serving_through_eviction_crash_and_rolling_updat
     let c = Cluster::start(LatencyProfile::instant()).await;
     let _op = operator(&c).await;
     namespace(&c.client, "apps", &[]).await;
-    let ip = service(&c.client, "apps", "web", &[(80, "TCP")]).await;
-    let _web = c.backend(&ip, "80", ",", "web");
+    service(&c.client, "apps", "web", &[(80, "TCP")]).await;
+    c.backend("apps", "web", "80", ",", "web").await;
     let mut gw = gateway(
         "edge",
         json!([{"port": 8080, "service": "web", "targetPort": 80}]),
@@ -757,8 +756,8 @@ async fn gcp_denials_dns_without_its_crd_and_delete_while_provisioning() {
     let c = Cluster::start(LatencyProfile::instant()).await;
     let _op = operator_with(&c, Duration::from_secs(5)).await;
     namespace(&c.client, "apps", &[]).await;
-    let ip = service(&c.client, "apps", "web", &[(80, "TCP")]).await;
-    let _web = c.backend(&ip, "80", ",", "web");
+    service(&c.client, "apps", "web", &[(80, "TCP")]).await;
+    c.backend("apps", "web", "80", ",", "web").await;
 
     // Instance creation is denied: the condition carries GCP's reason and message, the rest
     // of the resources still advance, and lifting the denial heals it on the next pass.
@@ -932,7 +931,7 @@ async fn nodeport_unpublished_port_deleted_service_and_two_gateways_side_by_side
     let _op = operator(&c).await;
     namespace(&c.client, "apps", &[]).await;
     let np = typed_service(&c.client, "apps", "np", "NodePort", &[(80, "TCP")]).await;
-    let np_ip = np
+    let _np_ip = np
         .spec
         .as_ref()
         .and_then(|s| s.cluster_ip.clone())
@@ -943,11 +942,11 @@ async fn nodeport_unpublished_port_deleted_service_and_two_gateways_side_by_side
             .and_then(|s| s.ports.as_ref())
             .and_then(|p| p[0].node_port)
             .is_some(),
-        "the stand-in API server allocates node ports"
+        "the API server allocates node ports"
     );
-    let _np = c.backend(&np_ip, "80,81", ",", "np");
-    let dns_ip = service(&c.client, "apps", "dns", &[(53, "UDP")]).await;
-    let _dns = c.backend(&dns_ip, ",", "53", "dns");
+    c.backend("apps", "np", "80,81", ",", "np").await;
+    service(&c.client, "apps", "dns", &[(53, "UDP")]).await;
+    c.backend("apps", "dns", ",", "53", "dns").await;
 
     // Port 81 is not published by the Service: that forward is denied and stays closed in
     // the firewall while the NodePort one serves.

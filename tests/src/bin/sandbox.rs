@@ -1,18 +1,23 @@
-//! `wgnet-sandbox` (`make demo`): the whole product on one machine, with the cloud and the
-//! cluster emulated and the data plane real. It starts the stand-in Kubernetes API server,
-//! the GCP emulator (which boots each gateway VM from its own startup-script in a network
-//! namespace owning its "public" address), the real `wgnet-operator` binary, and the kubelet
-//! stand-in that runs real `wgnet-link` pods; applies `examples/demo/` with kubectl; waits
-//! for Ready; fetches a page through the gateway's public IP from an "internet" client;
-//! deletes the Gateway and shows the cloud inventory empty. Everything it created is
-//! removed when it ends, on Ctrl-C too. Needs root (network namespaces, nftables).
+//! `wgnet-sandbox` (`make demo`, `make sandbox`): the whole product on one machine, with
+//! the cloud emulated and everything else real. It starts a real Kubernetes control plane
+//! (etcd, kube-apiserver, controller manager, scheduler, kube-proxy, built from source) with
+//! the chart installed by `helm install`, the GCP emulator (which boots each gateway VM from
+//! its own startup-script in a network namespace owning its "public" address), the real
+//! `wgnet-operator` binary authenticated as the chart's ServiceAccount, and the kubelet
+//! stand-in that runs pods as real processes; applies `examples/demo/` with kubectl; waits
+//! for Ready; fetches a page through the gateway's public IP from an "internet" client.
+//! Then it deletes the Gateway and shows the cloud inventory empty, or, with `--keep`,
+//! prints a kubeconfig and waits for Ctrl-C so you can use kubectl against it. Everything
+//! it created is removed when it ends, on Ctrl-C too. Needs root (network namespaces,
+//! nftables).
 
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use kube::Api;
 use serde_json::Value;
-use wgnet_tests::cluster::Cluster;
+use wgnet_tests::cluster::{Cluster, OPERATOR_NAMESPACE, OPERATOR_SA};
+use wgnet_tests::controlplane::{self, ControlPlane};
 use wgnet_tests::gcp::LatencyProfile;
 use wgnet_tests::link::workspace_binary;
 
@@ -37,12 +42,28 @@ fn step(line: &str) {
     say(&format!("\n==> {line}"));
 }
 
+const USAGE: &str = "usage: wgnet-sandbox [--keep]
+
+Runs the whole product locally as root: a real Kubernetes control plane, the GCP emulator,
+the real operator and link, and a client on an emulated internet. It applies
+examples/demo/, waits until the Gateway is Ready and fetches a page through its public IP.
+
+  (no flag)  then deletes the Gateway, shows the emulated cloud empty, and exits (make demo)
+  --keep     then prints a kubeconfig and keeps everything running until Ctrl-C, so you can
+             try kubectl get gw, kubectl explain gateway.spec, kubectl describe gw, edit
+             forwards live and delete; Ctrl-C cleans up and exits 0 (make sandbox)
+  -h, --help this text
+
+Environment: WGNET_SANDBOX_TIMEOUT (seconds to wait for Ready, default 300),
+K8S_VERSION (the Kubernetes release to build and run, see scripts/k8s-bins.sh).";
+
 fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> Result<String, String> {
-    let out = Command::new("kubectl")
+    let bin = controlplane::binary("kubectl").map_err(|e| e.to_string())?;
+    let out = Command::new(bin)
         .args(args)
         .env("KUBECONFIG", kubeconfig)
         .output()
-        .map_err(|e| format!("cannot run kubectl ({e}); `make deps` installs it"))?;
+        .map_err(|e| format!("cannot run kubectl ({e})"))?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
@@ -90,12 +111,22 @@ fn condition(gw: &Value, type_: &str) -> Option<(String, String, String)> {
         })
 }
 
-async fn demo(c: &Cluster, kubeconfig: &std::path::Path) -> Result<(), String> {
+async fn demo(c: &Cluster, kubeconfig: &std::path::Path, keep: bool) -> Result<(), String> {
     let root = wgnet_tests::repo_root();
     let examples = root.join("examples/demo");
 
-    step("starting the operator (the real wgnet-operator binary, built from this checkout)");
+    step("starting the operator (the real wgnet-operator binary, as the chart's ServiceAccount)");
     let log = c.dir().join("operator.log");
+    let token =
+        ControlPlane::service_account_token(&c.client, OPERATOR_NAMESPACE, OPERATOR_SA, None)
+            .await
+            .map_err(|e| e.to_string())?;
+    let operator_kubeconfig = c.dir().join("operator.kubeconfig");
+    std::fs::write(
+        &operator_kubeconfig,
+        c.cp.kubeconfig_for_token(c.cp.url(), &token),
+    )
+    .map_err(|e| format!("operator kubeconfig: {e}"))?;
     let out = std::fs::File::create(&log).map_err(|e| format!("operator log: {e}"))?;
     let _op = Operator(
         Command::new(workspace_binary("wgnet-operator"))
@@ -119,7 +150,8 @@ async fn demo(c: &Cluster, kubeconfig: &std::path::Path) -> Result<(), String> {
             ])
             .arg("--gcp-credentials")
             .arg(&c.key)
-            .env("KUBECONFIG", kubeconfig)
+            .env("KUBECONFIG", &operator_kubeconfig)
+            .env("POD_NAMESPACE", OPERATOR_NAMESPACE)
             .env("RUST_LOG", "info")
             .stdout(out.try_clone().map_err(|e| format!("operator log: {e}"))?)
             .stderr(out)
@@ -128,41 +160,23 @@ async fn demo(c: &Cluster, kubeconfig: &std::path::Path) -> Result<(), String> {
     );
     say(&format!("    operator log: {}", log.display()));
 
-    step("kubectl apply -f examples/demo/ (namespace, Service web, Gateway hello)");
-    for f in ["namespace.yaml", "web-service.yaml"] {
+    step("kubectl apply -f examples/demo/ (namespace, Deployment and Service web, Gateway hello)");
+    for f in ["namespace.yaml", "web.yaml", "web-service.yaml"] {
         let path = examples.join(f);
         say(kubectl(kubeconfig, &["apply", "-f", &path.to_string_lossy()])?.trim_end());
     }
-    let ip = kubectl(
+    say(kubectl(
         kubeconfig,
         &[
             "-n",
             "demo",
-            "get",
-            "service",
-            "web",
-            "-o",
-            "jsonpath={.spec.clusterIP}",
+            "rollout",
+            "status",
+            "deployment/web",
+            "--timeout=120s",
         ],
-    )?;
-    let site = c.dir().join("site");
-    std::fs::create_dir_all(&site).map_err(|e| format!("site dir: {e}"))?;
-    std::fs::write(
-        site.join("index.html"),
-        "Hello from inside the cluster: Service demo/web answered through a WireGuard gateway.\n",
-    )
-    .map_err(|e| format!("index.html: {e}"))?;
-    let backend = c.service_host(&ip);
-    drop(backend.spawn(
-        &format!(
-            "cd '{}' && exec python3 -m http.server 80 --bind {ip}",
-            site.display()
-        ),
-        &[],
-    ));
-    say(&format!(
-        "    a small HTTP server answers on the Service's ClusterIP {ip}:80"
-    ));
+    )?
+    .trim_end());
     let gw_file = examples.join("gateway.yaml");
     say(kubectl(kubeconfig, &["apply", "-f", &gw_file.to_string_lossy()])?.trim_end());
 
@@ -238,23 +252,35 @@ async fn demo(c: &Cluster, kubeconfig: &std::path::Path) -> Result<(), String> {
     let page = page.ok_or("the page did not load through the gateway")?;
     say(&format!("    {}", page.trim_end()));
 
-    // The stand-in API server does not render server-side tables, so the CRD's printer
-    // columns are spelled out here (a real cluster shows them for a plain `get`).
     step("kubectl get gateways -A");
-    say(kubectl(
-        kubeconfig,
-        &[
-            "get",
-            "gateways",
-            "-A",
-            "-o",
-            "custom-columns=NAMESPACE:.metadata.namespace,NAME:.metadata.name,ADDRESS:.status.address,READY:.status.conditions[?(@.type==\"Ready\")].status,FORWARDS:.status.forwardsReady",
-        ],
-    )?
-    .trim_end());
+    say(kubectl(kubeconfig, &["get", "gateways", "-A"])?.trim_end());
     step("the GCP emulator's inventory (what the operator created)");
     for l in inventory(c) {
         say(&l);
+    }
+
+    if keep {
+        let bin = controlplane::binaries().map_err(|e| e.to_string())?;
+        step("the sandbox keeps running; in another shell, as root:");
+        say(&format!("    export KUBECONFIG={}", kubeconfig.display()));
+        say(&format!(
+            "    export PATH={}:$PATH   # kubectl of the same release",
+            bin.display()
+        ));
+        say("    kubectl get gw -A");
+        say("    kubectl explain gateway.spec");
+        say("    kubectl -n demo describe gw hello");
+        say("    kubectl -n demo edit gw hello      # change forwards live");
+        say(&format!(
+            "    ip netns exec {} curl http://{address}:8080/   # the internet client",
+            c.client_ns.name
+        ));
+        say("    kubectl -n demo delete gw hello");
+        say("Press Ctrl-C to stop and clean up.");
+        tokio::signal::ctrl_c()
+            .await
+            .map_err(|e| format!("waiting for Ctrl-C: {e}"))?;
+        return Ok(());
     }
 
     step("kubectl delete gateway hello (the finalizer holds it until GCP is clean)");
@@ -282,6 +308,20 @@ async fn demo(c: &Cluster, kubeconfig: &std::path::Path) -> Result<(), String> {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> std::process::ExitCode {
+    let mut keep = false;
+    for arg in std::env::args().skip(1) {
+        match arg.as_str() {
+            "--keep" => keep = true,
+            "-h" | "--help" => {
+                say(USAGE);
+                return std::process::ExitCode::SUCCESS;
+            }
+            other => {
+                eprintln!("wgnet-sandbox: unknown argument {other:?}\n{USAGE}");
+                return std::process::ExitCode::from(2);
+            }
+        }
+    }
     if !is_root() {
         eprintln!(
             "wgnet-sandbox: needs root (it creates network namespaces and nftables rules); run `sudo make demo`"
@@ -291,21 +331,25 @@ async fn main() -> std::process::ExitCode {
     say("wireguard-gateway-operator sandbox");
     say("  real:     wgnet-operator, wgnet-link (WireGuard in userspace, nftables, routes),");
     say("            the VM's own startup script (wireguard-go stands in for the kernel module),");
-    say("            kubectl, TCP from an internet client to the public address");
+    say("            the Kubernetes control plane (etcd, kube-apiserver, controller manager,");
+    say("            scheduler, kube-proxy in nftables mode), helm, kubectl,");
+    say("            TCP from an internet client to the public address");
     say("  emulated: Google Cloud (Compute, IAM, Secret Manager: a local emulator),");
-    say("            Kubernetes (a stand-in API server; a kubelet stand-in runs link pods),");
+    say("            the kubelet (a stand-in runs each pod as a process in a network namespace),");
     say(
         "            the internet (TEST-NET addresses in network namespaces, no route off this machine)",
     );
     let c = Cluster::start(LatencyProfile::gcp_typical().scaled_by(0.05)).await;
-    let kubeconfig = c.dir().join("kubeconfig");
+    let kubeconfig = c.cp.admin_kubeconfig();
     say(&format!(
-        "  kubeconfig while it runs: {} (GCP latencies: typical x0.05)",
+        "  control plane ready in {:.1} s; kubeconfig while it runs: {} (GCP latencies: typical x0.05)",
+        c.cp.started_in.as_secs_f64(),
         kubeconfig.display()
     ));
     let result = tokio::select! {
-        r = demo(&c, &kubeconfig) => r,
-        _ = tokio::signal::ctrl_c() => Err("interrupted".into()),
+        r = demo(&c, &kubeconfig, keep) => r,
+        // Ctrl-C is how a user ends the sandbox: a normal exit once cleaned up.
+        _ = tokio::signal::ctrl_c() => if keep { Ok(()) } else { Err("interrupted".into()) },
     };
     if result.is_err() {
         // What went wrong, before the files go away with the cleanup.

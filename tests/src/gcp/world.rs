@@ -15,7 +15,7 @@ use serde_json::{Map, Value, json};
 
 use super::error::GcpError;
 use super::{InventoryItem, LatencyProfile};
-use crate::apiserver::util::now_rfc3339;
+use crate::clock::now_rfc3339;
 
 /// Key of a global resource: (project, name).
 type GKey = (String, String);

@@ -42,8 +42,9 @@ pub async fn operator_with(c: &Cluster, resync: Duration) -> Operator {
         allowed_projects: vec![],
         sweep_projects: vec![PROJECT.into()],
     };
+    // The operator acts as the chart's ServiceAccount: the chart's RBAC authorizes it.
     let ctx = Arc::new(Context::new(
-        c.client.clone(),
+        c.operator_client().await,
         cloud,
         settings,
         metrics.clone(),
