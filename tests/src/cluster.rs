@@ -196,7 +196,7 @@ impl Cluster {
         .await
         .unwrap_or_else(|e| panic!("control plane: {e}"));
         let client = cp.admin_client().await.expect("admin client");
-        helm_install(&cp, &["nodeSelector.wgnet\\.dev/no-such-node=true"])
+        helm_install(&cp, &["nodeSelector.wgnet\\.dev/no-such-node=none"])
             .unwrap_or_else(|e| panic!("helm install: {e}"));
         let dir = TempDir::new();
         let key = dir.0.join("key.json");
@@ -402,6 +402,7 @@ impl Cluster {
             out.push_str(&format!("\n--- vm {name} ---\n{boot}"));
         }
         out.push_str(&self.cp.logs(15));
+        out.push_str(&format!("\n--- cluster state ---\n{}", self.cp.describe()));
         out
     }
 }

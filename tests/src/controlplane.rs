@@ -417,9 +417,10 @@ impl ControlPlane {
                     format!("--kubeconfig={kcm}"),
                     format!("--authentication-kubeconfig={kcm}"),
                     format!("--authorization-kubeconfig={kcm}"),
-                    // No node lifecycle or IPAM: the kubelet stand-in registers its Node
-                    // with a pod CIDR and there is no heartbeat to judge.
-                    "--controllers=garbagecollector,namespace,deployment,replicaset,endpoint,endpointslice,endpointslicemirroring,serviceaccount,serviceaccount-token,root-ca-cert-publisher,disruption,podgc".into(),
+                    // No node IPAM: the kubelet stand-in registers its Node with a pod CIDR.
+                    // The node lifecycle controller judges its Lease heartbeat and lifts
+                    // the not-ready taint, as in any cluster.
+                    "--controllers=garbagecollector,namespace,deployment,replicaset,endpoint,endpointslice,endpointslicemirroring,serviceaccount,serviceaccount-token,root-ca-cert-publisher,disruption,podgc,nodelifecycle".into(),
                     format!("--service-account-private-key-file={sa_key}"),
                     format!("--root-ca-file={ca_crt}"),
                     "--use-service-account-credentials=true".into(),
@@ -644,6 +645,34 @@ impl ControlPlane {
         let admin = self.admin_client().await?;
         let token = Self::service_account_token(&admin, namespace, name, None).await?;
         Self::client_for(&self.kubeconfig_for_token(&self.url, &token)).await
+    }
+
+    /// Nodes, pods, workloads and recent events as `kubectl get` prints them, for failure
+    /// messages.
+    pub fn describe(&self) -> String {
+        let Ok(kubectl) = binary("kubectl") else {
+            return String::new();
+        };
+        let run = |args: &[&str]| {
+            Command::new(&kubectl)
+                .arg("--kubeconfig")
+                .arg(self.admin_kubeconfig())
+                .args(args)
+                .output()
+                .map(|o| {
+                    format!(
+                        "{}{}",
+                        String::from_utf8_lossy(&o.stdout),
+                        String::from_utf8_lossy(&o.stderr)
+                    )
+                })
+                .unwrap_or_default()
+        };
+        format!(
+            "{}{}",
+            run(&["get", "nodes,deployments,replicasets,pods,services,endpointslices", "-A", "-o", "wide"]),
+            run(&["get", "events", "-A", "--sort-by=.lastTimestamp"])
+        )
     }
 
     /// The last lines of every component's log, for failure messages.
