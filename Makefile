@@ -5,7 +5,7 @@ CARGO ?= cargo
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 
-.PHONY: help deps build release images demo e2e-kind fmt fmt-check lint test bench generate check-generated ci
+.PHONY: help deps k8s-bins build release images demo sandbox e2e-kind fmt fmt-check lint test bench generate check-generated ci
 
 OPERATOR_IMAGE ?= ghcr.io/wgnet-dev/wgnet-operator:0.1.0
 LINK_IMAGE ?= ghcr.io/wgnet-dev/wgnet-link:0.1.0
@@ -18,6 +18,11 @@ help:
 deps:
 	@./scripts/install-deps.sh
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust with rustup (see README)" >&2; exit 1; }
+
+# Build the Kubernetes control plane the tests run (from source, cached in ~/.cache/wgnet;
+# K8S_VERSION=v1.Y.Z selects another release). A no-op once built.
+k8s-bins: deps
+	@./scripts/k8s-bins.sh >/dev/null
 
 # Build every crate.
 build: deps
@@ -34,10 +39,14 @@ images:
 	$$engine build --target operator -t $(OPERATOR_IMAGE) . && \
 	$$engine build --target link -t $(LINK_IMAGE) .
 
-# The local sandbox (as root): emulated GCP and Kubernetes, real operator, link and VM script.
-demo: deps
-	$(CARGO) build --locked -p wgnet-tests --bin wgnet-sandbox -p wgnet-operator --bin wgnet-operator -p wgnet-link --bin wgnet-link
-	./target/debug/wgnet-sandbox
+# The local sandbox (as root): a real control plane, emulated GCP, real operator, link and VM
+# script; applies examples/demo/, fetches a page through the gateway, deletes it and exits.
+demo: k8s-bins
+	$(CARGO) run --quiet --locked -p wgnet-tests --bin wgnet-sandbox
+
+# As demo, but keeps running with a kubeconfig printed until Ctrl-C (exits 0 and cleans up).
+sandbox: k8s-bins
+	$(CARGO) run --quiet --locked -p wgnet-tests --bin wgnet-sandbox -- --keep
 
 # Real cluster (kind), real GCP: see scripts/e2e-kind.sh for what it needs. Not part of test.
 e2e-kind:
@@ -55,8 +64,9 @@ fmt-check:
 lint: deps
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
-# Every test (unit, chart, emulators, network-namespace e2e), generated files, scripts.
-test: deps
+# Every test (unit, chart, emulators, real control plane, network-namespace e2e), generated
+# files, scripts.
+test: k8s-bins
 	$(CARGO) test --workspace --locked
 	$(MAKE) --no-print-directory check-generated
 	shellcheck scripts/*.sh
@@ -65,7 +75,7 @@ test: deps
 # namespaces, control-plane time to Ready, GCP calls and RSS against the GCP emulator's
 # gcp-typical profile (needs root; not part of test).
 # Benchmarks (figures for the issue notes).
-bench: deps
+bench: k8s-bins
 	@command -v boringtun-cli >/dev/null || $(CARGO) install --locked boringtun-cli
 	$(CARGO) bench --locked -p wgnet-cloud --bench provision
 	$(CARGO) bench --locked -p wgnet-tests --bench dataplane

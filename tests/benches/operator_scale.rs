@@ -1,5 +1,6 @@
-//! `make bench` (operator at scale): the `wgnet-operator` binary (release build) against the
-//! stand-in API server and the GCP emulator (`gcp-typical` x0.05) with N Gateways (first
+//! `make bench` (operator at scale): the `wgnet-operator` binary (release build), as the
+//! chart's ServiceAccount, against a real control plane (chart installed with helm) and the
+//! GCP emulator (`gcp-typical` x0.05) with N Gateways (first
 //! argument, default 500): time until every Gateway's cloud resources exist, the process's
 //! peak and final RSS, and GCP calls per Gateway. No VM boots and no link runs here, so the
 //! Gateways stay un-Ready and keep being polled at the operator's growing patience.
@@ -9,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ListParams, PostParams};
-use kube::{Client, Config};
 use serde_json::json;
 use wgnet_operator::api::Gateway;
-use wgnet_tests::apiserver::{self, ApiServer};
+use wgnet_tests::cluster::{OPERATOR_NAMESPACE, OPERATOR_SA, helm_install};
+use wgnet_tests::controlplane::{self, ControlPlane};
 use wgnet_tests::fixtures::TempDir;
 use wgnet_tests::gcp::{self, GcpEmulator, LatencyProfile};
 
@@ -43,24 +44,13 @@ async fn main() {
     })
     .await
     .expect("emulator");
-    let api = ApiServer::start(apiserver::Config::default())
+    let cp = ControlPlane::start(controlplane::Options::default())
         .await
-        .expect("API server");
-    let client = Client::try_from(Config::new(api.url().parse().expect("url"))).expect("client");
-    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
-        Api::all(client.clone());
-    for f in [
-        "crds/gateways.wgnet.dev.yaml",
-        "crds/egressgateways.wgnet.dev.yaml",
-    ] {
-        let text = std::fs::read_to_string(wgnet_tests::repo_root().join(f)).expect("crd");
-        crds.create(
-            &PostParams::default(),
-            &serde_yaml::from_str(&text).expect("yaml"),
-        )
-        .await
-        .expect("install crd");
-    }
+        .unwrap_or_else(|e| panic!("control plane: {e}"));
+    let client = cp.admin_client().await.expect("client");
+    // No node runs the chart's operator pod: this process is the operator.
+    helm_install(&cp, &["nodeSelector.wgnet\\.dev/no-such-node=none"])
+        .unwrap_or_else(|e| panic!("helm install: {e}"));
     Api::<Namespace>::all(client.clone())
         .create(
             &PostParams::default(),
@@ -73,7 +63,10 @@ async fn main() {
     emu.write_key_file("op@wgnet-test.iam.gserviceaccount.com", &key)
         .expect("key");
     let kubeconfig = dir.0.join("kubeconfig");
-    api.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+    let token = ControlPlane::service_account_token(&client, OPERATOR_NAMESPACE, OPERATOR_SA, None)
+        .await
+        .expect("operator token");
+    std::fs::write(&kubeconfig, cp.kubeconfig_for_token(cp.url(), &token)).expect("kubeconfig");
     let mut child = Command::new(&bin)
         .args([
             "--link-image",
@@ -100,6 +93,7 @@ async fn main() {
             &emu.secrets_url(),
         ])
         .env("KUBECONFIG", &kubeconfig)
+        .env("POD_NAMESPACE", OPERATOR_NAMESPACE)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -44,6 +44,8 @@ pub const OPERATOR_NAMESPACE: &str = "wgnet-system";
 /// The operator's ServiceAccount as the chart names it for [`RELEASE`].
 pub const OPERATOR_SA: &str = "wgnet-wireguard-gateway-operator";
 
+/// Starts at a per-process offset so that concurrent test binaries rarely probe the same
+/// slot first.
 static SLOTS: AtomicU8 = AtomicU8::new(0);
 
 /// One booted VM.
@@ -141,7 +143,15 @@ impl Cluster {
     pub async fn start(profile: LatencyProfile) -> Self {
         netns::require_root();
         let tag = netns::unique_tag();
-        let slot = SLOTS.fetch_add(1, Ordering::Relaxed) % 32;
+        // A /30 of 198.51.100.0/25 no other cluster on the machine uses (other test
+        // binaries may run at the same time).
+        let slot = (0..32)
+            .map(|_| {
+                let offset = (std::process::id() % 32) as u8;
+                SLOTS.fetch_add(1, Ordering::Relaxed).wrapping_add(offset) % 32
+            })
+            .find(|s| !netns::root_has_address(&Ipv4Addr::new(198, 51, 100, s * 4 + 1).to_string()))
+            .expect("a free /30 for the cluster's root link");
         let root_ip = Ipv4Addr::new(198, 51, 100, slot * 4 + 1);
         let net_ip = Ipv4Addr::new(198, 51, 100, slot * 4 + 2);
         let net = Netns::new("inet", &tag);

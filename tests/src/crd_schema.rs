@@ -4,8 +4,8 @@
 //!
 //! Pure (no I/O). CEL evaluation and the Kubernetes CEL libraries (IP/CIDR, strings, lists,
 //! quantity, ...) come from the `kube-cel` crate; the OpenAPI constraints are checked here.
-//! The test suite uses this against `testdata/crs/`, and the stand-in API server answers
-//! 422 Invalid with its errors.
+//! The operator's CRD tests use it for fast, pure checks of `testdata/crs/`; the kubectl
+//! test applies the same samples to a real kube-apiserver, which is the authority.
 //!
 //! Approximations, compared with the real API server:
 //! - Unknown fields are reported as errors (`unknown field "..."`), as with kubectl's default

@@ -1,12 +1,12 @@
 //! Test infrastructure shared by every crate of the workspace.
 //!
-//! It holds the pieces that stand in for what these machines lack: the CRD schema validator
-//! (the API server's admission checks), the stand-in Kubernetes API server built on it, the
-//! GCP emulator, the network-namespace harness, and fixtures that provision and boot a
-//! gateway VM. It depends on the cloud crate only (for those fixtures); the cloud crate's
+//! It holds the real Kubernetes control plane the tests run against (built from source and
+//! started per test), and the pieces that stand in for what these machines lack: the
+//! kubelet (pods as processes in network namespaces), the GCP emulator, the
+//! network-namespace harness, the CRD schema validator for pure schema tests, and fixtures
+//! that provision and boot a gateway VM. It depends on the cloud crate only (for those fixtures); the cloud crate's
 //! own tests dev-depend on it, a cycle Cargo allows for dev-dependencies.
 
-pub mod apiserver;
 pub mod chart;
 pub mod clock;
 pub mod cluster;

@@ -157,6 +157,13 @@ pub fn veth(a: &Netns, a_if: &str, a_addr: &str, b: &Netns, b_if: &str, b_addr: 
     ));
 }
 
+/// Whether `ip` is already an address of an interface in the root namespace.
+pub fn root_has_address(ip: &str) -> bool {
+    run("ip", &["-4", "-o", "addr", "show"])
+        .split_whitespace()
+        .any(|w| w.split('/').next() == Some(ip))
+}
+
 /// A veth between the root namespace (`root_if`, deleted on drop) and `ns`.
 #[derive(Debug)]
 pub struct RootLink {
@@ -169,11 +176,8 @@ impl RootLink {
     pub fn new(root_if: &str, root_addr: &str, ns: &Netns, ns_if: &str, ns_addr: &str) -> Self {
         // Never shadow an address the machine already uses (its gateway could be one).
         let ip_only = root_addr.split('/').next().unwrap_or(root_addr);
-        let taken = run("ip", &["-4", "-o", "addr", "show"]);
         assert!(
-            !taken
-                .split_whitespace()
-                .any(|w| w.split('/').next() == Some(ip_only)),
+            !root_has_address(ip_only),
             "{ip_only} is already an address of this machine; refusing to add it again"
         );
         let peer = format!("vp{}", unique_tag());

@@ -1,5 +1,5 @@
 //! The EgressGateway end to end: the operator validates the user's wg-quick Secret, runs one
-//! egress link pod (a real link process, configured through the stand-in API) and a
+//! egress link pod (a real link process, configured through the API) and a
 //! ClusterIP Service; the pod reaches a host behind a wireguard-go VPN server. Needs root.
 
 use std::time::Duration;

@@ -824,7 +824,9 @@ async fn gcp_denials_dns_without_its_crd_and_delete_while_provisioning() {
         .expect("DNSReady");
     assert_eq!(
         (dns.status.as_str(), dns.reason.as_str()),
-        ("False", "DNSEndpointCRDMissing")
+        ("False", "DNSEndpointCRDMissing"),
+        "{}",
+        dns.message
     );
 
     // A second Gateway deleted while its cloud resources are still being created.
@@ -1103,4 +1105,68 @@ async fn nodeport_unpublished_port_deleted_service_and_two_gateways_side_by_side
     )
     .await;
     assert_eq!(address_of(&still), addr_one);
+}
+
+/// A namespace whose PodSecurity level forbids the link (baseline: no NET_ADMIN, no
+/// hostPath, no privileged init) gets `Ready=False/LinkPodsRejected` quoting the admission
+/// refusal, not "Provisioning" forever; labelling the namespace so the link is allowed
+/// lets the ReplicaSet create the pod and the Gateway becomes Ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn podsecurity_refusal_is_reported_and_recovers_when_the_namespace_allows_the_link() {
+    let c = Cluster::start(LatencyProfile::instant()).await;
+    let _op = operator(&c).await;
+    namespace(
+        &c.client,
+        "apps",
+        &[("pod-security.kubernetes.io/enforce", "baseline")],
+    )
+    .await;
+    service(&c.client, "apps", "web", &[(80, "TCP")]).await;
+    c.backend("apps", "web", "80", ",", "web").await;
+    let gws = create(
+        &c,
+        &gateway("edge", json!([{"port": 8080, "service": "web", "targetPort": 80}])),
+    )
+    .await;
+    let gw = wait_gw(
+        &c,
+        "apps",
+        "edge",
+        Duration::from_secs(90),
+        "LinkPodsRejected",
+        |g| ready(g).is_some_and(|(_, r, _)| r == "LinkPodsRejected"),
+    )
+    .await;
+    let (status, _, message) = ready(&gw).expect("Ready condition");
+    assert_eq!(status, "False");
+    assert!(
+        message.contains("violates PodSecurity \"baseline"),
+        "the refusal is quoted: {message}"
+    );
+
+    // The namespace owner (or an admin) allows the link: the ReplicaSet's next attempt
+    // creates the pod, and the Gateway serves.
+    Api::<Namespace>::all(c.client.clone())
+        .patch(
+            "apps",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "privileged"}}})),
+        )
+        .await
+        .expect("relabel namespace");
+    let gw = wait_gw(
+        &c,
+        "apps",
+        "edge",
+        Duration::from_secs(240),
+        "Ready after the namespace allows the link",
+        is_ready,
+    )
+    .await;
+    let addr = address_of(&gw);
+    let answer = c
+        .request("tcp", &addr, 8080, Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("8080 unanswered\n{}", c.logs()));
+    assert!(answer.starts_with("web tcp 80"), "{answer}");
+    delete_and_wait(&c, &gws, "edge", Duration::from_secs(90)).await;
 }

@@ -35,6 +35,9 @@ pub mod reasons {
     pub const UNSUPPORTED_SERVICE_TYPE: &str = "UnsupportedServiceType";
     /// A forward's Service does not publish the target port for the protocol.
     pub const TARGET_PORT_NOT_LISTENING: &str = "TargetPortNotListening";
+    /// The cluster refuses to create the link's pods (for example the namespace's
+    /// PodSecurity level forbids NET_ADMIN); the message quotes the refusal.
+    pub const LINK_PODS_REJECTED: &str = "LinkPodsRejected";
 
     /// Every reason above, for exhaustive checks in tests and docs.
     pub const ALL: &[&str] = &[
@@ -47,6 +50,7 @@ pub mod reasons {
         SERVICE_NOT_FOUND,
         UNSUPPORTED_SERVICE_TYPE,
         TARGET_PORT_NOT_LISTENING,
+        LINK_PODS_REJECTED,
     ];
 }
 

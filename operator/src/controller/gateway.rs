@@ -754,7 +754,9 @@ async fn ensure_dns<C: Cloud>(
     let ns = gw.namespace().unwrap_or_default();
     let name = gw.name_any();
     let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &ar);
-    let missing = |s: &kube::core::Status| s.is_not_found();
+    // A group the API server does not serve answers a bare "404 page not found", not a
+    // NotFound Status, so the code decides, not the reason.
+    let missing = |s: &kube::core::Status| s.is_not_found() || s.code == 404;
     if gw.spec.dns_hostnames.is_empty() {
         // Only a Gateway that once asked for DNS (it carries the condition) can have a
         // record to delete; others skip the call, so installs without DNS permissions
@@ -821,22 +823,63 @@ async fn ensure_dns<C: Cloud>(
     }
 }
 
-/// Whether the Lease holder's pod is Ready, and a sentence saying so.
-async fn link_active(
-    client: &kube::Client,
-    ns: &str,
-    lease: &str,
-) -> Result<(bool, String), StepError> {
+/// What the operator knows of the link's tunnel: whether the Lease holder's pod is Ready,
+/// the `TunnelReady` reason, and a sentence saying so.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Tunnel {
+    ready: bool,
+    reason: &'static str,
+    message: String,
+}
+
+impl Tunnel {
+    fn waiting(message: String) -> Self {
+        Self {
+            ready: false,
+            reason: reasons::PROVISIONING,
+            message,
+        }
+    }
+}
+
+/// Why the link Deployment's pods cannot be created, from its `ReplicaFailure` condition
+/// (the ReplicaSet controller's FailedCreate, for example a PodSecurity refusal).
+fn pods_rejected(deployment: &Deployment) -> Option<String> {
+    deployment
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "ReplicaFailure" && c.status == "True")
+        .map(|c| c.message.clone().unwrap_or_default())
+}
+
+/// Reads the link's Lease, its holder's pod and the link Deployment (I/O).
+async fn link_active(client: &kube::Client, ns: &str, link: &str) -> Result<Tunnel, StepError> {
     let step = "read link activity";
     let holder = Api::<Lease>::namespaced(client.clone(), ns)
-        .get_opt(lease)
+        .get_opt(link)
         .await
         .map_err(|e| StepError::kube(step, e))?
         .and_then(|l| l.spec)
         .and_then(|s| s.holder_identity)
         .filter(|h| !h.is_empty());
     let Some(holder) = holder else {
-        return Ok((false, "no link replica holds the lease yet".into()));
+        let deployment = Api::<Deployment>::namespaced(client.clone(), ns)
+            .get_opt(link)
+            .await
+            .map_err(|e| StepError::kube(step, e))?;
+        if let Some(why) = deployment.as_ref().and_then(pods_rejected) {
+            return Ok(Tunnel {
+                ready: false,
+                reason: reasons::LINK_PODS_REJECTED,
+                message: format!("the cluster refuses to create the link's pods: {why}"),
+            });
+        }
+        return Ok(Tunnel::waiting(
+            "no link replica holds the lease yet".into(),
+        ));
     };
     let pod = Api::<Pod>::namespaced(client.clone(), ns)
         .get_opt(&holder)
@@ -844,17 +887,15 @@ async fn link_active(
         .map_err(|e| StepError::kube(step, e))?;
     let ready = pod.as_ref().is_some_and(pod_ready);
     Ok(match (pod.is_some(), ready) {
-        (true, true) => (
-            true,
-            format!("link pod {holder} holds the lease and has a recent handshake"),
-        ),
-        (true, false) => (
-            false,
-            format!(
-                "link pod {holder} holds the lease but is not ready (no recent handshake with the VM)"
-            ),
-        ),
-        (false, _) => (false, format!("the lease holder {holder} has no pod")),
+        (true, true) => Tunnel {
+            ready: true,
+            reason: reasons::READY,
+            message: format!("link pod {holder} holds the lease and has a recent handshake"),
+        },
+        (true, false) => Tunnel::waiting(format!(
+            "link pod {holder} holds the lease but is not ready (no recent handshake with the VM)"
+        )),
+        (false, _) => Tunnel::waiting(format!("the lease holder {holder} has no pod")),
     })
 }
 
@@ -864,7 +905,7 @@ fn status_of(
     progress: &Progress,
     report: Option<&BTreeMap<String, String>>,
     address: Option<String>,
-    tunnel: &(bool, String),
+    tunnel: &Tunnel,
     dns: Option<(bool, String, String)>,
 ) -> GatewayStatus {
     let generation = gw.metadata.generation;
@@ -922,17 +963,12 @@ fn status_of(
         &cloud.2,
         generation,
     );
-    let (t_reason, t_ok) = if tunnel.0 {
-        (reasons::READY, true)
-    } else {
-        (reasons::PROVISIONING, false)
-    };
     set_condition(
         &mut s.conditions,
         conditions::TUNNEL_READY,
-        t_ok,
-        t_reason,
-        &tunnel.1,
+        tunnel.ready,
+        tunnel.reason,
+        &tunnel.message,
         generation,
     );
     match dns {
@@ -954,7 +990,11 @@ fn status_of(
             reasons::RECONCILE_FAILED.to_owned(),
             format!("ensure cloud resources: {e}"),
         )
-    } else if address.is_some() && cloud.0 && tunnel.0 {
+    } else if tunnel.reason == reasons::LINK_PODS_REJECTED {
+        // Not "Provisioning": nothing will change until an admin or the namespace owner
+        // acts on the refusal the message quotes.
+        (false, tunnel.reason.to_owned(), tunnel.message.clone())
+    } else if address.is_some() && cloud.0 && tunnel.ready {
         (true, reasons::READY.to_owned(), messages::READY.to_owned())
     } else {
         (
