@@ -136,11 +136,42 @@ pub fn helm_install(cp: &ControlPlane, extra: &[&str]) -> Result<String, String>
     crate::chart::helm_cmd(&args)
 }
 
+/// Who runs the operator in a test cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OperatorRun {
+    /// The test runs it (in-process or as a process) as the chart's ServiceAccount; the
+    /// chart's own operator pod is kept off the node.
+    ByTheTest,
+    /// The chart's Deployment runs it: the kubelet stand-in runs the operator pod (the
+    /// real binary, as the chart's non-root user, with the GCP key from the chart's Secret
+    /// volume and the emulator's endpoints as chart values).
+    ByTheChart,
+}
+
+/// The chart values that point an operator pod at `emu`, with the key in Secret
+/// `wgnet-gcp` of the operator's namespace.
+pub fn chart_values_for_emulator(emu: &GcpEmulator) -> Vec<String> {
+    vec![
+        "gcp.credentials.existingSecret=wgnet-gcp".into(),
+        format!("gcp.endpoints.compute={}", emu.compute_url()),
+        format!("gcp.endpoints.iam={}", emu.iam_url()),
+        format!("gcp.endpoints.secrets={}", emu.secrets_url()),
+        format!("clusterID={}", crate::fixtures::CLUSTER),
+        format!("gcp.allowedProjects={{{}}}", crate::fixtures::PROJECT),
+        "resyncSeconds=30".into(),
+    ]
+}
+
 impl Cluster {
     /// Builds the namespaces, starts the emulator and the control plane, installs the
     /// chart, registers the node and starts kube-proxy, the kubelet and the VM booter.
-    /// `profile` sets the emulator's latencies.
+    /// `profile` sets the emulator's latencies; the test runs the operator.
     pub async fn start(profile: LatencyProfile) -> Self {
+        Self::start_with(profile, OperatorRun::ByTheTest).await
+    }
+
+    /// As [`Cluster::start`], choosing who runs the operator.
+    pub async fn start_with(profile: LatencyProfile, operator: OperatorRun) -> Self {
         netns::require_root();
         let tag = netns::unique_tag();
         // A /30 of 198.51.100.0/25 no other cluster on the machine uses (other test
@@ -206,12 +237,22 @@ impl Cluster {
         .await
         .unwrap_or_else(|e| panic!("control plane: {e}"));
         let client = cp.admin_client().await.expect("admin client");
-        helm_install(&cp, &["nodeSelector.wgnet\\.dev/no-such-node=none"])
-            .unwrap_or_else(|e| panic!("helm install: {e}"));
         let dir = TempDir::new();
         let key = dir.0.join("key.json");
         emu.write_key_file("wgnet-operator@wgnet-test.iam.gserviceaccount.com", &key)
             .expect("key file");
+        match operator {
+            OperatorRun::ByTheTest => {
+                helm_install(&cp, &["nodeSelector.wgnet\\.dev/no-such-node=none"])
+            }
+            OperatorRun::ByTheChart => {
+                create_key_secret(&client, &key).await;
+                let values = chart_values_for_emulator(&emu);
+                let values: Vec<&str> = values.iter().map(String::as_str).collect();
+                helm_install(&cp, &values)
+            }
+        }
+        .unwrap_or_else(|e| panic!("helm install: {e}"));
 
         let kube_proxy = start_kube_proxy(&cp, &node, &dir.0);
         let kubelet = Kubelet::start(
@@ -436,6 +477,36 @@ impl Drop for Cluster {
             drop(vm);
         }
     }
+}
+
+/// The operator's namespace and its GCP key Secret `wgnet-gcp` (what README's install
+/// steps create with kubectl).
+async fn create_key_secret(client: &Client, key: &std::path::Path) {
+    use k8s_openapi::api::core::v1::{Namespace, Secret};
+    let ns: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": OPERATOR_NAMESPACE}})).expect("ns");
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("operator namespace");
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("wgnet-gcp".into()),
+            ..Default::default()
+        },
+        data: Some(
+            [(
+                "key.json".to_owned(),
+                k8s_openapi::ByteString(std::fs::read(key).expect("key file")),
+            )]
+            .into(),
+        ),
+        ..Secret::default()
+    };
+    Api::<Secret>::namespaced(client.clone(), OPERATOR_NAMESPACE)
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("key secret");
 }
 
 /// Real kube-proxy in nftables mode inside the node namespace, as `system:kube-proxy`.

@@ -670,7 +670,13 @@ impl ControlPlane {
         };
         format!(
             "{}{}",
-            run(&["get", "nodes,deployments,replicasets,pods,services,endpointslices", "-A", "-o", "wide"]),
+            run(&[
+                "get",
+                "nodes,deployments,replicasets,pods,services,endpointslices",
+                "-A",
+                "-o",
+                "wide"
+            ]),
             run(&["get", "events", "-A", "--sort-by=.lastTimestamp"])
         )
     }

@@ -124,6 +124,8 @@ struct PodRun {
     evict: bool,
     dir: PathBuf,
     kubeconfig: PathBuf,
+    /// Secret and ConfigMap volumes: (volume name, host directory holding its files).
+    volumes: Vec<(String, PathBuf)>,
     ns: Netns,
     node_if: String,
 }
@@ -629,6 +631,13 @@ async fn start(ctx: &Ctx, state: &Mutex<State>, pod: &Pod) -> Result<PodRun, Str
             .map_err(|e| e.to_string())?
     };
 
+    // Volumes first: a missing Secret fails the start before anything is allocated, and
+    // the next pass tries again, as a kubelet waits for a volume.
+    let dir = ctx.s.dir.join(format!("{namespace}-{name}"));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let volumes = write_volumes(ctx, pod, &dir).await?;
+    let (uid_run, gid_run) = identity(&spec, &main);
+
     let octet = {
         let mut st = lock(state);
         let o = (2..=254u8)
@@ -681,8 +690,6 @@ async fn start(ctx: &Ctx, state: &Mutex<State>, pod: &Pod) -> Result<PodRun, Str
         "ip addr add {ip}/32 dev eth0 && ip link set eth0 up && ip route add {gw} dev eth0 scope link && ip route add default via {gw} dev eth0"
     ));
 
-    let dir = ctx.s.dir.join(format!("{namespace}-{name}"));
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let kubeconfig = dir.join("kubeconfig");
     std::fs::write(
         &kubeconfig,
@@ -691,6 +698,14 @@ async fn start(ctx: &Ctx, state: &Mutex<State>, pod: &Pod) -> Result<PodRun, Str
             &format!("https://{KUBERNETES_SERVICE_IP}:443"),
             &token,
         ),
+    )
+    .map_err(|e| e.to_string())?;
+    // The token is the process's own: readable by the user it runs as, by nobody else.
+    std::os::unix::fs::chown(&kubeconfig, Some(uid_run), Some(gid_run))
+        .map_err(|e| e.to_string())?;
+    std::fs::set_permissions(
+        &kubeconfig,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
     )
     .map_err(|e| e.to_string())?;
 
@@ -715,6 +730,7 @@ async fn start(ctx: &Ctx, state: &Mutex<State>, pod: &Pod) -> Result<PodRun, Str
         evict: false,
         dir,
         kubeconfig,
+        volumes,
         ns,
         node_if,
     };
@@ -738,6 +754,94 @@ async fn start(ctx: &Ctx, state: &Mutex<State>, pod: &Pod) -> Result<PodRun, Str
     Ok(run)
 }
 
+/// The user and group a container runs as (its securityContext, else the pod's; root
+/// when neither says).
+fn identity(spec: &k8s_openapi::api::core::v1::PodSpec, c: &Container) -> (u32, u32) {
+    let pod = spec.security_context.as_ref();
+    let ctr = c.security_context.as_ref();
+    let uid = ctr
+        .and_then(|s| s.run_as_user)
+        .or_else(|| pod.and_then(|s| s.run_as_user))
+        .unwrap_or(0);
+    let gid = ctr
+        .and_then(|s| s.run_as_group)
+        .or_else(|| pod.and_then(|s| s.run_as_group))
+        .unwrap_or(uid);
+    (
+        u32::try_from(uid).unwrap_or(0),
+        u32::try_from(gid).unwrap_or(0),
+    )
+}
+
+/// Writes the pod's Secret and ConfigMap volumes (the keys its `items` name, else every
+/// key) under `dir/volumes/<name>`, group-owned by the pod's fsGroup and group-readable as
+/// the kubelet makes them; the node may read exactly the objects its pods reference.
+async fn write_volumes(ctx: &Ctx, pod: &Pod, dir: &Path) -> Result<Vec<(String, PathBuf)>, String> {
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+    use std::os::unix::fs::PermissionsExt as _;
+    let ns = pod.namespace().unwrap_or_default();
+    let spec = pod.spec.clone().unwrap_or_default();
+    let fs_group = spec
+        .security_context
+        .as_ref()
+        .and_then(|s| s.fs_group)
+        .and_then(|g| u32::try_from(g).ok());
+    let mut out = Vec::new();
+    for v in spec.volumes.iter().flatten() {
+        let (data, items, mode): (BTreeMap<String, Vec<u8>>, _, _) = if let Some(sv) = &v.secret {
+            let name = sv.secret_name.clone().unwrap_or_default();
+            let secret = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+                .get(&name)
+                .await
+                .map_err(|e| format!("secret volume {}: secret {name}: {e}", v.name))?;
+            let data = secret
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, b)| (k, b.0))
+                .collect();
+            (data, sv.items.clone(), sv.default_mode)
+        } else if let Some(cv) = &v.config_map {
+            let name = cv.name.clone();
+            let cm = Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns)
+                .get(&name)
+                .await
+                .map_err(|e| format!("configMap volume {}: configmap {name}: {e}", v.name))?;
+            let data = cm
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, s)| (k, s.into_bytes()))
+                .collect();
+            (data, cv.items.clone(), cv.default_mode)
+        } else {
+            continue;
+        };
+        let host = dir.join("volumes").join(&v.name);
+        std::fs::create_dir_all(&host).map_err(|e| e.to_string())?;
+        let files: Vec<(String, String)> = match items {
+            Some(items) => items.into_iter().map(|i| (i.key, i.path)).collect(),
+            None => data.keys().map(|k| (k.clone(), k.clone())).collect(),
+        };
+        for (key, path) in files {
+            let bytes = data
+                .get(&key)
+                .ok_or_else(|| format!("volume {}: no key {key}", v.name))?;
+            let file = host.join(&path);
+            std::fs::write(&file, bytes).map_err(|e| e.to_string())?;
+            let mut mode = u32::try_from(mode.unwrap_or(0o644)).unwrap_or(0o644);
+            if let Some(g) = fs_group {
+                std::os::unix::fs::chown(&file, None, Some(g)).map_err(|e| e.to_string())?;
+                mode |= 0o040;
+            }
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| e.to_string())?;
+        }
+        out.push((v.name.clone(), host));
+    }
+    Ok(out)
+}
+
 fn kubeconfig_text(ca: &str, server: &str, token: &str) -> String {
     use base64::Engine as _;
     let ca = base64::engine::general_purpose::STANDARD.encode(ca);
@@ -759,9 +863,37 @@ fn spawn_main(ctx: &Ctx, p: &PodRun) -> Result<Process, String> {
 
 fn spawn(ctx: &Ctx, p: &PodRun, c: &Container, log: &Path) -> Result<Process, String> {
     let image = c.image.clone().unwrap_or_default();
-    let args = c.args.clone().unwrap_or_default();
+    // No mount namespace per container here: a path under a volume's mountPath in the
+    // args or env is rewritten to where the stand-in wrote that volume's files.
+    let mounts: Vec<(String, String)> = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .filter_map(|m| {
+            let host = p.volumes.iter().find(|(n, _)| *n == m.name)?;
+            Some((m.mount_path.clone(), host.1.display().to_string()))
+        })
+        .collect();
+    let translate = |v: &str| {
+        mounts
+            .iter()
+            .fold(v.to_owned(), |v, (from, to)| v.replace(from.as_str(), to))
+    };
+    let args: Vec<String> = c.args.iter().flatten().map(|a| translate(a)).collect();
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", &p.ns.name]);
+    let spec = p.pod.spec.clone().unwrap_or_default();
+    let (uid, gid) = identity(&spec, c);
+    if uid != 0 {
+        // runAsUser/runAsGroup, as the container runtime would apply them.
+        cmd.args([
+            "setpriv",
+            &format!("--reuid={uid}"),
+            &format!("--regid={gid}"),
+            "--clear-groups",
+            "--",
+        ]);
+    }
     match Image::of(&image) {
         Some(Image::Link) => {
             cmd.arg(crate::link::binary()).args(&args);
@@ -821,7 +953,7 @@ fn spawn(ctx: &Ctx, p: &PodRun, c: &Container, log: &Path) -> Result<Process, St
             },
             _ => String::new(),
         };
-        cmd.env(&e.name, value);
+        cmd.env(&e.name, translate(&value));
     }
     let out = std::fs::OpenOptions::new()
         .create(true)

@@ -1125,7 +1125,10 @@ async fn podsecurity_refusal_is_reported_and_recovers_when_the_namespace_allows_
     c.backend("apps", "web", "80", ",", "web").await;
     let gws = create(
         &c,
-        &gateway("edge", json!([{"port": 8080, "service": "web", "targetPort": 80}])),
+        &gateway(
+            "edge",
+            json!([{"port": 8080, "service": "web", "targetPort": 80}]),
+        ),
     )
     .await;
     let gw = wait_gw(
