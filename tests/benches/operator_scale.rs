@@ -44,13 +44,20 @@ async fn main() {
     })
     .await
     .expect("emulator");
-    let cp = ControlPlane::start(controlplane::Options::default())
-        .await
-        .unwrap_or_else(|e| panic!("control plane: {e}"));
+    let mut cp = ControlPlane::start(controlplane::Options {
+        controllers: false,
+        ..controlplane::Options::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("control plane: {e}"));
     let client = cp.admin_client().await.expect("client");
     // No node runs the chart's operator pod: this process is the operator.
     helm_install(&cp, &["nodeSelector.wgnet\\.dev/no-such-node=none"])
         .unwrap_or_else(|e| panic!("helm install: {e}"));
+    // After the CRDs, so the garbage collector watches Gateways from the start.
+    cp.start_controllers()
+        .await
+        .unwrap_or_else(|e| panic!("control plane: {e}"));
     Api::<Namespace>::all(client.clone())
         .create(
             &PostParams::default(),

@@ -230,9 +230,10 @@ impl Cluster {
             .await
             .expect("GCP emulator"),
         );
-        let cp = ControlPlane::start(controlplane::Options {
+        // The controllers start after the chart's CRDs exist (see `start_controllers`).
+        let mut cp = ControlPlane::start(controlplane::Options {
             bind: root_ip,
-            controllers: true,
+            controllers: false,
         })
         .await
         .unwrap_or_else(|e| panic!("control plane: {e}"));
@@ -253,6 +254,9 @@ impl Cluster {
             }
         }
         .unwrap_or_else(|e| panic!("helm install: {e}"));
+        cp.start_controllers()
+            .await
+            .unwrap_or_else(|e| panic!("control plane: {e}"));
 
         let kube_proxy = start_kube_proxy(&cp, &node, &dir.0);
         let kubelet = Kubelet::start(

@@ -405,70 +405,86 @@ impl ControlPlane {
         .await?;
 
         if opts.controllers {
-            let kcm = p("kcm.kubeconfig");
-            write(
-                kcm.as_ref(),
-                &cp.kubeconfig_for_token(&cp.url, cp.token("system:kube-controller-manager")),
-            )?;
-            cp.spawn(
-                "kube-controller-manager",
-                &bin.join("kube-controller-manager"),
-                &[
-                    format!("--kubeconfig={kcm}"),
-                    format!("--authentication-kubeconfig={kcm}"),
-                    format!("--authorization-kubeconfig={kcm}"),
-                    // No node IPAM: the kubelet stand-in registers its Node with a pod CIDR.
-                    // The node lifecycle controller judges its Lease heartbeat and lifts
-                    // the not-ready taint, as in any cluster.
-                    "--controllers=garbagecollector,namespace,deployment,replicaset,endpoint,endpointslice,endpointslicemirroring,serviceaccount,serviceaccount-token,root-ca-cert-publisher,disruption,podgc,nodelifecycle".into(),
-                    format!("--service-account-private-key-file={sa_key}"),
-                    format!("--root-ca-file={ca_crt}"),
-                    "--use-service-account-credentials=true".into(),
-                    "--leader-elect=false".into(),
-                    "--bind-address=127.0.0.1".into(),
-                    "--secure-port=0".into(),
-                    // Controllers see changes at once; the defaults batch for large clusters.
-                    "--concurrent-deployment-syncs=10".into(),
-                    "--v=1".into(),
-                ],
-            )?;
-            let sched = p("scheduler.kubeconfig");
-            write(
-                sched.as_ref(),
-                &cp.kubeconfig_for_token(&cp.url, cp.token("system:kube-scheduler")),
-            )?;
-            cp.spawn(
-                "kube-scheduler",
-                &bin.join("kube-scheduler"),
-                &[
-                    format!("--kubeconfig={sched}"),
-                    format!("--authentication-kubeconfig={sched}"),
-                    format!("--authorization-kubeconfig={sched}"),
-                    "--leader-elect=false".into(),
-                    "--bind-address=127.0.0.1".into(),
-                    "--secure-port=0".into(),
-                    "--v=1".into(),
-                ],
-            )?;
-            // Ready when the token controller has given `default` its ServiceAccount: the
-            // controller manager is then running and authorized.
-            let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
-            let deadline = Instant::now() + Duration::from_secs(90);
-            loop {
-                if sas.get_opt("default").await.ok().flatten().is_some() {
-                    break;
-                }
-                if let Some(e) = cp.exited() {
-                    return Err(e);
-                }
-                if Instant::now() > deadline {
-                    return Err(cp.not_ready("kube-controller-manager", Duration::from_secs(90)));
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            cp.start_controllers().await?;
         }
         cp.started_in = started.elapsed();
         Ok(cp)
+    }
+
+    /// Starts kube-controller-manager and kube-scheduler (when [`Options::controllers`] was
+    /// false) and waits until the controller manager works. Start them after installing
+    /// CRDs whose objects own others: the garbage collector only discovers new resource
+    /// kinds every 30 s, and until then misses an owner's deletion.
+    pub async fn start_controllers(&mut self) -> Result<()> {
+        let started = Instant::now();
+        let bin = binaries()?;
+        let d = self.dir.0.clone();
+        let p = |f: &str| d.join(f).display().to_string();
+        let (ca_crt, sa_key) = (p("ca.crt"), p("sa.key"));
+        let client = self.admin_client().await?;
+        let kcm = p("kcm.kubeconfig");
+        write(
+            kcm.as_ref(),
+            &self.kubeconfig_for_token(&self.url, self.token("system:kube-controller-manager")),
+        )?;
+        self.spawn(
+            "kube-controller-manager",
+            &bin.join("kube-controller-manager"),
+            &[
+                format!("--kubeconfig={kcm}"),
+                format!("--authentication-kubeconfig={kcm}"),
+                format!("--authorization-kubeconfig={kcm}"),
+                // No node IPAM: the kubelet stand-in registers its Node with a pod CIDR.
+                // The node lifecycle controller judges its Lease heartbeat and lifts
+                // the not-ready taint, as in any cluster.
+                "--controllers=garbagecollector,namespace,deployment,replicaset,endpoint,endpointslice,endpointslicemirroring,serviceaccount,serviceaccount-token,root-ca-cert-publisher,disruption,podgc,nodelifecycle".into(),
+                format!("--service-account-private-key-file={sa_key}"),
+                format!("--root-ca-file={ca_crt}"),
+                "--use-service-account-credentials=true".into(),
+                "--leader-elect=false".into(),
+                "--bind-address=127.0.0.1".into(),
+                "--secure-port=0".into(),
+                // Controllers see changes at once; the defaults batch for large clusters.
+                "--concurrent-deployment-syncs=10".into(),
+                "--v=1".into(),
+            ],
+        )?;
+        let sched = p("scheduler.kubeconfig");
+        write(
+            sched.as_ref(),
+            &self.kubeconfig_for_token(&self.url, self.token("system:kube-scheduler")),
+        )?;
+        self.spawn(
+            "kube-scheduler",
+            &bin.join("kube-scheduler"),
+            &[
+                format!("--kubeconfig={sched}"),
+                format!("--authentication-kubeconfig={sched}"),
+                format!("--authorization-kubeconfig={sched}"),
+                "--leader-elect=false".into(),
+                "--bind-address=127.0.0.1".into(),
+                "--secure-port=0".into(),
+                "--v=1".into(),
+            ],
+        )?;
+        // Ready when the token controller has given `default` its ServiceAccount: the
+        // controller manager is then running and authorized.
+        let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if sas.get_opt("default").await.ok().flatten().is_some() {
+                break;
+            }
+            if let Some(e) = self.exited() {
+                return Err(e);
+            }
+            if Instant::now() > deadline {
+                return Err(self.not_ready("kube-controller-manager", Duration::from_secs(90)));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.started_in += started.elapsed();
+        Ok(())
     }
 
     fn spawn(&mut self, name: &'static str, bin: &Path, args: &[String]) -> Result<()> {

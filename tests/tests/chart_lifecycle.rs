@@ -199,6 +199,22 @@ async fn helm_install_upgrade_and_uninstall_keep_the_gateway_serving() {
         .unwrap_or_else(|| panic!("the new operator pod never applied 9090\n{}", c.logs()));
     assert!(answer.starts_with("web tcp 80"), "{answer}");
 
+    // Everything the operator pod asked was allowed by the chart's RBAC.
+    let user = format!("system:serviceaccount:{OPERATOR_NAMESPACE}:{DEPLOYMENT}");
+    let denied: Vec<String> =
+        c.cp.audit()
+            .into_iter()
+            .filter(|r| r.user == user && r.code == 403)
+            .map(|r| format!("{} {} in {:?}", r.verb, r.resource, r.namespace))
+            .collect();
+    assert!(denied.is_empty(), "the chart's RBAC denies: {denied:#?}");
+    assert!(
+        c.cp.audit()
+            .iter()
+            .any(|r| r.user == user && r.verb == "watch"),
+        "the audit log holds the operator pod's requests"
+    );
+
     // helm uninstall: the operator goes; CRDs (Helm never deletes crds/) and the Gateway
     // stay, and its data plane keeps serving without the operator.
     helm(&[
