@@ -1,6 +1,8 @@
 //! Parser for the wg-quick(8) configuration an EgressGateway's Secret holds. Errors name
-//! the line and the key, never the value: a typo next to a private key must not leak it
-//! into a condition or a log. No I/O.
+//! the line, the setting and a fixed reason, and never carry text from the file: a typo
+//! next to a private key (`PrivateKey: …`, a bare key line) must not leak it into a
+//! condition, an Event or a log, and a tenant must not be able to read another Secret back
+//! by pointing an EgressGateway at it. No I/O.
 
 use std::net::Ipv4Addr;
 
@@ -128,7 +130,10 @@ pub fn parse(input: &[u8]) -> Result<WgQuick, ParseError> {
             (Section::None, _) => {
                 return Err(err(
                     n,
-                    format!("{key} appears before any [Interface] or [Peer] section"),
+                    format!(
+                        "{} appears before any [Interface] or [Peer] section",
+                        setting_name(key)
+                    ),
                 ));
             }
             (Section::Interface, "privatekey") => {
@@ -141,7 +146,7 @@ pub fn parse(input: &[u8]) -> Result<WgQuick, ParseError> {
                         ignored.push(format!("IPv6 address on line {n}"));
                         continue;
                     }
-                    addresses.push(part.parse().map_err(|e| err(n, format!("Address: {e}")))?);
+                    addresses.push(part.parse().map_err(|_| err(n, NOT_A_NETWORK("Address")))?);
                 }
             }
             (Section::Interface, "dns") => {
@@ -162,16 +167,15 @@ pub fn parse(input: &[u8]) -> Result<WgQuick, ParseError> {
                         .parse::<u16>()
                         .ok()
                         .filter(|m| (576..=9000).contains(m))
-                        .ok_or_else(|| {
-                            err(n, format!("MTU {value:?} is not a number from 576 to 9000"))
-                        })?,
+                        .ok_or_else(|| err(n, "MTU is not a number from 576 to 9000"))?,
                 );
             }
             (Section::Interface, "listenport") => {
-                listen_port =
-                    Some(value.parse::<u16>().map_err(|_| {
-                        err(n, format!("ListenPort {value:?} is not a port number"))
-                    })?);
+                listen_port = Some(
+                    value
+                        .parse::<u16>()
+                        .map_err(|_| err(n, "ListenPort is not a port number"))?,
+                );
             }
             (
                 Section::Interface,
@@ -201,7 +205,7 @@ pub fn parse(input: &[u8]) -> Result<WgQuick, ParseError> {
                     }
                     allowed_ips.push(
                         part.parse()
-                            .map_err(|e| err(n, format!("AllowedIPs: {e}")))?,
+                            .map_err(|_| err(n, NOT_A_NETWORK("AllowedIPs")))?,
                     );
                 }
             }
@@ -209,11 +213,12 @@ pub fn parse(input: &[u8]) -> Result<WgQuick, ParseError> {
                 keepalive = if value.eq_ignore_ascii_case("off") {
                     None
                 } else {
-                    Some(
-                        value
-                            .parse::<u16>()
-                            .map_err(|_| err(n, format!("PersistentKeepalive {value:?} is not a number of seconds or \"off\"")))?,
-                    )
+                    Some(value.parse::<u16>().map_err(|_| {
+                        err(
+                            n,
+                            "PersistentKeepalive is not a number of seconds or \"off\"",
+                        )
+                    })?)
                     .filter(|k| *k > 0)
                 };
             }
@@ -223,7 +228,10 @@ pub fn parse(input: &[u8]) -> Result<WgQuick, ParseError> {
                 } else {
                     "[Peer]"
                 };
-                return Err(err(n, format!("unknown key {key:?} in {where_}")));
+                return Err(err(
+                    n,
+                    format!("unknown key {} in {where_}", setting_name(key)),
+                ));
             }
         }
     }
@@ -259,34 +267,52 @@ pub fn parse(input: &[u8]) -> Result<WgQuick, ParseError> {
     })
 }
 
+/// The message for an Address or AllowedIPs entry that is not an IPv4 network.
+#[allow(non_snake_case)] // reads as the constant message it is
+fn NOT_A_NETWORK(setting: &str) -> String {
+    format!("{setting}: an entry is not an IPv4 address with an optional /prefix length (0-32)")
+}
+
+/// A setting's name as typed, quoted, when it can only be a name (letters, as every
+/// wg-quick key is); anything else (`PrivateKey: <key>`, a bare key) is "a setting", so
+/// no value ever reaches a message.
+fn setting_name(key: &str) -> String {
+    if !key.is_empty() && key.len() <= 24 && key.bytes().all(|b| b.is_ascii_alphabetic()) {
+        format!("{key:?}")
+    } else {
+        "a setting".to_owned()
+    }
+}
+
 fn list(value: &str) -> impl Iterator<Item = &str> {
     value.split(',').map(str::trim).filter(|s| !s.is_empty())
 }
 
-/// `host:port` or `[v6]:port`.
+/// `host:port` or `[v6]:port`. The error is a fixed reason without the value (the value
+/// may sit next to a key in a file).
 pub fn parse_endpoint(value: &str) -> Result<(String, u16), String> {
     let (host, port) = if let Some(rest) = value.strip_prefix('[') {
         let (h, p) = rest
             .split_once("]:")
-            .ok_or_else(|| format!("{value:?} is not [address]:port"))?;
+            .ok_or_else(|| "it is not [address]:port".to_owned())?;
         (h, p)
     } else {
         value
             .rsplit_once(':')
-            .ok_or_else(|| format!("{value:?} has no :port"))?
+            .ok_or_else(|| "it has no :port".to_owned())?
     };
     let port: u16 = port
         .parse()
         .ok()
         .filter(|p| *p != 0)
-        .ok_or_else(|| format!("{port:?} is not a port number"))?;
+        .ok_or_else(|| "the port is not a port number from 1 to 65535".to_owned())?;
     let valid_host = !host.is_empty()
         && host.len() <= 253
         && host
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-.:_".contains(&b));
     if !valid_host {
-        return Err(format!("{host:?} is not a host name or address"));
+        return Err("the host is not a host name or address".to_owned());
     }
     Ok((host.to_owned(), port))
 }
@@ -344,6 +370,48 @@ mod tests {
         );
         let e = parse(bad.as_bytes()).expect_err("not base64");
         assert!(!e.to_string().contains(&PRIV[..20]), "{e}");
+    }
+
+    /// No text from the file reaches an error, wherever a key is mistyped or misplaced: a
+    /// colon for `=` (base64 padding then looks like the separator), a bare key line before
+    /// or inside a section, a key pasted into any other setting. Checked for every 6
+    /// characters of the key, so no fragment leaks either.
+    #[test]
+    fn no_text_from_the_file_reaches_an_error() {
+        let good = conf("", "");
+        let iface_key = format!("PrivateKey = {PRIV}");
+        let cases: Vec<String> = vec![
+            good.replace(&iface_key, &format!("PrivateKey: {PRIV}")),
+            good.replace(&iface_key, &format!("PrivateKey {PRIV}")),
+            good.replace(&iface_key, PRIV),
+            format!("{PRIV}\n{good}"),
+            format!("PrivateKey: {PRIV}\n{good}"),
+            good.replace("MTU = 1380", &format!("MTU = {PRIV}")),
+            good.replace("MTU = 1380", &format!("ListenPort = {PRIV}")),
+            good.replace("Address = 10.8.0.2/32", &format!("Address = {PRIV}")),
+            good.replace("AllowedIPs = 10.0.0.0/24", &format!("AllowedIPs = {PRIV}")),
+            good.replace(
+                "Endpoint = vpn.example.net:51820",
+                &format!("Endpoint = {PRIV}"),
+            ),
+            good.replace(
+                "Endpoint = vpn.example.net:51820",
+                &format!("Endpoint = x:{PRIV}"),
+            ),
+            good.replace(
+                "PersistentKeepalive = 25",
+                &format!("PersistentKeepalive = {PRIV}"),
+            ),
+            good.replace("[Peer]", &format!("[{PRIV}]")),
+        ];
+        let fragments: Vec<&str> = (0..PRIV.len() - 6).map(|i| &PRIV[i..i + 6]).collect();
+        for input in cases {
+            let e = parse(input.as_bytes()).expect_err("refused").to_string();
+            for f in &fragments {
+                assert!(!e.contains(f), "a fragment of the key ({f}) leaked: {e}");
+            }
+            assert!(e.starts_with("line "), "names the line: {e}");
+        }
     }
 
     #[test]
