@@ -50,6 +50,9 @@ fi
 start=$(date +%s)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+# A build cache of its own, removed with $work: the binaries are built once per version,
+# so keeping Go's object files (3+ GB per release) would only cost disk.
+export GOCACHE="$work/go-build"
 echo "k8s-bins: building Kubernetes $K8S_VERSION and etcd $ETCD_VERSION into $bin (first time only)" >&2
 
 # The throwaway module for Kubernetes. k8s.io/kubernetes replaces its staging modules with
