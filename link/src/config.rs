@@ -1,13 +1,14 @@
 //! The link's configuration: the JSON document the operator writes into the link
-//! ConfigMap (`config.json`) plus the key material from the Secret, validated into one
-//! [`LinkConfig`]. The same two files can sit in a directory for tests, the sandbox and
-//! plain Linux hosts. No I/O here; the sources live in `source`.
+//! ConfigMap (`config.json`, typed as [`LinkDocument`]: the operator builds it, the link
+//! parses it, nobody writes it by hand) plus the key material from the Secret, validated
+//! into one [`LinkConfig`]. The same two files can sit in a directory for tests, the sandbox
+//! and plain Linux hosts. No I/O here; the sources live in `source`.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::keys::{PublicKey, SecretKey};
 use crate::net::{Ipv4Net, Protocol};
@@ -34,44 +35,74 @@ pub struct Raw {
     pub secret: Option<Vec<u8>>,
 }
 
-#[derive(Deserialize)]
+/// `config.json`: what the link does, without key material (that comes from the
+/// Secret). Unknown fields are refused, so an operator and a link of different versions
+/// disagree loudly instead of silently dropping a setting.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "mode", rename_all = "lowercase", deny_unknown_fields)]
-enum Doc {
-    Ingress(IngressDoc),
-    Egress(EgressDoc),
+pub enum LinkDocument {
+    /// A Gateway's link: the VM is the one peer.
+    Ingress(IngressDocument),
+    /// An EgressGateway's link: the peer comes from the wg-quick file in the Secret.
+    Egress(EgressDocument),
 }
 
-#[derive(Deserialize)]
+impl LinkDocument {
+    /// The document as the ConfigMap holds it (pretty JSON, stable field order).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self)
+            .expect("a document of strings, numbers and lists always serialises")
+    }
+}
+
+/// The ingress document.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct IngressDoc {
-    address: String,
+pub struct IngressDocument {
+    /// wg0's address with the tunnel's prefix length (`10.99.0.2/29`).
+    pub address: String,
+    /// wg0 MTU.
     #[serde(default = "default_mtu")]
-    mtu: u16,
-    peer: PeerDoc,
+    pub mtu: u16,
+    /// The VM.
+    pub peer: PeerDocument,
+    /// Forwards from the tunnel to Services.
     #[serde(default)]
-    forwards: Vec<IngressForward>,
+    pub forwards: Vec<IngressForward>,
+    /// How often the link re-applies its whole configuration, repairing anything changed
+    /// behind its back (the Gateway's `spec.wireguard.reconcileInterval`).
+    #[serde(default = "default_resync")]
+    pub resync_seconds: u64,
 }
 
-#[derive(Deserialize)]
+/// The VM as the ingress document names it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct PeerDoc {
+pub struct PeerDocument {
+    /// `host:port`; empty until the VM's address is known (the link then waits).
     #[serde(default)]
-    endpoint: String,
+    pub endpoint: String,
+    /// The VM's public key (base64); empty until known.
     #[serde(default)]
-    public_key: String,
+    pub public_key: String,
+    /// Keepalive in seconds (0 = off).
     #[serde(default = "default_keepalive")]
-    persistent_keepalive: u16,
+    pub persistent_keepalive: u16,
+    /// Source prefixes accepted from the tunnel; empty = the tunnel's own prefix.
     #[serde(default, rename = "allowedIPs")]
-    allowed_ips: Vec<String>,
+    pub allowed_ips: Vec<String>,
 }
 
-#[derive(Deserialize)]
+/// The egress document.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct EgressDoc {
+pub struct EgressDocument {
+    /// Forwards from the link's ports to hosts behind the VPN.
     #[serde(default)]
-    forwards: Vec<EgressForward>,
+    pub forwards: Vec<EgressForward>,
+    /// How often target names and the endpoint are re-resolved.
     #[serde(default = "default_resolve")]
-    resolve_interval_seconds: u64,
+    pub resolve_interval_seconds: u64,
 }
 
 fn default_mtu() -> u16 {
@@ -83,9 +114,12 @@ fn default_keepalive() -> u16 {
 fn default_resolve() -> u64 {
     30
 }
+fn default_resync() -> u64 {
+    30
+}
 
 /// One ingress forward: traffic from the tunnel on `port` goes to `clusterIP:targetPort`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct IngressForward {
     /// Public port (as it arrives through the tunnel).
@@ -101,7 +135,7 @@ pub struct IngressForward {
 
 /// One egress forward: traffic to the link on `port` goes to `targetHost:targetPort`
 /// through the tunnel.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EgressForward {
     /// Name (the Service port name).
@@ -144,6 +178,8 @@ pub struct Ingress {
     pub peer: Option<PeerConfig>,
     /// Forwards, sorted and unique by (port, protocol).
     pub forwards: Vec<IngressForward>,
+    /// How often the whole configuration is re-applied.
+    pub resync: Duration,
 }
 
 /// Egress mode.
@@ -219,14 +255,14 @@ pub fn parse(raw: &Raw) -> Result<LinkConfig, ConfigError> {
         .config
         .as_deref()
         .ok_or_else(|| ConfigError(format!("{CONFIG_KEY} is missing")))?;
-    let doc: Doc =
+    let doc: LinkDocument =
         serde_json::from_slice(doc).map_err(|e| ConfigError(format!("{CONFIG_KEY}: {e}")))?;
     let secret = raw
         .secret
         .as_deref()
         .ok_or_else(|| ConfigError("the key Secret is missing or has no key material".into()))?;
     match doc {
-        Doc::Ingress(d) => {
+        LinkDocument::Ingress(d) => {
             let text = std::str::from_utf8(secret)
                 .map_err(|_| ConfigError("the private key is not base64 text".into()))?;
             let private_key =
@@ -284,9 +320,10 @@ pub fn parse(raw: &Raw) -> Result<LinkConfig, ConfigError> {
                 mtu: d.mtu,
                 peer,
                 forwards,
+                resync: Duration::from_secs(d.resync_seconds.clamp(1, 3600)),
             }))
         }
-        Doc::Egress(d) => {
+        LinkDocument::Egress(d) => {
             let wg =
                 wgquick::parse(secret).map_err(|e| ConfigError(format!("{WG_QUICK_KEY}: {e}")))?;
             let mut forwards = d.forwards;
@@ -321,6 +358,76 @@ mod tests {
             config: Some(doc.to_string().into_bytes()),
             secret: Some(secret.as_bytes().to_vec()),
         }
+    }
+
+    /// The document the operator builds is exactly what the link reads back: every field
+    /// survives JSON, and the validated config carries the values (the resync period
+    /// included, which is how a Gateway's reconcileInterval reaches the link).
+    #[test]
+    fn documents_round_trip_through_json() {
+        let ingress = LinkDocument::Ingress(IngressDocument {
+            address: "10.99.0.2/29".into(),
+            mtu: 1400,
+            peer: PeerDocument {
+                endpoint: "203.0.113.7:51820".into(),
+                public_key: PUB.into(),
+                persistent_keepalive: 5,
+                allowed_ips: vec!["10.99.0.0/29".into()],
+            },
+            forwards: vec![IngressForward {
+                port: 8080,
+                protocol: Protocol::Tcp,
+                cluster_ip: Ipv4Addr::new(10, 96, 0, 10),
+                target_port: 80,
+            }],
+            resync_seconds: 10,
+        });
+        let json = ingress.to_json();
+        assert_eq!(
+            serde_json::from_str::<LinkDocument>(&json).expect("parses"),
+            ingress
+        );
+        let raw = Raw {
+            config: Some(json.into_bytes()),
+            secret: Some(PRIV.as_bytes().to_vec()),
+        };
+        let LinkConfig::Ingress(i) = parse(&raw).expect("valid") else {
+            panic!("ingress expected")
+        };
+        assert_eq!(i.resync, Duration::from_secs(10));
+        assert_eq!(i.mtu, 1400);
+        assert_eq!(i.forwards.len(), 1);
+        let peer = i.peer.expect("peer");
+        assert_eq!(peer.endpoint, Some(("203.0.113.7".into(), 51820)));
+        assert_eq!(peer.keepalive, Some(5));
+
+        let egress = LinkDocument::Egress(EgressDocument {
+            forwards: vec![EgressForward {
+                name: "db".into(),
+                port: 1433,
+                protocol: Protocol::Udp,
+                target_host: "db.corp".into(),
+                target_port: 1434,
+            }],
+            resolve_interval_seconds: 7,
+        });
+        let json = egress.to_json();
+        assert_eq!(
+            serde_json::from_str::<LinkDocument>(&json).expect("parses"),
+            egress
+        );
+        let wg = format!(
+            "[Interface]\nPrivateKey = {PRIV}\nAddress = 10.8.0.2/32\n[Peer]\nPublicKey = {PUB}\nEndpoint = 192.0.2.1:51820\nAllowedIPs = 10.0.0.0/8\n"
+        );
+        let raw = Raw {
+            config: Some(json.into_bytes()),
+            secret: Some(wg.into_bytes()),
+        };
+        let LinkConfig::Egress(e) = parse(&raw).expect("valid") else {
+            panic!("egress expected")
+        };
+        assert_eq!(e.resolve_interval, Duration::from_secs(7));
+        assert_eq!(e.forwards[0].target_port, 1434);
     }
 
     #[test]

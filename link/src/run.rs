@@ -296,7 +296,7 @@ pub async fn run(o: Options) -> Result<(), String> {
     loop {
         let resolve_every = match &current {
             Some(LinkConfig::Egress(e)) => e.resolve_interval,
-            Some(LinkConfig::Ingress(_)) => Duration::from_secs(30),
+            Some(LinkConfig::Ingress(i)) => i.resync,
             None => far,
         };
         let wake = retry_at.unwrap_or_else(|| tokio::time::Instant::now() + resolve_every);

@@ -80,8 +80,31 @@ struct Counters {
 }
 
 struct Route {
+    /// Where packets to the peer go: the configured endpoint, or the address an
+    /// authenticated packet from the peer last came from (roaming).
     endpoint: Option<SocketAddr>,
+    /// The endpoint the configuration names.
+    configured: Option<SocketAddr>,
     allowed: Vec<Ipv4Net>,
+}
+
+/// Where packets to the peer go after a configuration is applied. A re-applied
+/// configuration (the link re-applies on every resync) keeps an endpoint learned from the
+/// peer itself: the peer's real source port can differ from the configured one (a NAT that
+/// remaps ports, a peer on a random port), and going back to the configured address would
+/// black-hole traffic until the peer next speaks. Only a changed configured endpoint, or a
+/// different peer, replaces it.
+fn next_endpoint(
+    current: Option<SocketAddr>,
+    was_configured: Option<SocketAddr>,
+    configured: Option<SocketAddr>,
+    same_peer: bool,
+) -> Option<SocketAddr> {
+    if same_peer && configured == was_configured && current.is_some() {
+        current
+    } else {
+        configured
+    }
 }
 
 struct Identity {
@@ -128,6 +151,7 @@ impl Device {
             identity: Mutex::new(None),
             route: RwLock::new(Route {
                 endpoint: None,
+                configured: None,
                 allowed: Vec::new(),
             }),
             counters: Counters::default(),
@@ -169,26 +193,32 @@ impl Device {
     /// Sets our key and the peer. The session survives when only the endpoint or the
     /// allowed prefixes change; a new key or peer starts a new handshake at once.
     pub fn set_peer(&self, private_key: &SecretKey, peer: Option<&Peer>) {
+        let mut identity = lock(&self.shared.identity);
+        let same_peer = match (identity.as_ref(), peer) {
+            (Some(i), Some(p)) => i.public_key == p.public_key,
+            (None, None) => true,
+            _ => false,
+        };
+        let same = same_peer
+            && match (identity.as_ref(), peer) {
+                (Some(i), Some(p)) => {
+                    i.preshared_key == p.preshared_key
+                        && i.keepalive == p.keepalive
+                        && i.private_key == *private_key
+                }
+                _ => true,
+            };
         {
             let mut route = self
                 .shared
                 .route
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            route.endpoint = peer.and_then(|p| p.endpoint);
+            let configured = peer.and_then(|p| p.endpoint);
+            route.endpoint = next_endpoint(route.endpoint, route.configured, configured, same_peer);
+            route.configured = configured;
             route.allowed = peer.map(|p| p.allowed_ips.clone()).unwrap_or_default();
         }
-        let mut identity = lock(&self.shared.identity);
-        let same = match (identity.as_ref(), peer) {
-            (Some(i), Some(p)) => {
-                i.public_key == p.public_key
-                    && i.preshared_key == p.preshared_key
-                    && i.keepalive == p.keepalive
-                    && i.private_key == *private_key
-            }
-            (None, None) => true,
-            _ => false,
-        };
         if same {
             return;
         }
@@ -540,5 +570,38 @@ fn timer_loop(s: &Shared, _tun: &Tun, udp: &UdpSocket) {
                 send(udp, p, to);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_endpoint;
+    use std::net::SocketAddr;
+
+    fn addr(s: &str) -> Option<SocketAddr> {
+        Some(s.parse().expect("a test address"))
+    }
+
+    /// Re-applying the same configuration keeps the endpoint the peer was learned at; a
+    /// changed configured endpoint or a different peer replaces it; the first
+    /// configuration and a removed endpoint take effect as written.
+    #[test]
+    fn a_reapplied_config_keeps_the_learned_endpoint() {
+        let conf = addr("203.0.113.7:51820");
+        let learned = addr("203.0.113.7:40123");
+        assert_eq!(
+            next_endpoint(learned, conf, conf, true),
+            learned,
+            "the resync must not undo roaming"
+        );
+        let moved = addr("203.0.113.9:51820");
+        assert_eq!(next_endpoint(learned, conf, moved, true), moved);
+        assert_eq!(
+            next_endpoint(learned, conf, conf, false),
+            conf,
+            "a new peer"
+        );
+        assert_eq!(next_endpoint(None, None, conf, true), conf, "first config");
+        assert_eq!(next_endpoint(learned, conf, None, true), None);
     }
 }

@@ -18,8 +18,8 @@ pub struct Resolved {
     pub port: u16,
     /// Protocol.
     pub protocol: Protocol,
-    /// The Service's ClusterIP.
-    pub cluster_ip: String,
+    /// The Service's ClusterIP (IPv4: the link's data plane is IPv4 only).
+    pub cluster_ip: std::net::Ipv4Addr,
     /// The Service port.
     pub target_port: u16,
 }
@@ -107,19 +107,18 @@ fn classify_one(
     };
     let spec = svc.spec.clone().unwrap_or_default();
     let kind = spec.type_.clone().unwrap_or_else(|| "ClusterIP".into());
-    let ip = spec.cluster_ip.clone().unwrap_or_default();
-    if kind == "ExternalName"
-        || ip.is_empty()
-        || ip == "None"
-        || ip.parse::<std::net::Ipv4Addr>().is_err()
-    {
+    let ip = spec
+        .cluster_ip
+        .as_deref()
+        .and_then(|ip| ip.parse::<std::net::Ipv4Addr>().ok());
+    let Some(ip) = ip.filter(|_| kind != "ExternalName") else {
         return invalid(
             reasons::UNSUPPORTED_SERVICE_TYPE,
             format!(
                 "forward backend Service {name:?} in namespace {ns:?} has unsupported type {kind:?}: a ClusterIP is required to DNAT to"
             ),
         );
-    }
+    };
     let target = f.effective_target_port();
     let publishes =
         spec.ports.unwrap_or_default().iter().any(|p| {

@@ -208,15 +208,30 @@ fn link_pair() -> Row {
     .expect("conf");
     std::fs::write(
         da.join("config.json"),
-        r#"{"mode":"egress","forwards":[{"name":"iperf","port":5201,"protocol":"TCP","targetHost":"10.99.0.2","targetPort":5201},
-            {"name":"rr","port":7000,"protocol":"TCP","targetHost":"10.99.0.2","targetPort":7000}]}"#,
+        wgnet_tests::link::egress_config(
+            30,
+            &[
+                ("iperf", 5201, "TCP", "10.99.0.2", 5201),
+                ("rr", 7000, "TCP", "10.99.0.2", 7000),
+            ],
+        ),
     )
     .expect("config");
     std::fs::write(db.join("private-key"), &kb.0).expect("key");
     std::fs::write(
         db.join("config.json"),
-        format!(r#"{{"mode":"ingress","address":"10.99.0.2/24","mtu":1420,"peer":{{"endpoint":"203.0.113.1:51820","publicKey":"{}","persistentKeepalive":25,"allowedIPs":["10.99.0.0/24"]}},
-            "forwards":[{{"port":5201,"protocol":"TCP","clusterIP":"10.96.0.10","targetPort":5201}},{{"port":7000,"protocol":"TCP","clusterIP":"10.96.0.10","targetPort":7000}}]}}"#, ka.1),
+        // The peer's AllowedIPs default to the tunnel's prefix (10.99.0.0/24).
+        wgnet_tests::link::ingress_config(
+            "10.99.0.2/24",
+            1420,
+            "203.0.113.1:51820",
+            &ka.1,
+            25,
+            &[
+                (5201, "TCP", "10.96.0.10", 5201),
+                (7000, "TCP", "10.96.0.10", 7000),
+            ],
+        ),
     )
     .expect("config");
     let la = Link::start(&a, &da, &["--secret-key", "wg0.conf"]);

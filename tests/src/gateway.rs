@@ -321,22 +321,13 @@ impl Gw {
     /// The link's ingress `config.json` for this VM, with forwards as
     /// (port, protocol, clusterIP, targetPort).
     pub fn link_config(&self, forwards: &[(u16, &str, &str, u16)]) -> String {
-        let fwd: Vec<String> = forwards
-            .iter()
-            .map(|(port, proto, ip, target)| {
-                format!(r#"{{"port":{port},"protocol":"{proto}","clusterIP":"{ip}","targetPort":{target}}}"#)
-            })
-            .collect();
-        format!(
-            r#"{{"mode":"ingress","address":"{}/29","mtu":{},
-                "peer":{{"endpoint":"{}:{}","publicKey":"{}","persistentKeepalive":5}},
-                "forwards":[{}]}}"#,
-            self.cfg.link_address,
+        crate::link::ingress_config(
+            &format!("{}/29", self.cfg.link_address),
             self.cfg.mtu,
-            self.ip,
-            self.cfg.listen_port,
-            self.vm_pub,
-            fwd.join(",")
+            &format!("{}:{}", self.ip, self.cfg.listen_port),
+            &self.vm_pub,
+            5,
+            forwards,
         )
     }
 

@@ -10,6 +10,76 @@ use std::time::Duration;
 
 use crate::netns::{Netns, wait_for};
 
+/// One ingress forward from a test's `(port, "TCP"|"UDP", clusterIP, targetPort)`.
+pub fn ingress_forward(
+    (port, proto, ip, target): (u16, &str, &str, u16),
+) -> wgnet_link::config::IngressForward {
+    wgnet_link::config::IngressForward {
+        port,
+        protocol: protocol(proto),
+        cluster_ip: ip.parse().expect("a test's ClusterIP is an IPv4 address"),
+        target_port: target,
+    }
+}
+
+/// One egress forward from a test's `(name, port, "TCP"|"UDP", targetHost, targetPort)`.
+pub fn egress_forward(
+    (name, port, proto, host, target): (&str, u16, &str, &str, u16),
+) -> wgnet_link::config::EgressForward {
+    wgnet_link::config::EgressForward {
+        name: name.into(),
+        port,
+        protocol: protocol(proto),
+        target_host: host.into(),
+        target_port: target,
+    }
+}
+
+fn protocol(p: &str) -> wgnet_link::net::Protocol {
+    match p {
+        "UDP" => wgnet_link::net::Protocol::Udp,
+        _ => wgnet_link::net::Protocol::Tcp,
+    }
+}
+
+/// An ingress `config.json` with the VM at `endpoint` as peer.
+pub fn ingress_config(
+    address: &str,
+    mtu: u16,
+    endpoint: &str,
+    vm_public_key: &str,
+    keepalive: u16,
+    forwards: &[(u16, &str, &str, u16)],
+) -> String {
+    use wgnet_link::config::{IngressDocument, LinkDocument, PeerDocument};
+    LinkDocument::Ingress(IngressDocument {
+        address: address.into(),
+        mtu,
+        peer: PeerDocument {
+            endpoint: endpoint.into(),
+            public_key: vm_public_key.into(),
+            persistent_keepalive: keepalive,
+            allowed_ips: vec![],
+        },
+        forwards: forwards.iter().copied().map(ingress_forward).collect(),
+        resync_seconds: 30,
+    })
+    .to_json()
+}
+
+/// An egress `config.json`.
+pub fn egress_config(
+    resolve_interval_seconds: u64,
+    forwards: &[(&str, u16, &str, &str, u16)],
+) -> String {
+    use wgnet_link::config::{EgressDocument, LinkDocument};
+    LinkDocument::Egress(EgressDocument {
+        forwards: forwards.iter().copied().map(egress_forward).collect(),
+        resolve_interval_seconds,
+    })
+    .to_json()
+}
+
 /// Path of the `wgnet-link` binary next to the running test (see [`workspace_binary`]).
 pub fn binary() -> PathBuf {
     workspace_binary("wgnet-link")

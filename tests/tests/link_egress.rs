@@ -121,10 +121,14 @@ async fn egress() -> Egress {
     .expect("wg0.conf");
     std::fs::write(
         cfg.join("config.json"),
-        r#"{"mode":"egress","resolveIntervalSeconds":1,"forwards":[
-            {"name":"db","port":1433,"protocol":"TCP","targetHost":"db.corp.test","targetPort":1433},
-            {"name":"echo","port":5000,"protocol":"UDP","targetHost":"10.0.0.5","targetPort":5000},
-            {"name":"outside","port":6000,"protocol":"TCP","targetHost":"192.0.2.9","targetPort":6000}]}"#,
+        wgnet_tests::link::egress_config(
+            1,
+            &[
+                ("db", 1433, "TCP", "db.corp.test", 1433),
+                ("echo", 5000, "UDP", "10.0.0.5", 5000),
+                ("outside", 6000, "TCP", "192.0.2.9", 6000),
+            ],
+        ),
     )
     .expect("config");
     let link = Link::start(&link_ns, &cfg, &["--secret-key", "wg0.conf"]);

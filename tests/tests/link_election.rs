@@ -184,8 +184,14 @@ async fn pair() -> Pair {
     std::fs::write(cfg.join("private-key"), &link_priv).expect("key");
     std::fs::write(
         cfg.join("config.json"),
-        format!(r#"{{"mode":"ingress","address":"10.99.0.2/29","mtu":1380,"peer":{{"endpoint":"203.0.113.1:51820","publicKey":"{vm_pub}","persistentKeepalive":1}},
-            "forwards":[{{"port":8080,"protocol":"TCP","clusterIP":"10.96.0.10","targetPort":80}}]}}"#),
+        wgnet_tests::link::ingress_config(
+            "10.99.0.2/29",
+            1380,
+            "203.0.113.1:51820",
+            &vm_pub,
+            1,
+            &[(8080, "TCP", "10.96.0.10", 80)],
+        ),
     )
     .expect("config");
     Pair {

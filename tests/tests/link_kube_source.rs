@@ -14,16 +14,12 @@ use wgnet_tests::link::Link;
 use wgnet_tests::netns::{self, Netns, RootLink, wait_for};
 
 fn config(forwards: &[(u16, &str)]) -> String {
-    let f: Vec<String> = forwards
+    let forwards: Vec<(u16, &str, &str, u16)> = forwards
         .iter()
-        .map(|(port, ip)| {
-            format!(r#"{{"port":{port},"protocol":"TCP","clusterIP":"{ip}","targetPort":80}}"#)
-        })
+        .map(|(port, ip)| (*port, "TCP", *ip, 80))
         .collect();
-    format!(
-        r#"{{"mode":"ingress","address":"10.99.0.2/29","peer":{{}},"forwards":[{}]}}"#,
-        f.join(",")
-    )
+    // No peer yet: the link applies the forwards and waits for the VM.
+    wgnet_tests::link::ingress_config("10.99.0.2/29", 1380, "", "", 25, &forwards)
 }
 
 fn configmap(forwards: &[(u16, &str)]) -> ConfigMap {

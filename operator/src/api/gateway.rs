@@ -232,6 +232,50 @@ pub struct WireguardSpec {
     pub reconcile_interval: String,
 }
 
+impl WireguardSpec {
+    /// `reconcileInterval` in whole seconds (rounded up, at least 1, at most 3600): the
+    /// link's resync period. The CRD admits only Go-style durations from 1s to 1h; anything
+    /// else (an object admitted under an older CRD) falls back to the default 10 s.
+    pub fn reconcile_interval_seconds(&self) -> u64 {
+        duration_millis(&self.reconcile_interval)
+            .map_or(10, |ms| ms.div_ceil(1000))
+            .clamp(1, 3600)
+    }
+}
+
+/// Milliseconds of a Go duration such as `10s`, `1m30s`, `1.5h` or `500ms` (the units
+/// `h`, `m`, `s`, `ms`, `us`/`µs`, `ns`); `None` when it is not one.
+fn duration_millis(s: &str) -> Option<u64> {
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let value: f64 = rest[..num_len].parse().ok()?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let factor = match &rest[..unit_len] {
+            "h" => 3_600_000.0,
+            "m" => 60_000.0,
+            "s" => 1000.0,
+            "ms" => 1.0,
+            "us" | "µs" => 0.001,
+            "ns" => 0.000_001,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total += value * factor;
+    }
+    // Bounded by the CRD to an hour; the cast cannot truncate anything meaningful.
+    Some(total.ceil() as u64)
+}
+
 impl Default for WireguardSpec {
     fn default() -> Self {
         Self {
@@ -465,6 +509,31 @@ impl GatewaySpec {
 
 #[cfg(test)]
 mod tests {
+    /// reconcileInterval strings become the link's resync period in whole seconds.
+    #[test]
+    fn reconcile_interval_in_seconds() {
+        let secs = |v: &str| {
+            super::WireguardSpec {
+                reconcile_interval: v.into(),
+                ..super::WireguardSpec::default()
+            }
+            .reconcile_interval_seconds()
+        };
+        assert_eq!(secs("10s"), 10);
+        assert_eq!(secs("1m30s"), 90);
+        assert_eq!(secs("1.5m"), 90);
+        assert_eq!(secs("1h"), 3600);
+        assert_eq!(secs("1500ms"), 2, "rounded up");
+        assert_eq!(secs("100ms"), 1, "at least a second");
+        assert_eq!(secs("2h"), 3600, "at most an hour");
+        assert_eq!(
+            secs("ten seconds"),
+            10,
+            "the default for what is not a duration"
+        );
+        assert_eq!(secs(""), 10);
+    }
+
     use super::*;
 
     /// Omitting `wireguard` and `link` must give every default, as the Go operator's `default: {}` did.

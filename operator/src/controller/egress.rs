@@ -15,7 +15,6 @@ use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
-use serde_json::json;
 use wgnet_cloud::Cloud;
 
 use super::{
@@ -139,16 +138,30 @@ fn params(egw: &EgressGateway) -> LinkParams<'_> {
     }
 }
 
-/// The link's egress `config.json`.
+/// The link's egress `config.json`. Pure.
 pub fn link_config(egw: &EgressGateway) -> String {
-    let forwards: Vec<_> = egw
+    use wgnet_link::config::{EgressDocument, EgressForward, LinkDocument};
+    let forwards = egw
         .spec
         .forwards
         .iter()
-        .map(|f| json!({"name": f.name, "port": f.port, "protocol": f.protocol.as_str(), "targetHost": f.target_host, "targetPort": f.target_port}))
+        // The schema bounds both ports to 1..=65535; a value outside it cannot be served
+        // and the link would refuse the whole document, so it is left out here.
+        .filter_map(|f| {
+            Some(EgressForward {
+                name: f.name.clone(),
+                port: u16::try_from(f.port).ok()?,
+                protocol: super::gateway::link_protocol(f.protocol),
+                target_host: f.target_host.clone(),
+                target_port: u16::try_from(f.target_port).ok()?,
+            })
+        })
         .collect();
-    serde_json::to_string_pretty(&json!({"mode": "egress", "forwards": forwards}))
-        .unwrap_or_default()
+    LinkDocument::Egress(EgressDocument {
+        forwards,
+        resolve_interval_seconds: 30,
+    })
+    .to_json()
 }
 
 async fn reconcile_egress<C: Cloud>(

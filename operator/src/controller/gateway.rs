@@ -613,36 +613,53 @@ fn desired_of(
     })
 }
 
-/// The link's `config.json`: the VM as its one peer and the resolved forwards.
+/// The link's `config.json`: the VM as its one peer, the resolved forwards, and the
+/// Gateway's reconcileInterval as the link's resync period. Pure.
 pub fn link_config(
     gw: &Gateway,
     keys: &KeySet,
     address: Option<&str>,
     classified: &[Classified],
 ) -> String {
+    use wgnet_link::config::{IngressDocument, IngressForward, LinkDocument, PeerDocument};
     let wg = &gw.spec.wireguard;
     let prefix = wg.subnet.split_once('/').map_or("32", |(_, p)| p);
-    let forwards: Vec<_> = classified
+    let forwards = classified
         .iter()
         .filter_map(|c| c.result.as_ref().ok())
-        .map(|r| {
-            json!({"port": r.port, "protocol": r.protocol.as_str(), "clusterIP": r.cluster_ip, "targetPort": r.target_port})
+        .map(|r| IngressForward {
+            port: r.port,
+            protocol: link_protocol(r.protocol),
+            cluster_ip: r.cluster_ip,
+            target_port: r.target_port,
         })
         .collect();
-    let doc = json!({
-        "mode": "ingress",
-        "address": format!("{}/{prefix}", wg.link_address),
-        "mtu": wg.mtu,
-        "peer": {
+    LinkDocument::Ingress(IngressDocument {
+        address: format!("{}/{prefix}", wg.link_address),
+        // The schema bounds mtu (1280..1500) and keepalive (1..3600); the fallbacks are
+        // only for objects admitted under an older CRD.
+        mtu: u16::try_from(wg.mtu).unwrap_or(1380),
+        peer: PeerDocument {
             // Empty until the address is known: the link waits.
-            "endpoint": address.map(|a| format!("{a}:{}", wg.listen_port)).unwrap_or_default(),
-            "publicKey": keys.vm.public,
-            "persistentKeepalive": wg.keepalive,
-            "allowedIPs": [wg.subnet],
+            endpoint: address
+                .map(|a| format!("{a}:{}", wg.listen_port))
+                .unwrap_or_default(),
+            public_key: keys.vm.public.clone(),
+            persistent_keepalive: u16::try_from(wg.keepalive).unwrap_or(25),
+            allowed_ips: vec![wg.subnet.clone()],
         },
-        "forwards": forwards,
-    });
-    serde_json::to_string_pretty(&doc).unwrap_or_default()
+        forwards,
+        resync_seconds: wg.reconcile_interval_seconds(),
+    })
+    .to_json()
+}
+
+/// The link crate's spelling of a protocol.
+pub(crate) fn link_protocol(p: crate::api::Protocol) -> wgnet_link::net::Protocol {
+    match p {
+        crate::api::Protocol::Tcp => wgnet_link::net::Protocol::Tcp,
+        crate::api::Protocol::Udp => wgnet_link::net::Protocol::Udp,
+    }
 }
 
 fn link_params(gw: &Gateway) -> LinkParams<'_> {
@@ -922,7 +939,7 @@ fn status_of(
             active: c.result.is_ok(),
             reason: c.result.as_ref().err().map(|i| i.reason.to_owned()),
             message: c.result.as_ref().err().map(|i| i.message.clone()),
-            cluster_ip: c.result.as_ref().ok().map(|r| r.cluster_ip.clone()),
+            cluster_ip: c.result.as_ref().ok().map(|r| r.cluster_ip.to_string()),
         })
         .collect();
     let active = classified.iter().filter(|c| c.result.is_ok()).count();
@@ -1179,6 +1196,53 @@ mod tests {
             patience(Duration::from_secs(36_000), Duration::from_secs(1)),
             SETTLING
         );
+    }
+
+    /// The document the operator writes is one the link's own parser accepts, with the
+    /// forwards, the VM as peer and the Gateway's reconcileInterval as the resync period.
+    #[test]
+    fn link_config_is_what_the_link_reads() {
+        use wgnet_link::config::{self as link, LinkConfig, Raw};
+        let gw: Gateway = serde_json::from_value(serde_json::json!({
+            "apiVersion": "wgnet.dev/v1alpha1", "kind": "Gateway",
+            "metadata": {"name": "edge", "namespace": "apps"},
+            "spec": {
+                "gcp": {"projectID": "p", "region": "us-central1", "zone": "us-central1-a"},
+                "wireguard": {"reconcileInterval": "1m30s", "keepalive": 7},
+                "forwards": [{"port": 8080, "service": "web", "targetPort": 80}]
+            }
+        }))
+        .expect("gateway");
+        let keys = KeySet::generate(1).expect("keys");
+        let classified = vec![Classified {
+            forward: gw.spec.forwards[0].clone(),
+            namespace: "apps".into(),
+            result: Ok(crate::forwards::Resolved {
+                port: 8080,
+                protocol: crate::api::Protocol::Tcp,
+                cluster_ip: std::net::Ipv4Addr::new(10, 96, 0, 10),
+                target_port: 80,
+            }),
+        }];
+        let json = link_config(&gw, &keys, Some("203.0.113.7"), &classified);
+        let raw = Raw {
+            config: Some(json.into_bytes()),
+            secret: Some(keys.link.private.expose().as_bytes().to_vec()),
+        };
+        let LinkConfig::Ingress(i) = link::parse(&raw).expect("the link accepts it") else {
+            panic!("ingress expected")
+        };
+        assert_eq!(i.resync, Duration::from_secs(90));
+        assert_eq!(i.address.to_string(), "10.99.0.2/29");
+        assert_eq!(i.forwards.len(), 1);
+        assert_eq!(
+            i.forwards[0].cluster_ip,
+            std::net::Ipv4Addr::new(10, 96, 0, 10)
+        );
+        let peer = i.peer.expect("the VM is the peer");
+        assert_eq!(peer.endpoint, Some(("203.0.113.7".into(), 51820)));
+        assert_eq!(peer.keepalive, Some(7));
+        assert_eq!(peer.public_key.to_base64(), keys.vm.public);
     }
 
     #[test]
