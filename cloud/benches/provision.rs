@@ -54,7 +54,7 @@ async fn converge(cloud: &GcpCloud, d: &Desired) -> (Recorded, Duration) {
             // Waiting on IAM propagation or a VM state: the operator requeues shortly.
             tokio::time::sleep(Duration::from_millis(20)).await;
         } else {
-            cloud.wait_any(&d.target.project, &rec).await;
+            cloud.wait_any(&d.target, &rec).await;
         }
     }
     panic!("gateway did not converge");
@@ -70,7 +70,7 @@ async fn teardown(cloud: &GcpCloud, d: &Desired, mut rec: Recorded) {
         if rec.pending.is_empty() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         } else {
-            cloud.wait_any(&d.target.project, &rec).await;
+            cloud.wait_any(&d.target, &rec).await;
         }
     }
     panic!("gateway was not deleted");

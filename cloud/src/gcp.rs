@@ -1172,8 +1172,27 @@ fn absorb<T>(step: Step<T>, waiting: &mut Vec<String>, errors: &mut Vec<CloudErr
     }
 }
 
+/// `rec` with only the pending operations that can be `target`'s own (see
+/// [`PendingOp::belongs_to`]); the others are dropped with a warning, and the resources'
+/// own state tells the pass what to do.
+fn own_operations(rec: &Recorded, target: &Target) -> Recorded {
+    let mut clean = rec.clone();
+    clean.pending.retain(|op| {
+        let ok = op.belongs_to(target);
+        if !ok {
+            tracing::warn!(
+                resource = %op.resource,
+                "Ignoring a recorded operation that is not this gateway's"
+            );
+        }
+        ok
+    });
+    clean
+}
+
 impl Cloud for GcpCloud {
     async fn ensure(&self, d: &Desired, rec: &Recorded) -> Progress {
+        let rec = &own_operations(rec, &d.target);
         let p = Pass {
             d,
             rec,
@@ -1303,6 +1322,7 @@ impl Cloud for GcpCloud {
     }
 
     async fn delete(&self, target: &Target, rec: &Recorded) -> DeleteProgress {
+        let rec = &own_operations(rec, target);
         let name = target.id.resource_name();
         let project = target.project.as_str();
         let mut waiting = Vec::new();
@@ -1534,30 +1554,37 @@ impl Cloud for GcpCloud {
             .collect())
     }
 
-    async fn wait_any(&self, project: &str, recorded: &Recorded) {
-        if recorded.pending.is_empty() {
+    async fn wait_any(&self, target: &Target, recorded: &Recorded) {
+        let project = target.project.as_str();
+        let waits: Vec<_> = recorded
+            .pending
+            .iter()
+            .filter(|op| op.belongs_to(target))
+            .map(|op| {
+                let path = format!(
+                    "projects/{project}/{}/operations/{}/wait",
+                    op.scope, op.name
+                );
+                Box::pin(async move {
+                    let _ = self
+                        .api
+                        .call(
+                            Service::Compute,
+                            Method::POST,
+                            &path,
+                            None,
+                            "wait operation",
+                            &op.name,
+                            Retry::Transient,
+                        )
+                        .await;
+                })
+            })
+            .collect();
+        // select_all refuses an empty set: nothing to wait for.
+        if waits.is_empty() {
             return;
         }
-        let waits = recorded.pending.iter().map(|op| {
-            let path = format!(
-                "projects/{project}/{}/operations/{}/wait",
-                op.scope, op.name
-            );
-            Box::pin(async move {
-                let _ = self
-                    .api
-                    .call(
-                        Service::Compute,
-                        Method::POST,
-                        &path,
-                        None,
-                        "wait operation",
-                        &op.name,
-                        Retry::Transient,
-                    )
-                    .await;
-            })
-        });
         futures_util::future::select_all(waits).await;
     }
 }

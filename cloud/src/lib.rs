@@ -110,6 +110,41 @@ pub struct PendingOp {
     pub description: String,
 }
 
+impl PendingOp {
+    /// Whether the scope and name have GCP's shape: `global`, `regions/<r>` or
+    /// `zones/<z>`, and an operation name of lowercase letters, digits and hyphens. They
+    /// come back from `status.gcp`, which a status writer can change, and become URL path
+    /// segments: nothing else may pass.
+    pub fn is_well_formed(&self) -> bool {
+        let word = |s: &str, max: usize| {
+            !s.is_empty()
+                && s.len() <= max
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !s.starts_with('-')
+        };
+        let scope_ok = self.scope == "global"
+            || ["regions/", "zones/"].iter().any(|prefix| {
+                self.scope
+                    .strip_prefix(prefix)
+                    .is_some_and(|rest| word(rest, 63))
+            });
+        scope_ok && word(&self.name, 128)
+    }
+
+    /// Whether this can be one of `target`'s own operations: well formed, a resource kind
+    /// the gateway has, in the scope that kind lives in for this target.
+    pub fn belongs_to(&self, target: &Target) -> bool {
+        let scope = match self.resource.as_str() {
+            "network" | "firewall" => "global".to_owned(),
+            "address" => format!("regions/{}", target.region),
+            "instance" => format!("zones/{}", target.zone),
+            _ => return false,
+        };
+        self.is_well_formed() && self.scope == scope
+    }
+}
+
 /// What earlier calls established; the operator keeps it in `status.gcp` and hands it back.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -249,6 +284,7 @@ pub trait Cloud: Send + Sync {
         target: &Target,
     ) -> impl Future<Output = Result<BTreeMap<String, String>, CloudError>> + Send;
 
-    /// Waits (bounded, server side) until one of `recorded.pending` finishes.
-    fn wait_any(&self, project: &str, recorded: &Recorded) -> impl Future<Output = ()> + Send;
+    /// Waits (bounded, server side) until one of `recorded.pending` that can be
+    /// `target`'s own finishes (see [`PendingOp::belongs_to`]).
+    fn wait_any(&self, target: &Target, recorded: &Recorded) -> impl Future<Output = ()> + Send;
 }

@@ -474,3 +474,77 @@ async fn key_material_never_appears_in_progress_or_errors() {
     let (rec, _, _) = converge(&e.cloud, &d, p.recorded, 10).await;
     teardown(&e.cloud, &d.target, rec, 20).await;
 }
+
+/// Recorded operations come back from `status.gcp`, which anyone who may write a
+/// Gateway's status can change: one whose scope or name is not what this gateway's own
+/// operations look like is dropped, never pasted into a URL. A value such as
+/// `zones/z/instances/<vm>/stop?` would otherwise become a Compute POST that stops the VM.
+#[tokio::test]
+async fn hostile_pending_operations_are_dropped_not_followed() {
+    let e = env(LatencyProfile::instant()).await;
+    let d = desired("web", "uid-h", &[(443, Protocol::Tcp)]);
+    let (rec, _, _) = converge(&e.cloud, &d, Recorded::default(), 30).await;
+    let name = d.target.id.resource_name();
+    let op = |resource: &str, scope: String, op: String| wgnet_cloud::PendingOp {
+        resource: resource.into(),
+        name: op,
+        scope,
+        description: "insert instance".into(),
+    };
+    let mut hostile = rec.clone();
+    hostile.pending = vec![
+        op(
+            "instance",
+            format!("zones/us-central1-a/instances/{name}/stop?x="),
+            "op".into(),
+        ),
+        op(
+            "instance",
+            "zones/us-central1-a".into(),
+            format!("../instances/{name}/stop"),
+        ),
+        op(
+            "address",
+            "regions/europe-west1".into(),
+            "operation-1".into(),
+        ),
+        op(
+            "firewall",
+            "global/../../../other-project/global".into(),
+            "operation-1".into(),
+        ),
+    ];
+    e.emu.clear_request_log();
+    let p = e.cloud.ensure(&d, &hostile).await;
+    e.cloud.wait_any(&d.target, &hostile).await;
+    let followed: Vec<String> = e
+        .emu
+        .request_log()
+        .iter()
+        .filter(|c| {
+            c.path.contains("/stop")
+                || c.path.contains("other-project")
+                || c.path.contains("europe-west1")
+        })
+        .map(|c| format!("{} {}", c.method, c.path))
+        .collect();
+    assert!(
+        followed.is_empty(),
+        "hostile operations were followed: {followed:?}"
+    );
+    assert_eq!(p.vm_status.as_deref(), Some("RUNNING"), "{:?}", p.errors);
+    assert!(p.recorded.pending.is_empty(), "{:?}", p.recorded.pending);
+    let gone = e.cloud.delete(&d.target, &hostile).await;
+    let followed = e
+        .emu
+        .request_log()
+        .iter()
+        .filter(|c| c.path.contains("/stop"))
+        .count();
+    assert_eq!(
+        followed, 0,
+        "the delete path followed one: {:?}",
+        gone.errors
+    );
+    teardown(&e.cloud, &d.target, rec, 20).await;
+}

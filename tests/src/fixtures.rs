@@ -158,7 +158,7 @@ pub async fn converge(
         if rec.pending.is_empty() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         } else {
-            cloud.wait_any(&d.target.project, &rec).await;
+            cloud.wait_any(&d.target, &rec).await;
         }
     }
     let p = cloud.ensure(d, &rec).await;
@@ -184,7 +184,7 @@ pub async fn teardown(
         if rec.pending.is_empty() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         } else {
-            cloud.wait_any(&t.project, &rec).await;
+            cloud.wait_any(t, &rec).await;
         }
     }
     let p = cloud.delete(t, &rec).await;

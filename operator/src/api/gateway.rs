@@ -114,8 +114,9 @@ pub enum Provider {
 #[serde(rename_all = "camelCase")]
 pub struct GcpSpec {
     /// GCP project that holds the VM and every other cloud resource of this Gateway. Immutable.
+    /// Domain-scoped project ids (`example.com:project`) are not supported.
     #[serde(rename = "projectID")]
-    #[schemars(length(min = 6, max = 94), regex(pattern = patterns::GCP_PROJECT))]
+    #[schemars(length(min = 6, max = 30), regex(pattern = patterns::GCP_PROJECT))]
     #[x_kube(validation = Rule::new("self == oldSelf")
         .message("projectID is immutable: create a new Gateway to move it to another project"))]
     pub project_id: String,
@@ -492,8 +493,10 @@ pub struct PendingOperation {
     #[serde(default)]
     pub resource: String,
     /// Operation name.
+    #[schemars(length(max = 128), regex(pattern = patterns::GCP_OPERATION_NAME))]
     pub name: String,
     /// Where the operation lives: `global`, `regions/<region>` or `zones/<zone>`.
+    #[schemars(length(max = 80), regex(pattern = patterns::GCP_OPERATION_SCOPE))]
     pub scope: String,
     /// What the operation does, such as `insert instance`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -23,8 +23,16 @@ pub const FQDN: &str = r"^(\*\.)?([a-z0-9]([-a-z0-9]*[a-z0-9])?\.)+[a-z]([-a-z0-
 /// A Go-style duration made of integer amounts of h, m, s or ms, such as `10s` or `1m30s`.
 pub const DURATION: &str = r"^([0-9]+(h|m|s|ms))+$";
 
-/// A GCP project ID (6 to 30 characters), optionally domain-scoped (`example.com:my-project`).
-pub const GCP_PROJECT: &str = r"^([a-z][-a-z0-9.]{1,61}[a-z0-9]:)?[a-z][-a-z0-9]{4,28}[a-z0-9]$";
+/// A GCP project ID (6 to 30 characters). Domain-scoped ids (`example.com:my-project`) are
+/// refused: their colon breaks the per-gateway service account's e-mail and the VM
+/// script's metadata values, and Google no longer creates such projects.
+pub const GCP_PROJECT: &str = r"^[a-z][-a-z0-9]{4,28}[a-z0-9]$";
+
+/// A Compute operation's scope: `global`, `regions/<region>` or `zones/<zone>`.
+pub const GCP_OPERATION_SCOPE: &str = r"^(global|regions/[a-z]+-[a-z]+[0-9]+|zones/[a-z]+-[a-z]+[0-9]+-[a-z])$";
+
+/// A Compute operation's name: lowercase letters, digits and hyphens.
+pub const GCP_OPERATION_NAME: &str = r"^[a-z0-9][-a-z0-9]*$";
 
 /// A GCP region such as `us-central1`.
 pub const GCP_REGION: &str = r"^[a-z]+-[a-z]+[0-9]+$";

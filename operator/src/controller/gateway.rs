@@ -403,7 +403,7 @@ async fn reconcile_gateway<C: Cloud>(gw: &Gateway, ctx: &Context<C>) -> Result<A
         // its operation's end by one round trip; status was written above.
         let _ = tokio::time::timeout(
             OPERATION_WAIT,
-            ctx.cloud.wait_any(&target.project, &progress.recorded),
+            ctx.cloud.wait_any(&target, &progress.recorded),
         )
         .await;
         return Ok(Action::requeue(Duration::from_millis(10)));
@@ -1086,11 +1086,8 @@ async fn teardown<C: Cloud>(gw: &Gateway, ctx: &Context<C>) -> Result<Action, St
         return Ok(Action::requeue(e.retry_after()));
     }
     if !p.recorded.pending.is_empty() {
-        let _ = tokio::time::timeout(
-            OPERATION_WAIT,
-            ctx.cloud.wait_any(&target.project, &p.recorded),
-        )
-        .await;
+        let _ =
+            tokio::time::timeout(OPERATION_WAIT, ctx.cloud.wait_any(&target, &p.recorded)).await;
         return Ok(Action::requeue(Duration::from_millis(10)));
     }
     Ok(Action::requeue(SETTLING))
@@ -1169,8 +1166,7 @@ pub async fn sweep_once<C: Cloud>(ctx: &Context<C>) -> Result<usize, StepError> 
                     tokio::time::sleep(SETTLING).await;
                 } else {
                     let _ =
-                        tokio::time::timeout(OPERATION_WAIT, ctx.cloud.wait_any(&t.project, &rec))
-                            .await;
+                        tokio::time::timeout(OPERATION_WAIT, ctx.cloud.wait_any(&t, &rec)).await;
                 }
             }
         }
