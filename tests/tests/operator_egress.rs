@@ -305,3 +305,101 @@ async fn objects_the_operator_cannot_read_are_reported_as_invalid_spec() {
     }
     drop(op);
 }
+
+/// An EgressGateway named like a Service the namespace already has never takes it over: it
+/// reports `Ready=False/NameCollision`, the Service keeps its spec and has no owner added,
+/// and deleting the EgressGateway leaves it (before, a forced apply adopted the Service and
+/// the garbage collector deleted it with the EgressGateway).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_name_taken_by_a_foreign_service_is_reported_and_left_alone() {
+    let c = Cluster::start(LatencyProfile::instant()).await;
+    let op = operator_with(&c, Duration::from_secs(20)).await;
+    Api::<Namespace>::all(c.client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "apps"}})).expect("ns"),
+        )
+        .await
+        .expect("namespace");
+    let services: Api<Service> = Api::namespaced(c.client.clone(), "apps");
+    let theirs: Service = serde_json::from_value(json!({
+        "metadata": {"name": "corp"},
+        "spec": {"selector": {"app": "payroll"}, "ports": [{"port": 8443}]}
+    }))
+    .expect("service");
+    services
+        .create(&PostParams::default(), &theirs)
+        .await
+        .expect("their service");
+    let (link_priv, _) = netns::wg_keypair();
+    let (_, vpn_pub) = netns::wg_keypair();
+    put_secret(
+        &c,
+        &format!("[Interface]\nPrivateKey = {link_priv}\nAddress = 10.8.0.2/32\n\n[Peer]\nPublicKey = {vpn_pub}\nEndpoint = 203.0.113.40:51820\nAllowedIPs = 10.0.0.0/24\n"),
+    )
+    .await;
+    let egw: EgressGateway = serde_json::from_value(json!({
+        "apiVersion": "wgnet.dev/v1alpha1", "kind": "EgressGateway",
+        "metadata": {"name": "corp"},
+        "spec": {
+            "configSecretRef": {"name": "vpn"},
+            "forwards": [{"name": "db", "port": 1433, "targetHost": "10.0.0.5", "targetPort": 1433}]
+        }
+    }))
+    .expect("egw");
+    let egws: Api<EgressGateway> = Api::namespaced(c.client.clone(), "apps");
+    egws.create(&PostParams::default(), &egw)
+        .await
+        .expect("create");
+    let e = wait_egw(&c, "NameCollision", |e| {
+        ready(e).is_some_and(|(_, r, _)| r == "NameCollision")
+    })
+    .await;
+    let (status, _, message) = ready(&e).expect("ready");
+    assert_eq!(status, "False");
+    assert!(
+        message.contains("Service") && message.contains("\"corp\""),
+        "{message}"
+    );
+    let svc = services.get("corp").await.expect("their service stays");
+    assert!(svc.metadata.owner_references.is_none(), "{svc:?}");
+    let spec = svc.spec.expect("spec");
+    assert_eq!(
+        spec.selector,
+        Some([("app".to_owned(), "payroll".to_owned())].into())
+    );
+    assert_eq!(spec.ports.expect("ports")[0].port, 8443);
+
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(c.client.clone(), "apps");
+    assert!(
+        deployments
+            .get_opt("corp-egress")
+            .await
+            .expect("get")
+            .is_some(),
+        "the EgressGateway's own objects were applied before its Service: {message}\n{}",
+        c.cp.describe()
+    );
+    common::delete_and_wait(&c, &egws, "corp", Duration::from_secs(30)).await;
+    // The garbage collector has had its chance: the EgressGateway's own objects go, the
+    // foreign Service stays.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while deployments
+        .get_opt("corp-egress")
+        .await
+        .expect("get")
+        .is_some()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the link Deployment stayed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        services.get_opt("corp").await.expect("get").is_some(),
+        "the foreign Service was deleted with the EgressGateway"
+    );
+    drop(op);
+}

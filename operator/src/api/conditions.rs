@@ -38,6 +38,10 @@ pub mod reasons {
     /// The cluster refuses to create the link's pods (for example the namespace's
     /// PodSecurity level forbids NET_ADMIN); the message quotes the refusal.
     pub const LINK_PODS_REJECTED: &str = "LinkPodsRejected";
+    /// An object the operator would create (ServiceAccount, ConfigMap, Service, ...) has a
+    /// name already taken by one that is not this Gateway's or EgressGateway's; it is left
+    /// untouched.
+    pub const NAME_COLLISION: &str = "NameCollision";
 
     /// Every reason above, for exhaustive checks in tests and docs.
     pub const ALL: &[&str] = &[
@@ -51,6 +55,7 @@ pub mod reasons {
         UNSUPPORTED_SERVICE_TYPE,
         TARGET_PORT_NOT_LISTENING,
         LINK_PODS_REJECTED,
+        NAME_COLLISION,
     ];
 }
 

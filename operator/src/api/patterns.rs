@@ -29,7 +29,8 @@ pub const DURATION: &str = r"^([0-9]+(h|m|s|ms))+$";
 pub const GCP_PROJECT: &str = r"^[a-z][-a-z0-9]{4,28}[a-z0-9]$";
 
 /// A Compute operation's scope: `global`, `regions/<region>` or `zones/<zone>`.
-pub const GCP_OPERATION_SCOPE: &str = r"^(global|regions/[a-z]+-[a-z]+[0-9]+|zones/[a-z]+-[a-z]+[0-9]+-[a-z])$";
+pub const GCP_OPERATION_SCOPE: &str =
+    r"^(global|regions/[a-z]+-[a-z]+[0-9]+|zones/[a-z]+-[a-z]+[0-9]+-[a-z])$";
 
 /// A Compute operation's name: lowercase letters, digits and hyphens.
 pub const GCP_OPERATION_NAME: &str = r"^[a-z0-9][-a-z0-9]*$";

@@ -18,11 +18,11 @@ use kube::{Resource, ResourceExt};
 use wgnet_cloud::Cloud;
 
 use super::{
-    Context, StepError, apply, condition, owner_of_pod, pod_ready, publish, report_invalid,
-    selector, set_condition, write_status,
+    ApplyError, Context, StepError, apply, condition, owner_of_pod, pod_ready, publish,
+    report_invalid, selector, set_condition, write_status,
 };
 use crate::api::EgressGateway;
-use crate::api::conditions;
+use crate::api::conditions::{self, reasons};
 use crate::children::{self, LinkParams, MANAGED_SELECTOR};
 
 const KIND: &str = "EgressGateway";
@@ -164,6 +164,51 @@ pub fn link_config(egw: &EgressGateway) -> String {
     .to_json()
 }
 
+/// Applies the link's objects and the Service, in this order: identity and rights, config,
+/// network policy, Deployment, then the Service that sends traffic to it (I/O).
+async fn apply_children<C: Cloud>(
+    ctx: &Context<C>,
+    egw: &EgressGateway,
+    p: &LinkParams<'_>,
+    endpoint_port: Option<u16>,
+) -> Result<(), StepError> {
+    let ns = egw.namespace().unwrap_or_default();
+    let name = egw.name_any();
+    let c = &ctx.client;
+    let k = |e: ApplyError| StepError::apply("ensure egress link", e);
+    apply(c, &ns, &children::service_account(p))
+        .await
+        .map_err(k)?;
+    apply(c, &ns, &children::role(p)).await.map_err(k)?;
+    apply(c, &ns, &children::role_binding(p)).await.map_err(k)?;
+    apply(c, &ns, &children::config_map(p, link_config(egw)))
+        .await
+        .map_err(k)?;
+    // The tunnel's UDP goes to the VPN server's port, which only the Secret knows; DNS and
+    // the API server are allowed in any case.
+    apply(
+        c,
+        &ns,
+        &children::network_policy(p, endpoint_port.map(|port| ("UDP", port)), &[]),
+    )
+    .await
+    .map_err(k)?;
+    apply(c, &ns, &children::deployment(p, &ctx.settings.link))
+        .await
+        .map_err(k)?;
+    let ports: Vec<(String, i32, String)> = egw
+        .spec
+        .forwards
+        .iter()
+        .map(|f| (f.name.clone(), f.port, f.protocol.as_str().to_owned()))
+        .collect();
+    apply(c, &ns, &children::egress_service(p, &name, &ports))
+        .await
+        .map_err(k)?;
+
+    Ok(())
+}
+
 async fn reconcile_egress<C: Cloud>(
     egw: &EgressGateway,
     ctx: &Context<C>,
@@ -175,42 +220,39 @@ async fn reconcile_egress<C: Cloud>(
     let ns = egw.namespace().unwrap_or_default();
     let name = egw.name_any();
     let c = &ctx.client;
-    let k = |e| StepError::kube("ensure egress link", e);
     let checked = check_config(c, &ns, egw).await?;
     let endpoint_port = checked.as_ref().ok().copied().flatten();
     let problem = checked.err();
     let p = params(egw);
-    apply(c, &ns, &children::service_account(&p))
-        .await
-        .map_err(k)?;
-    apply(c, &ns, &children::role(&p)).await.map_err(k)?;
-    apply(c, &ns, &children::role_binding(&p))
-        .await
-        .map_err(k)?;
-    apply(c, &ns, &children::config_map(&p, link_config(egw)))
-        .await
-        .map_err(k)?;
-    // The tunnel's UDP goes to the VPN server's port, which only the Secret knows; DNS and
-    // the API server are allowed in any case.
-    apply(
-        c,
-        &ns,
-        &children::network_policy(&p, endpoint_port.map(|port| ("UDP", port)), &[]),
-    )
-    .await
-    .map_err(k)?;
-    apply(c, &ns, &children::deployment(&p, &ctx.settings.link))
-        .await
-        .map_err(k)?;
-    let ports: Vec<(String, i32, String)> = egw
-        .spec
-        .forwards
-        .iter()
-        .map(|f| (f.name.clone(), f.port, f.protocol.as_str().to_owned()))
-        .collect();
-    apply(c, &ns, &children::egress_service(&p, &name, &ports))
-        .await
-        .map_err(k)?;
+    if let Err(e) = apply_children(ctx, egw, &p, endpoint_port).await {
+        if e.reason != reasons::NAME_COLLISION {
+            return Err(e);
+        }
+        // Nothing the operator does will change this: say so and wait for an edit.
+        let mut s = egw.status.clone().unwrap_or_default();
+        s.observed_generation = egw.metadata.generation;
+        set_condition(
+            &mut s.conditions,
+            conditions::READY,
+            false,
+            e.reason,
+            &e.to_string(),
+            egw.metadata.generation,
+        );
+        if Some(&s) != egw.status.as_ref() {
+            write_status(&ctx.client, egw, |x| x.status = Some(s)).await?;
+            publish(
+                &ctx.recorder,
+                egw,
+                true,
+                e.reason,
+                "Reconcile",
+                e.to_string(),
+            )
+            .await;
+        }
+        return Ok(Action::requeue(ctx.settings.resync));
+    }
 
     let pods = Api::<Pod>::namespaced(c.clone(), &ns)
         .list(&ListParams::default().labels(&selector(&p.selector())))

@@ -29,8 +29,8 @@ use wgnet_cloud::vm::{self, VmConfig};
 use wgnet_cloud::{Cloud, Desired, GatewayId, PendingOp, Progress, Recorded, SecretBytes, Target};
 
 use super::{
-    Context, StepError, apply, condition, delete_quietly, owner_of_pod, pod_ready, publish,
-    remove_condition, report_invalid, set_condition, write_status,
+    ApplyError, Context, StepError, apply, condition, delete_quietly, owner_of_pod, pod_ready,
+    publish, remove_condition, report_invalid, set_condition, write_status,
 };
 use crate::api::conditions::{self, messages, reasons};
 use crate::api::{
@@ -164,14 +164,15 @@ async fn reconcile<C: Cloud>(
     result
 }
 
-/// Sets `Ready=False/ReconcileFailed` with the step's message and emits a Warning event.
+/// Sets `Ready=False/<the error's reason>` with the step's message and emits a Warning
+/// event.
 async fn fail<C: Cloud>(ctx: &Context<C>, gw: &Gateway, e: &StepError) {
     let mut status = gw.status.clone().unwrap_or_default();
     set_condition(
         &mut status.conditions,
         conditions::READY,
         false,
-        reasons::RECONCILE_FAILED,
+        e.reason,
         &e.to_string(),
         gw.metadata.generation,
     );
@@ -182,7 +183,7 @@ async fn fail<C: Cloud>(ctx: &Context<C>, gw: &Gateway, e: &StepError) {
         &ctx.recorder,
         gw,
         true,
-        reasons::RECONCILE_FAILED,
+        e.reason,
         "Reconcile",
         e.to_string(),
     )
@@ -490,7 +491,7 @@ async fn ensure_keys<C: Cloud>(ctx: &Context<C>, gw: &Gateway) -> Result<KeySet,
             .into_iter()
             .map(|(k, v)| (k, v.0))
             .collect();
-        KeySet::from_data(&data).map_err(|message| StepError { step, message })
+        KeySet::from_data(&data).map_err(|message| StepError::new(step, message))
     };
     if let Some(s) = api
         .get_opt(&name)
@@ -505,7 +506,7 @@ async fn ensure_keys<C: Cloud>(ctx: &Context<C>, gw: &Gateway) -> Result<KeySet,
         .and_then(|s| s.gcp.as_ref())
         .and_then(|g| g.key_version)
         .map_or(1, |v| v + 1);
-    let set = KeySet::generate(version).map_err(|message| StepError { step, message })?;
+    let set = KeySet::generate(version).map_err(|message| StepError::new(step, message))?;
     let secret = Secret {
         metadata: ObjectMeta {
             name: Some(name.clone()),
@@ -565,10 +566,7 @@ fn desired_of(
 ) -> Result<Desired, StepError> {
     let step = "render desired state";
     let wg = &gw.spec.wireguard;
-    let bad = |what: &str| StepError {
-        step,
-        message: format!("spec.wireguard.{what} is not valid"),
-    };
+    let bad = |what: &str| StepError::new(step, format!("spec.wireguard.{what} is not valid"));
     let listen_port = u16::try_from(wg.listen_port).map_err(|_| bad("listenPort"))?;
     let cfg = VmConfig {
         listen_port,
@@ -687,7 +685,7 @@ async fn ensure_link<C: Cloud>(
     observed: &Observed,
 ) -> Result<(), StepError> {
     let step = "ensure link";
-    let k = |e| StepError::kube(step, e);
+    let k = |e: ApplyError| StepError::apply(step, e);
     let p = link_params(gw);
     let c = &ctx.client;
     let ns = p.namespace;
@@ -754,7 +752,7 @@ async fn ensure_link<C: Cloud>(
     } else {
         delete_quietly::<PodDisruptionBudget>(c, ns, &p.name)
             .await
-            .map_err(k)?;
+            .map_err(|e| k(e.into()))?;
     }
     Ok(())
 }
@@ -1133,10 +1131,7 @@ pub async fn sweep_once<C: Cloud>(ctx: &Context<C>) -> Result<usize, StepError> 
             .cloud
             .list_owned(&project)
             .await
-            .map_err(|e| StepError {
-                step: "orphan sweep",
-                message: e.to_string(),
-            })?;
+            .map_err(|e| StepError::new("orphan sweep", e.to_string()))?;
         for o in owned.into_iter().filter(|o| !live.contains(&o.target.uid)) {
             let t = Target {
                 id: GatewayId {

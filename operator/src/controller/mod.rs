@@ -22,6 +22,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use wgnet_cloud::Cloud;
 
+use crate::api::conditions::reasons;
 use crate::children::{FIELD_MANAGER, LinkImage};
 use crate::metrics::Metrics;
 
@@ -191,7 +192,7 @@ where
     Ok(Action::await_change())
 }
 
-/// A reconcile step that failed; becomes `Ready=False/ReconcileFailed` with `"<step>: <message>"`.
+/// A reconcile step that failed; becomes `Ready=False/<reason>` with `"<step>: <message>"`.
 #[derive(Debug, thiserror::Error)]
 #[error("{step}: {message}")]
 pub struct StepError {
@@ -199,19 +200,61 @@ pub struct StepError {
     pub step: &'static str,
     /// Why it failed (never key material).
     pub message: String,
+    /// The `Ready` reason it is reported under: `ReconcileFailed` unless the failure has a
+    /// name of its own (`NameCollision`).
+    pub reason: &'static str,
 }
 
 impl StepError {
-    /// Wraps a Kubernetes API error.
-    pub fn kube(step: &'static str, e: kube::Error) -> Self {
+    /// A failure with the generic `ReconcileFailed` reason.
+    pub fn new(step: &'static str, message: String) -> Self {
         Self {
             step,
-            message: match e {
+            message,
+            reason: reasons::RECONCILE_FAILED,
+        }
+    }
+
+    /// Wraps a Kubernetes API error.
+    pub fn kube(step: &'static str, e: kube::Error) -> Self {
+        Self::new(
+            step,
+            match e {
                 kube::Error::Api(s) => format!("{} ({})", s.message, s.reason),
                 other => other.to_string(),
             },
+        )
+    }
+
+    /// Wraps a failed apply of a child object.
+    pub fn apply(step: &'static str, e: ApplyError) -> Self {
+        match e {
+            ApplyError::Kube(e) => Self::kube(step, e),
+            collision @ ApplyError::NameCollision { .. } => Self {
+                step,
+                message: collision.to_string(),
+                reason: reasons::NAME_COLLISION,
+            },
         }
     }
+}
+
+/// Why a child object was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The API server refused or could not be reached.
+    #[error(transparent)]
+    Kube(#[from] kube::Error),
+    /// An object of that kind and name exists and is not this owner's.
+    #[error(
+        "a {kind} named {name:?} already exists and does not belong to this object; it is left untouched (rename or delete one of them)"
+    )]
+    NameCollision {
+        /// The child's kind.
+        kind: String,
+        /// The child's name.
+        name: String,
+    },
 }
 
 /// Runs both controllers until `shutdown` resolves.
@@ -233,8 +276,11 @@ pub async fn run<C: Cloud + 'static>(
     tokio::join!(gw, egw, sweep);
 }
 
-/// Server-side applies `obj` under the operator's field manager.
-pub async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<K, kube::Error>
+/// Server-side applies `obj` under the operator's field manager. When `obj` names a
+/// controlling owner, an existing object of the same name that lacks that owner is never
+/// taken over (a forced apply would adopt it, and the garbage collector would later delete
+/// it with the owner): that is an [`ApplyError::NameCollision`].
+pub async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<K, ApplyError>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -243,13 +289,37 @@ where
         + std::fmt::Debug,
 {
     let name = obj.meta().name.clone().unwrap_or_default();
-    Api::<K>::namespaced(client.clone(), ns)
+    let api = Api::<K>::namespaced(client.clone(), ns);
+    let owner = obj
+        .meta()
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+        .map(|o| o.uid.clone());
+    if let Some(owner) = owner
+        && let Some(existing) = api.get_opt(&name).await?
+    {
+        let ours = existing
+            .meta()
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.uid == owner);
+        if !ours {
+            return Err(ApplyError::NameCollision {
+                kind: K::kind(&()).into_owned(),
+                name,
+            });
+        }
+    }
+    Ok(api
         .patch(
             &name,
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(obj),
         )
-        .await
+        .await?)
 }
 
 /// Replaces the status on the freshest copy of `obj` (a custom resource's status PUT needs
