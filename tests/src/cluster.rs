@@ -326,6 +326,22 @@ impl Cluster {
             .expect("operator client")
     }
 
+    /// Creates namespace `name` with `labels`.
+    pub async fn namespace(&self, name: &str, labels: &[(&str, &str)]) {
+        use k8s_openapi::api::core::v1::Namespace;
+        let labels: BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let ns: Namespace =
+            serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}}))
+                .expect("namespace");
+        Api::<Namespace>::all(self.client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("create namespace");
+    }
+
     /// A directory for the test's files.
     pub fn dir(&self) -> &std::path::Path {
         &self.dir.0

@@ -353,7 +353,7 @@ fn run(
 async fn renew_lease(ctx: &Ctx) -> bool {
     use k8s_openapi::api::coordination::v1::Lease;
     let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), "kube-node-lease");
-    let now = chrono_now_micro();
+    let now = now_micro();
     let body = json!({
         "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
         "metadata": {"name": ctx.s.node, "namespace": "kube-node-lease"},
@@ -370,7 +370,7 @@ async fn renew_lease(ctx: &Ctx) -> bool {
 }
 
 /// Now as a Kubernetes MicroTime (`2006-01-02T15:04:05.000000Z`).
-fn chrono_now_micro() -> String {
+fn now_micro() -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();

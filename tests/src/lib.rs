@@ -28,3 +28,21 @@ pub fn repo_root() -> std::path::PathBuf {
         .expect("the tests crate lives one level below the repository root")
         .to_path_buf()
 }
+
+/// Polls `f` every 200 ms until it yields, for at most `timeout`: the async counterpart of
+/// [`netns::wait_for`], for conditions read through the API.
+pub async fn until<T, F: std::future::Future<Output = Option<T>>>(
+    timeout: std::time::Duration,
+    mut f: impl FnMut() -> F,
+) -> Option<T> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

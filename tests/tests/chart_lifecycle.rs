@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, PostParams};
 use kube::{Client, ResourceExt};
@@ -18,25 +18,9 @@ use wgnet_tests::chart;
 use wgnet_tests::cluster::{Cluster, OPERATOR_NAMESPACE, OperatorRun, RELEASE};
 use wgnet_tests::fixtures::PROJECT;
 use wgnet_tests::gcp::LatencyProfile;
+use wgnet_tests::until;
 
 const DEPLOYMENT: &str = "wgnet-wireguard-gateway-operator";
-
-/// Polls `f` every 200 ms until it yields, at most `timeout`.
-async fn until<T, F: std::future::Future<Output = Option<T>>>(
-    timeout: Duration,
-    mut f: impl FnMut() -> F,
-) -> Option<T> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return Some(v);
-        }
-        if tokio::time::Instant::now() > deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 /// The operator Deployment once it is fully rolled out (every replica updated and ready,
 /// no old one left); `None` while it is not, or when it does not exist.
@@ -80,13 +64,7 @@ async fn helm_install_upgrade_and_uninstall_keep_the_gateway_serving() {
         .unwrap_or_else(|| panic!("the chart's operator never became ready\n{}", c.logs()));
     let first_rs = first.status.and_then(|s| s.observed_generation);
 
-    Api::<Namespace>::all(c.client.clone())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": "apps"}})).expect("ns"),
-        )
-        .await
-        .expect("namespace");
+    c.namespace("apps", &[]).await;
     let svc: Service = serde_json::from_value(json!({
         "metadata": {"name": "web"},
         "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}

@@ -314,13 +314,7 @@ async fn objects_the_operator_cannot_read_are_reported_as_invalid_spec() {
 async fn a_name_taken_by_a_foreign_service_is_reported_and_left_alone() {
     let c = Cluster::start(LatencyProfile::instant()).await;
     let op = operator_with(&c, Duration::from_secs(20)).await;
-    Api::<Namespace>::all(c.client.clone())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": "apps"}})).expect("ns"),
-        )
-        .await
-        .expect("namespace");
+    c.namespace("apps", &[]).await;
     let services: Api<Service> = Api::namespaced(c.client.clone(), "apps");
     let theirs: Service = serde_json::from_value(json!({
         "metadata": {"name": "corp"},

@@ -22,6 +22,7 @@ use wgnet_tests::controlplane::ControlPlane;
 use wgnet_tests::fixtures::{CLUSTER, INSTALL, PROJECT};
 use wgnet_tests::gcp::LatencyProfile;
 use wgnet_tests::link::workspace_binary;
+use wgnet_tests::until;
 
 /// The user the operator processes authenticate as (the chart's ServiceAccount).
 const OPERATOR_USER: &str = "system:serviceaccount:wgnet-system:wgnet-wireguard-gateway-operator";
@@ -123,23 +124,6 @@ async fn holder(client: &Client) -> Option<String> {
         .and_then(|l| l.spec)
         .and_then(|s| s.holder_identity)
         .filter(|h| !h.is_empty())
-}
-
-/// Polls `f` every 200 ms until it yields, at most `timeout`.
-async fn until<T, F: std::future::Future<Output = Option<T>>>(
-    timeout: Duration,
-    mut f: impl FnMut() -> F,
-) -> Option<T> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return Some(v);
-        }
-        if tokio::time::Instant::now() > deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 async fn ready_address(client: &Client, name: &str) -> Option<String> {
