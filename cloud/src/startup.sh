@@ -46,13 +46,16 @@ md_get() { curl -fsS --max-time 10 -H 'Metadata-Flavor: Google' "$MD/$1"; }
 
 attr() { md_get "instance/attributes/$1"; }
 
-# backoff N: sleep 1, 2, 4, ... seconds, at most MAX_SLEEP.
-backoff() {
+# delay N: 1, 2, 4, ... seconds for the Nth try, at most MAX_SLEEP.
+delay() {
     s=1 i=1
     while [ "$i" -lt "$1" ] && [ "$s" -lt "$MAX_SLEEP" ]; do s=$((s * 2)) i=$((i + 1)); done
     [ "$s" -gt "$MAX_SLEEP" ] && s=$MAX_SLEEP
-    sleep "$s"
+    echo "$s"
 }
+
+# backoff N: sleep for the Nth try.
+backoff() { sleep "$(delay "$1")"; }
 
 is_uint() {
     case $1 in '' | *[!0-9]*) return 1 ;; esac
@@ -251,14 +254,26 @@ apply() {
 watch() {
     etag=
     n=0
+    # After a failed apply (an apt lock, a mirror outage, a secret not readable yet) the
+    # watcher retries with backoff instead of waiting up to 5 minutes for a metadata change
+    # that may never come: the long-poll's timeout is the next delay, and a poll that ends
+    # without a change retries the apply.
+    failed=0
     while :; do
-        if curl -fsS --max-time 330 -D "$STATE/watch.hdr" -o /dev/null -H 'Metadata-Flavor: Google' \
-            "$MD/instance/attributes/?recursive=true&wait_for_change=true&timeout_sec=300&last_etag=$etag"; then
+        wait=300
+        [ "$failed" -gt 0 ] && wait=$(delay "$failed")
+        if curl -fsS --max-time $((wait + 30)) -D "$STATE/watch.hdr" -o /dev/null -H 'Metadata-Flavor: Google' \
+            "$MD/instance/attributes/?recursive=true&wait_for_change=true&timeout_sec=$wait&last_etag=$etag"; then
             n=0
             new=$(tr -d '\r' <"$STATE/watch.hdr" | sed -n 's/^[Ee][Tt][Aa][Gg]: *\([0-9A-Za-z]*\)$/\1/p')
-            if [ "$new" != "$etag" ]; then
+            if [ "$new" != "$etag" ] || [ "$failed" -gt 0 ]; then
                 etag=$new
-                apply || log "apply failed; waiting for the next metadata change"
+                if apply; then
+                    failed=0
+                else
+                    failed=$((failed + 1))
+                    log "apply failed; retrying in $(delay "$failed") s or at the next metadata change"
+                fi
             fi
         else
             n=$((n + 1))
