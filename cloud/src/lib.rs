@@ -187,6 +187,29 @@ pub struct Recorded {
     pub pending: Vec<PendingOp>,
 }
 
+impl Recorded {
+    /// Names of the resources recorded as created (kind and name), for messages that say
+    /// what is left in GCP.
+    pub fn created(&self) -> Vec<String> {
+        [
+            ("firewall", &self.firewall),
+            ("address", &self.address_name),
+            ("instance", &self.instance),
+            ("service account", &self.service_account_email),
+            ("secret", &self.secret),
+        ]
+        .into_iter()
+        .filter_map(|(kind, name)| name.as_ref().map(|n| format!("{kind} {n}")))
+        .collect()
+    }
+
+    /// Whether nothing of the gateway's own was ever recorded as created or in flight (the
+    /// shared network is not the gateway's).
+    pub fn is_empty(&self) -> bool {
+        self.created().is_empty() && self.pending.is_empty() && !self.iam_bound
+    }
+}
+
 /// Result of [`Cloud::ensure`].
 #[derive(Debug, Default, PartialEq)]
 pub struct Progress {

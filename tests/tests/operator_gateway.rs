@@ -1173,3 +1173,126 @@ async fn podsecurity_refusal_is_reported_and_recovers_when_the_namespace_allows_
     assert!(answer.starts_with("web tcp 80"), "{answer}");
     delete_and_wait(&c, &gws, "edge", Duration::from_secs(90)).await;
 }
+
+/// Deletion never wedges on an unreachable project. A Gateway whose project denies every
+/// call (nothing was ever created) is deleted at once instead of staying Terminating; one
+/// whose resources exist but can no longer be deleted stays Terminating with a message
+/// naming the escape, and the admin annotation releases it with a Warning event that lists
+/// what was left in GCP (and the resources are indeed still there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deletion_never_wedges_on_a_project_that_denies_access() {
+    use k8s_openapi::api::events::v1::Event;
+    use wgnet_tests::gcp::{Fault, FaultAction};
+    let c = Cluster::start(LatencyProfile::instant()).await;
+    let _op = operator_with(&c, Duration::from_secs(5)).await;
+    namespace(&c.client, "apps", &[]).await;
+    service(&c.client, "apps", "web", &[(80, "TCP")]).await;
+    c.backend("apps", "web", "80", ",", "web").await;
+    let deny = |path: &str| Fault {
+        method: None,
+        path_contains: path.into(),
+        remaining: None,
+        action: FaultAction::Deny(format!("Permission denied on resource project {PROJECT}")),
+    };
+
+    // 1. Nothing created: every call to the project is denied.
+    c.emu.add_fault(deny(&format!("projects/{PROJECT}/")));
+    let gws = create(
+        &c,
+        &gateway(
+            "denied",
+            json!([{"port": 8080, "service": "web", "targetPort": 80}]),
+        ),
+    )
+    .await;
+    wait_gw(
+        &c,
+        "apps",
+        "denied",
+        Duration::from_secs(60),
+        "a denial reported",
+        |g| ready(g).is_some_and(|(_, r, _)| r == "ReconcileFailed"),
+    )
+    .await;
+    delete_and_wait(&c, &gws, "denied", Duration::from_secs(30)).await;
+    c.emu.clear_faults();
+
+    // 2. Created, then the project stops answering deletes.
+    create(
+        &c,
+        &gateway(
+            "edge",
+            json!([{"port": 8080, "service": "web", "targetPort": 80}]),
+        ),
+    )
+    .await;
+    let gw = wait_gw(
+        &c,
+        "apps",
+        "edge",
+        Duration::from_secs(90),
+        "Ready",
+        is_ready,
+    )
+    .await;
+    let instance = instance_of(&gw);
+    c.emu.add_fault(Fault {
+        method: Some("DELETE".into()),
+        path_contains: format!("projects/{PROJECT}/"),
+        remaining: None,
+        action: FaultAction::Deny(format!("Permission denied on resource project {PROJECT}")),
+    });
+    gws.delete("edge", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let gw = wait_gw(
+        &c,
+        "apps",
+        "edge",
+        Duration::from_secs(60),
+        "Terminating with the escape named",
+        |g| {
+            ready(g).is_some_and(|(_, r, m)| {
+                r == "Terminating" && m.contains("wgnet.dev/abandon-cloud-resources=true")
+            })
+        },
+    )
+    .await;
+    assert!(gw.metadata.deletion_timestamp.is_some());
+    gws.patch(
+        "edge",
+        &PatchParams::default(),
+        &Patch::Merge(
+            json!({"metadata": {"annotations": {"wgnet.dev/abandon-cloud-resources": "true"}}}),
+        ),
+    )
+    .await
+    .expect("annotate");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while gws.get_opt("edge").await.expect("get").is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the annotation did not release the Gateway\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let events = Api::<Event>::namespaced(c.client.clone(), "apps")
+        .list(&ListParams::default())
+        .await
+        .expect("events")
+        .items;
+    let abandoned = events
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("Abandoned"))
+        .unwrap_or_else(|| panic!("no Abandoned event: {events:?}"));
+    assert_eq!(abandoned.type_.as_deref(), Some("Warning"));
+    let note = abandoned.note.clone().unwrap_or_default();
+    assert!(note.contains(&format!("instance {instance}")), "{note}");
+    assert!(
+        c.emu
+            .get("instance", PROJECT, "us-central1-a", &instance)
+            .is_some(),
+        "the instance is indeed left in GCP"
+    );
+}

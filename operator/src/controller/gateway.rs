@@ -1029,6 +1029,33 @@ fn status_of(
     s
 }
 
+/// The annotation that lets an admin release a Gateway whose GCP resources cannot be
+/// deleted (a project the operator can no longer reach): the finalizer goes, and a Warning
+/// Event names what was left in GCP.
+pub const ABANDON_ANNOTATION: &str = "wgnet.dev/abandon-cloud-resources";
+
+/// Removes the finalizer (I/O) and publishes why.
+async fn release<C: Cloud>(
+    gw: &Gateway,
+    ctx: &Context<C>,
+    warning: bool,
+    reason: &str,
+    note: String,
+) -> Result<Action, StepError> {
+    let ns = gw.namespace().unwrap_or_default();
+    let name = gw.name_any();
+    let fins: Vec<&String> = gw.finalizers().iter().filter(|f| *f != FINALIZER).collect();
+    let patch = json!({"metadata": {"finalizers": fins, "resourceVersion": gw.resource_version()}});
+    Api::<Gateway>::namespaced(ctx.client.clone(), &ns)
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|e| StepError::kube("remove finalizer", e))?;
+    ctx.metrics.gateway_state(&format!("{ns}/{name}"), None);
+    tracing::info!(gateway = %format!("{ns}/{name}"), reason, "Released");
+    publish(&ctx.recorder, gw, warning, reason, "Teardown", note).await;
+    Ok(Action::await_change())
+}
+
 async fn teardown<C: Cloud>(gw: &Gateway, ctx: &Context<C>) -> Result<Action, StepError> {
     let ns = gw.namespace().unwrap_or_default();
     let name = gw.name_any();
@@ -1037,30 +1064,76 @@ async fn teardown<C: Cloud>(gw: &Gateway, ctx: &Context<C>) -> Result<Action, St
     }
     let target = target_of(gw, &ctx.settings.cluster_id);
     let recorded = recorded_of(gw.status.as_ref().and_then(|s| s.gcp.as_ref()));
-    let p = ctx.cloud.delete(&target, &recorded).await;
-    if p.done {
-        let fins: Vec<&String> = gw.finalizers().iter().filter(|f| *f != FINALIZER).collect();
-        let patch =
-            json!({"metadata": {"finalizers": fins, "resourceVersion": gw.resource_version()}});
-        Api::<Gateway>::namespaced(ctx.client.clone(), &ns)
-            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .map_err(|e| StepError::kube("remove finalizer", e))?;
-        ctx.metrics.gateway_state(&format!("{ns}/{name}"), None);
-        publish(
-            &ctx.recorder,
+    let project = &gw.spec.gcp.project_id;
+    if gw
+        .annotations()
+        .get(ABANDON_ANNOTATION)
+        .is_some_and(|v| v == "true")
+    {
+        let left = recorded.created();
+        let left = if left.is_empty() {
+            "nothing recorded".to_owned()
+        } else {
+            left.join(", ")
+        };
+        return release(
             gw,
+            ctx,
+            true,
+            "Abandoned",
+            format!(
+                "{ABANDON_ANNOTATION}=true: released without deleting; possibly left in GCP project {project}: {left}"
+            ),
+        )
+        .await;
+    }
+    // A project this operator may not use was never touched: nothing to delete.
+    let allowed = &ctx.settings.allowed_projects;
+    if recorded.is_empty() && !allowed.is_empty() && !allowed.contains(project) {
+        return release(
+            gw,
+            ctx,
             false,
             "Deleted",
-            "Teardown",
+            format!("project {project} is not allowed; nothing was created in GCP"),
+        )
+        .await;
+    }
+    let p = ctx.cloud.delete(&target, &recorded).await;
+    if p.done {
+        return release(
+            gw,
+            ctx,
+            false,
+            "Deleted",
             "every GCP resource of the gateway is deleted".into(),
         )
         .await;
-        return Ok(Action::await_change());
+    }
+    // Nothing was ever created and the project answers only with a denial: waiting would
+    // wedge the deletion forever, and there is nothing to leak.
+    if recorded.is_empty()
+        && !p.errors.is_empty()
+        && p.errors.iter().all(|e| e.is_permission_denied())
+    {
+        return release(
+            gw,
+            ctx,
+            false,
+            "Deleted",
+            format!(
+                "nothing of the gateway was ever created in GCP, and project {project} denies access: {}",
+                p.errors[0]
+            ),
+        )
+        .await;
     }
     let mut s = gw.status.clone().unwrap_or_default();
     s.gcp = Some(gcp_status_of(&p.recorded, None));
     let message = match p.errors.first() {
+        Some(e) if e.is_permission_denied() => format!(
+            "deleting GCP resources failed and will be retried: {e}; to release the Gateway without deleting them, annotate it {ABANDON_ANNOTATION}=true"
+        ),
         Some(e) => format!("deleting GCP resources failed and will be retried: {e}"),
         None => format!(
             "waiting for GCP resources to be deleted: {}",
