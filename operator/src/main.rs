@@ -58,10 +58,35 @@ fn main() -> ExitCode {
     }
 }
 
+/// Refuses to start, with an install hint, when the API server does not serve the CRDs:
+/// the controllers would otherwise retry their watches forever while the pod looks healthy.
+/// Only a 404 is final; any other failure is left to the controllers' own retries.
+async fn check_crds(client: &Client) -> Result<(), String> {
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams};
+    for (kind, plural) in [("Gateway", "gateways"), ("EgressGateway", "egressgateways")] {
+        let gvk = GroupVersionKind::gvk("wgnet.dev", "v1alpha1", kind);
+        let api: Api<DynamicObject> = Api::all_with(
+            client.clone(),
+            &ApiResource::from_gvk_with_plural(&gvk, plural),
+        );
+        match api.list_metadata(&ListParams::default().limit(1)).await {
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                return Err(format!(
+                    "the API server does not serve wgnet.dev/v1alpha1 {plural}: the CRD {plural}.wgnet.dev is not installed; install the CRDs with `kubectl apply --server-side -f charts/wireguard-gateway-operator/crds/` (helm install does it from the chart's crds/)"
+                ));
+            }
+            Err(e) => tracing::warn!(error = %e, "Could not check that the {plural} CRD is served"),
+            Ok(_) => {}
+        }
+    }
+    Ok(())
+}
+
 async fn run(o: cli::Options) -> Result<(), String> {
     let client = Client::try_default().await.map_err(|e| {
         format!("cannot reach the Kubernetes API (in-cluster config or KUBECONFIG): {e}")
     })?;
+    check_crds(&client).await?;
     let cluster_id = match &o.cluster_id {
         Some(id) => id.clone(),
         None => Api::<Namespace>::all(client.clone())

@@ -360,3 +360,57 @@ async fn two_operator_replicas_one_leader_failover_and_clean_sigterm() {
         );
     }
 }
+
+/// Started against a cluster without the CRDs, the binary exits non-zero at once with a
+/// sentence naming the missing CRD and the command that installs it, instead of running
+/// with watches that can never start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_crds_the_binary_exits_with_an_install_hint() {
+    let cp = ControlPlane::start(wgnet_tests::controlplane::Options {
+        controllers: false,
+        ..wgnet_tests::controlplane::Options::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("control plane: {e}"));
+    let log = tempfile_path("no-crds.log");
+    let mut child = Command::new(workspace_binary("wgnet-operator"))
+        .args([
+            "--link-image",
+            "ghcr.io/wgnet-dev/wgnet-link:test",
+            "--cluster-id",
+            CLUSTER,
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--health-addr",
+            "127.0.0.1:0",
+        ])
+        .env("KUBECONFIG", cp.admin_kubeconfig())
+        .env("POD_NAMESPACE", "default")
+        .env("RUST_LOG", "off")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("run wgnet-operator");
+    // Bounded: before the check, the binary ran on forever with failing watches.
+    let status =
+        wgnet_tests::netns::wait_for(Duration::from_secs(60), || child.try_wait().ok().flatten());
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    let status = status.unwrap_or_else(|| panic!("still running after 60 s: {stderr}"));
+    assert!(!status.success(), "exited {status}: {stderr}");
+    assert!(
+        stderr.contains("CRD gateways.wgnet.dev is not installed")
+            && stderr
+                .contains("kubectl apply --server-side -f charts/wireguard-gateway-operator/crds/"),
+        "{stderr}"
+    );
+}
+
+/// A path for a file of this test process in the temporary directory.
+fn tempfile_path(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("wgnet-{}-{name}", std::process::id()))
+}
