@@ -50,7 +50,13 @@ fn main() -> ExitCode {
             .with_env_filter(filter)
             .init();
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
+        // Colour only for a person at a terminal: in a pod or a file, escape codes would
+        // end up in `kubectl logs` and log collectors.
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+        tracing_subscriber::fmt()
+            .with_ansi(ansi)
+            .with_env_filter(filter)
+            .init();
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

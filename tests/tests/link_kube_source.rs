@@ -141,4 +141,10 @@ async fn configmap_and_secret_edits_apply_without_a_restart() {
         !link.logs().contains(&key),
         "the private key reached the log"
     );
+    // Text logs written to a file (as a container runtime does) carry no colour codes.
+    assert!(
+        !link.logs().contains('\u{1b}'),
+        "ANSI escape codes in a log file:\n{}",
+        link.logs()
+    );
 }
