@@ -19,8 +19,8 @@ deps:
 	@./scripts/install-deps.sh
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust with rustup (see README)" >&2; exit 1; }
 
-# Build the Kubernetes control plane the tests run (from source, cached in ~/.cache/wgnet;
-# K8S_VERSION=v1.Y.Z selects another release). A no-op once built.
+# K8S_VERSION=v1.Y.Z selects another release; a no-op once built.
+# Build the Kubernetes control plane the tests run (from source, cached in ~/.cache/wgnet).
 k8s-bins: deps
 	@./scripts/k8s-bins.sh >/dev/null
 
@@ -39,8 +39,8 @@ images:
 	$$engine build --target operator -t $(OPERATOR_IMAGE) . && \
 	$$engine build --target link -t $(LINK_IMAGE) .
 
-# The local sandbox (as root): a real control plane, emulated GCP, real operator, link and VM
-# script; applies examples/demo/, fetches a page through the gateway, deletes it and exits.
+# It applies examples/demo/, fetches a page through the gateway, deletes it and exits.
+# The local sandbox (as root): a real control plane, emulated GCP, real operator, link, VM.
 demo: k8s-bins
 	$(CARGO) run --quiet --locked -p wgnet-tests --bin wgnet-sandbox
 
@@ -64,8 +64,7 @@ fmt-check:
 lint: deps
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
-# Every test (unit, chart, emulators, real control plane, network-namespace e2e), generated
-# files, scripts.
+# Every test (unit, chart, emulators, real control plane, netns e2e), generated files, scripts.
 test: k8s-bins
 	$(CARGO) test --workspace --locked
 	$(MAKE) --no-print-directory check-generated
