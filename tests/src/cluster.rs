@@ -574,6 +574,8 @@ fn booter(env: Env, world: Arc<Mutex<World>>, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::SeqCst) {
         let started = Instant::now();
         boot_tick(&env, &world);
+        // A periodic scan, as a hypervisor noticing instances would be: the emulator has
+        // no change feed to wait on, and 200 ms keeps "boot" well inside a test's bounds.
         std::thread::sleep(Duration::from_millis(200).saturating_sub(started.elapsed()));
     }
 }

@@ -378,19 +378,15 @@ async fn a_name_taken_by_a_foreign_service_is_reported_and_left_alone() {
     common::delete_and_wait(&c, &egws, "corp", Duration::from_secs(30)).await;
     // The garbage collector has had its chance: the EgressGateway's own objects go, the
     // foreign Service stays.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while deployments
-        .get_opt("corp-egress")
-        .await
-        .expect("get")
-        .is_some()
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the link Deployment stayed"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wgnet_tests::until(Duration::from_secs(30), || async {
+        deployments
+            .get_opt("corp-egress")
+            .await
+            .ok()
+            .and_then(|d| d.is_none().then_some(()))
+    })
+    .await
+    .expect("the link Deployment went with its EgressGateway");
     assert!(
         services.get_opt("corp").await.expect("get").is_some(),
         "the foreign Service was deleted with the EgressGateway"

@@ -1268,15 +1268,14 @@ async fn deletion_never_wedges_on_a_project_that_denies_access() {
     )
     .await
     .expect("annotate");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while gws.get_opt("edge").await.expect("get").is_some() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the annotation did not release the Gateway\n{}",
-            c.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wgnet_tests::until(Duration::from_secs(30), || async {
+        gws.get_opt("edge")
+            .await
+            .ok()
+            .and_then(|g| g.is_none().then_some(()))
+    })
+    .await
+    .unwrap_or_else(|| panic!("the annotation did not release the Gateway\n{}", c.logs()));
     let events = Api::<Event>::namespaced(c.client.clone(), "apps")
         .list(&ListParams::default())
         .await
