@@ -87,13 +87,32 @@ impl<T> Step<T> {
     }
 }
 
+/// 128 random bits, hex: a pass's `requestId` salt. Without randomness (never seen on
+/// Linux) the time serves, since a repeat only costs a de-duplicated request.
+fn pass_salt() -> String {
+    use ring::rand::SecureRandom as _;
+    let mut b = [0u8; 16];
+    if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        b = t.to_le_bytes();
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 /// One pass over one gateway.
 struct Pass<'a> {
     d: &'a Desired,
     rec: &'a Recorded,
     name: String,
     writes: AtomicUsize,
-    attempt: AtomicU64,
+    /// Random per pass: retries inside one call reuse a `requestId` (so GCP de-duplicates
+    /// them), while the next pass, which reads before it writes, asks anew.
+    salt: String,
+    /// Requests issued this pass, so two of one kind get different ids.
+    issued: AtomicU64,
 }
 
 impl Pass<'_> {
@@ -106,12 +125,13 @@ impl Pass<'_> {
     }
 
     fn request_id(&self, what: &str) -> String {
-        let n = self.attempt.fetch_add(1, Ordering::Relaxed) + 1;
+        let n = self.issued.fetch_add(1, Ordering::Relaxed) + 1;
         names::request_id(&[
             what,
             self.project(),
             &self.name,
             &self.id().uid,
+            &self.salt,
             &n.to_string(),
         ])
     }
@@ -1198,7 +1218,8 @@ impl Cloud for GcpCloud {
             rec,
             name: d.target.id.resource_name(),
             writes: AtomicUsize::new(0),
-            attempt: AtomicU64::new(rec.attempt),
+            salt: pass_salt(),
+            issued: AtomicU64::new(0),
         };
         let mut waiting = Vec::new();
         let mut errors = Vec::new();
@@ -1239,10 +1260,7 @@ impl Cloud for GcpCloud {
         };
         let (fw, bind, inst) = join3(fw_fut, bind_fut, inst_fut).await;
 
-        let mut recorded = Recorded {
-            attempt: p.attempt.load(Ordering::Relaxed),
-            ..rec.clone()
-        };
+        let mut recorded = rec.clone();
         let net_ok = absorb(net, &mut waiting, &mut errors).is_some();
         // Unconfirmed this pass (another gateway may have just deleted it): look again next time.
         recorded.network = net_ok.then(|| self.network.clone());

@@ -179,9 +179,6 @@ pub struct Recorded {
     /// The service account can read the secret.
     #[serde(default)]
     pub iam_bound: bool,
-    /// Counts inserts issued, so each attempt gets its own `requestId`.
-    #[serde(default)]
-    pub attempt: u64,
     /// Operations in flight.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pending: Vec<PendingOp>,

@@ -1,7 +1,8 @@
 //! Builders of the in-cluster objects the operator owns: the link's ServiceAccount, Role,
-//! RoleBinding, ConfigMap, Deployment, PodDisruptionBudget and NetworkPolicy, and the
-//! EgressGateway's Service. Pure: every function returns a typed object ready for
-//! server-side apply under one field manager.
+//! RoleBinding, Secret, ConfigMap, Deployment, PodDisruptionBudget and NetworkPolicy
+//! (together a [`LinkChildren`]), the EgressGateway's Service, a Gateway's key Secret and its
+//! DNSEndpoint. Every label is written by [`labels`]. Pure: every function returns a typed
+//! object ready for server-side apply under one field manager.
 
 use std::collections::BTreeMap;
 
@@ -79,34 +80,71 @@ pub struct LinkParams<'a> {
     pub tolerations: Vec<Toleration>,
 }
 
+/// The labels selecting `owner`'s `component` (a link's pods, a PodDisruptionBudget).
+pub fn selector(owner: &str, component: &str) -> BTreeMap<String, String> {
+    [
+        ("app.kubernetes.io/name", "wireguard-gateway-operator"),
+        (INSTANCE_LABEL, owner),
+        (COMPONENT_LABEL, component),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+/// The labels of every object the operator owns: the selector plus `managed-by`, which the
+/// operator's label-scoped watches select on. The one place labels are written.
+pub fn labels(owner: &str, component: &str) -> BTreeMap<String, String> {
+    let mut l = selector(owner, component);
+    l.insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
+    l
+}
+
+/// `key=value,...` for a label selector.
+pub fn selector_string(labels: &BTreeMap<String, String>) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Metadata of an object of `owner`'s `component`.
+fn owned_meta(
+    name: &str,
+    namespace: &str,
+    owner: &str,
+    component: &str,
+    owner_ref: Option<OwnerReference>,
+) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: Some(namespace.to_owned()),
+        labels: Some(labels(owner, component)),
+        owner_references: owner_ref.map(|o| vec![o]),
+        ..ObjectMeta::default()
+    }
+}
+
 impl LinkParams<'_> {
     /// Labels of every object and of the pods.
     pub fn labels(&self) -> BTreeMap<String, String> {
-        let mut l = self.selector();
-        l.insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
-        l
+        labels(self.owner, self.component)
     }
 
     /// The pods' selector.
     pub fn selector(&self) -> BTreeMap<String, String> {
-        [
-            ("app.kubernetes.io/name", "wireguard-gateway-operator"),
-            (INSTANCE_LABEL, self.owner),
-            (COMPONENT_LABEL, self.component),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
+        selector(self.owner, self.component)
     }
 
     fn meta(&self, name: &str) -> ObjectMeta {
-        ObjectMeta {
-            name: Some(name.to_owned()),
-            namespace: Some(self.namespace.to_owned()),
-            labels: Some(self.labels()),
-            owner_references: Some(vec![self.owner_ref.clone()]),
-            ..ObjectMeta::default()
-        }
+        owned_meta(
+            name,
+            self.namespace,
+            self.owner,
+            self.component,
+            Some(self.owner_ref.clone()),
+        )
     }
 
     /// The Lease the replicas elect a leader on (named like the Deployment).
@@ -472,9 +510,20 @@ pub fn network_policy(
     }
 }
 
+/// One port of a Service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamedPort {
+    /// The port's name.
+    pub name: String,
+    /// The port (the same on the pod).
+    pub port: i32,
+    /// `TCP` or `UDP`.
+    pub protocol: String,
+}
+
 /// The EgressGateway's ClusterIP Service: one named port per forward, to the same port on
 /// the link pod (the link DNATs it into the tunnel).
-pub fn egress_service(p: &LinkParams<'_>, name: &str, ports: &[(String, i32, String)]) -> Service {
+pub fn egress_service(p: &LinkParams<'_>, name: &str, ports: &[NamedPort]) -> Service {
     Service {
         metadata: p.meta(name),
         spec: Some(ServiceSpec {
@@ -483,11 +532,11 @@ pub fn egress_service(p: &LinkParams<'_>, name: &str, ports: &[(String, i32, Str
             ports: Some(
                 ports
                     .iter()
-                    .map(|(n, port, proto)| ServicePort {
-                        name: Some(n.clone()),
-                        port: *port,
-                        protocol: Some(proto.clone()),
-                        target_port: Some(IntOrString::Int(*port)),
+                    .map(|np| ServicePort {
+                        name: Some(np.name.clone()),
+                        port: np.port,
+                        protocol: Some(np.protocol.clone()),
+                        target_port: Some(IntOrString::Int(np.port)),
                         ..ServicePort::default()
                     })
                     .collect(),
@@ -495,6 +544,106 @@ pub fn egress_service(p: &LinkParams<'_>, name: &str, ports: &[(String, i32, Str
             ..ServiceSpec::default()
         }),
         ..Service::default()
+    }
+}
+
+/// A Gateway's full key set (both keypairs; the link gets only its own key, in the Secret
+/// its Role names). Created once, never applied over: a second set would split the VM and
+/// the link.
+pub fn key_secret(
+    name: &str,
+    namespace: &str,
+    owner: &str,
+    owner_ref: Option<OwnerReference>,
+    data: BTreeMap<String, Vec<u8>>,
+) -> Secret {
+    Secret {
+        metadata: owned_meta(name, namespace, owner, "keys", owner_ref),
+        type_: Some("Opaque".into()),
+        data: Some(data.into_iter().map(|(k, v)| (k, ByteString(v))).collect()),
+        ..Secret::default()
+    }
+}
+
+/// external-dns's `DNSEndpoint` publishing `hostnames` as A records of `address`.
+pub fn dns_endpoint(
+    name: &str,
+    namespace: &str,
+    owner_ref: Option<OwnerReference>,
+    hostnames: &[String],
+    address: &str,
+) -> serde_json::Value {
+    let endpoints: Vec<_> = hostnames
+        .iter()
+        .map(|h| serde_json::json!({"dnsName": h, "recordType": "A", "targets": [address]}))
+        .collect();
+    serde_json::json!({
+        "apiVersion": "externaldns.k8s.io/v1alpha1",
+        "kind": "DNSEndpoint",
+        "metadata": owned_meta(name, namespace, name, "dns", owner_ref),
+        "spec": {"endpoints": endpoints},
+    })
+}
+
+/// Every object of one link, built together from the owner's spec. Applied by one
+/// function in the order of the fields; the optional ones are pruned (by label) when the
+/// spec no longer needs them.
+#[derive(Clone, Debug)]
+pub struct LinkChildren {
+    /// The link's identity.
+    pub service_account: ServiceAccount,
+    /// Its rights: its own Lease, ConfigMap and Secret.
+    pub role: Role,
+    /// Binds the two.
+    pub role_binding: RoleBinding,
+    /// The Secret holding only the link's private key, when the operator makes the key
+    /// (Gateways); an EgressGateway's link reads the user's Secret.
+    pub key: Option<Secret>,
+    /// The link's `config.json`.
+    pub config_map: ConfigMap,
+    /// What the link pods may send to.
+    pub network_policy: NetworkPolicy,
+    /// The pods.
+    pub deployment: Deployment,
+    /// One replica kept through voluntary disruptions, with more than one replica.
+    pub pdb: Option<PodDisruptionBudget>,
+    /// The EgressGateway's Service, last: traffic is sent only once the pods exist.
+    pub service: Option<Service>,
+}
+
+/// What differs between the links of the two kinds.
+#[derive(Clone, Debug, Default)]
+pub struct LinkInputs {
+    /// The `config.json` document.
+    pub config_json: String,
+    /// The protocol and port the tunnel's UDP goes to, when known.
+    pub tunnel: Option<(&'static str, u16)>,
+    /// The in-cluster ports the link forwards to.
+    pub egress_ports: Vec<EgressPort>,
+    /// The link's private key, when the operator makes it: `(data key, base64 value)`.
+    pub key: Option<(String, String)>,
+    /// The Service's name and ports, for an EgressGateway.
+    pub service: Option<(String, Vec<NamedPort>)>,
+}
+
+impl LinkChildren {
+    /// Builds every object of the link described by `p`.
+    pub fn build(p: &LinkParams<'_>, img: &LinkImage, inputs: LinkInputs) -> Self {
+        Self {
+            service_account: service_account(p),
+            role: role(p),
+            role_binding: role_binding(p),
+            key: inputs
+                .key
+                .map(|(key, value)| secret(p, &p.secret.0, &key, &value)),
+            config_map: config_map(p, inputs.config_json),
+            network_policy: network_policy(p, inputs.tunnel, &inputs.egress_ports),
+            deployment: deployment(p, img),
+            pdb: (p.replicas > 1).then(|| pdb(p)),
+            service: inputs
+                .service
+                .map(|(name, ports)| egress_service(p, &name, &ports)),
+        }
     }
 }
 
@@ -551,6 +700,48 @@ mod tests {
         assert!(spec.template.spec.expect("pod").affinity.is_some());
         let b = pdb(&params(3)).spec.expect("pdb");
         assert_eq!(b.min_available, Some(IntOrString::Int(1)));
+    }
+
+    #[test]
+    fn the_children_carry_one_set_of_labels_and_a_budget_only_with_standbys() {
+        let one = LinkChildren::build(&params(1), &image(false), LinkInputs::default());
+        assert!(one.pdb.is_none() && one.key.is_none() && one.service.is_none());
+        let three = LinkChildren::build(
+            &params(3),
+            &image(false),
+            LinkInputs {
+                key: Some(("private-key".into(), "k".into())),
+                service: Some((
+                    "web".into(),
+                    vec![NamedPort {
+                        name: "http".into(),
+                        port: 80,
+                        protocol: "TCP".into(),
+                    }],
+                )),
+                ..LinkInputs::default()
+            },
+        );
+        let want = labels("web", "link");
+        let metas = [
+            &three.service_account.metadata,
+            &three.role.metadata,
+            &three.role_binding.metadata,
+            &three.config_map.metadata,
+            &three.network_policy.metadata,
+            &three.deployment.metadata,
+            &three.pdb.as_ref().expect("pdb").metadata,
+            &three.key.as_ref().expect("key").metadata,
+            &three.service.as_ref().expect("service").metadata,
+        ];
+        for m in metas {
+            assert_eq!(m.labels.as_ref(), Some(&want), "{:?}", m.name);
+            assert_eq!(m.owner_references.as_ref().map(Vec::len), Some(1));
+        }
+        assert_eq!(
+            selector_string(&want),
+            "app.kubernetes.io/component=link,app.kubernetes.io/instance=web,app.kubernetes.io/managed-by=wgnet-operator,app.kubernetes.io/name=wireguard-gateway-operator"
+        );
     }
 
     #[test]

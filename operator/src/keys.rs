@@ -20,6 +20,29 @@ pub const LINK_PUBLIC: &str = "link-public-key";
 /// Secret data key of the set's version.
 pub const VERSION: &str = "key-version";
 
+/// Why a key set could not be made or read. Names the Secret's data key, never its value.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum KeysError {
+    /// The operating system gave no randomness.
+    #[error("no randomness for a WireGuard key: {0}")]
+    NoRandomness(String),
+    /// A data key of the set is absent.
+    #[error("the key Secret lacks {0:?}")]
+    Missing(&'static str),
+    /// A data key is not UTF-8 text.
+    #[error("the key Secret's {0:?} is not text")]
+    NotText(&'static str),
+    /// A data key is not a base64 32-byte key.
+    #[error("the key Secret's {0:?} is not a base64 32-byte WireGuard key")]
+    NotAKey(&'static str),
+    /// The version is not a number.
+    #[error("the key Secret's {VERSION:?} is not a number")]
+    BadVersion,
+    /// A public key is not the private key's.
+    #[error("the key Secret's {0} public key does not match its private key")]
+    Mismatch(&'static str),
+}
+
 /// A base64 WireGuard private key; its Debug never shows it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PrivateKey(String);
@@ -57,10 +80,9 @@ pub struct KeyPair {
 
 impl KeyPair {
     /// A fresh keypair from the operating system's random source.
-    pub fn generate() -> Result<Self, String> {
+    pub fn generate() -> Result<Self, KeysError> {
         let mut bytes = [0u8; 32];
-        getrandom::getrandom(&mut bytes)
-            .map_err(|e| format!("no randomness for a WireGuard key: {e}"))?;
+        getrandom::getrandom(&mut bytes).map_err(|e| KeysError::NoRandomness(e.to_string()))?;
         // Clamped as `wg genkey` does, so the stored key is the canonical one.
         bytes[0] &= 248;
         bytes[31] &= 127;
@@ -88,7 +110,7 @@ pub struct KeySet {
 
 impl KeySet {
     /// A fresh set with `version`.
-    pub fn generate(version: i64) -> Result<Self, String> {
+    pub fn generate(version: i64) -> Result<Self, KeysError> {
         Ok(Self {
             vm: KeyPair::generate()?,
             link: KeyPair::generate()?,
@@ -112,29 +134,25 @@ impl KeySet {
 
     /// Reads a set back from a Secret's `data`. A set missing any part is an error, never a
     /// reason to regenerate half of it (the other half is already deployed somewhere).
-    pub fn from_data(data: &BTreeMap<String, Vec<u8>>) -> Result<Self, String> {
-        let text = |k: &str| -> Result<String, String> {
-            let v = data
-                .get(k)
-                .ok_or_else(|| format!("the key Secret lacks {k:?}"))?;
+    pub fn from_data(data: &BTreeMap<String, Vec<u8>>) -> Result<Self, KeysError> {
+        let text = |k: &'static str| -> Result<String, KeysError> {
+            let v = data.get(k).ok_or(KeysError::Missing(k))?;
             let s = std::str::from_utf8(v)
-                .map_err(|_| format!("the key Secret's {k:?} is not text"))?
+                .map_err(|_| KeysError::NotText(k))?
                 .trim()
                 .to_owned();
             Ok(s)
         };
-        let key = |k: &str| -> Result<String, String> {
+        let key = |k: &'static str| -> Result<String, KeysError> {
             let s = text(k)?;
             match STANDARD.decode(&s) {
                 Ok(b) if b.len() == 32 => Ok(s),
-                _ => Err(format!(
-                    "the key Secret's {k:?} is not a base64 32-byte WireGuard key"
-                )),
+                _ => Err(KeysError::NotAKey(k)),
             }
         };
         let version = text(VERSION)?
             .parse::<i64>()
-            .map_err(|_| format!("the key Secret's {VERSION:?} is not a number"))?;
+            .map_err(|_| KeysError::BadVersion)?;
         let set = Self {
             vm: KeyPair {
                 private: PrivateKey(key(VM_PRIVATE)?),
@@ -148,9 +166,7 @@ impl KeySet {
         };
         for (pair, what) in [(&set.vm, "VM"), (&set.link, "link")] {
             if public_of(pair.private.expose()).as_deref() != Some(pair.public.as_str()) {
-                return Err(format!(
-                    "the key Secret's {what} public key does not match its private key"
-                ));
+                return Err(KeysError::Mismatch(what));
             }
         }
         Ok(set)
@@ -184,12 +200,13 @@ mod tests {
         let mut data = set.to_data();
         data.remove(LINK_PRIVATE);
         let e = KeySet::from_data(&data).expect_err("incomplete");
-        assert!(e.contains("link-private-key"), "{e}");
+        assert_eq!(e, KeysError::Missing(LINK_PRIVATE));
+        assert!(e.to_string().contains("link-private-key"), "{e}");
         let mut data = set.to_data();
         data.insert(VM_PUBLIC.into(), set.link.public.clone().into_bytes());
         let e = KeySet::from_data(&data).expect_err("mismatched");
-        assert!(e.contains("does not match"), "{e}");
-        assert!(!e.contains(set.vm.private.expose()));
+        assert_eq!(e, KeysError::Mismatch("VM"));
+        assert!(!e.to_string().contains(set.vm.private.expose()));
         assert!(!format!("{set:?}").contains(set.vm.private.expose()));
         assert!(!format!("{set:?}").contains(set.link.private.expose()));
     }

@@ -18,7 +18,7 @@ pub struct Metrics {
 struct Inner {
     reconciles: BTreeMap<&'static str, u64>,
     duration_sum: BTreeMap<&'static str, f64>,
-    errors: BTreeMap<(&'static str, String), u64>,
+    errors: BTreeMap<(&'static str, &'static str, String), u64>,
     gcp_calls: BTreeMap<(String, String, u16), u64>,
     states: BTreeMap<String, String>,
     sweeps: u64,
@@ -39,12 +39,12 @@ impl Metrics {
         *m.duration_sum.entry(kind).or_default() += took.as_secs_f64();
     }
 
-    /// A reconcile of `kind` failed with `reason`.
-    pub fn error(&self, kind: &'static str, reason: &str) {
+    /// A reconcile of `kind` failed in `step` with `reason`.
+    pub fn error(&self, kind: &'static str, step: &'static str, reason: &str) {
         *self
             .lock()
             .errors
-            .entry((kind, reason.to_owned()))
+            .entry((kind, step, reason.to_owned()))
             .or_default() += 1;
     }
 
@@ -98,12 +98,12 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
-            "# HELP wgnet_reconcile_errors_total Failed reconciles, by kind and reason.\n# TYPE wgnet_reconcile_errors_total counter"
+            "# HELP wgnet_reconcile_errors_total Failed reconciles, by kind, step and reason.\n# TYPE wgnet_reconcile_errors_total counter"
         );
-        for ((k, r), v) in &m.errors {
+        for ((k, step, r), v) in &m.errors {
             let _ = writeln!(
                 out,
-                "wgnet_reconcile_errors_total{{kind=\"{k}\",reason=\"{}\"}} {v}",
+                "wgnet_reconcile_errors_total{{kind=\"{k}\",step=\"{step}\",reason=\"{}\"}} {v}",
                 escape(r)
             );
         }
@@ -157,7 +157,8 @@ mod tests {
     fn renders_counters_and_state_gauges() {
         let m = Metrics::default();
         m.reconciled("Gateway", Duration::from_millis(5));
-        m.error("Gateway", "ensure \"x\"");
+        m.error("Gateway", "cloud", "PermissionDenied");
+        m.error("Gateway", "children", "say \"x\"");
         m.gateway_state("a/b", Some("Ready"));
         m.gateway_state("a/c", Some("Ready"));
         m.gateway_state("a/d", Some("Provisioning"));
@@ -167,7 +168,13 @@ mod tests {
             text.contains("wgnet_reconciles_total{kind=\"Gateway\"} 1"),
             "{text}"
         );
-        assert!(text.contains("reason=\"ensure \\\"x\\\"\""), "{text}");
+        assert!(
+            text.contains(
+                "wgnet_reconcile_errors_total{kind=\"Gateway\",step=\"cloud\",reason=\"PermissionDenied\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("reason=\"say \\\"x\\\"\""), "{text}");
         assert!(text.contains("wgnet_gateways{state=\"Ready\"} 2"), "{text}");
         assert!(!text.contains("Provisioning"), "{text}");
     }

@@ -42,6 +42,19 @@ pub mod reasons {
     /// name already taken by one that is not this Gateway's or EgressGateway's; it is left
     /// untouched.
     pub const NAME_COLLISION: &str = "NameCollision";
+    /// `spec.gcp.projectID` is outside the operator's allowed projects; nothing was
+    /// created.
+    pub const PROJECT_NOT_ALLOWED: &str = "ProjectNotAllowed";
+    /// A field the schema bounds holds a value the operator cannot use (an object
+    /// admitted under an older CRD, or one it cannot read at all).
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// An EgressGateway's `configSecretRef` names a Secret that does not exist.
+    pub const CONFIG_SECRET_NOT_FOUND: &str = "ConfigSecretNotFound";
+    /// An EgressGateway's Secret lacks the key `configSecretRef.key` names.
+    pub const CONFIG_KEY_NOT_FOUND: &str = "ConfigKeyNotFound";
+    /// An EgressGateway's wg-quick file is not one the link can use; the message names
+    /// the line and why, never its content.
+    pub const INVALID_CONFIG: &str = "InvalidConfig";
 
     /// Every reason above, for exhaustive checks in tests and docs.
     pub const ALL: &[&str] = &[
@@ -56,6 +69,11 @@ pub mod reasons {
         TARGET_PORT_NOT_LISTENING,
         LINK_PODS_REJECTED,
         NAME_COLLISION,
+        PROJECT_NOT_ALLOWED,
+        INVALID_SPEC,
+        CONFIG_SECRET_NOT_FOUND,
+        CONFIG_KEY_NOT_FOUND,
+        INVALID_CONFIG,
     ];
 }
 

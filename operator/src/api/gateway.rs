@@ -473,16 +473,9 @@ pub struct GcpStatus {
     /// Whether the VM's service account has been granted access to its secret.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub iam_bound: bool,
-    /// Inserts issued so far; each attempt gets its own Compute `requestId`.
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub attempt: u64,
     /// Long-running GCP operations the next reconcile checks.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pending_operations: Vec<PendingOperation>,
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
 }
 
 /// A long-running Compute Engine operation.

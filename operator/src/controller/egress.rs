@@ -17,13 +17,19 @@ use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use wgnet_cloud::Cloud;
 
+use tracing::Instrument as _;
+
+use super::error::{Error, KubeCall, ObserveError};
 use super::{
-    ApplyError, Context, StepError, apply, condition, owner_of_pod, pod_ready, publish,
-    report_invalid, selector, set_condition, write_status,
+    Context, apply_children, condition, owner_of_pod, pod_ready, publish, report_invalid,
+    set_condition, write_status,
 };
 use crate::api::EgressGateway;
 use crate::api::conditions::{self, reasons};
-use crate::children::{self, LinkParams, MANAGED_SELECTOR};
+use crate::children::{
+    self, LinkChildren, LinkImage, LinkInputs, LinkParams, MANAGED_SELECTOR, NamedPort,
+    selector_string,
+};
 
 const KIND: &str = "EgressGateway";
 /// How often an EgressGateway whose Secret is missing or invalid is looked at again (the
@@ -64,59 +70,112 @@ pub async fn run<C: Cloud + 'static>(
     .await;
 }
 
+/// Counts the failure; looks again after the error's own delay (a name collision, which
+/// only someone else's edit resolves, slowly).
 fn error_policy<C: Cloud>(
     _: Arc<DeserializeGuard<EgressGateway>>,
-    e: &StepError,
+    e: &Error,
     ctx: Arc<Context<C>>,
 ) -> Action {
-    ctx.metrics.error(KIND, e.step);
-    Action::requeue(Duration::from_secs(5))
+    ctx.metrics.error(KIND, e.metric_label(), &e.reason_label());
+    e.retry_after().map_or_else(Action::await_change, |d| {
+        Action::requeue(d.min(ctx.settings.resync))
+    })
 }
 
 async fn reconcile<C: Cloud>(
     obj: Arc<DeserializeGuard<EgressGateway>>,
     ctx: Arc<Context<C>>,
-) -> Result<Action, StepError> {
+) -> Result<Action, Error> {
     let started = Instant::now();
     let result = match &obj.0 {
-        Ok(egw) => reconcile_egress(egw, &ctx).await,
+        Ok(egw) => {
+            let span = tracing::info_span!(
+                "reconcile",
+                egress_gateway = %egw.name_any(),
+                namespace = egw.namespace().unwrap_or_default(),
+            );
+            let r = reconcile_egress(egw, &ctx).instrument(span).await;
+            if let Err(e) = &r {
+                tracing::warn!(egress_gateway = %egw.name_any(), namespace = ?egw.namespace(), error = %e, "reconcile failed");
+                fail(&ctx, egw, e).await;
+            }
+            r
+        }
         Err(invalid) => report_invalid::<EgressGateway, C>(&ctx, invalid, "EgressGateway").await,
     };
     ctx.metrics.reconciled(KIND, started.elapsed());
     result
 }
 
-/// What the config Secret says: why it cannot be used, as (reason, message), or the VPN
-/// server's UDP port. Never echoes the Secret's content.
-async fn check_config(
+/// `Ready=False/<reason>` with the error's message, and a Warning event when that is news.
+async fn fail<C: Cloud>(ctx: &Context<C>, egw: &EgressGateway, e: &Error) {
+    let mut s = egw.status.clone().unwrap_or_default();
+    s.observed_generation = egw.metadata.generation;
+    set_condition(
+        &mut s.conditions,
+        conditions::READY,
+        false,
+        e.reason(),
+        &e.to_string(),
+        egw.metadata.generation,
+    );
+    if Some(&s) == egw.status.as_ref() {
+        return;
+    }
+    if let Err(w) = write_status(&ctx.client, egw, |x| x.status = Some(s)).await {
+        tracing::warn!(egress_gateway = %egw.name_any(), error = %w, "cannot report the failure in status");
+    }
+    publish(
+        &ctx.recorder,
+        egw,
+        true,
+        e.reason(),
+        "Reconcile",
+        e.to_string(),
+    )
+    .await;
+}
+
+/// Reads the config Secret (observe step, I/O).
+async fn observe(
     client: &kube::Client,
     ns: &str,
     egw: &EgressGateway,
-) -> Result<Result<Option<u16>, (&'static str, String)>, StepError> {
-    let r = &egw.spec.config_secret_ref;
-    let secret = Api::<Secret>::namespaced(client.clone(), ns)
-        .get_opt(&r.name)
+) -> Result<Option<Secret>, ObserveError> {
+    Ok(Api::<Secret>::namespaced(client.clone(), ns)
+        .get_opt(&egw.spec.config_secret_ref.name)
         .await
-        .map_err(|e| StepError::kube("read config secret", e))?;
+        .map_err(KubeCall::new("read config Secret"))?)
+}
+
+/// What the config Secret says (validate step, pure): why it cannot be used, as
+/// (reason, message), or the VPN server's UDP port. Never echoes the Secret's content.
+fn check_config(
+    ns: &str,
+    egw: &EgressGateway,
+    secret: Option<&Secret>,
+) -> Result<Option<u16>, (&'static str, String)> {
+    let r = &egw.spec.config_secret_ref;
     let Some(secret) = secret else {
-        return Ok(Err((
-            "ConfigSecretNotFound",
+        return Err((
+            reasons::CONFIG_SECRET_NOT_FOUND,
             format!("Secret {:?} does not exist in namespace {ns:?}", r.name),
-        )));
+        ));
     };
     let Some(bytes) = secret.data.as_ref().and_then(|d| d.get(&r.key)) else {
-        return Ok(Err((
-            "ConfigKeyNotFound",
+        return Err((
+            reasons::CONFIG_KEY_NOT_FOUND,
             format!("Secret {:?} has no key {:?}", r.name, r.key),
-        )));
+        ));
     };
-    Ok(match wgnet_link::wgquick::parse(&bytes.0) {
+    match wgnet_link::wgquick::parse(&bytes.0) {
         Ok(wg) => Ok(wg.peer.endpoint.map(|(_, port)| port)),
         Err(e) => Err((
-            "InvalidConfig",
+            reasons::INVALID_CONFIG,
             format!("Secret {:?} key {:?}: {e}", r.name, r.key),
         )),
-    })
+    }
 }
 
 fn params(egw: &EgressGateway) -> LinkParams<'_> {
@@ -164,125 +223,92 @@ pub fn link_config(egw: &EgressGateway) -> String {
     .to_json()
 }
 
-/// Applies the link's objects and the Service, in this order: identity and rights, config,
-/// network policy, Deployment, then the Service that sends traffic to it (I/O).
-async fn apply_children<C: Cloud>(
-    ctx: &Context<C>,
+/// Every object of the egress link and its Service (build step, pure). The tunnel's UDP
+/// goes to the VPN server's port, which only the Secret knows; DNS and the API server are
+/// allowed in any case.
+fn children(
     egw: &EgressGateway,
     p: &LinkParams<'_>,
+    img: &LinkImage,
     endpoint_port: Option<u16>,
-) -> Result<(), StepError> {
-    let ns = egw.namespace().unwrap_or_default();
-    let name = egw.name_any();
-    let c = &ctx.client;
-    let k = |e: ApplyError| StepError::apply("ensure egress link", e);
-    apply(c, &ns, &children::service_account(p))
-        .await
-        .map_err(k)?;
-    apply(c, &ns, &children::role(p)).await.map_err(k)?;
-    apply(c, &ns, &children::role_binding(p)).await.map_err(k)?;
-    apply(c, &ns, &children::config_map(p, link_config(egw)))
-        .await
-        .map_err(k)?;
-    // The tunnel's UDP goes to the VPN server's port, which only the Secret knows; DNS and
-    // the API server are allowed in any case.
-    apply(
-        c,
-        &ns,
-        &children::network_policy(p, endpoint_port.map(|port| ("UDP", port)), &[]),
-    )
-    .await
-    .map_err(k)?;
-    apply(c, &ns, &children::deployment(p, &ctx.settings.link))
-        .await
-        .map_err(k)?;
-    let ports: Vec<(String, i32, String)> = egw
+) -> LinkChildren {
+    let ports = egw
         .spec
         .forwards
         .iter()
-        .map(|f| (f.name.clone(), f.port, f.protocol.as_str().to_owned()))
+        .map(|f| NamedPort {
+            name: f.name.clone(),
+            port: f.port,
+            protocol: f.protocol.as_str().to_owned(),
+        })
         .collect();
-    apply(c, &ns, &children::egress_service(p, &name, &ports))
-        .await
-        .map_err(k)?;
-
-    Ok(())
+    LinkChildren::build(
+        p,
+        img,
+        LinkInputs {
+            config_json: link_config(egw),
+            tunnel: endpoint_port.map(|port| ("UDP", port)),
+            egress_ports: vec![],
+            key: None,
+            service: Some((egw.name_any(), ports)),
+        },
+    )
 }
 
-async fn reconcile_egress<C: Cloud>(
-    egw: &EgressGateway,
-    ctx: &Context<C>,
-) -> Result<Action, StepError> {
-    if egw.meta().deletion_timestamp.is_some() {
-        // Everything it owns goes with it through owner references.
-        return Ok(Action::await_change());
-    }
-    let ns = egw.namespace().unwrap_or_default();
-    let name = egw.name_any();
-    let c = &ctx.client;
-    let checked = check_config(c, &ns, egw).await?;
-    let endpoint_port = checked.as_ref().ok().copied().flatten();
-    let problem = checked.err();
-    let p = params(egw);
-    if let Err(e) = apply_children(ctx, egw, &p, endpoint_port).await {
-        if e.reason != reasons::NAME_COLLISION {
-            return Err(e);
-        }
-        // Nothing the operator does will change this: say so and wait for an edit.
-        let mut s = egw.status.clone().unwrap_or_default();
-        s.observed_generation = egw.metadata.generation;
-        set_condition(
-            &mut s.conditions,
-            conditions::READY,
-            false,
-            e.reason,
-            &e.to_string(),
-            egw.metadata.generation,
-        );
-        if Some(&s) != egw.status.as_ref() {
-            write_status(&ctx.client, egw, |x| x.status = Some(s)).await?;
-            publish(
-                &ctx.recorder,
-                egw,
-                true,
-                e.reason,
-                "Reconcile",
-                e.to_string(),
-            )
-            .await;
-        }
-        return Ok(Action::requeue(ctx.settings.resync));
-    }
-
-    let pods = Api::<Pod>::namespaced(c.clone(), &ns)
-        .list(&ListParams::default().labels(&selector(&p.selector())))
-        .await
-        .map_err(|e| StepError::kube("read link pods", e))?;
-    let ready_pod = pods.items.iter().find(|pod| pod_ready(pod));
-    let mut s = egw.status.clone().unwrap_or_default();
-    s.observed_generation = egw.metadata.generation;
-    s.service_name = Some(name.clone());
-    let (ok, reason, message) = match (&problem, ready_pod) {
-        (Some((reason, message)), _) => (false, (*reason).to_owned(), message.clone()),
+/// The Ready condition from the config check and the link pods (status step, pure).
+fn ready_of(
+    problem: Option<&(&'static str, String)>,
+    pods: &[Pod],
+) -> (bool, &'static str, String) {
+    match (problem, pods.iter().find(|pod| pod_ready(pod))) {
+        (Some((reason, message)), _) => (false, reason, message.clone()),
         (None, Some(pod)) => (
             true,
-            "Ready".to_owned(),
+            reasons::READY,
             format!(
                 "link pod {} has a recent handshake with the VPN server",
                 pod.name_any()
             ),
         ),
-        (None, None) if pods.items.is_empty() => (
+        (None, None) if pods.is_empty() => (
             false,
-            "Provisioning".to_owned(),
+            reasons::PROVISIONING,
             "waiting for the link pod".to_owned(),
         ),
         (None, None) => (
             false,
-            "Provisioning".to_owned(),
+            reasons::PROVISIONING,
             "the link pod has no recent handshake with the VPN server yet".to_owned(),
         ),
-    };
+    }
+}
+
+async fn reconcile_egress<C: Cloud>(
+    egw: &EgressGateway,
+    ctx: &Context<C>,
+) -> Result<Action, Error> {
+    if egw.meta().deletion_timestamp.is_some() {
+        // Everything it owns goes with it through owner references.
+        return Ok(Action::await_change());
+    }
+    let ns = egw.namespace().unwrap_or_default();
+    let c = &ctx.client;
+    let secret = observe(c, &ns, egw).await?;
+    let checked = check_config(&ns, egw, secret.as_ref());
+    let endpoint_port = checked.as_ref().ok().copied().flatten();
+    let problem = checked.err();
+    let p = params(egw);
+    let objects = children(egw, &p, &ctx.settings.link, endpoint_port);
+    apply_children(c, &p, &objects).await?;
+
+    let pods = Api::<Pod>::namespaced(c.clone(), &ns)
+        .list(&ListParams::default().labels(&selector_string(&p.selector())))
+        .await
+        .map_err(|e| ObserveError::from(KubeCall::new("read link pods")(e)))?;
+    let (ok, reason, message) = ready_of(problem.as_ref(), &pods.items);
+    let mut s = egw.status.clone().unwrap_or_default();
+    s.observed_generation = egw.metadata.generation;
+    s.service_name = Some(egw.name_any());
     let was = egw.status.as_ref().and_then(|s| {
         condition(&s.conditions, conditions::READY).map(|(a, b)| (a.to_owned(), b.to_owned()))
     });
@@ -290,21 +316,24 @@ async fn reconcile_egress<C: Cloud>(
         &mut s.conditions,
         conditions::READY,
         ok,
-        &reason,
+        reason,
         &message,
         egw.metadata.generation,
     );
     if Some(&s) != egw.status.as_ref() {
-        write_status(&ctx.client, egw, |e| e.status = Some(s)).await?;
+        write_status(&ctx.client, egw, |e| e.status = Some(s))
+            .await
+            .map_err(Error::Status)?;
     }
     if was.as_ref().map(|(a, b)| (a.as_str(), b.as_str()))
-        != Some((if ok { "True" } else { "False" }, reason.as_str()))
+        != Some((if ok { "True" } else { "False" }, reason))
     {
+        tracing::info!(egress_gateway = %egw.name_any(), namespace = %ns, ready = ok, reason, "Ready changed");
         publish(
             &ctx.recorder,
             egw,
             problem.is_some(),
-            &reason,
+            reason,
             "Reconcile",
             message,
         )
@@ -315,4 +344,76 @@ async fn reconcile_egress<C: Cloud>(
         (None, false) => Duration::from_secs(2),
         (None, true) => ctx.settings.resync,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn egress() -> EgressGateway {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "wgnet.dev/v1alpha1", "kind": "EgressGateway",
+            "metadata": {"name": "corp", "namespace": "apps", "uid": "u1"},
+            "spec": {
+                "configSecretRef": {"name": "vpn", "key": "wg0.conf"},
+                "forwards": [{"name": "db", "port": 5432, "targetHost": "10.20.0.5", "targetPort": 5432}]
+            }
+        }))
+        .expect("egress gateway")
+    }
+
+    fn secret(data: &[(&str, &str)]) -> Secret {
+        Secret {
+            data: Some(
+                data.iter()
+                    .map(|(k, v)| {
+                        (
+                            (*k).to_owned(),
+                            k8s_openapi::ByteString(v.as_bytes().to_vec()),
+                        )
+                    })
+                    .collect(),
+            ),
+            ..Secret::default()
+        }
+    }
+
+    #[test]
+    fn the_config_check_names_what_is_missing_and_never_echoes_the_file() {
+        let egw = egress();
+        let e = check_config("apps", &egw, None).expect_err("no secret");
+        assert_eq!(e.0, reasons::CONFIG_SECRET_NOT_FOUND);
+        let e = check_config("apps", &egw, Some(&secret(&[("other", "x")]))).expect_err("no key");
+        assert_eq!(e.0, reasons::CONFIG_KEY_NOT_FOUND);
+        let bad = "[Interface]\nPrivateKey = s3cr3t-not-a-key\n";
+        let e = check_config("apps", &egw, Some(&secret(&[("wg0.conf", bad)]))).expect_err("bad");
+        assert_eq!(e.0, reasons::INVALID_CONFIG);
+        assert!(!e.1.contains("s3cr3t"), "{}", e.1);
+        for r in [
+            e.0,
+            reasons::CONFIG_SECRET_NOT_FOUND,
+            reasons::CONFIG_KEY_NOT_FOUND,
+        ] {
+            assert!(reasons::ALL.contains(&r), "{r} is listed");
+        }
+    }
+
+    #[test]
+    fn the_service_comes_with_the_link_and_ready_follows_the_pod() {
+        let egw = egress();
+        let p = params(&egw);
+        let img = LinkImage {
+            image: "link".into(),
+            pull_policy: "IfNotPresent".into(),
+            privileged_init: false,
+        };
+        let c = children(&egw, &p, &img, Some(51820));
+        let svc = c.service.expect("service");
+        assert_eq!(svc.metadata.name.as_deref(), Some("corp"));
+        assert!(c.key.is_none() && c.pdb.is_none());
+        let (ok, reason, _) = ready_of(None, &[]);
+        assert!(!ok && reason == reasons::PROVISIONING);
+        let problem = (reasons::INVALID_CONFIG, "line 2".to_owned());
+        assert_eq!(ready_of(Some(&problem), &[]).1, reasons::INVALID_CONFIG);
+    }
 }

@@ -6,12 +6,12 @@
 //! object builders, status) are pure functions in sibling modules.
 
 pub mod egress;
+pub mod error;
 pub mod gateway;
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
@@ -22,8 +22,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use wgnet_cloud::Cloud;
 
-use crate::api::conditions::reasons;
-use crate::children::{FIELD_MANAGER, LinkImage};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+
+use self::error::{ChildrenError, Error, KubeCall};
+use crate::children::{FIELD_MANAGER, LinkChildren, LinkImage, LinkParams};
 use crate::metrics::Metrics;
 
 /// Operator-wide settings.
@@ -53,78 +55,6 @@ pub struct Context<C> {
     pub metrics: Arc<Metrics>,
     /// Publishes events.k8s.io/v1 Events.
     pub recorder: Recorder,
-    /// Gateways whose last pass met a GCP error, and until when to leave them alone.
-    pub holds: Holds,
-}
-
-/// Per-object "do not call GCP again before" times after GCP errors.
-///
-/// A failed pass writes status, and that write is itself a watch event that would start the
-/// next pass at once, overriding the error's retry policy (measured: an instance insert
-/// refused with 400 was retried about 1,350 times per Gateway in 15 minutes). A hold grows
-/// with consecutive failures (5 s, 10 s, 20 s, ...) up to the error's retry policy, so a
-/// quickly fixed permission heals quickly and a lasting one costs a call every few minutes.
-/// It ends early when the object's generation changes (the user edited it).
-#[derive(Debug, Default)]
-pub struct Holds(std::sync::Mutex<std::collections::HashMap<String, Hold>>);
-
-/// One object's hold.
-#[derive(Clone, Copy, Debug)]
-pub struct Hold {
-    generation: Option<i64>,
-    until: Instant,
-    failures: u32,
-}
-
-/// The first hold after an error.
-const FIRST_HOLD: Duration = Duration::from_secs(5);
-
-impl Holds {
-    fn map(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Hold>> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Another failure of `key` at `generation`: holds it for the next step of the backoff,
-    /// at most `cap`, and returns that time.
-    pub fn hold(&self, key: &str, generation: Option<i64>, cap: Duration) -> Duration {
-        let mut map = self.map();
-        let failures = map
-            .get(key)
-            .filter(|h| h.generation == generation)
-            .map_or(1, |h| h.failures.saturating_add(1));
-        let delay = FIRST_HOLD
-            .saturating_mul(1u32 << (failures - 1).min(16))
-            .min(cap);
-        map.insert(
-            key.to_owned(),
-            Hold {
-                generation,
-                until: Instant::now() + delay,
-                failures,
-            },
-        );
-        delay
-    }
-
-    /// Releases `key` (its last pass had no GCP error).
-    pub fn release(&self, key: &str) {
-        self.map().remove(key);
-    }
-
-    /// How long `key` at `generation` is still held, if it is. An edited object (another
-    /// generation) is released.
-    pub fn remaining(&self, key: &str, generation: Option<i64>) -> Option<Duration> {
-        let mut map = self.map();
-        let h = *map.get(key)?;
-        if h.generation != generation {
-            map.remove(key);
-            return None;
-        }
-        let left = h.until.saturating_duration_since(Instant::now());
-        (!left.is_zero()).then_some(left)
-    }
 }
 
 impl<C: Cloud> Context<C> {
@@ -149,7 +79,6 @@ impl<C: Cloud> Context<C> {
             settings,
             metrics,
             recorder,
-            holds: Holds::default(),
         }
     }
 }
@@ -162,7 +91,7 @@ pub async fn report_invalid<K, C>(
     ctx: &Context<C>,
     invalid: &kube::core::error_boundary::InvalidObject,
     kind: &str,
-) -> Result<Action, StepError>
+) -> Result<Action, Error>
 where
     K: kube::Resource<DynamicType = ()>,
     C: Cloud,
@@ -177,84 +106,21 @@ where
         &mut conds,
         crate::api::conditions::READY,
         false,
-        "InvalidSpec",
+        crate::api::conditions::reasons::INVALID_SPEC,
         &format!("the {kind} cannot be read: {}", invalid.error),
         invalid.metadata.generation,
     );
     let patch = serde_json::json!({"status": {"conditions": conds}});
     api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
-        .map_err(|e| StepError::kube("report invalid object", e))?;
+        .map_err(|e| Error::Status(KubeCall::new("report invalid object")(e)))?;
     if kind == "Gateway" {
-        ctx.metrics
-            .gateway_state(&format!("{ns}/{name}"), Some("InvalidSpec"));
+        ctx.metrics.gateway_state(
+            &format!("{ns}/{name}"),
+            Some(crate::api::conditions::reasons::INVALID_SPEC),
+        );
     }
     Ok(Action::await_change())
-}
-
-/// A reconcile step that failed; becomes `Ready=False/<reason>` with `"<step>: <message>"`.
-#[derive(Debug, thiserror::Error)]
-#[error("{step}: {message}")]
-pub struct StepError {
-    /// What was being done, in the Go operator's words where it had them.
-    pub step: &'static str,
-    /// Why it failed (never key material).
-    pub message: String,
-    /// The `Ready` reason it is reported under: `ReconcileFailed` unless the failure has a
-    /// name of its own (`NameCollision`).
-    pub reason: &'static str,
-}
-
-impl StepError {
-    /// A failure with the generic `ReconcileFailed` reason.
-    pub fn new(step: &'static str, message: String) -> Self {
-        Self {
-            step,
-            message,
-            reason: reasons::RECONCILE_FAILED,
-        }
-    }
-
-    /// Wraps a Kubernetes API error.
-    pub fn kube(step: &'static str, e: kube::Error) -> Self {
-        Self::new(
-            step,
-            match e {
-                kube::Error::Api(s) => format!("{} ({})", s.message, s.reason),
-                other => other.to_string(),
-            },
-        )
-    }
-
-    /// Wraps a failed apply of a child object.
-    pub fn apply(step: &'static str, e: ApplyError) -> Self {
-        match e {
-            ApplyError::Kube(e) => Self::kube(step, e),
-            collision @ ApplyError::NameCollision { .. } => Self {
-                step,
-                message: collision.to_string(),
-                reason: reasons::NAME_COLLISION,
-            },
-        }
-    }
-}
-
-/// Why a child object was not applied.
-#[derive(Debug, thiserror::Error)]
-pub enum ApplyError {
-    /// The API server refused or could not be reached.
-    #[error(transparent)]
-    Kube(#[from] kube::Error),
-    /// An object of that kind and name exists and is not this owner's.
-    #[error(
-        "a {kind} named {name:?} already exists and does not belong to this object; it is left untouched (rename or delete one of them)"
-    )]
-    NameCollision {
-        /// The child's kind.
-        kind: String,
-        /// The child's name.
-        name: String,
-    },
 }
 
 /// Runs both controllers until `shutdown` resolves.
@@ -279,8 +145,8 @@ pub async fn run<C: Cloud + 'static>(
 /// Server-side applies `obj` under the operator's field manager. When `obj` names a
 /// controlling owner, an existing object of the same name that lacks that owner is never
 /// taken over (a forced apply would adopt it, and the garbage collector would later delete
-/// it with the owner): that is an [`ApplyError::NameCollision`].
-pub async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<K, ApplyError>
+/// it with the owner): that is a [`ChildrenError::NameCollision`].
+pub async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<K, ChildrenError>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -298,7 +164,10 @@ where
         .find(|o| o.controller == Some(true))
         .map(|o| o.uid.clone());
     if let Some(owner) = owner
-        && let Some(existing) = api.get_opt(&name).await?
+        && let Some(existing) = api
+            .get_opt(&name)
+            .await
+            .map_err(KubeCall::new("read before apply"))?
     {
         let ours = existing
             .meta()
@@ -307,7 +176,7 @@ where
             .flatten()
             .any(|o| o.uid == owner);
         if !ours {
-            return Err(ApplyError::NameCollision {
+            return Err(ChildrenError::NameCollision {
                 kind: K::kind(&()).into_owned(),
                 name,
             });
@@ -319,7 +188,71 @@ where
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(obj),
         )
-        .await?)
+        .await
+        .map_err(KubeCall::new("apply"))?)
+}
+
+/// Applies every object of a link in the order of [`LinkChildren`]'s fields: identity and
+/// rights, key, config, network policy, pods, budget, then the Service that sends traffic
+/// to them. What the spec no longer needs (a budget after scaling to one replica) is
+/// pruned by the owner's labels.
+pub async fn apply_children(
+    client: &Client,
+    p: &LinkParams<'_>,
+    c: &LinkChildren,
+) -> Result<(), ChildrenError> {
+    let ns = p.namespace;
+    apply(client, ns, &c.service_account).await?;
+    apply(client, ns, &c.role).await?;
+    apply(client, ns, &c.role_binding).await?;
+    if let Some(key) = &c.key {
+        apply(client, ns, key).await?;
+    }
+    apply(client, ns, &c.config_map).await?;
+    apply(client, ns, &c.network_policy).await?;
+    apply(client, ns, &c.deployment).await?;
+    match &c.pdb {
+        Some(pdb) => {
+            apply(client, ns, pdb).await?;
+        }
+        None => prune::<PodDisruptionBudget>(client, p, None).await?,
+    }
+    if let Some(svc) = &c.service {
+        apply(client, ns, svc).await?;
+    }
+    Ok(())
+}
+
+/// Deletes the objects of kind `K` carrying the link's labels, except `keep`.
+async fn prune<K>(
+    client: &Client,
+    p: &LinkParams<'_>,
+    keep: Option<&str>,
+) -> Result<(), ChildrenError>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api = Api::<K>::namespaced(client.clone(), p.namespace);
+    let selector = crate::children::selector_string(&p.labels());
+    let listed = api
+        .list_metadata(&kube::api::ListParams::default().labels(&selector))
+        .await
+        .map_err(KubeCall::new("list for pruning"))?;
+    for obj in listed.items {
+        let Some(name) = obj.metadata.name else {
+            continue;
+        };
+        if Some(name.as_str()) == keep {
+            continue;
+        }
+        delete_quietly::<K>(client, p.namespace, &name)
+            .await
+            .map_err(KubeCall::new("prune"))?;
+    }
+    Ok(())
 }
 
 /// Replaces the status on the freshest copy of `obj` (a custom resource's status PUT needs
@@ -329,7 +262,7 @@ pub async fn write_status<K>(
     client: &Client,
     obj: &K,
     set: impl FnOnce(&mut K),
-) -> Result<(), StepError>
+) -> Result<(), KubeCall>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -343,14 +276,14 @@ where
     let Some(mut fresh) = api
         .get_opt(&name)
         .await
-        .map_err(|e| StepError::kube("write status", e))?
+        .map_err(KubeCall::new("read for status"))?
     else {
         return Ok(());
     };
     set(&mut fresh);
     api.replace_status(&name, &kube::api::PostParams::default(), &fresh)
         .await
-        .map_err(|e| StepError::kube("write status", e))?;
+        .map_err(KubeCall::new("replace status"))?;
     Ok(())
 }
 
@@ -462,44 +395,5 @@ pub async fn publish<K: Resource<DynamicType = ()>>(
     };
     if let Err(e) = recorder.publish(&ev, &obj.object_ref(&())).await {
         tracing::warn!(error = %e, reason, "cannot publish event");
-    }
-}
-
-/// Labels selecting a map of `key=value` pairs, for watcher configs.
-pub fn selector(labels: &BTreeMap<String, String>) -> String {
-    labels
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-#[cfg(test)]
-mod hold_tests {
-    use super::*;
-
-    #[test]
-    fn a_hold_grows_with_failures_up_to_the_cap_and_ends_on_release_or_an_edit() {
-        let h = Holds::default();
-        let cap = Duration::from_secs(300);
-        assert_eq!(h.remaining("apps/edge", Some(1)), None);
-        let steps: Vec<u64> = (0..8)
-            .map(|_| h.hold("apps/edge", Some(1), cap).as_secs())
-            .collect();
-        assert_eq!(steps, vec![5, 10, 20, 40, 80, 160, 300, 300]);
-        assert!(h.remaining("apps/edge", Some(1)).is_some());
-        assert_eq!(h.remaining("apps/other", Some(1)), None);
-        // The user edited the Gateway: act on the new spec at once, and start over.
-        assert_eq!(h.remaining("apps/edge", Some(2)), None);
-        assert_eq!(h.hold("apps/edge", Some(2), cap).as_secs(), 5);
-        h.release("apps/edge");
-        assert_eq!(h.remaining("apps/edge", Some(2)), None);
-        assert_eq!(
-            h.hold("apps/edge", Some(2), cap).as_secs(),
-            5,
-            "a release resets the backoff"
-        );
-        // A policy shorter than the backoff caps it.
-        assert_eq!(h.hold("apps/q", None, Duration::from_secs(2)).as_secs(), 2);
     }
 }

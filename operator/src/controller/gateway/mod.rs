@@ -1,0 +1,498 @@
+//! The Gateway controller, as typed steps:
+//!
+//! [`observe`] (API reads) → [`validate`] (pure, a [`validate::ValidatedGateway`]) →
+//! [`build`] (pure: GCP's desired state, the link's children, the DNS record) → [`apply`]
+//! (the key Secret, GCP through [`Cloud`], the children, the DNSEndpoint) → [`status`]
+//! (pure `status_of`). Deletion is [`teardown`] under kube-runtime's finalizer helper;
+//! [`sweep`] removes GCP resources of this install whose Gateway no longer exists.
+//!
+//! This module wires the steps together, owns the watches and decides when to look again.
+
+pub mod apply;
+pub mod build;
+pub mod observe;
+pub mod status;
+pub mod sweep;
+pub mod teardown;
+pub mod validate;
+
+use std::future::Future;
+use std::hash::{Hash as _, Hasher as _};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt as _;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service};
+use kube::api::Api;
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::finalizer::{self, finalizer};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::{Resource, ResourceExt};
+use tracing::Instrument as _;
+use wgnet_cloud::{Cloud, GatewayId, Target};
+
+use super::error::{Error, backoff};
+use super::{
+    Context, condition, owner_of_pod, publish, report_invalid, set_condition, write_status,
+};
+use crate::api::conditions::{self, reasons};
+use crate::api::{FINALIZER, Gateway};
+use crate::children::{self, MANAGED_SELECTOR};
+
+pub use build::{link_config, link_protocol};
+pub use status::{gcp_status_of, recorded_of};
+pub use sweep::{sweep_loop, sweep_once};
+pub use teardown::ABANDON_ANNOTATION;
+
+const KIND: &str = "Gateway";
+/// How long one reconcile waits on a pending GCP operation before writing status again.
+const OPERATION_WAIT: Duration = Duration::from_secs(20);
+/// Requeue while something else (the VM's boot, the link's handshake) is on its way.
+const SETTLING: Duration = Duration::from_secs(2);
+
+/// Name of the key Secret of Gateway `gw`.
+pub fn key_secret_name(gw: &str) -> String {
+    format!("{gw}-keys")
+}
+
+/// Name of the Secret holding only the link's private key: the link's Role names this one,
+/// so a link pod can never read the VM's key from the full set.
+pub fn link_key_secret_name(gw: &str) -> String {
+    format!("{gw}-link-key")
+}
+
+/// Name of the link's objects (ServiceAccount, Role, ConfigMap, Deployment, Lease, ...).
+pub fn link_name(gw: &str) -> String {
+    format!("{gw}-link")
+}
+
+/// What of a Gateway starts a pass: its spec (the generation), its finalizers, the abandon
+/// annotation and deletion. Status writes, the operator's own included, do not: the
+/// decision when to look again after a pass is the pass's (or [`error_policy`]'s) alone.
+fn trigger(gw: &DeserializeGuard<Gateway>) -> Option<u64> {
+    let m = gw.meta();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    m.generation.hash(&mut h);
+    m.finalizers.hash(&mut h);
+    m.deletion_timestamp.is_some().hash(&mut h);
+    m.annotations
+        .as_ref()
+        .and_then(|a| a.get(ABANDON_ANNOTATION))
+        .hash(&mut h);
+    Some(h.finish())
+}
+
+/// Runs the Gateway controller until `shutdown` resolves.
+pub async fn run<C: Cloud + 'static>(
+    ctx: Arc<Context<C>>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let (store, writer) = reflector::store();
+    let gateways = watcher(
+        Api::<DeserializeGuard<Gateway>>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .reflect(writer)
+    .applied_objects()
+    .predicate_filter(trigger, kube::runtime::PredicateConfig::default());
+    let ctrl = Controller::for_stream(gateways, store.clone());
+    let (s1, s2) = (store.clone(), store);
+    let managed = watcher::Config::default().labels(MANAGED_SELECTOR);
+    let link_pods = watcher::Config::default().labels(&format!(
+        "{MANAGED_SELECTOR},{}=link",
+        children::COMPONENT_LABEL
+    ));
+    ctrl.owns(Api::<Deployment>::all(client.clone()), managed.clone())
+        .owns(Api::<ConfigMap>::all(client.clone()), managed.clone())
+        .owns(Api::<Secret>::all(client.clone()), managed)
+        .watches(Api::<Pod>::all(client.clone()), link_pods, |pod: Pod| {
+            owner_of_pod(&pod)
+        })
+        .watches(
+            Api::<Service>::all(client.clone()),
+            watcher::Config::default(),
+            move |svc: Service| {
+                let ns = svc.namespace().unwrap_or_default();
+                referencing(&s1, |gw_ns, f| {
+                    f.service == svc.name_any() && f.namespace.as_deref().unwrap_or(gw_ns) == ns
+                })
+            },
+        )
+        .watches(
+            Api::<Namespace>::all(client),
+            watcher::Config::default(),
+            move |n: Namespace| {
+                let name = n.name_any();
+                referencing(&s2, |gw_ns, f| {
+                    f.namespace
+                        .as_deref()
+                        .is_some_and(|t| t == name && t != gw_ns)
+                })
+            },
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|r| {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "gateway controller");
+            }
+            std::future::ready(())
+        })
+        .await;
+}
+
+/// Gateways in the cache with a forward for which `matches(gateway namespace, forward)`.
+fn referencing(
+    store: &Store<DeserializeGuard<Gateway>>,
+    matches: impl Fn(&str, &crate::api::Forward) -> bool,
+) -> Vec<ObjectRef<DeserializeGuard<Gateway>>> {
+    store
+        .state()
+        .iter()
+        .filter_map(|g| g.0.as_ref().ok())
+        .filter(|g| {
+            let ns = g.namespace().unwrap_or_default();
+            g.spec.forwards.iter().any(|f| matches(&ns, f))
+        })
+        .map(|g| ObjectRef::new(&g.name_any()).within(&g.namespace().unwrap_or_default()))
+        .collect()
+}
+
+/// Counts the failure and decides when to look again: never on its own for what only an
+/// edit can fix, otherwise after a backoff that grows with how long the Gateway has not
+/// been Ready, capped by the error's own policy (GCP's for GCP errors).
+fn error_policy<C: Cloud>(
+    obj: Arc<DeserializeGuard<Gateway>>,
+    e: &Error,
+    ctx: Arc<Context<C>>,
+) -> Action {
+    if let Error::Deleting { after, .. } = e {
+        // Not a failure: teardown already waited (bounded) on GCP and says when to look.
+        return Action::requeue(*after);
+    }
+    ctx.metrics.error(KIND, e.metric_label(), &e.reason_label());
+    let Some(cap) = e.retry_after() else {
+        return Action::await_change();
+    };
+    let failing = obj
+        .0
+        .as_ref()
+        .ok()
+        .map_or(Duration::ZERO, |gw| not_ready_for(gw.status.as_ref()));
+    Action::requeue(backoff(failing, cap.min(ctx.settings.resync)))
+}
+
+/// How long `Ready` has been False (zero when it is True or unset).
+fn not_ready_for(status: Option<&crate::api::GatewayStatus>) -> Duration {
+    status
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == conditions::READY))
+        .filter(|c| c.status == "False")
+        .map(|c| k8s_openapi::jiff::Timestamp::now().duration_since(c.last_transition_time.0))
+        .and_then(|d| Duration::try_from(d).ok())
+        .unwrap_or_default()
+}
+
+async fn reconcile<C: Cloud>(
+    obj: Arc<DeserializeGuard<Gateway>>,
+    ctx: Arc<Context<C>>,
+) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = match &obj.0 {
+        Ok(gw) => {
+            let span = tracing::info_span!(
+                "reconcile",
+                gateway = %gw.name_any(),
+                namespace = gw.namespace().unwrap_or_default(),
+                generation = gw.metadata.generation.unwrap_or_default(),
+            );
+            let r = under_finalizer(gw, &ctx).instrument(span).await;
+            if let Err(e) = &r
+                && e.is_failure()
+            {
+                tracing::warn!(gateway = %gw.name_any(), namespace = ?gw.namespace(), error = %e, "reconcile failed");
+                fail(&ctx, gw, e).await;
+            }
+            r
+        }
+        Err(invalid) => report_invalid::<Gateway, C>(&ctx, invalid, "Gateway").await,
+    };
+    ctx.metrics.reconciled(KIND, started.elapsed());
+    result
+}
+
+/// The pass under kube-runtime's finalizer helper: the finalizer is added before anything
+/// is created, and removed only when [`teardown`] returns `Ok` (everything in GCP is gone,
+/// or an admin abandoned it).
+async fn under_finalizer<C: Cloud>(gw: &Gateway, ctx: &Context<C>) -> Result<Action, Error> {
+    let api = Api::<Gateway>::namespaced(ctx.client.clone(), &gw.namespace().unwrap_or_default());
+    finalizer(&api, FINALIZER, Arc::new(gw.clone()), |event| async move {
+        match event {
+            finalizer::Event::Apply(gw) => reconcile_gateway(&gw, ctx).await,
+            finalizer::Event::Cleanup(gw) => teardown::teardown(&gw, ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(other.to_string()),
+    })
+}
+
+/// Reports a failure that the pass did not already put in status: `Ready=False/<reason>`
+/// with the error's message, and a Warning event.
+async fn fail<C: Cloud>(ctx: &Context<C>, gw: &Gateway, e: &Error) {
+    let key = format!("{}/{}", gw.namespace().unwrap_or_default(), gw.name_any());
+    if let Error::Validate(_) = e {
+        ctx.metrics.gateway_state(&key, Some(e.reason()));
+    }
+    if e.in_status() {
+        return;
+    }
+    let mut status = gw.status.clone().unwrap_or_default();
+    if let Error::Validate(_) = e {
+        status.observed_generation = gw.metadata.generation;
+    }
+    set_condition(
+        &mut status.conditions,
+        conditions::READY,
+        false,
+        e.reason(),
+        &e.to_string(),
+        gw.metadata.generation,
+    );
+    let changed = Some(&status) != gw.status.as_ref();
+    if changed && let Err(w) = write_status(&ctx.client, gw, |g| g.status = Some(status)).await {
+        tracing::warn!(gateway = %key, error = %w, "cannot report the failure in status");
+    }
+    // What only an edit fixes is said once; the rest on every failure (events aggregate).
+    if changed || e.is_retryable() {
+        publish(
+            &ctx.recorder,
+            gw,
+            true,
+            e.reason(),
+            "Reconcile",
+            e.to_string(),
+        )
+        .await;
+    }
+}
+
+/// The GCP target of a Gateway.
+pub fn target_of(gw: &Gateway, cluster: &str) -> Target {
+    Target {
+        id: GatewayId {
+            cluster: cluster.to_owned(),
+            namespace: gw.namespace().unwrap_or_default(),
+            name: gw.name_any(),
+            uid: gw.uid().unwrap_or_default(),
+        },
+        project: gw.spec.gcp.project_id.clone(),
+        region: gw.spec.gcp.region.clone(),
+        zone: gw.spec.gcp.zone.clone(),
+    }
+}
+
+/// One pass over a live Gateway: the steps in order, then when to look again.
+async fn reconcile_gateway<C: Cloud>(gw: &Gateway, ctx: &Context<C>) -> Result<Action, Error> {
+    let key = format!("{}/{}", gw.namespace().unwrap_or_default(), gw.name_any());
+    // I/O: the Services, Namespaces and key Secret the spec names.
+    let observed = observe::inputs(&ctx.client, gw).await?;
+    // Pure.
+    let valid = validate::validate(gw, &ctx.settings, &observed)?;
+    // I/O: the key Secret (created once).
+    let keys = apply::keys(ctx, gw, observed.key_secret.as_ref()).await?;
+    let target = target_of(gw, &ctx.settings.cluster_id);
+    // Pure.
+    let desired = build::desired(gw, &valid, &target, &keys);
+    // I/O: GCP.
+    let progress = ctx.cloud.ensure(&desired, &valid.recorded).await;
+    let address = progress
+        .address
+        .clone()
+        .or_else(|| gw.status.as_ref().and_then(|s| s.address.clone()));
+    let report = if progress.vm_status.as_deref() == Some("RUNNING") {
+        ctx.cloud.vm_report(&target).await.ok()
+    } else {
+        None
+    };
+    // Pure, then I/O: the link's objects, pruned to what the spec needs.
+    let children = build::link_children(
+        gw,
+        &valid,
+        &observed.forwards,
+        &keys,
+        address.as_deref(),
+        &ctx.settings,
+    );
+    apply::children(&ctx.client, &children.params, &children.objects).await?;
+    let dns = apply::dns(ctx, gw, address.as_deref()).await?;
+    // I/O: the Lease, its holder's pod, the Deployment.
+    let link = observe::link(&ctx.client, gw).await?;
+    // Pure.
+    let status = status::status_of(
+        gw,
+        &valid.classified,
+        &progress,
+        report.as_ref(),
+        address,
+        &status::tunnel_of(&link),
+        dns,
+    );
+    let was = gw.status.as_ref().and_then(|s| {
+        condition(&s.conditions, conditions::READY).map(|(s, r)| (s.to_owned(), r.to_owned()))
+    });
+    let now =
+        condition(&status.conditions, conditions::READY).map(|(s, r)| (s.to_owned(), r.to_owned()));
+    let ready = now.as_ref().is_some_and(|(s, _)| s == "True");
+    ctx.metrics
+        .gateway_state(&key, now.as_ref().map(|(_, r)| r.as_str()));
+    if Some(&status) != gw.status.as_ref() {
+        write_status(&ctx.client, gw, |g| g.status = Some(status.clone()))
+            .await
+            .map_err(Error::Status)?;
+    }
+    if was != now
+        && let Some((s, r)) = &now
+    {
+        let msg = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == conditions::READY)
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        tracing::info!(gateway = %key, ready = %s, reason = %r, message = %msg, "Ready changed");
+        publish(
+            &ctx.recorder,
+            gw,
+            s != "True" && r != reasons::PROVISIONING,
+            r,
+            "Reconcile",
+            msg,
+        )
+        .await;
+    }
+    if let Some(e) = progress.errors.first() {
+        for e in &progress.errors[1..] {
+            tracing::warn!(gateway = %key, error = %e, "GCP");
+        }
+        // The status above carries it; the error policy decides when to retry.
+        return Err(Error::Cloud(e.clone()));
+    }
+    if !progress.recorded.pending.is_empty() {
+        // Waiting here (bounded, server side) instead of polling makes each step follow
+        // its operation's end by one round trip; status was written above.
+        let _ = tokio::time::timeout(
+            OPERATION_WAIT,
+            ctx.cloud.wait_any(&target, &progress.recorded),
+        )
+        .await;
+        return Ok(Action::requeue(Duration::from_millis(10)));
+    }
+    Ok(Action::requeue(if ready {
+        ctx.settings.resync
+    } else {
+        patience(not_ready_for(Some(&status)), ctx.settings.resync)
+    }))
+}
+
+/// How soon to look again at a Gateway that is not Ready and has been in its state for
+/// `since`: every 2 s at first (a VM booting, a link handshaking), then a tenth of the time
+/// waited, up to the resync period, so a Gateway stuck for an hour (a VM that never
+/// reports, no link node) does not poll GCP every two seconds. Changes the operator
+/// watches (Pods, Services, Namespaces, owned objects) still trigger a pass at once.
+pub fn patience(since: Duration, resync: Duration) -> Duration {
+    (since / 10).clamp(SETTLING, resync.max(SETTLING))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patience_grows_with_the_wait_up_to_the_resync() {
+        let resync = Duration::from_secs(300);
+        assert_eq!(patience(Duration::ZERO, resync), SETTLING);
+        assert_eq!(patience(Duration::from_secs(15), resync), SETTLING);
+        assert_eq!(
+            patience(Duration::from_secs(300), resync),
+            Duration::from_secs(30)
+        );
+        assert_eq!(patience(Duration::from_secs(36_000), resync), resync);
+        assert_eq!(
+            patience(Duration::from_secs(36_000), Duration::from_secs(1)),
+            SETTLING
+        );
+    }
+
+    fn gateway() -> Gateway {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "wgnet.dev/v1alpha1", "kind": "Gateway",
+            "metadata": {"name": "edge", "namespace": "apps", "generation": 1},
+            "spec": {
+                "gcp": {"projectID": "p", "region": "us-central1", "zone": "us-central1-a"},
+                "forwards": [{"port": 8080, "service": "web", "targetPort": 80}]
+            }
+        }))
+        .expect("gateway")
+    }
+
+    /// Status writes (the operator's own) do not start a pass; spec edits, finalizers,
+    /// the abandon annotation and deletion do.
+    #[test]
+    fn only_what_asks_for_action_triggers_a_pass() {
+        let base = gateway();
+        let key = |g: &Gateway| trigger(&DeserializeGuard(Ok(g.clone())));
+        let mut status_only = base.clone();
+        status_only.status = Some(crate::api::GatewayStatus {
+            address: Some("203.0.113.7".into()),
+            ..Default::default()
+        });
+        status_only.metadata.resource_version = Some("42".into());
+        assert_eq!(key(&base), key(&status_only));
+        let mut edited = base.clone();
+        edited.metadata.generation = Some(2);
+        let mut finalized = base.clone();
+        finalized.metadata.finalizers = Some(vec![FINALIZER.into()]);
+        let mut abandoned = base.clone();
+        abandoned.metadata.annotations =
+            Some([(ABANDON_ANNOTATION.to_owned(), "true".to_owned())].into());
+        let mut deleted = base.clone();
+        deleted.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::now(),
+            ));
+        for other in [edited, finalized, abandoned, deleted] {
+            assert_ne!(key(&base), key(&other));
+        }
+    }
+
+    #[test]
+    fn not_ready_time_counts_only_while_ready_is_false() {
+        let mut s = crate::api::GatewayStatus::default();
+        assert_eq!(not_ready_for(Some(&s)), Duration::ZERO);
+        set_condition(
+            &mut s.conditions,
+            conditions::READY,
+            true,
+            "Ready",
+            "",
+            None,
+        );
+        assert_eq!(not_ready_for(Some(&s)), Duration::ZERO);
+        set_condition(&mut s.conditions, conditions::READY, false, "X", "", None);
+        s.conditions[0].last_transition_time = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(120),
+        );
+        let d = not_ready_for(Some(&s));
+        assert!(
+            d >= Duration::from_secs(119) && d <= Duration::from_secs(130),
+            "{d:?}"
+        );
+    }
+}
