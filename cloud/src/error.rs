@@ -110,6 +110,21 @@ impl CloudError {
             || self.reason() == "RESOURCE_IN_USE_BY_ANOTHER_RESOURCE"
     }
 
+    /// 400 from `setIamPolicy` naming a service account the policy's service does not
+    /// know yet (IAM's eventual consistency after a create). Google gives this case no
+    /// code of its own (the status is INVALID_ARGUMENT), so this is the one predicate that
+    /// reads Google's message; it lives here, with the other classifications.
+    pub fn is_unknown_member(&self) -> bool {
+        match self {
+            Self::Api {
+                status: 400,
+                message,
+                ..
+            } => message.starts_with("Service account ") && message.ends_with(" does not exist."),
+            _ => false,
+        }
+    }
+
     /// 403 for a missing permission (not a rate limit).
     pub fn is_permission_denied(&self) -> bool {
         self.status() == Some(403) && !self.is_rate_limited()
@@ -215,5 +230,15 @@ mod tests {
         assert!(api(429, "RESOURCE_EXHAUSTED").is_quota());
         assert!(api(400, "resourceInUseByAnotherResource").is_in_use());
         assert_eq!(api(403, "forbidden").reason_code(), "PermissionDenied");
+        let unknown = CloudError::Api {
+            api: "secretmanager",
+            method: "set secret policy",
+            what: "wg-x".into(),
+            status: 400,
+            reason: "INVALID_ARGUMENT".into(),
+            message: "Service account wg-x@p.iam.gserviceaccount.com does not exist.".into(),
+        };
+        assert!(unknown.is_unknown_member());
+        assert!(!api(400, "INVALID_ARGUMENT").is_unknown_member());
     }
 }

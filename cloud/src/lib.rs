@@ -96,12 +96,71 @@ pub struct Desired {
     pub key_version: i64,
 }
 
+/// A Compute resource kind of a gateway: the ones with long-running operations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResourceKind {
+    /// The shared VPC network (global).
+    Network,
+    /// The gateway's firewall rule (global).
+    Firewall,
+    /// The static address (regional).
+    Address,
+    /// The VM (zonal).
+    Instance,
+}
+
+impl ResourceKind {
+    /// Every kind.
+    pub const ALL: [Self; 4] = [Self::Network, Self::Firewall, Self::Address, Self::Instance];
+
+    /// The lowercase name, as in `status.gcp.pendingOperations[].resource`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Network => "network",
+            Self::Firewall => "firewall",
+            Self::Address => "address",
+            Self::Instance => "instance",
+        }
+    }
+
+    /// The kind named `s`, if it is one.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// The scope this kind lives in for `target`: `global`, `regions/<r>` or `zones/<z>`.
+    pub fn scope(self, target: &Target) -> String {
+        match self {
+            Self::Network | Self::Firewall => "global".to_owned(),
+            Self::Address => format!("regions/{}", target.region),
+            Self::Instance => format!("zones/{}", target.zone),
+        }
+    }
+
+    /// The operation names used in errors and metrics: (get, delete).
+    pub fn get_and_delete(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Network => ("get network", "delete network"),
+            Self::Firewall => ("get firewall", "delete firewall"),
+            Self::Address => ("get address", "delete address"),
+            Self::Instance => ("get instance", "delete instance"),
+        }
+    }
+}
+
+impl std::fmt::Display for ResourceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A long-running Compute operation being waited on.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PendingOp {
-    /// The resource it acts on: `network`, `firewall`, `address` or `instance`.
-    pub resource: String,
+    /// The resource it acts on.
+    pub resource: ResourceKind,
     /// Operation name.
     pub name: String,
     /// `global`, `regions/<r>` or `zones/<z>`.
@@ -135,13 +194,7 @@ impl PendingOp {
     /// Whether this can be one of `target`'s own operations: well formed, a resource kind
     /// the gateway has, in the scope that kind lives in for this target.
     pub fn belongs_to(&self, target: &Target) -> bool {
-        let scope = match self.resource.as_str() {
-            "network" | "firewall" => "global".to_owned(),
-            "address" => format!("regions/{}", target.region),
-            "instance" => format!("zones/{}", target.zone),
-            _ => return false,
-        };
-        self.is_well_formed() && self.scope == scope
+        self.is_well_formed() && self.scope == self.resource.scope(target)
     }
 }
 

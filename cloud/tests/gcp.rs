@@ -486,7 +486,7 @@ async fn hostile_pending_operations_are_dropped_not_followed() {
     let (rec, _, _) = converge(&e.cloud, &d, Recorded::default(), 30).await;
     let name = d.target.id.resource_name();
     let op = |resource: &str, scope: String, op: String| wgnet_cloud::PendingOp {
-        resource: resource.into(),
+        resource: wgnet_cloud::ResourceKind::parse(resource).expect("a kind"),
         name: op,
         scope,
         description: "insert instance".into(),

@@ -754,7 +754,7 @@ async fn two_link_replicas_keep_serving_through_eviction_crash_and_rolling_updat
 async fn gcp_denials_dns_without_its_crd_and_delete_while_provisioning() {
     use wgnet_tests::gcp::{Fault, FaultAction};
     let c = Cluster::start(LatencyProfile::instant()).await;
-    let _op = operator_with(&c, Duration::from_secs(5)).await;
+    let op = operator_with(&c, Duration::from_secs(5)).await;
     namespace(&c.client, "apps", &[]).await;
     service(&c.client, "apps", "web", &[(80, "TCP")]).await;
     c.backend("apps", "web", "80", ",", "web").await;
@@ -799,6 +799,14 @@ async fn gcp_denials_dns_without_its_crd_and_delete_while_provisioning() {
     assert!(
         gw.status.as_ref().and_then(|s| s.address.clone()).is_some(),
         "the address was reserved regardless"
+    );
+    // The failure is counted under the step and GCP's reason.
+    let m = op.metrics.render();
+    assert!(
+        m.contains(
+            "wgnet_reconcile_errors_total{kind=\"Gateway\",step=\"cloud\",reason=\"PermissionDenied\"}"
+        ),
+        "{m}"
     );
     c.emu.clear_faults();
     let gw = wait_gw(

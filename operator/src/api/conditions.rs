@@ -84,3 +84,15 @@ pub mod messages {
     /// `Ready=False` while provisioning.
     pub const PROVISIONING: &str = "waiting for gateway address and active link tunnel";
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every reason the operator writes is one a user can look up in the README.
+    #[test]
+    fn every_reason_is_documented() {
+        let readme = include_str!("../../../README.md");
+        for r in super::reasons::ALL {
+            assert!(readme.contains(&format!("`{r}`")), "README lacks `{r}`");
+        }
+    }
+}

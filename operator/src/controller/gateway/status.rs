@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use wgnet_cloud::{PendingOp, Progress, Recorded};
+use wgnet_cloud::{PendingOp, Progress, Recorded, ResourceKind};
 
 use super::apply::Dns;
 use super::observe::LinkObserved;
@@ -14,7 +14,9 @@ use crate::api::{ForwardStatus, Gateway, GatewayStatus, GcpStatus, PendingOperat
 use crate::controller::{pod_ready, remove_condition, set_condition};
 use crate::forwards::{self, Classified};
 
-/// `status.gcp` as the cloud layer's record.
+/// `status.gcp` as the cloud layer's record. A pending operation of a kind the cloud layer
+/// does not have (status is writable by others) is dropped: the resources' own state tells
+/// the next pass what to do.
 pub fn recorded_of(s: Option<&GcpStatus>) -> Recorded {
     let Some(s) = s else {
         return Recorded::default();
@@ -33,11 +35,13 @@ pub fn recorded_of(s: Option<&GcpStatus>) -> Recorded {
         pending: s
             .pending_operations
             .iter()
-            .map(|p| PendingOp {
-                resource: p.resource.clone(),
-                name: p.name.clone(),
-                scope: p.scope.clone(),
-                description: p.description.clone().unwrap_or_default(),
+            .filter_map(|p| {
+                Some(PendingOp {
+                    resource: ResourceKind::parse(&p.resource)?,
+                    name: p.name.clone(),
+                    scope: p.scope.clone(),
+                    description: p.description.clone().unwrap_or_default(),
+                })
             })
             .collect(),
     }
@@ -60,7 +64,7 @@ pub fn gcp_status_of(r: &Recorded, vm_state: Option<String>) -> GcpStatus {
             .pending
             .iter()
             .map(|p| PendingOperation {
-                resource: p.resource.clone(),
+                resource: p.resource.as_str().to_owned(),
                 name: p.name.clone(),
                 scope: p.scope.clone(),
                 description: (!p.description.is_empty()).then(|| p.description.clone()),
@@ -505,7 +509,7 @@ mod tests {
             key_version: Some(2),
             iam_bound: true,
             pending: vec![PendingOp {
-                resource: "instance".into(),
+                resource: ResourceKind::Instance,
                 name: "op-1".into(),
                 scope: "zones/us-central1-a".into(),
                 description: "insert instance wg-a".into(),
@@ -513,6 +517,16 @@ mod tests {
         };
         let back = recorded_of(Some(&gcp_status_of(&r, Some("ready".into()))));
         // The address is kept in status.address, not in status.gcp.
-        assert_eq!(back, Recorded { address: None, ..r });
+        assert_eq!(
+            back,
+            Recorded {
+                address: None,
+                ..r.clone()
+            }
+        );
+        // A kind nobody records (someone else wrote the status) is not passed on.
+        let mut odd = gcp_status_of(&r, None);
+        odd.pending_operations[0].resource = "instance/../stop".into();
+        assert!(recorded_of(Some(&odd)).pending.is_empty());
     }
 }

@@ -1,0 +1,100 @@
+//! The static external address, when the Gateway asks for one: reserved before the VM so a
+//! recreated VM keeps its IP. I/O.
+
+use reqwest::Method;
+
+use super::ops::{Mutation, OpState};
+use super::wire::Address;
+use super::{GcpCloud, Pass, Step, collision, labels_ours};
+use crate::api::Service;
+use crate::{PendingOp, ResourceKind};
+
+/// The address's path.
+pub(super) fn path(project: &str, region: &str, name: &str) -> String {
+    format!("projects/{project}/regions/{region}/addresses/{name}")
+}
+
+impl GcpCloud {
+    /// Ready with the IP once reserved (`None` when the Gateway wants an ephemeral one).
+    pub(super) async fn ensure_address(
+        &self,
+        p: &Pass<'_>,
+    ) -> (Step<Option<String>>, Vec<PendingOp>) {
+        let mut ops = Vec::new();
+        if !p.d.reserved_ip {
+            return (Step::Ready(None), ops);
+        }
+        if let Some(s) = self.check_pending(p, ResourceKind::Address, &mut ops).await {
+            return (s, ops);
+        }
+        if p.rec.address_name.as_deref() == Some(p.name.as_str())
+            && p.rec.instance.is_some()
+            && let Some(ip) = &p.rec.address
+        {
+            return (Step::Ready(Some(ip.clone())), ops);
+        }
+        let t = &p.d.target;
+        let path = path(p.project(), &t.region, &p.name);
+        let observe = |v: &Address| {
+            if !labels_ours(&v.labels, &self.install, p.id()) {
+                return Step::Failed(collision("address", &p.name, &v.description));
+            }
+            match (v.status.as_deref(), v.address.as_deref()) {
+                (Some("RESERVED" | "IN_USE"), Some(ip)) => Step::Ready(Some(ip.to_owned())),
+                (s, _) => Step::Waiting(format!(
+                    "address {} is {}",
+                    p.name,
+                    s.unwrap_or("being reserved")
+                )),
+            }
+        };
+        match self
+            .get_opt::<Address>(Service::Compute, &path, "get address", &p.name)
+            .await
+        {
+            Err(e) => (Step::Failed(e), ops),
+            Ok(Some(v)) => (observe(&v), ops),
+            Ok(None) => {
+                let body = Address {
+                    name: p.name.clone(),
+                    description: p.marker(&self.install),
+                    address_type: "EXTERNAL".into(),
+                    network_tier: "PREMIUM".into(),
+                    labels: p.labels(&self.install),
+                    status: None,
+                    address: None,
+                };
+                let rid = p.request_id("address");
+                let r = self
+                    .mutate(
+                        Some(p),
+                        Mutation {
+                            method: Method::POST,
+                            path: format!(
+                                "projects/{}/regions/{}/addresses",
+                                p.project(),
+                                t.region
+                            ),
+                            body: Some(&body),
+                            op: "insert address",
+                            kind: ResourceKind::Address,
+                            what: &p.name,
+                            scope: ResourceKind::Address.scope(t),
+                        },
+                        &rid,
+                    )
+                    .await;
+                match r {
+                    Ok(OpState::Done) => match self
+                        .get::<Address>(Service::Compute, &path, "get address", &p.name)
+                        .await
+                    {
+                        Ok(v) => (observe(&v), ops),
+                        Err(e) => (Step::Failed(e), ops),
+                    },
+                    other => (Self::finish_op(other, None, &mut ops), ops),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! The VM: created with its identity, metadata (the startup script and `wgnet-*`
+//! attributes), tag and address; started when stopped; its metadata and labels put back
+//! when they drift; its guest attributes read as the VM's own report. I/O.
+
+use std::collections::BTreeMap;
+
+use reqwest::Method;
+
+use super::ops::{Mutation, OpState};
+use super::wire::{
+    AccessConfig, AttachedDisk, DiskParams, GuestAttributes, Instance, InstanceServiceAccount,
+    Metadata, NetworkInterface, Scheduling, SetLabelsRequest, ShieldedInstanceConfig, Tags,
+};
+use super::{GcpCloud, Pass, Step, collision, labels_ours, network};
+use crate::api::Service;
+use crate::{PendingOp, ResourceKind, Target};
+
+/// The instance's path.
+pub(super) fn path(project: &str, zone: &str, name: &str) -> String {
+    format!("projects/{project}/zones/{zone}/instances/{name}")
+}
+
+impl GcpCloud {
+    fn desired_metadata(p: &Pass<'_>) -> BTreeMap<String, String> {
+        let mut m = p.d.metadata.clone();
+        m.insert("enable-guest-attributes".into(), "TRUE".into());
+        m.insert("block-project-ssh-keys".into(), "TRUE".into());
+        m
+    }
+
+    fn instance_body(&self, p: &Pass<'_>, email: &str, ip: Option<&str>) -> Instance {
+        let t = &p.d.target;
+        let scheduling = if p.d.spot {
+            Scheduling {
+                provisioning_model: "SPOT".into(),
+                instance_termination_action: Some("STOP".into()),
+                automatic_restart: false,
+                on_host_maintenance: "TERMINATE".into(),
+            }
+        } else {
+            Scheduling {
+                provisioning_model: "STANDARD".into(),
+                instance_termination_action: None,
+                automatic_restart: true,
+                on_host_maintenance: "MIGRATE".into(),
+            }
+        };
+        Instance {
+            name: p.name.clone(),
+            description: p.marker(&self.install),
+            machine_type: format!("zones/{}/machineTypes/{}", t.zone, p.d.machine_type),
+            labels: p.labels(&self.install),
+            label_fingerprint: None,
+            tags: Some(Tags {
+                items: vec![p.name.clone()],
+            }),
+            disks: vec![AttachedDisk {
+                boot: true,
+                auto_delete: true,
+                initialize_params: Some(DiskParams {
+                    source_image: p.d.image.clone(),
+                    disk_size_gb: p.d.disk_size_gb.to_string(),
+                    disk_type: format!("zones/{}/diskTypes/pd-balanced", t.zone),
+                }),
+            }],
+            network_interfaces: vec![NetworkInterface {
+                network: network::path(p.project(), &self.network),
+                access_configs: vec![AccessConfig {
+                    name: "External NAT".into(),
+                    type_: "ONE_TO_ONE_NAT".into(),
+                    network_tier: "PREMIUM".into(),
+                    nat_ip: ip.map(str::to_owned),
+                }],
+            }],
+            service_accounts: vec![InstanceServiceAccount {
+                email: email.to_owned(),
+                scopes: vec!["https://www.googleapis.com/auth/cloud-platform".into()],
+            }],
+            metadata: Some(Metadata::from_map(None, &Self::desired_metadata(p))),
+            shielded_instance_config: Some(ShieldedInstanceConfig {
+                enable_secure_boot: true,
+                enable_vtpm: true,
+                enable_integrity_monitoring: true,
+            }),
+            scheduling: Some(scheduling),
+            can_ip_forward: false,
+            deletion_protection: false,
+            status: None,
+        }
+    }
+
+    /// Ready with the VM's status and public IP.
+    pub(super) async fn ensure_instance(
+        &self,
+        p: &Pass<'_>,
+        email: &str,
+        ip: Option<&str>,
+    ) -> (Step<(String, Option<String>)>, Vec<PendingOp>) {
+        let mut ops = Vec::new();
+        if let Some(s) = self
+            .check_pending(p, ResourceKind::Instance, &mut ops)
+            .await
+        {
+            return (s, ops);
+        }
+        let t = &p.d.target;
+        let path = path(p.project(), &t.zone, &p.name);
+        let mutation = |method, path, op| Mutation::<'_, Instance> {
+            method,
+            path,
+            body: None,
+            op,
+            kind: ResourceKind::Instance,
+            what: &p.name,
+            scope: ResourceKind::Instance.scope(t),
+        };
+        let v = match self
+            .get_opt::<Instance>(Service::Compute, &path, "get instance", &p.name)
+            .await
+        {
+            Err(e) => return (Step::Failed(e), ops),
+            Ok(Some(v)) => v,
+            Ok(None) => {
+                let rid = p.request_id("instance");
+                let body = self.instance_body(p, email, ip);
+                let insert = Mutation {
+                    body: Some(&body),
+                    ..mutation(
+                        Method::POST,
+                        format!("projects/{}/zones/{}/instances", p.project(), t.zone),
+                        "insert instance",
+                    )
+                };
+                let r = self.mutate(Some(p), insert, &rid).await;
+                return match r {
+                    // Instances come up RUNNING when the insert is DONE; read the IP next pass.
+                    Ok(OpState::Done) => {
+                        (Step::Waiting(format!("instance {} created", p.name)), ops)
+                    }
+                    other => (Self::finish_op(other, (String::new(), None), &mut ops), ops),
+                };
+            }
+        };
+        if !labels_ours(&v.labels, &self.install, p.id()) {
+            return (
+                Step::Failed(collision("instance", &p.name, &v.description)),
+                ops,
+            );
+        }
+        let status = v.status.clone().unwrap_or_default();
+        let nat = v.nat_ip().map(str::to_owned);
+        match status.as_str() {
+            "RUNNING" => {}
+            "TERMINATED" | "STOPPED" => {
+                let rid = p.request_id("instance-start");
+                let r = self
+                    .mutate(
+                        Some(p),
+                        mutation(Method::POST, format!("{path}/start"), "start instance"),
+                        &rid,
+                    )
+                    .await;
+                return match r {
+                    Ok(OpState::Done) => {
+                        (Step::Waiting(format!("instance {} started", p.name)), ops)
+                    }
+                    other => (Self::finish_op(other, (status, nat), &mut ops), ops),
+                };
+            }
+            s => return (Step::Waiting(format!("instance {} is {s}", p.name)), ops),
+        }
+        let want = Self::desired_metadata(p);
+        let current = v.metadata.clone().unwrap_or_default();
+        if current.to_map() != want {
+            let body = Metadata::from_map(current.fingerprint, &want);
+            let rid = p.request_id("instance-metadata");
+            let m = Mutation {
+                method: Method::POST,
+                path: format!("{path}/setMetadata"),
+                body: Some(&body),
+                op: "set instance metadata",
+                kind: ResourceKind::Instance,
+                what: &p.name,
+                scope: ResourceKind::Instance.scope(t),
+            };
+            let r = self.mutate(Some(p), m, &rid).await;
+            return (Self::finish_op(r, (status, nat), &mut ops), ops);
+        }
+        let want_labels = p.labels(&self.install);
+        if v.labels != want_labels {
+            // The uid changed (adopted) or someone edited labels.
+            let body = SetLabelsRequest {
+                label_fingerprint: v.label_fingerprint.clone(),
+                labels: want_labels,
+            };
+            let rid = p.request_id("instance-labels");
+            let m = Mutation {
+                method: Method::POST,
+                path: format!("{path}/setLabels"),
+                body: Some(&body),
+                op: "set instance labels",
+                kind: ResourceKind::Instance,
+                what: &p.name,
+                scope: ResourceKind::Instance.scope(t),
+            };
+            let r = self.mutate(Some(p), m, &rid).await;
+            return (Self::finish_op(r, (status, nat), &mut ops), ops);
+        }
+        (Step::Ready((status, nat)), ops)
+    }
+
+    /// The VM's own report: its guest attributes under `wgnet/` (empty before it writes).
+    pub(super) async fn guest_report(
+        &self,
+        target: &Target,
+    ) -> Result<BTreeMap<String, String>, crate::CloudError> {
+        let name = target.id.resource_name();
+        let path = format!(
+            "{}/getGuestAttributes?queryPath=wgnet%2F",
+            path(&target.project, &target.zone, &name)
+        );
+        let found = self
+            .get_opt::<GuestAttributes>(Service::Compute, &path, "get guest attributes", &name)
+            .await?;
+        Ok(found
+            .map(|g| {
+                g.query_value
+                    .items
+                    .into_iter()
+                    .map(|i| (i.key, i.value))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+}

@@ -1,0 +1,659 @@
+//! [`GcpCloud`]: the [`Cloud`] trait over the Compute, IAM and Secret Manager REST APIs.
+//!
+//! Dependency order, written down once (everything on one line runs in parallel):
+//!
+//! 1. network, service account, secret (+ key version), static address
+//! 2. firewall (needs the network); secretAccessor binding (needs the account and the
+//!    secret); instance (needs the network, the account and the address)
+//!
+//! Deletion runs the other way: instance, account and secret; then firewall and address
+//! (the address is in use until the instance is gone); then the shared network, which GCP
+//! refuses to delete while another gateway's firewall or VM uses it.
+//!
+//! Nothing here waits on a long-running operation: inserts record their operation in
+//! [`Recorded::pending`] and the next call polls it once. An unchanged resync reads the
+//! firewall and the instance (drift repair) and writes nothing.
+//!
+//! One file per resource ([`network`], [`firewall`], [`address`], [`instance`], [`iam`]
+//! for the service account and its binding, [`secret`]), [`ops`] for Compute operations
+//! and deletion, [`sweep`] for listing what an install owns, [`wire`] for the typed bodies.
+//! This module holds the pass, ownership checks and the [`Cloud`] implementation.
+//!
+//! I/O boundary: all HTTP goes through [`Api`].
+
+mod address;
+mod firewall;
+mod iam;
+mod instance;
+mod network;
+mod ops;
+mod secret;
+mod sweep;
+pub mod wire;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use futures_util::future::{join, join3, join4};
+use reqwest::Method;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use self::ops::Deletion;
+use crate::api::{Api, CallObserver, Credentials, Endpoints, Retry, RetryPolicy, Service};
+use crate::error::CloudError;
+use crate::names::{self, GatewayId};
+use crate::{
+    Cloud, DeleteProgress, Desired, Owned, PendingOp, Progress, Recorded, ResourceKind, Target,
+};
+
+/// Settings of the GCP implementation.
+#[derive(Clone)]
+pub struct GcpConfig {
+    /// Token source.
+    pub credentials: Credentials,
+    /// API base URLs.
+    pub endpoints: Endpoints,
+    /// Retries inside one call.
+    pub retry: RetryPolicy,
+    /// Install name, the `wgnet-install` label (several operators can share a project).
+    pub install: String,
+    /// Cluster id of this operator, for orphan sweeps.
+    pub cluster: String,
+    /// Name of the shared VPC network.
+    pub network: String,
+    /// Receives every HTTP call, for metrics.
+    pub observer: Option<CallObserver>,
+}
+
+impl std::fmt::Debug for GcpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GcpConfig")
+            .field("credentials", &self.credentials)
+            .field("endpoints", &self.endpoints)
+            .field("install", &self.install)
+            .field("network", &self.network)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The GCP cloud.
+#[derive(Debug)]
+pub struct GcpCloud {
+    api: Api,
+    install: String,
+    cluster: String,
+    network: String,
+}
+
+/// Outcome of one resource's step in a pass.
+#[derive(Debug)]
+enum Step<T> {
+    Ready(T),
+    Waiting(String),
+    Failed(CloudError),
+}
+
+impl<T> Step<T> {
+    fn ready(&self) -> Option<&T> {
+        match self {
+            Step::Ready(t) => Some(t),
+            _ => None,
+        }
+    }
+}
+
+/// Sorts a step's outcome into the pass's waiting and error lists.
+fn absorb<T>(step: Step<T>, waiting: &mut Vec<String>, errors: &mut Vec<CloudError>) -> Option<T> {
+    match step {
+        Step::Ready(t) => Some(t),
+        Step::Waiting(w) => {
+            waiting.push(w);
+            None
+        }
+        Step::Failed(e) => {
+            errors.push(e);
+            None
+        }
+    }
+}
+
+/// 128 random bits, hex: a pass's `requestId` salt. Without randomness (never seen on
+/// Linux) the time serves, since a repeat only costs a de-duplicated request.
+fn pass_salt() -> String {
+    use ring::rand::SecureRandom as _;
+    let mut b = [0u8; 16];
+    if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        b = t.to_le_bytes();
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// One pass over one gateway.
+struct Pass<'a> {
+    d: &'a Desired,
+    rec: &'a Recorded,
+    name: String,
+    writes: AtomicUsize,
+    /// Random per pass: retries inside one call reuse a `requestId` (so GCP de-duplicates
+    /// them), while the next pass, which reads before it writes, asks anew.
+    salt: String,
+    /// Requests issued this pass, so two of one kind get different ids.
+    issued: AtomicU64,
+}
+
+impl Pass<'_> {
+    fn project(&self) -> &str {
+        &self.d.target.project
+    }
+
+    fn id(&self) -> &GatewayId {
+        &self.d.target.id
+    }
+
+    fn request_id(&self, what: &str) -> String {
+        let n = self.issued.fetch_add(1, Ordering::Relaxed) + 1;
+        names::request_id(&[
+            what,
+            self.project(),
+            &self.name,
+            &self.id().uid,
+            &self.salt,
+            &n.to_string(),
+        ])
+    }
+
+    fn wrote(&self) {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn pending(&self, kind: ResourceKind) -> Option<&PendingOp> {
+        self.rec.pending.iter().find(|p| p.resource == kind)
+    }
+
+    /// The ownership labels of this gateway's resources.
+    fn labels(&self, install: &str) -> BTreeMap<String, String> {
+        let t = &self.d.target;
+        t.id.labels(install, &t.region, &t.zone)
+    }
+
+    /// The ownership marker (a description) of this gateway's resources.
+    fn marker(&self, install: &str) -> String {
+        let t = &self.d.target;
+        t.id.marker(install, &t.region, &t.zone)
+    }
+}
+
+/// Whether labels say the resource is this gateway's: same install, cluster, namespace and
+/// name. The uid may differ (a Gateway recreated under the same name adopts what its
+/// predecessor left behind).
+fn labels_ours(labels: &BTreeMap<String, String>, install: &str, id: &GatewayId) -> bool {
+    let is = |k: &str, v: &str| labels.get(k).map(String::as_str) == Some(&names::label_value(v));
+    is(names::LABEL_INSTALL, install)
+        && is(names::LABEL_CLUSTER, &id.cluster)
+        && is(names::LABEL_NAMESPACE, &id.namespace)
+        && is(names::LABEL_NAME, &id.name)
+}
+
+/// Whether a description marker says the resource is this gateway's (same test as
+/// [`labels_ours`]).
+fn marker_ours(description: &str, install: &str, id: &GatewayId) -> bool {
+    names::parse_marker(description).is_some_and(|m| {
+        m.install == install
+            && m.cluster == id.cluster
+            && m.namespace == id.namespace
+            && m.name == id.name
+    })
+}
+
+/// A resource with our name that is not ours.
+fn collision(kind: &'static str, name: &str, description: &str) -> CloudError {
+    CloudError::NameCollision {
+        kind,
+        name: name.to_owned(),
+        detail: if description.is_empty() {
+            "no wgnet labels".to_owned()
+        } else {
+            format!("description {description:?}")
+        },
+    }
+}
+
+/// An answer in the shape `T`, or a protocol error that names the call (never the body,
+/// which may hold key material).
+fn decode<T: DeserializeOwned>(v: Value, op: &str, what: &str) -> Result<T, CloudError> {
+    serde_json::from_value(v).map_err(|e| {
+        CloudError::Protocol(format!(
+            "{op} {what}: GCP's answer does not have the expected shape ({:?} error)",
+            e.classify()
+        ))
+    })
+}
+
+/// A request body as JSON.
+fn encode_body<T: Serialize>(t: &T) -> Result<Value, CloudError> {
+    serde_json::to_value(t)
+        .map_err(|e| CloudError::Protocol(format!("a request body cannot be encoded: {e}")))
+}
+
+impl GcpCloud {
+    /// Loads credentials and builds the client.
+    pub async fn new(config: GcpConfig) -> Result<Self, CloudError> {
+        if config.install.is_empty() || config.network.is_empty() {
+            return Err(CloudError::Config(
+                "install and network names must not be empty".to_owned(),
+            ));
+        }
+        let api = Api::new(
+            &config.credentials,
+            config.endpoints,
+            config.retry,
+            config.observer,
+        )
+        .await?;
+        Ok(Self {
+            api,
+            install: config.install,
+            cluster: config.cluster,
+            network: config.network,
+        })
+    }
+
+    /// GETs `path` as a `T`.
+    async fn get<T: DeserializeOwned>(
+        &self,
+        s: Service,
+        path: &str,
+        op: &'static str,
+        what: &str,
+    ) -> Result<T, CloudError> {
+        let v = self
+            .api
+            .call(s, Method::GET, path, None, op, what, Retry::Transient)
+            .await?;
+        decode(v, op, what)
+    }
+
+    /// GETs `path` as a `T`; `None` when it does not exist.
+    async fn get_opt<T: DeserializeOwned>(
+        &self,
+        s: Service,
+        path: &str,
+        op: &'static str,
+        what: &str,
+    ) -> Result<Option<T>, CloudError> {
+        match self.get(s, path, op, what).await {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends a body to IAM or Secret Manager and reads the answer as a `T`.
+    async fn send<B: Serialize, T: DeserializeOwned>(
+        &self,
+        s: Service,
+        path: &str,
+        body: &B,
+        op: &'static str,
+        what: &str,
+        retry: Retry,
+    ) -> Result<T, CloudError> {
+        let body = encode_body(body)?;
+        let v = self
+            .api
+            .call(s, Method::POST, path, Some(&body), op, what, retry)
+            .await?;
+        decode(v, op, what)
+    }
+}
+
+/// `rec` with only the pending operations that can be `target`'s own (see
+/// [`PendingOp::belongs_to`]); the others are dropped with a warning, and the resources'
+/// own state tells the pass what to do.
+fn own_operations(rec: &Recorded, target: &Target) -> Recorded {
+    let mut clean = rec.clone();
+    clean.pending.retain(|op| {
+        let ok = op.belongs_to(target);
+        if !ok {
+            tracing::warn!(
+                resource = %op.resource,
+                "Ignoring a recorded operation that is not this gateway's"
+            );
+        }
+        ok
+    });
+    clean
+}
+
+impl Cloud for GcpCloud {
+    async fn ensure(&self, d: &Desired, rec: &Recorded) -> Progress {
+        let rec = &own_operations(rec, &d.target);
+        let p = Pass {
+            d,
+            rec,
+            name: d.target.id.resource_name(),
+            writes: AtomicUsize::new(0),
+            salt: pass_salt(),
+            issued: AtomicU64::new(0),
+        };
+        let mut waiting = Vec::new();
+        let mut errors = Vec::new();
+        let mut pending = Vec::new();
+
+        let ((net, net_ops), sa, secret, (addr, addr_ops)) = join4(
+            self.ensure_network(&p),
+            self.ensure_service_account(&p),
+            self.ensure_secret(&p),
+            self.ensure_address(&p),
+        )
+        .await;
+        pending.extend(net_ops);
+        pending.extend(addr_ops);
+        let net_ready = net.ready().is_some();
+        let email = sa.ready().cloned();
+        let secret_ids = secret.ready().cloned();
+        let ip = addr.ready().cloned();
+
+        let fw_fut = async {
+            if net_ready {
+                Some(self.ensure_firewall(&p).await)
+            } else {
+                None
+            }
+        };
+        let bind_fut = async {
+            match (&email, &secret_ids) {
+                (Some(e), Some((s, _))) => Some(self.ensure_binding(&p, e, s).await),
+                _ => None,
+            }
+        };
+        let inst_fut = async {
+            match (net_ready, &email, &ip) {
+                (true, Some(e), Some(ip)) => Some(self.ensure_instance(&p, e, ip.as_deref()).await),
+                _ => None,
+            }
+        };
+        let (fw, bind, inst) = join3(fw_fut, bind_fut, inst_fut).await;
+
+        let mut recorded = rec.clone();
+        let net_ok = absorb(net, &mut waiting, &mut errors).is_some();
+        // Unconfirmed this pass (another gateway may have just deleted it): look again next time.
+        recorded.network = net_ok.then(|| self.network.clone());
+        let sa_ok = absorb(sa, &mut waiting, &mut errors);
+        if let Some(e) = &sa_ok {
+            recorded.service_account_email = Some(e.clone());
+        }
+        match absorb(secret, &mut waiting, &mut errors) {
+            Some((s, v)) => {
+                recorded.secret = Some(s);
+                recorded.secret_version = Some(v);
+                recorded.key_version = Some(d.key_version);
+            }
+            None => {
+                if recorded.key_version != Some(d.key_version) {
+                    recorded.secret_version = None;
+                }
+            }
+        }
+        let addr_ok = absorb(addr, &mut waiting, &mut errors);
+        if let Some(Some(ip)) = &addr_ok {
+            recorded.address_name = Some(p.name.clone());
+            recorded.address = Some(ip.clone());
+        }
+        let mut all =
+            net_ok && sa_ok.is_some() && recorded.secret_version.is_some() && addr_ok.is_some();
+        match fw {
+            Some((s, ops)) => {
+                pending.extend(ops);
+                if absorb(s, &mut waiting, &mut errors).is_some() {
+                    recorded.firewall = Some(p.name.clone());
+                } else {
+                    all = false;
+                }
+            }
+            None => all = false,
+        }
+        match bind {
+            Some(s) => {
+                recorded.iam_bound = absorb(s, &mut waiting, &mut errors).is_some();
+                all &= recorded.iam_bound;
+            }
+            None => all = false,
+        }
+        let mut vm_status = None;
+        let mut address = recorded.address.clone().filter(|_| d.reserved_ip);
+        match inst {
+            Some((s, ops)) => {
+                pending.extend(ops);
+                match absorb(s, &mut waiting, &mut errors) {
+                    Some((status, nat)) => {
+                        recorded.instance = Some(p.name.clone());
+                        vm_status = Some(status);
+                        if address.is_none() {
+                            address = nat.clone();
+                            recorded.address = nat;
+                        }
+                    }
+                    None => all = false,
+                }
+            }
+            None => all = false,
+        }
+        if !d.reserved_ip && recorded.instance.is_none() {
+            recorded.address = None;
+        }
+        recorded.pending = pending;
+        Progress {
+            ready: all && errors.is_empty() && vm_status.as_deref() == Some("RUNNING"),
+            address,
+            vm_status,
+            waiting,
+            errors,
+            writes: p.writes.load(Ordering::Relaxed),
+            recorded,
+        }
+    }
+
+    async fn delete(&self, target: &Target, rec: &Recorded) -> DeleteProgress {
+        let rec = &own_operations(rec, target);
+        let name = target.id.resource_name();
+        let project = target.project.as_str();
+        let mut waiting = Vec::new();
+        let mut errors = Vec::new();
+        let mut pending = Vec::new();
+        let email = iam::email(&name, project);
+        let install = self.install.as_str();
+        let id = &target.id;
+        let compute = |kind: ResourceKind, path: String, name: &str| Deletion {
+            kind,
+            path,
+            name: name.to_owned(),
+            scope: kind.scope(target),
+        };
+
+        let ((inst, ops), sa, secret) = join3(
+            self.delete_compute(
+                project,
+                compute(
+                    ResourceKind::Instance,
+                    instance::path(project, &target.zone, &name),
+                    &name,
+                ),
+                rec,
+                |v: &wire::Instance| labels_ours(&v.labels, install, id),
+            ),
+            self.delete_service_account(project, &email, |v| {
+                marker_ours(&v.description, install, id)
+            }),
+            self.delete_secret(project, &name, |v| labels_ours(&v.labels, install, id)),
+        )
+        .await;
+        pending.extend(ops);
+        let inst_gone = absorb(inst, &mut waiting, &mut errors).is_some();
+        let sa_gone = absorb(sa, &mut waiting, &mut errors).is_some();
+        let secret_gone = absorb(secret, &mut waiting, &mut errors).is_some();
+        let mut done = inst_gone && sa_gone && secret_gone;
+        let mut recorded = rec.clone();
+        if inst_gone {
+            recorded.instance = None;
+        }
+        if sa_gone {
+            recorded.service_account_email = None;
+            recorded.iam_bound = false;
+        }
+        if secret_gone {
+            recorded.secret = None;
+            recorded.secret_version = None;
+        }
+        if inst_gone {
+            let ((fw, fw_ops), (addr, addr_ops)) = join(
+                self.delete_compute(
+                    project,
+                    compute(
+                        ResourceKind::Firewall,
+                        firewall::path(project, &name),
+                        &name,
+                    ),
+                    rec,
+                    |v: &wire::Firewall| marker_ours(&v.description, install, id),
+                ),
+                self.delete_compute(
+                    project,
+                    compute(
+                        ResourceKind::Address,
+                        address::path(project, &target.region, &name),
+                        &name,
+                    ),
+                    rec,
+                    |v: &wire::Address| labels_ours(&v.labels, install, id),
+                ),
+            )
+            .await;
+            pending.extend(fw_ops);
+            pending.extend(addr_ops);
+            let fw_gone = absorb(fw, &mut waiting, &mut errors).is_some();
+            let addr_gone = absorb(addr, &mut waiting, &mut errors).is_some();
+            if fw_gone {
+                recorded.firewall = None;
+            }
+            if addr_gone {
+                recorded.address_name = None;
+                recorded.address = None;
+            }
+            done &= fw_gone && addr_gone;
+            if fw_gone {
+                let marker = names::network_marker(install);
+                let (net, net_ops) = self
+                    .delete_compute(
+                        project,
+                        compute(
+                            ResourceKind::Network,
+                            network::path(project, &self.network),
+                            &self.network,
+                        ),
+                        rec,
+                        |v: &wire::Network| v.description == marker,
+                    )
+                    .await;
+                pending.extend(net_ops);
+                match net {
+                    Step::Failed(e) if e.is_in_use() => {
+                        // Another gateway's firewall or VM still uses it; the last one out removes it.
+                        recorded.network = None;
+                    }
+                    other => {
+                        if absorb(other, &mut waiting, &mut errors).is_some() {
+                            recorded.network = None;
+                        } else {
+                            done = false;
+                        }
+                    }
+                }
+            }
+        } else {
+            done = false;
+        }
+        recorded.pending = pending;
+        DeleteProgress {
+            done: done && errors.is_empty(),
+            recorded,
+            waiting,
+            errors,
+        }
+    }
+
+    async fn list_owned(&self, project: &str) -> Result<Vec<Owned>, CloudError> {
+        self.owned(project).await
+    }
+
+    async fn vm_report(&self, target: &Target) -> Result<BTreeMap<String, String>, CloudError> {
+        self.guest_report(target).await
+    }
+
+    async fn wait_any(&self, target: &Target, recorded: &Recorded) {
+        self.wait_for_any(target, recorded).await;
+    }
+}
+
+/// Percent-encodes a query value.
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_bytes_never_print() {
+        let s = crate::SecretBytes::new(b"private".to_vec());
+        assert!(!format!("{s:?}").contains("private"));
+    }
+
+    #[test]
+    fn encodes_filters() {
+        assert_eq!(encode("labels.a=b c"), "labels.a%3Db%20c");
+    }
+
+    #[test]
+    fn ownership_is_install_cluster_namespace_and_name() {
+        let id = GatewayId {
+            cluster: "c1".into(),
+            namespace: "apps".into(),
+            name: "edge".into(),
+            uid: "u1".into(),
+        };
+        let labels = id.labels("wgnet", "r", "z");
+        assert!(labels_ours(&labels, "wgnet", &id));
+        let other = GatewayId {
+            uid: "u2".into(),
+            ..id.clone()
+        };
+        assert!(
+            labels_ours(&labels, "wgnet", &other),
+            "a recreated Gateway adopts"
+        );
+        let elsewhere = GatewayId {
+            namespace: "other".into(),
+            ..id.clone()
+        };
+        assert!(!labels_ours(&labels, "wgnet", &elsewhere));
+        assert!(!labels_ours(&labels, "another-install", &id));
+        assert!(marker_ours(&id.marker("wgnet", "r", "z"), "wgnet", &id));
+        assert!(!marker_ours("hand-made", "wgnet", &id));
+    }
+}
