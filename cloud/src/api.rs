@@ -300,6 +300,30 @@ fn transport_message(e: &reqwest::Error) -> String {
     msg
 }
 
+/// Google's error body: `{"error": {"code", "message", "status", "errors": [{"reason"}],
+/// "details": [{"reason"}]}}` (Compute fills `errors`, the RPC-style APIs `status` and
+/// `details`).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+struct ErrorBody {
+    error: ErrorStatus,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+struct ErrorStatus {
+    message: Option<String>,
+    status: Option<String>,
+    errors: Vec<ErrorReason>,
+    details: Vec<ErrorReason>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+struct ErrorReason {
+    reason: Option<String>,
+}
+
 /// Turns a Google error body into a [`CloudError::Api`].
 fn api_error(
     service: Service,
@@ -308,18 +332,17 @@ fn api_error(
     status: u16,
     body: &[u8],
 ) -> CloudError {
-    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    let err = &v["error"];
-    let message = err["message"]
-        .as_str()
-        .map(str::to_owned)
+    let e = serde_json::from_slice::<ErrorBody>(body)
+        .unwrap_or_default()
+        .error;
+    let message = e
+        .message
         .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned());
-    let reason = err["errors"][0]["reason"]
-        .as_str()
-        .or_else(|| err["status"].as_str())
-        .or_else(|| err["details"][0]["reason"].as_str())
-        .unwrap_or("")
-        .to_owned();
+    let first = |l: &[ErrorReason]| l.first().and_then(|r| r.reason.clone());
+    let reason = first(&e.errors)
+        .or(e.status)
+        .or_else(|| first(&e.details))
+        .unwrap_or_default();
     CloudError::Api {
         api: service.name(),
         method: op,
@@ -327,5 +350,50 @@ fn api_error(
         status,
         reason,
         message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reason(body: &str) -> (String, String) {
+        match api_error(
+            Service::Compute,
+            "insert instance",
+            "wg-x",
+            400,
+            body.as_bytes(),
+        ) {
+            CloudError::Api {
+                reason, message, ..
+            } => (reason, message),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn google_error_bodies_give_their_reason_and_message() {
+        // Compute: errors[].reason.
+        assert_eq!(
+            reason(
+                r#"{"error":{"code":403,"message":"denied","errors":[{"reason":"forbidden"}]}}"#
+            ),
+            ("forbidden".into(), "denied".into())
+        );
+        // RPC style: status, then details[].reason.
+        assert_eq!(
+            reason(r#"{"error":{"code":409,"message":"m","status":"ABORTED"}}"#).0,
+            "ABORTED"
+        );
+        assert_eq!(
+            reason(r#"{"error":{"code":429,"message":"m","details":[{"reason":"RATE_LIMIT_EXCEEDED"}]}}"#).0,
+            "RATE_LIMIT_EXCEEDED"
+        );
+        // Not Google's shape (a proxy's page): the start of the body, no reason.
+        assert_eq!(
+            reason("<html>bad gateway</html>"),
+            (String::new(), "<html>bad gateway</html>".into())
+        );
     }
 }
