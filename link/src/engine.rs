@@ -1,23 +1,26 @@
-//! Makes the data plane match a [`LinkConfig`]: the WireGuard device, wg0's address, MTU
-//! and routes, and the nftables table, each touched only when its part of the config
-//! changed. Also fencing (removing wg0 and the table). I/O boundary: the device, netlink,
-//! nftables, `/proc/sys` and name resolution, all called from here.
+//! Makes the data plane match a [`LinkConfig`]: resolves the names the config needs,
+//! plans the whole data plane ([`plan::data_plan`], pure), then brings the WireGuard
+//! device, wg0's address, MTU and routes, and the nftables table to the plan, each touched
+//! only when its part changed. Also fencing (removing wg0 and the table).
+//!
+//! The kernel is reached through three backend traits, [`Tunnel`], [`Interfaces`] and
+//! [`Firewall`], whose real implementations ([`BoringTun`], [`Netlink`], [`Nftables`]) are
+//! the I/O boundary; with recording fakes, planning and most of apply are unit-tested
+//! without root. Name resolution is the one other I/O, in [`Engine::apply`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
+use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
-use crate::config::{LinkConfig, PeerConfig};
+use crate::config::LinkConfig;
+use crate::keys::SecretKey;
 use crate::net::Ipv4Net;
-use crate::netlink::Netlink;
-use crate::nft;
-use crate::plan::{self, EgressRule, Plan};
+use crate::netlink::{Netlink, NetlinkError};
+use crate::nft::{self, NftError};
+use crate::plan::{self, DataPlan, Plan, Resolved};
 use crate::status::Status;
 use crate::wg::{Device, Peer};
-
-/// Prefixes this broad would swallow the pod's own traffic (API server, DNS) if routed
-/// into the tunnel; for them only the resolved targets get host routes.
-const BROADEST_ROUTED_PREFIX: u8 = 8;
 
 /// A failed apply: what the operator's condition and the log say.
 #[derive(Debug, thiserror::Error)]
@@ -37,10 +40,10 @@ pub enum ApplyError {
     },
     /// rtnetlink refused.
     #[error(transparent)]
-    Netlink(#[from] crate::netlink::NetlinkError),
+    Netlink(#[from] NetlinkError),
     /// nftables refused.
     #[error(transparent)]
-    Nft(#[from] nft::NftError),
+    Nft(#[from] NftError),
 }
 
 /// What an apply did, for logs and status.
@@ -54,31 +57,89 @@ pub struct Outcome {
     pub endpoint_unresolved: Option<String>,
 }
 
-/// The data plane of one link process.
-pub struct Engine {
-    wg_name: String,
-    nl: Netlink,
-    device: Option<(Arc<Device>, u16)>,
-    link_state: Option<(Ipv4Net, u16)>,
-    routes: BTreeSet<Ipv4Net>,
-    plan: Option<Plan>,
+/// The WireGuard device.
+pub trait Tunnel {
+    /// (Re)creates the device `name` listening on `listen` (0: any port).
+    fn start(&mut self, name: &str, listen: u16) -> std::io::Result<()>;
+    /// Removes the device.
+    fn stop(&mut self);
+    /// Sets the device's key and its one peer (none: no peer).
+    fn set_peer(&mut self, private_key: &SecretKey, peer: Option<&Peer>);
+}
+
+/// wg0's address, MTU and routes, and the forwarding switch.
+pub trait Interfaces {
+    /// Turns IPv4 forwarding on, or proves it is on.
+    fn ensure_forwarding(&self) -> Result<(), String>;
+    /// Gives `name` exactly `addr` and `mtu`, and brings it up.
+    fn configure(
+        &self,
+        name: &str,
+        addr: Ipv4Net,
+        mtu: u16,
+    ) -> impl Future<Output = Result<(), NetlinkError>> + Send;
+    /// Routes `net` into `name`.
+    fn add_route(
+        &self,
+        name: &str,
+        net: Ipv4Net,
+    ) -> impl Future<Output = Result<(), NetlinkError>> + Send;
+    /// Removes that route.
+    fn del_route(
+        &self,
+        name: &str,
+        net: Ipv4Net,
+    ) -> impl Future<Output = Result<(), NetlinkError>> + Send;
+}
+
+/// The nftables table.
+pub trait Firewall {
+    /// Replaces the table with `plan`, atomically.
+    fn apply(&mut self, plan: &Plan) -> Result<(), NftError>;
+    /// Removes the table.
+    fn remove(&mut self) -> Result<(), NftError>;
+}
+
+/// boringtun on a TUN device; publishes the device to the status endpoint.
+pub struct BoringTun {
+    device: Option<Arc<Device>>,
     status: Arc<Status>,
 }
 
-async fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
-    if let Ok(ip) = host.parse::<Ipv4Addr>() {
-        return Ok(SocketAddr::from((ip, port)));
+impl BoringTun {
+    /// No device yet.
+    pub fn new(status: Arc<Status>) -> Self {
+        Self {
+            device: None,
+            status,
+        }
     }
-    let addrs = tokio::net::lookup_host((host, port))
-        .await
-        .map_err(|e| format!("{host} does not resolve: {e}"))?;
-    addrs
-        .into_iter()
-        .find(SocketAddr::is_ipv4)
-        .ok_or_else(|| format!("{host} has no IPv4 address"))
 }
 
-/// Enables IPv4 forwarding, or proves it is already on.
+impl Tunnel for BoringTun {
+    fn start(&mut self, name: &str, listen: u16) -> std::io::Result<()> {
+        self.stop();
+        let dev = Arc::new(Device::start(name, listen)?);
+        self.status.set_device(Some(Arc::downgrade(&dev)));
+        self.device = Some(dev);
+        Ok(())
+    }
+
+    fn stop(&mut self) {
+        self.status.set_device(None);
+        // Dropping the last reference stops the threads and closes the TUN.
+        self.device = None;
+    }
+
+    fn set_peer(&mut self, private_key: &SecretKey, peer: Option<&Peer>) {
+        if let Some(d) = &self.device {
+            d.set_peer(private_key, peer);
+        }
+    }
+}
+
+/// Enables IPv4 forwarding in this network namespace, or proves it is already on (also
+/// the `enable-forwarding` init container's whole job).
 pub fn ensure_forwarding() -> Result<(), ApplyError> {
     const PATH: &str = "/proc/sys/net/ipv4/ip_forward";
     if std::fs::read_to_string(PATH).is_ok_and(|v| v.trim() == "1") {
@@ -87,201 +148,393 @@ pub fn ensure_forwarding() -> Result<(), ApplyError> {
     std::fs::write(PATH, "1\n").map_err(|e| ApplyError::Forwarding(e.to_string()))
 }
 
-impl Engine {
-    /// A stopped engine that will create `wg_name`.
-    pub fn new(wg_name: &str, nl: Netlink, status: Arc<Status>) -> Self {
+impl Interfaces for Netlink {
+    fn ensure_forwarding(&self) -> Result<(), String> {
+        ensure_forwarding().map_err(|e| match e {
+            ApplyError::Forwarding(why) => why,
+            other => other.to_string(),
+        })
+    }
+
+    fn configure(
+        &self,
+        name: &str,
+        addr: Ipv4Net,
+        mtu: u16,
+    ) -> impl Future<Output = Result<(), NetlinkError>> + Send {
+        Netlink::configure(self, name, addr, mtu)
+    }
+
+    fn add_route(
+        &self,
+        name: &str,
+        net: Ipv4Net,
+    ) -> impl Future<Output = Result<(), NetlinkError>> + Send {
+        Netlink::add_route(self, name, net)
+    }
+
+    fn del_route(
+        &self,
+        name: &str,
+        net: Ipv4Net,
+    ) -> impl Future<Output = Result<(), NetlinkError>> + Send {
+        Netlink::del_route(self, name, net)
+    }
+}
+
+/// The `ip wgnet_link` table through libnftnl.
+pub struct Nftables;
+
+impl Firewall for Nftables {
+    fn apply(&mut self, plan: &Plan) -> Result<(), NftError> {
+        nft::apply(plan)
+    }
+
+    fn remove(&mut self) -> Result<(), NftError> {
+        nft::remove()
+    }
+}
+
+/// Resolves `host` to an IPv4 address (I/O: the pod's resolver).
+async fn resolve(host: &str) -> Result<Ipv4Addr, String> {
+    let addrs = tokio::net::lookup_host((host, 0))
+        .await
+        .map_err(|e| format!("{host} does not resolve: {e}"))?;
+    addrs
+        .into_iter()
+        .find_map(|a| match a {
+            SocketAddr::V4(a) => Some(*a.ip()),
+            SocketAddr::V6(_) => None,
+        })
+        .ok_or_else(|| format!("{host} has no IPv4 address"))
+}
+
+/// Resolves every name `cfg` needs.
+pub async fn resolve_names(cfg: &LinkConfig) -> Resolved {
+    let mut out = Resolved::new();
+    for host in plan::names_to_resolve(cfg) {
+        let r = resolve(&host).await;
+        out.insert(host, r);
+    }
+    out
+}
+
+/// What the engine last applied, to touch only what changed.
+#[derive(Debug, Default)]
+struct Applied {
+    listen: Option<u16>,
+    link: Option<(Ipv4Net, u16)>,
+    routes: BTreeSet<Ipv4Net>,
+    table: Option<Plan>,
+}
+
+/// The data plane of one link process.
+pub struct Engine<T, I, F> {
+    wg_name: String,
+    tunnel: T,
+    interfaces: I,
+    firewall: F,
+    applied: Applied,
+    status: Arc<Status>,
+}
+
+/// The engine on the kernel.
+pub type KernelEngine = Engine<BoringTun, Netlink, Nftables>;
+
+impl KernelEngine {
+    /// A stopped engine that will create `wg_name` in this network namespace.
+    pub fn kernel(wg_name: &str, nl: Netlink, status: Arc<Status>) -> Self {
+        Engine::new(
+            wg_name,
+            BoringTun::new(status.clone()),
+            nl,
+            Nftables,
+            status,
+        )
+    }
+}
+
+impl<T: Tunnel, I: Interfaces, F: Firewall> Engine<T, I, F> {
+    /// A stopped engine over the given backends.
+    pub fn new(wg_name: &str, tunnel: T, interfaces: I, firewall: F, status: Arc<Status>) -> Self {
         Self {
             wg_name: wg_name.to_owned(),
-            nl,
-            device: None,
-            link_state: None,
-            routes: BTreeSet::new(),
-            plan: None,
+            tunnel,
+            interfaces,
+            firewall,
+            applied: Applied::default(),
             status,
         }
     }
 
     /// Whether wg0 and the table exist (this process holds the data plane).
     pub fn active(&self) -> bool {
-        self.device.is_some()
+        self.applied.listen.is_some()
     }
 
-    async fn peer(&self, p: &PeerConfig, out: &mut Outcome) -> Peer {
-        let endpoint = match &p.endpoint {
-            Some((host, port)) => match resolve(host, *port).await {
-                Ok(a) => Some(a),
-                Err(e) => {
-                    out.endpoint_unresolved = Some(e);
-                    None
-                }
-            },
-            None => None,
-        };
-        Peer {
-            public_key: p.public_key,
-            preshared_key: p.preshared_key.clone(),
-            endpoint,
-            keepalive: p.keepalive,
-            allowed_ips: p.allowed_ips.clone(),
-        }
-    }
-
-    /// Brings the data plane to `cfg`. Unchanged parts are left alone, so re-applying
-    /// the same config touches nothing.
+    /// Resolves the names `cfg` needs, plans, and applies the plan.
     pub async fn apply(&mut self, cfg: &LinkConfig) -> Result<Outcome, ApplyError> {
-        ensure_forwarding()?;
-        let mut out = Outcome::default();
+        let resolved = resolve_names(cfg).await;
+        let plan = plan::data_plan(cfg, &self.wg_name, &resolved);
+        self.apply_plan(plan).await
+    }
+
+    /// Brings the data plane to `p`. Unchanged parts are left alone, so re-applying the
+    /// same plan touches nothing.
+    pub async fn apply_plan(&mut self, p: DataPlan) -> Result<Outcome, ApplyError> {
+        self.interfaces
+            .ensure_forwarding()
+            .map_err(ApplyError::Forwarding)?;
         let wg = self.wg_name.clone();
-        let (private_key, peer, address, listen, routes, plan) = match cfg {
-            LinkConfig::Ingress(i) => {
-                let peer = match &i.peer {
-                    Some(p) => Some(self.peer(p, &mut out).await),
-                    None => None,
-                };
-                let plan = plan::ingress(&wg, i.mtu, &i.forwards);
-                (
-                    i.private_key.clone(),
-                    peer,
-                    i.address,
-                    0,
-                    BTreeSet::new(),
-                    plan,
-                )
-            }
-            LinkConfig::Egress(e) => {
-                let pc = PeerConfig {
-                    public_key: e.wg.peer.public_key,
-                    preshared_key: e.wg.peer.preshared_key.clone(),
-                    endpoint: e.wg.peer.endpoint.clone(),
-                    keepalive: e.wg.peer.keepalive,
-                    allowed_ips: e.wg.peer.allowed_ips.clone(),
-                };
-                let peer = self.peer(&pc, &mut out).await;
-                let mut resolved = BTreeMap::new();
-                let mut rules = Vec::new();
-                for f in &e.forwards {
-                    let target = match resolved.get(&f.target_host) {
-                        Some(ip) => *ip,
-                        None => match resolve(&f.target_host, f.target_port).await {
-                            Ok(SocketAddr::V4(a)) => {
-                                resolved.insert(f.target_host.clone(), *a.ip());
-                                *a.ip()
-                            }
-                            Ok(SocketAddr::V6(_)) => continue,
-                            Err(why) => {
-                                out.unresolved.push(format!("{}: {why}", f.name));
-                                continue;
-                            }
-                        },
-                    };
-                    if !e.wg.peer.allowed_ips.iter().any(|n| n.contains(target)) {
-                        out.unresolved.push(format!(
-                            "{}: {} ({target}) is outside the peer's AllowedIPs",
-                            f.name, f.target_host
-                        ));
-                        continue;
-                    }
-                    rules.push(EgressRule {
-                        port: f.port,
-                        protocol: f.protocol,
-                        target,
-                        target_port: f.target_port,
-                    });
-                }
-                let mut routes = BTreeSet::new();
-                for n in &e.wg.peer.allowed_ips {
-                    if n.prefix >= BROADEST_ROUTED_PREFIX {
-                        routes.insert(Ipv4Net {
-                            addr: n.network(),
-                            prefix: n.prefix,
-                        });
-                    }
-                }
-                let hosts = rules
-                    .iter()
-                    .map(|r| r.target)
-                    .chain(e.wg.dns.iter().copied());
-                for ip in hosts {
-                    if !routes.iter().any(|n| n.contains(ip))
-                        && e.wg.peer.allowed_ips.iter().any(|n| n.contains(ip))
-                    {
-                        routes.insert(Ipv4Net {
-                            addr: ip,
-                            prefix: 32,
-                        });
-                    }
-                }
-                let address = e.wg.addresses[0];
-                let plan = plan::egress(&wg, cfg.mtu(), &rules);
-                (
-                    e.wg.private_key.clone(),
-                    Some(peer),
-                    address,
-                    e.wg.listen_port.unwrap_or(0),
-                    routes,
-                    plan,
-                )
-            }
-        };
+        if self.applied.listen != Some(p.listen_port) {
+            // A new device starts with no address, routes or table of its own.
+            self.tunnel.stop();
+            self.applied = Applied::default();
+            self.tunnel
+                .start(&wg, p.listen_port)
+                .map_err(|source| ApplyError::Device {
+                    name: wg.clone(),
+                    source,
+                })?;
+            self.applied.listen = Some(p.listen_port);
+        }
+        self.tunnel.set_peer(&p.private_key, p.peer.as_ref());
 
-        let recreate = match &self.device {
-            Some((_, port)) => *port != listen,
-            None => true,
+        let want_link = (p.address, p.mtu);
+        if self.applied.link != Some(want_link) {
+            self.interfaces.configure(&wg, p.address, p.mtu).await?;
+            self.applied.link = Some(want_link);
+        }
+        let stale: Vec<_> = self.applied.routes.difference(&p.routes).copied().collect();
+        for net in stale {
+            self.interfaces.del_route(&wg, net).await?;
+            self.applied.routes.remove(&net);
+        }
+        let new: Vec<_> = p.routes.difference(&self.applied.routes).copied().collect();
+        for net in new {
+            self.interfaces.add_route(&wg, net).await?;
+            self.applied.routes.insert(net);
+        }
+        let mut out = Outcome {
+            table_changed: false,
+            unresolved: p.unresolved,
+            endpoint_unresolved: p.endpoint_unresolved,
         };
-        if recreate {
-            self.teardown_device();
-            let dev = Device::start(&wg, listen).map_err(|source| ApplyError::Device {
-                name: wg.clone(),
-                source,
-            })?;
-            self.device = Some((Arc::new(dev), listen));
-            self.link_state = None;
-            self.routes.clear();
-            self.plan = None;
-        }
-        let (dev, _) = self.device.as_ref().expect("the device was just ensured");
-        dev.set_peer(&private_key, peer.as_ref());
-        self.status.set_device(Some(Arc::downgrade(dev)));
-
-        let want_link = (address, cfg.mtu());
-        if self.link_state != Some(want_link) {
-            self.nl.configure(&wg, address, cfg.mtu()).await?;
-            self.link_state = Some(want_link);
-        }
-        for stale in self.routes.difference(&routes).copied().collect::<Vec<_>>() {
-            self.nl.del_route(&wg, stale).await?;
-            self.routes.remove(&stale);
-        }
-        for new in routes.difference(&self.routes).copied().collect::<Vec<_>>() {
-            self.nl.add_route(&wg, new).await?;
-            self.routes.insert(new);
-        }
-        if self.plan.as_ref() != Some(&plan) {
-            nft::apply(&plan)?;
-            self.plan = Some(plan);
+        if self.applied.table.as_ref() != Some(&p.table) {
+            self.firewall.apply(&p.table)?;
+            self.applied.table = Some(p.table);
             out.table_changed = true;
         }
-        self.status.set_forwards(
-            cfg.forward_count().saturating_sub(out.unresolved.len()),
-            cfg.keepalive(),
-        );
+        self.status.set_forwards(p.forwards, p.keepalive);
         Ok(out)
     }
 
-    fn teardown_device(&mut self) {
-        self.status.set_device(None);
-        // Dropping the last reference stops the threads and closes the TUN.
-        self.device = None;
-    }
-
     /// Removes the table and wg0 so no other holder of the key can collide with us.
-    pub fn fence(&mut self) -> Result<(), nft::NftError> {
-        let r = nft::remove();
-        self.teardown_device();
-        self.link_state = None;
-        self.routes.clear();
-        self.plan = None;
+    pub fn fence(&mut self) -> Result<(), NftError> {
+        let r = self.firewall.remove();
+        self.tunnel.stop();
+        self.applied = Applied::default();
         self.status.set_forwards(0, None);
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::config::{self, Raw};
+
+    /// Every backend call, in order.
+    #[derive(Clone, Default)]
+    struct Calls(Arc<Mutex<Vec<String>>>);
+
+    impl Calls {
+        fn push(&self, s: String) {
+            self.0.lock().expect("calls").push(s);
+        }
+        fn take(&self) -> Vec<String> {
+            std::mem::take(&mut *self.0.lock().expect("calls"))
+        }
+    }
+
+    struct FakeTunnel(Calls);
+    impl Tunnel for FakeTunnel {
+        fn start(&mut self, name: &str, listen: u16) -> std::io::Result<()> {
+            self.0.push(format!("start {name} {listen}"));
+            Ok(())
+        }
+        fn stop(&mut self) {
+            self.0.push("stop".into());
+        }
+        fn set_peer(&mut self, _: &SecretKey, peer: Option<&Peer>) {
+            let endpoint = peer.and_then(|p| p.endpoint);
+            self.0.push(format!("peer {endpoint:?}"));
+        }
+    }
+
+    struct FakeInterfaces(Calls);
+    impl Interfaces for FakeInterfaces {
+        fn ensure_forwarding(&self) -> Result<(), String> {
+            Ok(())
+        }
+        async fn configure(&self, name: &str, addr: Ipv4Net, mtu: u16) -> Result<(), NetlinkError> {
+            self.0.push(format!("configure {name} {addr} {mtu}"));
+            Ok(())
+        }
+        async fn add_route(&self, name: &str, net: Ipv4Net) -> Result<(), NetlinkError> {
+            self.0.push(format!("route add {net} dev {name}"));
+            Ok(())
+        }
+        async fn del_route(&self, name: &str, net: Ipv4Net) -> Result<(), NetlinkError> {
+            self.0.push(format!("route del {net} dev {name}"));
+            Ok(())
+        }
+    }
+
+    struct FakeFirewall(Calls);
+    impl Firewall for FakeFirewall {
+        fn apply(&mut self, plan: &Plan) -> Result<(), NftError> {
+            self.0.push(format!("table {} chains", plan.chains.len()));
+            Ok(())
+        }
+        fn remove(&mut self) -> Result<(), NftError> {
+            self.0.push("table removed".into());
+            Ok(())
+        }
+    }
+
+    fn engine() -> (Engine<FakeTunnel, FakeInterfaces, FakeFirewall>, Calls) {
+        let calls = Calls::default();
+        let e = Engine::new(
+            "wg0",
+            FakeTunnel(calls.clone()),
+            FakeInterfaces(calls.clone()),
+            FakeFirewall(calls.clone()),
+            Arc::new(Status::default()),
+        );
+        (e, calls)
+    }
+
+    /// An egress config of `conf` (a wg-quick file) and (name, port, host, target port).
+    fn egress(conf: &str, forwards: &[(&str, u16, &str, u16)]) -> LinkConfig {
+        use config::{EgressDocument, EgressForward, LinkDocument};
+        let doc = LinkDocument::Egress(EgressDocument {
+            forwards: forwards
+                .iter()
+                .map(|(name, port, host, target_port)| EgressForward {
+                    name: (*name).to_owned(),
+                    port: *port,
+                    protocol: crate::net::Protocol::Tcp,
+                    target_host: (*host).to_owned(),
+                    target_port: *target_port,
+                })
+                .collect(),
+            resolve_interval_seconds: 30,
+        });
+        config::parse(&Raw {
+            config: Some(doc.to_json().into_bytes()),
+            secret: Some(conf.as_bytes().to_vec()),
+        })
+        .expect("config")
+    }
+
+    const KEY: &str = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=";
+    const PEER: &str = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
+
+    fn wg_quick(allowed: &str) -> String {
+        format!(
+            "[Interface]\nPrivateKey = {KEY}\nAddress = 10.8.0.2/32\nDNS = 10.20.0.53\n\n[Peer]\nPublicKey = {PEER}\nEndpoint = vpn.example.test:51820\nAllowedIPs = {allowed}\n"
+        )
+    }
+
+    #[tokio::test]
+    async fn the_same_plan_twice_touches_nothing_and_a_change_touches_only_its_part() {
+        let cfg = egress(
+            &wg_quick("10.20.0.0/24"),
+            &[("db", 5432, "10.20.0.5", 5432)],
+        );
+        let resolved: Resolved = [(
+            "vpn.example.test".to_owned(),
+            Ok(Ipv4Addr::new(203, 0, 113, 40)),
+        )]
+        .into();
+        let (mut e, calls) = engine();
+        let out = e
+            .apply_plan(plan::data_plan(&cfg, "wg0", &resolved))
+            .await
+            .expect("apply");
+        assert!(out.table_changed && out.unresolved.is_empty());
+        assert_eq!(
+            calls.take(),
+            vec![
+                "stop",
+                "start wg0 0",
+                "peer Some(203.0.113.40:51820)",
+                "configure wg0 10.8.0.2/32 1420",
+                "route add 10.20.0.0/24 dev wg0",
+                "table 4 chains",
+            ]
+        );
+        assert!(e.active());
+        let out = e
+            .apply_plan(plan::data_plan(&cfg, "wg0", &resolved))
+            .await
+            .expect("again");
+        assert!(!out.table_changed);
+        assert_eq!(calls.take(), vec!["peer Some(203.0.113.40:51820)"]);
+        // The endpoint stops resolving: the device waits for it, nothing else moves.
+        let out = e
+            .apply_plan(plan::data_plan(&cfg, "wg0", &Resolved::new()))
+            .await
+            .expect("unresolved");
+        assert!(out.endpoint_unresolved.is_some());
+        assert_eq!(calls.take(), vec!["peer None"]);
+        e.fence().expect("fence");
+        assert_eq!(calls.take(), vec!["table removed", "stop"]);
+        assert!(!e.active());
+    }
+
+    #[tokio::test]
+    async fn a_full_tunnel_routes_only_the_targets_and_the_vpn_dns() {
+        let cfg = egress(
+            &wg_quick("0.0.0.0/0"),
+            &[
+                ("db", 5432, "10.20.0.5", 5432),
+                ("wiki", 8080, "wiki.corp.test", 80),
+            ],
+        );
+        let resolved: Resolved = [
+            (
+                "vpn.example.test".to_owned(),
+                Ok(Ipv4Addr::new(203, 0, 113, 40)),
+            ),
+            (
+                "wiki.corp.test".to_owned(),
+                Err("wiki.corp.test does not resolve".to_owned()),
+            ),
+        ]
+        .into();
+        let p = plan::data_plan(&cfg, "wg0", &resolved);
+        let routes: Vec<String> = p.routes.iter().map(ToString::to_string).collect();
+        assert_eq!(routes, vec!["10.20.0.5/32", "10.20.0.53/32"]);
+        assert_eq!(p.forwards, 1);
+        assert_eq!(p.unresolved, vec!["wiki: wiki.corp.test does not resolve"]);
+    }
+
+    #[tokio::test]
+    async fn a_target_outside_the_allowed_ips_is_left_out_with_the_reason() {
+        let cfg = egress(&wg_quick("10.20.0.0/24"), &[("other", 22, "192.0.2.9", 22)]);
+        let p = plan::data_plan(&cfg, "wg0", &Resolved::new());
+        assert_eq!(p.forwards, 0);
+        assert_eq!(
+            p.unresolved,
+            vec!["other: 192.0.2.9 (192.0.2.9) is outside the peer's AllowedIPs"]
+        );
+        assert_eq!(
+            plan::names_to_resolve(&cfg).into_iter().collect::<Vec<_>>(),
+            vec!["vpn.example.test"]
+        );
     }
 }

@@ -1,9 +1,11 @@
 //! The in-cluster data plane (`wgnet-link`): userspace WireGuard (boringtun), nftables
 //! (nftnl/mnl) and addresses/routes (rtnetlink), in ingress and egress modes.
 //!
-//! Pure parts (`config`, `wgquick`, `plan`, `keys`, `net`, `status`, `offload`) are
-//! unit-tested; the kernel-facing parts (`tun`, `udp`, `wg`, `nft`, `netlink`, `engine`)
-//! are tested end to end in network namespaces by the `wgnet-tests` crate.
+//! Pure parts (`config`, `wgquick`, `plan` with the whole data-plane plan, `keys`, `net`,
+//! `status`, `offload`) are unit-tested, and so is `engine`'s apply over fake backends (its
+//! `Tunnel`, `Interfaces` and `Firewall` traits); the kernel-facing parts (`tun`, `udp`,
+//! `wg`, `nft`, `netlink`) are tested end to end in network namespaces by the
+//! `wgnet-tests` crate.
 
 pub mod config;
 #[cfg(feature = "dataplane")]

@@ -1,12 +1,214 @@
-//! The nftables ruleset the link wants, as plain data: one table, built whole from the
-//! configuration, rendered in nft(8) syntax for logs and `wgnet-link plan`. The netlink
-//! encoding lives in `nft`; this module has no I/O so every rule is unit-tested.
+//! What the data plane should be, as plain data: [`data_plan`] turns a [`LinkConfig`] and
+//! the names it resolved into the device's key and peer, wg0's address, MTU and routes, and
+//! the nftables table (built whole, rendered in nft(8) syntax for logs and
+//! `wgnet-link plan`). The one plan serves both `Engine::apply` and `wgnet-link plan`. The
+//! netlink encoding lives in `nft`; this module has no I/O so every decision is
+//! unit-tested.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 
-use crate::config::IngressForward;
-use crate::net::Protocol;
+use crate::config::{IngressForward, LinkConfig, PeerConfig};
+use crate::keys::{PublicKey, SecretKey};
+use crate::net::{Ipv4Net, Protocol};
+
+/// Prefixes this broad would swallow the pod's own traffic (API server, DNS) if routed
+/// into the tunnel; for them only the resolved targets get host routes.
+pub const BROADEST_ROUTED_PREFIX: u8 = 8;
+
+/// The answers of name resolution, by host name: an address or why there is none. Only
+/// names need an entry; IPv4 literals are read directly.
+pub type Resolved = BTreeMap<String, Result<Ipv4Addr, String>>;
+
+/// The host names a config needs resolved before it can be planned (the peer's endpoint,
+/// egress targets), IPv4 literals excluded.
+pub fn names_to_resolve(cfg: &LinkConfig) -> BTreeSet<String> {
+    let peer_host = match cfg {
+        LinkConfig::Ingress(i) => i.peer.as_ref().and_then(|p| p.endpoint.as_ref()),
+        LinkConfig::Egress(e) => e.wg.peer.endpoint.as_ref(),
+    }
+    .map(|(h, _)| h.clone());
+    let targets = match cfg {
+        LinkConfig::Ingress(_) => Vec::new(),
+        LinkConfig::Egress(e) => e.forwards.iter().map(|f| f.target_host.clone()).collect(),
+    };
+    peer_host
+        .into_iter()
+        .chain(targets)
+        .filter(|h| h.parse::<Ipv4Addr>().is_err())
+        .collect()
+}
+
+fn lookup(host: &str, resolved: &Resolved) -> Result<Ipv4Addr, String> {
+    if let Ok(ip) = host.parse::<Ipv4Addr>() {
+        return Ok(ip);
+    }
+    resolved
+        .get(host)
+        .cloned()
+        .unwrap_or_else(|| Err(format!("{host} was not resolved")))
+}
+
+/// The peer as the device needs it (endpoint already resolved).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    /// The peer's public key.
+    pub public_key: PublicKey,
+    /// Optional preshared key.
+    pub preshared_key: Option<SecretKey>,
+    /// Where to send; `None` until known.
+    pub endpoint: Option<SocketAddr>,
+    /// Persistent keepalive in seconds.
+    pub keepalive: Option<u16>,
+    /// Inner source prefixes accepted from the peer (cryptokey routing).
+    pub allowed_ips: Vec<Ipv4Net>,
+}
+
+/// The whole data plane one config asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataPlan {
+    /// The device's private key.
+    pub private_key: SecretKey,
+    /// The one peer, its endpoint resolved (or `None` until it resolves).
+    pub peer: Option<Peer>,
+    /// wg0's address.
+    pub address: Ipv4Net,
+    /// wg0's MTU.
+    pub mtu: u16,
+    /// The device's UDP port (0: any).
+    pub listen_port: u16,
+    /// Routes into wg0.
+    pub routes: BTreeSet<Ipv4Net>,
+    /// The nftables table.
+    pub table: Plan,
+    /// Forwards left out, each with why.
+    pub unresolved: Vec<String>,
+    /// Why the peer's endpoint is unknown, when it is.
+    pub endpoint_unresolved: Option<String>,
+    /// Forwards served.
+    pub forwards: usize,
+    /// The peer's keepalive.
+    pub keepalive: Option<u16>,
+}
+
+fn peer_of(p: &PeerConfig, resolved: &Resolved, why: &mut Option<String>) -> Peer {
+    let endpoint = p.endpoint.as_ref().and_then(|(host, port)| {
+        lookup(host, resolved)
+            .map_err(|e| *why = Some(e))
+            .ok()
+            .map(|ip| SocketAddr::from((ip, *port)))
+    });
+    Peer {
+        public_key: p.public_key,
+        preshared_key: p.preshared_key.clone(),
+        endpoint,
+        keepalive: p.keepalive,
+        allowed_ips: p.allowed_ips.clone(),
+    }
+}
+
+/// Plans the data plane of `cfg` on interface `wg` with the names in `resolved`.
+///
+/// Egress forwards whose target does not resolve, or resolves outside the peer's
+/// AllowedIPs (the tunnel would drop it), are left out with a reason. Egress routes cover
+/// the peer's AllowedIPs, except prefixes broader than [`BROADEST_ROUTED_PREFIX`] (a
+/// full-tunnel `0.0.0.0/0` would capture the pod's own traffic), for which only the
+/// resolved targets and the VPN's DNS servers get host routes.
+pub fn data_plan(cfg: &LinkConfig, wg: &str, resolved: &Resolved) -> DataPlan {
+    let mut endpoint_unresolved = None;
+    match cfg {
+        LinkConfig::Ingress(i) => DataPlan {
+            private_key: i.private_key.clone(),
+            peer: i
+                .peer
+                .as_ref()
+                .map(|p| peer_of(p, resolved, &mut endpoint_unresolved)),
+            address: i.address,
+            mtu: i.mtu,
+            listen_port: 0,
+            routes: BTreeSet::new(),
+            table: ingress(wg, i.mtu, &i.forwards),
+            unresolved: Vec::new(),
+            endpoint_unresolved,
+            forwards: i.forwards.len(),
+            keepalive: cfg.keepalive(),
+        },
+        LinkConfig::Egress(e) => {
+            let allowed = &e.wg.peer.allowed_ips;
+            let pc = PeerConfig {
+                public_key: e.wg.peer.public_key,
+                preshared_key: e.wg.peer.preshared_key.clone(),
+                endpoint: e.wg.peer.endpoint.clone(),
+                keepalive: e.wg.peer.keepalive,
+                allowed_ips: allowed.clone(),
+            };
+            let peer = peer_of(&pc, resolved, &mut endpoint_unresolved);
+            let mut unresolved = Vec::new();
+            let mut rules = Vec::new();
+            for f in &e.forwards {
+                let target = match lookup(&f.target_host, resolved) {
+                    Ok(ip) => ip,
+                    Err(why) => {
+                        unresolved.push(format!("{}: {why}", f.name));
+                        continue;
+                    }
+                };
+                if !allowed.iter().any(|n| n.contains(target)) {
+                    unresolved.push(format!(
+                        "{}: {} ({target}) is outside the peer's AllowedIPs",
+                        f.name, f.target_host
+                    ));
+                    continue;
+                }
+                rules.push(EgressRule {
+                    port: f.port,
+                    protocol: f.protocol,
+                    target,
+                    target_port: f.target_port,
+                });
+            }
+            let mut routes: BTreeSet<Ipv4Net> = allowed
+                .iter()
+                .filter(|n| n.prefix >= BROADEST_ROUTED_PREFIX)
+                .map(|n| Ipv4Net {
+                    addr: n.network(),
+                    prefix: n.prefix,
+                })
+                .collect();
+            let hosts = rules
+                .iter()
+                .map(|r| r.target)
+                .chain(e.wg.dns.iter().copied());
+            for ip in hosts {
+                if !routes.iter().any(|n| n.contains(ip)) && allowed.iter().any(|n| n.contains(ip))
+                {
+                    routes.insert(Ipv4Net {
+                        addr: ip,
+                        prefix: 32,
+                    });
+                }
+            }
+            DataPlan {
+                private_key: e.wg.private_key.clone(),
+                peer: Some(peer),
+                address: *e
+                    .wg
+                    .addresses
+                    .first()
+                    .expect("the wg-quick parser refuses a file without an Address"),
+                mtu: cfg.mtu(),
+                listen_port: e.wg.listen_port.unwrap_or(0),
+                routes,
+                table: egress(wg, cfg.mtu(), &rules),
+                forwards: rules.len(),
+                unresolved,
+                endpoint_unresolved,
+                keepalive: cfg.keepalive(),
+            }
+        }
+    }
+}
 
 /// The link's table (family `ip`).
 pub const TABLE: &str = "wgnet_link";

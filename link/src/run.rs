@@ -199,29 +199,17 @@ pub fn plan_text(o: &Options) -> Result<String, String> {
         secret: std::fs::read(dir.join(&o.secret_key)).ok(),
     };
     let cfg = config::parse(&raw).map_err(|e| e.to_string())?;
-    Ok(match &cfg {
-        LinkConfig::Ingress(i) => {
-            crate::plan::ingress(&o.interface, i.mtu, &i.forwards).to_string()
-        }
-        LinkConfig::Egress(e) => {
-            let rules: Vec<_> = e
-                .forwards
-                .iter()
-                .filter_map(|f| {
-                    f.target_host
-                        .parse()
-                        .ok()
-                        .map(|target| crate::plan::EgressRule {
-                            port: f.port,
-                            protocol: f.protocol,
-                            target,
-                            target_port: f.target_port,
-                        })
-                })
-                .collect();
-            crate::plan::egress(&o.interface, cfg.mtu(), &rules).to_string()
-        }
-    })
+    // The same plan `apply` makes, with names left unresolved: the forwards they would
+    // serve are listed as skipped, so plan never claims what a resolver might not give.
+    let p = crate::plan::data_plan(&cfg, &o.interface, &crate::plan::Resolved::new());
+    let mut out = p.table.to_string();
+    for r in &p.routes {
+        out.push_str(&format!("# route {r} dev {}\n", o.interface));
+    }
+    for u in &p.unresolved {
+        out.push_str(&format!("# skipped {u}\n"));
+    }
+    Ok(out)
 }
 
 /// Runs the link until SIGTERM or SIGINT.
@@ -231,7 +219,7 @@ pub async fn run(o: Options) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", o.http))?;
     let nl = Netlink::connect().map_err(|e| format!("cannot open a route netlink socket: {e}"))?;
-    let mut engine = Engine::new(&o.interface, nl, status.clone());
+    let mut engine = Engine::kernel(&o.interface, nl, status.clone());
 
     let (raw_tx, mut raw_rx) = watch::channel(Raw::default());
     let ns = namespace(&o);
@@ -406,5 +394,53 @@ mod tests {
             let e = parse_args(&args(bad)).expect_err(bad);
             assert!(e.contains(want), "{bad}: {e}");
         }
+    }
+
+    /// `wgnet-link plan` prints the plan `apply` makes (the same function), routes and
+    /// skipped forwards included: names stay unresolved, so what needs one is skipped.
+    #[test]
+    fn plan_prints_the_plan_apply_makes() {
+        use config::{EgressDocument, EgressForward, LinkDocument};
+        let dir = std::env::temp_dir().join(format!("wgnet-plan-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let doc = LinkDocument::Egress(EgressDocument {
+            forwards: vec![
+                EgressForward {
+                    name: "db".into(),
+                    port: 5432,
+                    protocol: crate::net::Protocol::Tcp,
+                    target_host: "10.20.0.5".into(),
+                    target_port: 5432,
+                },
+                EgressForward {
+                    name: "wiki".into(),
+                    port: 8080,
+                    protocol: crate::net::Protocol::Tcp,
+                    target_host: "wiki.corp.test".into(),
+                    target_port: 80,
+                },
+            ],
+            resolve_interval_seconds: 30,
+        });
+        let wg = "[Interface]\nPrivateKey = yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=\nAddress = 10.8.0.2/32\n\n[Peer]\nPublicKey = xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=\nEndpoint = 203.0.113.40:51820\nAllowedIPs = 10.20.0.0/24\n";
+        std::fs::write(dir.join(config::CONFIG_KEY), doc.to_json()).expect("config");
+        std::fs::write(dir.join(config::PRIVATE_KEY_KEY), wg).expect("secret");
+        let o = parse_args(&args(&format!("plan --config-dir {}", dir.display()))).expect("args");
+        let text = plan_text(&o);
+        let _ = std::fs::remove_dir_all(&dir);
+        let text = text.expect("plan");
+        let raw = config::Raw {
+            config: Some(doc.to_json().into_bytes()),
+            secret: Some(wg.as_bytes().to_vec()),
+        };
+        let cfg = config::parse(&raw).expect("config");
+        let planned = crate::plan::data_plan(&cfg, "wg0", &crate::plan::Resolved::new());
+        assert!(text.starts_with(&planned.table.to_string()), "{text}");
+        assert!(text.contains("# route 10.20.0.0/24 dev wg0"), "{text}");
+        assert!(
+            text.contains("# skipped wiki: wiki.corp.test was not resolved"),
+            "{text}"
+        );
+        assert!(text.contains("dnat to 10.20.0.5:5432"), "{text}");
     }
 }

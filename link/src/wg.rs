@@ -34,20 +34,7 @@ const REKEY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Poll granularity of the worker threads, so they notice a stop promptly.
 const TICK_MS: i32 = 100;
 
-/// The peer as the device needs it (endpoint already resolved).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Peer {
-    /// The peer's public key.
-    pub public_key: PublicKey,
-    /// Optional preshared key.
-    pub preshared_key: Option<SecretKey>,
-    /// Where to send; `None` until known.
-    pub endpoint: Option<SocketAddr>,
-    /// Persistent keepalive in seconds.
-    pub keepalive: Option<u16>,
-    /// Inner source prefixes accepted from the peer (cryptokey routing).
-    pub allowed_ips: Vec<Ipv4Net>,
-}
+pub use crate::plan::Peer;
 
 /// Counters since the device started.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
