@@ -285,8 +285,18 @@ async fn iam_propagation_delay_is_waited_out() {
         "{:?}",
         first.waiting
     );
-    tokio::time::sleep(Duration::from_millis(450)).await;
-    let (rec, _, _) = converge(&e.cloud, &d, first.recorded, 10).await;
+    // Passes go on waiting (never failing) until IAM has caught up.
+    let rec = std::sync::Mutex::new(first.recorded);
+    let bound = wgnet_tests::until(Duration::from_secs(10), || async {
+        let r = rec.lock().expect("rec").clone();
+        let p = e.cloud.ensure(&d, &r).await;
+        assert!(p.errors.is_empty(), "{:?}", p.errors);
+        *rec.lock().expect("rec") = p.recorded.clone();
+        p.recorded.iam_bound.then_some(())
+    })
+    .await;
+    assert!(bound.is_some(), "the binding never landed");
+    let (rec, _, _) = converge(&e.cloud, &d, rec.into_inner().expect("rec"), 10).await;
     assert!(rec.iam_bound);
     teardown(&e.cloud, &d.target, rec, 20).await;
 }
@@ -445,10 +455,14 @@ async fn tokens_come_from_the_key_file_and_are_refreshed() {
     let (rec, _, _) = converge(&e.cloud, &d, Recorded::default(), 20).await;
     let before = e.emu.tokens_issued();
     assert!(before >= 1);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let p = e.cloud.ensure(&d, &rec).await;
-    assert!(p.ready, "{:?}", p.errors);
-    assert!(e.emu.tokens_issued() > before, "token was not refreshed");
+    // Passes keep working while the token nears its end, and one of them renews it.
+    let renewed = wgnet_tests::until(Duration::from_secs(10), || async {
+        let p = e.cloud.ensure(&d, &rec).await;
+        assert!(p.ready, "{:?}", p.errors);
+        (e.emu.tokens_issued() > before).then_some(p)
+    })
+    .await;
+    let p = renewed.expect("token was not refreshed");
     // No call was ever unauthenticated.
     assert!(e.emu.request_log().iter().all(|c| c.status != 401));
     teardown(&e.cloud, &d.target, p.recorded, 20).await;

@@ -45,7 +45,11 @@ async fn tcp_and_udp_reach_the_peer_through_the_vm() {
         &format!("python3 '{}' serve {} 2223 ''", echo_py(), gw.ip),
         &[],
     ));
-    std::thread::sleep(Duration::from_millis(300));
+    let listening = wait_for(Duration::from_secs(10), || {
+        let (_, out, _) = gw.vm.try_sh("ss -Hltn 'sport = :2223'");
+        (!out.trim().is_empty()).then_some(())
+    });
+    assert!(listening.is_some(), "the VM's listener never came up");
     let (ok, out, _) = gw
         .client
         .try_sh(&format!("python3 '{}' tcp {} 2223", echo_py(), gw.ip));
@@ -94,16 +98,21 @@ async fn the_watcher_applies_metadata_changes_live() {
     // MTU (which rewrites the ruleset's MSS clamp), while a flow is established: the
     // table is replaced atomically, so conntrack keeps the flow and its DNAT.
     let slow_out = gw.dir.0.join("slow.out");
+    let open = gw.dir.0.join("slow.open");
     let mut slow = gw.client.spawn(
         &format!(
-            "python3 '{}' slow {} 8080 4 > '{}' 2>&1",
+            "python3 '{}' slow {} 8080 4 '{}' > '{}' 2>&1",
             echo_py(),
             gw.ip,
+            open.display(),
             slow_out.display()
         ),
         &[],
     );
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        wait_for(Duration::from_secs(10), || open.exists().then_some(())).is_some(),
+        "the long flow never opened"
+    );
     let ruleset = gw.vm.sh("nft list table ip wgnet");
     gw.cfg.mtu = 1300;
     gw.update().await;

@@ -11,8 +11,9 @@
                                            when the server's digest matches what was sent
   echo.py rr HOST PORT N                   N one-byte request/response round trips over one
                                            TCP flow; print "p50_us p99_us"
-  echo.py slow HOST PORT SECONDS           one TCP flow kept open SECONDS, trickling data;
-                                           print the answer (proves the flow survived)
+  echo.py slow HOST PORT SECONDS [MARKER]  one TCP flow kept open SECONDS, trickling data;
+                                           print the answer (proves the flow survived);
+                                           creates the file MARKER once the flow is open
 """
 import hashlib
 import random
@@ -144,6 +145,8 @@ def main():
         steps = max(1, int(seconds * 10))
         with socket.create_connection((sys.argv[2], int(sys.argv[3])), timeout=30) as c:
             c.sendall(b"BULK %d\n" % steps)
+            if len(sys.argv) > 5:
+                open(sys.argv[5], "w").close()
             for _ in range(steps):
                 c.sendall(b"x")
                 time.sleep(seconds / steps)

@@ -18,10 +18,9 @@
 //! background threads driving the kubelet and booter loops.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::Child;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -43,10 +42,6 @@ pub const RELEASE: &str = "wgnet";
 pub const OPERATOR_NAMESPACE: &str = "wgnet-system";
 /// The operator's ServiceAccount as the chart names it for [`RELEASE`].
 pub const OPERATOR_SA: &str = "wgnet-wireguard-gateway-operator";
-
-/// Starts at a per-process offset so that concurrent test binaries rarely probe the same
-/// slot first.
-static SLOTS: AtomicU8 = AtomicU8::new(0);
 
 /// One booted VM.
 struct VmRun {
@@ -85,6 +80,8 @@ pub struct Cluster {
     thread: Option<std::thread::JoinHandle<()>>,
     _root: RootLink,
     net: Netns,
+    /// Last: the addresses are free for others only once the root link is gone.
+    _subnet: netns::Subnet,
 }
 
 fn sh(ns: &Netns, cmd: &str) {
@@ -177,17 +174,8 @@ impl Cluster {
         // the build never lands inside a pod start or a measured window.
         let _ = crate::link::binary();
         let tag = netns::unique_tag();
-        // A /30 of 198.51.100.0/25 no other cluster on the machine uses (other test
-        // binaries may run at the same time).
-        let slot = (0..32)
-            .map(|_| {
-                let offset = (std::process::id() % 32) as u8;
-                SLOTS.fetch_add(1, Ordering::Relaxed).wrapping_add(offset) % 32
-            })
-            .find(|s| !netns::root_has_address(&Ipv4Addr::new(198, 51, 100, s * 4 + 1).to_string()))
-            .expect("a free /30 for the cluster's root link");
-        let root_ip = Ipv4Addr::new(198, 51, 100, slot * 4 + 1);
-        let net_ip = Ipv4Addr::new(198, 51, 100, slot * 4 + 2);
+        let subnet = netns::Subnet::claim();
+        let (root_ip, net_ip) = (subnet.host(1), subnet.host(2));
         let net = Netns::new("inet", &tag);
         let root = RootLink::new(
             &format!("wge{tag}"),
@@ -300,6 +288,7 @@ impl Cluster {
             thread: Some(thread),
             _root: root,
             net,
+            _subnet: subnet,
         };
         c.wait_kube_proxy();
         c

@@ -49,6 +49,8 @@ pub struct Gw {
     pub vm: Netns,
     pub _md_link: RootLink,
     pub _net: Netns,
+    /// Last: the addresses are free for others only once the metadata link is gone.
+    pub _subnet: netns::Subnet,
 }
 
 fn private_dir() -> TempDir {
@@ -62,14 +64,10 @@ fn private_dir() -> TempDir {
 pub async fn gateway() -> Gw {
     netns::require_root();
     let tag = netns::unique_tag();
-    // The metadata link's /30 lives in the root namespace, so it must not touch the
-    // machine's own networks (these hosts sit on 192.0.2.0/24 themselves): 198.51.100.0/25
-    // is this fixture's, in 25 slots. A process-wide counter, not a hash, so concurrent
-    // gateways never share a slot (test binaries run one after another).
-    static SLOTS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
-    let slot = SLOTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 25;
-    let root_md = Ipv4Addr::new(198, 51, 100, slot * 4 + 1);
-    let vm_md = Ipv4Addr::new(198, 51, 100, slot * 4 + 2);
+    // The metadata link lives in the root namespace: its addresses come from the one
+    // allocator, never the machine's own networks.
+    let subnet = netns::Subnet::claim();
+    let (root_md, vm_md) = (subnet.host(1), subnet.host(2));
 
     let net = Netns::new("net", &tag);
     let vm = Netns::new("vm", &tag);
@@ -176,6 +174,7 @@ pub async fn gateway() -> Gw {
         vm,
         _md_link: md_link,
         _net: net,
+        _subnet: subnet,
     };
     std::fs::write(gw.dir.0.join("link.key"), format!("{link_priv}\n")).expect("link key");
     gw

@@ -19,6 +19,59 @@ pub fn unique_tag() -> String {
     )
 }
 
+/// A /29 of 198.51.100.0/25 (TEST-NET-2) for the links between the root namespace and a
+/// test's namespaces: the one allocator every topology uses, so no two topologies (in this
+/// process or in another test binary running at the same time) share an address. Held
+/// until dropped, through a lock file per slot that the kernel releases even when the
+/// process dies. The emulator's ephemeral addresses (198.51.100.130-249) stay outside it.
+#[derive(Debug)]
+pub struct Subnet {
+    slot: u8,
+    _lock: std::fs::File,
+}
+
+impl Subnet {
+    /// Slots of the range.
+    const SLOTS: u8 = 16;
+
+    /// Claims a free /29, waiting (bounded) while all are held.
+    pub fn claim() -> Self {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        // Start at a per-process offset so concurrent binaries rarely contend.
+        let offset = (std::process::id() % u32::from(Self::SLOTS)) as u8;
+        loop {
+            for i in 0..Self::SLOTS {
+                let slot = (offset + i) % Self::SLOTS;
+                let path = std::env::temp_dir().join(format!("wgnet-tests-subnet-{slot}.lock"));
+                let Ok(file) = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&path)
+                else {
+                    continue;
+                };
+                let s = Self { slot, _lock: file };
+                // An address left by a run killed before its cleanup also makes a slot busy.
+                if s._lock.try_lock().is_ok() && !root_has_address(&s.host(1).to_string()) {
+                    return s;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "every /29 of 198.51.100.0/25 is held by another test topology"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Host `n` (1 to 6) of the /29.
+    pub fn host(&self, n: u8) -> std::net::Ipv4Addr {
+        assert!((1..=6).contains(&n), "a /29 has hosts 1 to 6");
+        std::net::Ipv4Addr::new(198, 51, 100, self.slot * 8 + n)
+    }
+}
+
 /// Fails with a sentence when not root.
 pub fn require_root() {
     let uid = Command::new("id")

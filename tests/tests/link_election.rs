@@ -26,6 +26,8 @@ struct Pair {
     vm_if: String,
     dir: TempDir,
     _server: ControlPlane,
+    /// Last: the addresses are free for others only once the root links are gone.
+    _subnet: netns::Subnet,
 }
 
 impl Drop for Pair {
@@ -77,9 +79,8 @@ impl Pair {
 async fn pair() -> Pair {
     netns::require_root();
     let tag = netns::unique_tag();
-    let slot = (tag.bytes().fold(0u32, |a, b| a * 31 + u32::from(b)) % 8) as u8;
-    let base = 192 + slot * 8;
-    let server_ip = format!("198.51.100.{}", base + 1);
+    let subnet = netns::Subnet::claim();
+    let server_ip = subnet.host(1).to_string();
     let dir = TempDir::new();
 
     // The VM stand-in: a bridge on the "internet" and a wireguard-go peer.
@@ -130,8 +131,8 @@ async fn pair() -> Pair {
         ));
         // The API server: the first replica's root link carries its address; the second
         // reaches it through its own root link (the root namespace owns the address).
-        let root_side = format!("198.51.100.{}", base + 1 + 4 * i);
-        let ns_side = format!("198.51.100.{}", base + 2 + 4 * i);
+        let root_side = subnet.host(1 + 4 * i);
+        let ns_side = subnet.host(2 + 4 * i);
         let api = RootLink::new(
             &format!("wgl{i}{tag}"),
             &format!("{root_side}/30"),
@@ -200,6 +201,7 @@ async fn pair() -> Pair {
         vm_if,
         dir,
         _server: server,
+        _subnet: subnet,
     }
 }
 

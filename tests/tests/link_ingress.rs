@@ -86,16 +86,21 @@ async fn tcp_and_udp_reach_services_and_forwards_change_live() {
     assert_eq!(t.request_once("tcp", 9999), None);
 
     // An established flow on 8080 must survive every change below.
+    let open = t.dir.join("slow.open");
     let slow = t.gw.client.spawn(
         &format!(
-            "python3 '{}' slow {} 8080 4 > '{}' 2>&1",
+            "python3 '{}' slow {} 8080 4 '{}' > '{}' 2>&1",
             echo_py(),
             t.gw.ip,
+            open.display(),
             t.dir.join("slow.out").display()
         ),
         &[],
     );
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        wait_for(Duration::from_secs(10), || open.exists().then_some(())).is_some(),
+        "the long flow never opened"
+    );
 
     // Added live: reachable without restarting anything.
     let pid = t.link.pid();

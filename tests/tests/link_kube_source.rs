@@ -40,15 +40,15 @@ fn configmap(forwards: &[(u16, &str)]) -> ConfigMap {
 async fn configmap_and_secret_edits_apply_without_a_restart() {
     netns::require_root();
     let tag = netns::unique_tag();
-    let slot = (tag.bytes().fold(0u32, |a, b| a * 31 + u32::from(b)) % 20) as u8;
-    let root_ip = format!("198.51.100.{}", 100 + slot * 4 + 1);
+    let subnet = netns::Subnet::claim();
+    let root_ip = subnet.host(1).to_string();
     let ns = Netns::new("kln", &tag);
     let _api = RootLink::new(
         &format!("wgk{tag}"),
         &format!("{root_ip}/30"),
         &ns,
         "api0",
-        &format!("198.51.100.{}/30", 100 + slot * 4 + 2),
+        &format!("{}/30", subnet.host(2)),
     );
     let server = ControlPlane::start(controlplane::Options {
         bind: root_ip.parse().expect("ip"),

@@ -211,12 +211,21 @@ async fn egress_gateway_validates_its_secret_and_reaches_hosts_behind_the_vpn() 
     );
 
     // A broken edit is reported and refused by the running link, which keeps serving.
+    let refusals = || c.kubelet.logs().matches("configuration refused").count();
+    let before = refusals();
     put_secret(&c, &bad).await;
     wait_egw(&c, "InvalidConfig after an edit", |e| {
         ready(e).is_some_and(|(_, r, _)| r == "InvalidConfig")
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let refused = wait_for(Duration::from_secs(15), || {
+        (refusals() > before).then_some(())
+    });
+    assert!(
+        refused.is_some(),
+        "the link never saw the edit\n{}",
+        c.logs()
+    );
     assert_eq!(
         ask("tcp", 1433).as_deref(),
         Some("db tcp 1433 from 10.8.0.2")

@@ -178,7 +178,7 @@ impl World {
             secrets: BTreeMap::new(),
             counter: 0,
             next_static: 0,
-            next_ephemeral: 10,
+            next_ephemeral: 130,
             next_internal: 2,
         }
     }
@@ -765,8 +765,9 @@ impl World {
             ));
         }
         // Static addresses come from documentation ranges only (203.0.113.10-249, then
-        // 192.0.2.10-249, then 198.51.100.130-249; ephemeral ones use 198.51.100.10-129),
-        // never one still reserved: 600 in all, then GCP's own answer for a full region.
+        // 192.0.2.10-249; ephemeral ones use 198.51.100.130-249, and 198.51.100.0/25 is
+        // the test harness's, see `netns::Subnet`), never one still reserved: 480 in all,
+        // then GCP's own answer for a full region.
         let in_use: std::collections::BTreeSet<&str> = self
             .addresses
             .values()
@@ -775,12 +776,11 @@ impl World {
         let pool = |n: u32| -> Ipv4Addr {
             let (base, first, n) = match n {
                 0..240 => (Ipv4Addr::new(203, 0, 113, 0), 10, n),
-                240..480 => (Ipv4Addr::new(192, 0, 2, 0), 10, n - 240),
-                _ => (Ipv4Addr::new(198, 51, 100, 0), 130, n - 480),
+                _ => (Ipv4Addr::new(192, 0, 2, 0), 10, n - 240),
             };
             Ipv4Addr::from(u32::from(base) + first + n)
         };
-        const POOL: u32 = 600;
+        const POOL: u32 = 480;
         let Some(n) = (0..POOL)
             .map(|i| (self.next_static + i) % POOL)
             .find(|n| !in_use.contains(pool(*n).to_string().as_str()))
@@ -975,7 +975,7 @@ impl World {
                     let ip = Ipv4Addr::from(
                         u32::from(Ipv4Addr::new(198, 51, 100, 0)) + self.next_ephemeral,
                     );
-                    self.next_ephemeral = 10 + (self.next_ephemeral - 9) % 120;
+                    self.next_ephemeral = 130 + (self.next_ephemeral - 129) % 120;
                     ip.to_string()
                 }
             };

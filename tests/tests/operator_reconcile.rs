@@ -1,0 +1,294 @@
+//! The reconcile tier that needs neither root nor network namespaces: the real control
+//! plane on loopback (with the chart installed, so the chart's RBAC authorizes the
+//! operator), the GCP emulator on loopback, the operator in-process. No node runs pods, so
+//! the tunnel never comes up; what is checked is what the reconciler decides and writes:
+//! GCP resources, the link's objects and their pruning, status, and deletion.
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use tokio::sync::watch;
+use wgnet_operator::api::{Gateway, conditions};
+use wgnet_operator::children::LinkImage;
+use wgnet_operator::controller::{self, Context, Settings};
+use wgnet_operator::metrics::Metrics;
+use wgnet_tests::cluster::{OPERATOR_NAMESPACE, OPERATOR_SA, helm_install};
+use wgnet_tests::controlplane::{self, ControlPlane};
+use wgnet_tests::fixtures::{self, CLUSTER, INSTALL, PROJECT, TempDir};
+use wgnet_tests::gcp::{Config, GcpEmulator};
+use wgnet_tests::until;
+
+/// Everything on loopback.
+struct Env {
+    cp: ControlPlane,
+    client: Client,
+    emu: GcpEmulator,
+    stop: watch::Sender<bool>,
+    _dir: TempDir,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+async fn env() -> Env {
+    let mut cp = ControlPlane::start(controlplane::Options {
+        bind: std::net::Ipv4Addr::LOCALHOST,
+        controllers: false,
+    })
+    .await
+    .unwrap_or_else(|e| panic!("control plane: {e}"));
+    helm_install(&cp, &["nodeSelector.wgnet\\.dev/no-such-node=none"])
+        .unwrap_or_else(|e| panic!("helm install: {e}"));
+    cp.start_controllers()
+        .await
+        .unwrap_or_else(|e| panic!("controllers: {e}"));
+    let client = cp.admin_client().await.expect("admin client");
+    let emu = GcpEmulator::start(Config::default())
+        .await
+        .expect("GCP emulator");
+    let dir = TempDir::new();
+    let key = dir.0.join("key.json");
+    emu.write_key_file("wgnet-operator@wgnet-test.iam.gserviceaccount.com", &key)
+        .expect("key file");
+    let cloud = fixtures::cloud_for(&emu, key, INSTALL, "wgnet").await;
+    let settings = Settings {
+        link: LinkImage {
+            image: "ghcr.io/wgnet-dev/wgnet-link:test".into(),
+            pull_policy: "IfNotPresent".into(),
+            privileged_init: false,
+        },
+        cluster_id: CLUSTER.into(),
+        resync: Duration::from_secs(5),
+        allowed_projects: vec![],
+        sweep_projects: vec![PROJECT.into()],
+    };
+    let operator = cp
+        .service_account_client(OPERATOR_NAMESPACE, OPERATOR_SA)
+        .await
+        .expect("operator client");
+    let ctx = std::sync::Arc::new(Context::new(
+        operator,
+        cloud,
+        settings,
+        std::sync::Arc::new(Metrics::default()),
+        Some("reconcile-tier".into()),
+    ));
+    let (stop, mut rx) = watch::channel(false);
+    tokio::spawn(controller::run(ctx, async move {
+        let _ = rx.wait_for(|s| *s).await;
+    }));
+    Env {
+        cp,
+        client,
+        emu,
+        stop,
+        _dir: dir,
+    }
+}
+
+/// The Gateway once `f` holds (bounded), or a panic with its status and the cluster.
+async fn wait_gw(e: &Env, what: &str, f: impl Fn(&Gateway) -> bool) -> Gateway {
+    let api: Api<Gateway> = Api::namespaced(e.client.clone(), "apps");
+    let found = until(Duration::from_secs(60), || async {
+        api.get_opt("edge").await.ok().flatten().filter(|g| f(g))
+    })
+    .await;
+    found.unwrap_or_else(|| {
+        panic!(
+            "{what}: not reached; {}\n{}",
+            inventory_of(&e.emu),
+            e.cp.describe()
+        )
+    })
+}
+
+fn inventory_of(emu: &GcpEmulator) -> String {
+    format!("GCP inventory: {:?}", emu.inventory())
+}
+
+fn condition(gw: &Gateway, t: &str) -> Option<(String, String)> {
+    gw.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == t)
+        .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reconciler_provisions_builds_prunes_and_deletes_without_a_node() {
+    let e = env().await;
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "apps"}})).expect("ns");
+    Api::<Namespace>::all(e.client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("namespace");
+    let svc: Service = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {"ports": [{"port": 80, "targetPort": "http", "protocol": "TCP"}]}
+    }))
+    .expect("service");
+    let svc = Api::<Service>::namespaced(e.client.clone(), "apps")
+        .create(&PostParams::default(), &svc)
+        .await
+        .expect("service");
+    let cluster_ip = svc
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .expect("the API server allocates a ClusterIP");
+    let gw: Gateway = serde_json::from_value(json!({
+        "apiVersion": "wgnet.dev/v1alpha1", "kind": "Gateway",
+        "metadata": {"name": "edge", "namespace": "apps"},
+        "spec": {
+            "gcp": {"projectID": PROJECT, "region": "us-central1", "zone": "us-central1-a"},
+            "forwards": [{"port": 8080, "service": "web", "targetPort": 80}]
+        }
+    }))
+    .expect("gateway");
+    let gws: Api<Gateway> = Api::namespaced(e.client.clone(), "apps");
+    gws.create(&PostParams::default(), &gw)
+        .await
+        .expect("create");
+
+    // GCP is provisioned; the VM never reports (nothing boots it) and no pod runs the link.
+    let gw = wait_gw(&e, "every GCP resource exists", |g| {
+        g.status
+            .as_ref()
+            .and_then(|s| s.gcp.as_ref())
+            .is_some_and(|s| s.instance.is_some() && s.iam_bound && s.firewall.is_some())
+    })
+    .await;
+    assert_eq!(
+        condition(&gw, conditions::TUNNEL_READY),
+        Some(("False".into(), "Provisioning".into()))
+    );
+    assert_eq!(
+        condition(&gw, conditions::READY),
+        Some(("False".into(), "Provisioning".into()))
+    );
+    assert!(
+        gw.finalizers()
+            .iter()
+            .any(|f| f == "wgnet.dev/gateway-teardown")
+    );
+    let status = gw.status.clone().expect("status");
+    assert_eq!(status.forwards_ready.as_deref(), Some("1/1"));
+    let kinds: Vec<&str> = e.emu.inventory().iter().map(|i| i.kind).collect();
+    for k in [
+        "network",
+        "firewall",
+        "address",
+        "instance",
+        "serviceAccount",
+        "secret",
+    ] {
+        assert!(kinds.contains(&k), "{k} in {kinds:?}");
+    }
+
+    // The link's objects: its config names the Service's ClusterIP, its policy allows the
+    // Service port and the named targetPort, and the key it reads is its own only.
+    let cm = Api::<ConfigMap>::namespaced(e.client.clone(), "apps")
+        .get("edge-link")
+        .await
+        .expect("config map");
+    let doc = cm
+        .data
+        .and_then(|d| d.get("config.json").cloned())
+        .expect("config.json");
+    let parsed: wgnet_link::config::LinkDocument =
+        serde_json::from_str(&doc).expect("the link's own document type reads it");
+    let wgnet_link::config::LinkDocument::Ingress(ingress) = parsed else {
+        panic!("an ingress document: {doc}")
+    };
+    assert_eq!(ingress.forwards.len(), 1);
+    assert_eq!(ingress.forwards[0].cluster_ip.to_string(), cluster_ip);
+    assert_eq!(
+        Some(ingress.peer.endpoint.clone()),
+        status.address.as_ref().map(|a| format!("{a}:51820"))
+    );
+    let np = Api::<NetworkPolicy>::namespaced(e.client.clone(), "apps")
+        .get("edge-link")
+        .await
+        .expect("network policy");
+    let np = serde_json::to_string(&np.spec).expect("json");
+    assert!(
+        np.contains("\"port\":80") && np.contains("\"port\":\"http\""),
+        "{np}"
+    );
+    let key = Api::<Secret>::namespaced(e.client.clone(), "apps")
+        .get("edge-link-key")
+        .await
+        .expect("link key");
+    assert_eq!(
+        key.data.map(|d| d.keys().cloned().collect::<Vec<_>>()),
+        Some(vec!["private-key".to_owned()])
+    );
+
+    // Two replicas bring a disruption budget; back to one, it is pruned.
+    let pdbs = Api::<PodDisruptionBudget>::namespaced(e.client.clone(), "apps");
+    gws.patch(
+        "edge",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"link": {"replicas": 2}}})),
+    )
+    .await
+    .expect("scale up");
+    let budget = until(Duration::from_secs(30), || async {
+        pdbs.get_opt("edge-link").await.ok().flatten()
+    })
+    .await;
+    assert!(budget.is_some(), "no budget for two replicas");
+    gws.patch(
+        "edge",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"link": {"replicas": 1}}})),
+    )
+    .await
+    .expect("scale down");
+    let pruned = until(Duration::from_secs(30), || async {
+        pdbs.get_opt("edge-link")
+            .await
+            .ok()
+            .and_then(|p| p.is_none().then_some(()))
+    })
+    .await;
+    assert!(pruned.is_some(), "the budget outlived the second replica");
+    let d = Api::<Deployment>::namespaced(e.client.clone(), "apps")
+        .get("edge-link")
+        .await
+        .expect("deployment");
+    assert_eq!(d.spec.and_then(|s| s.replicas), Some(1));
+
+    // Deletion drains GCP before the finalizer goes.
+    gws.delete("edge", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let gone = until(Duration::from_secs(90), || async {
+        gws.get_opt("edge")
+            .await
+            .ok()
+            .and_then(|g| g.is_none().then_some(()))
+    })
+    .await;
+    assert!(
+        gone.is_some(),
+        "the Gateway was never released; {}",
+        inventory_of(&e.emu)
+    );
+    let left: Vec<String> = e
+        .emu
+        .inventory()
+        .into_iter()
+        .map(|i| format!("{} {}", i.kind, i.name))
+        .collect();
+    assert!(left.is_empty(), "left in GCP: {left:?}");
+}
