@@ -1,8 +1,6 @@
 //! The VM's service account (marked by its description) and its one right: reading the
 //! gateway's own secret (`roles/secretmanager.secretAccessor` on that secret only). I/O.
 
-use reqwest::Method;
-
 use super::wire::{
     Binding, CreateServiceAccountRequest, Policy, ServiceAccount, SetIamPolicyRequest,
 };
@@ -17,7 +15,7 @@ pub(super) fn email(name: &str, project: &str) -> String {
     format!("{name}@{project}.iam.gserviceaccount.com")
 }
 
-fn path(project: &str, email: &str) -> String {
+pub(super) fn path(project: &str, email: &str) -> String {
     format!("projects/{project}/serviceAccounts/{email}")
 }
 
@@ -141,46 +139,5 @@ impl GcpCloud {
             }
         }
         Step::Waiting(format!("secret {id} policy keeps changing; retrying"))
-    }
-
-    /// Deletes the account when `ours` says it is this gateway's.
-    pub(super) async fn delete_service_account(
-        &self,
-        project: &str,
-        email: &str,
-        ours: impl Fn(&ServiceAccount) -> bool,
-    ) -> Step<()> {
-        let path = path(project, email);
-        match self
-            .get_opt::<ServiceAccount>(Service::Iam, &path, "get service account", email)
-            .await
-        {
-            Err(e) => Step::Failed(e),
-            Ok(None) => Step::Ready(()),
-            Ok(Some(v)) if !ours(&v) => Step::Ready(()),
-            Ok(Some(_)) => {
-                self.delete_rpc(Service::Iam, &path, "delete service account", email)
-                    .await
-            }
-        }
-    }
-
-    /// DELETE on IAM or Secret Manager; gone already is done.
-    pub(super) async fn delete_rpc(
-        &self,
-        s: Service,
-        path: &str,
-        op: &'static str,
-        what: &str,
-    ) -> Step<()> {
-        match self
-            .api
-            .call(s, Method::DELETE, path, None, op, what, Retry::Transient)
-            .await
-        {
-            Ok(_) => Step::Ready(()),
-            Err(e) if e.is_not_found() => Step::Ready(()),
-            Err(e) => Step::Failed(e),
-        }
     }
 }

@@ -488,10 +488,20 @@ impl Cloud for GcpCloud {
                 rec,
                 |v: &wire::Instance| labels_ours(&v.labels, install, id),
             ),
-            self.delete_service_account(project, &email, |v| {
-                marker_ours(&v.description, install, id)
-            }),
-            self.delete_secret(project, &name, |v| labels_ours(&v.labels, install, id)),
+            self.delete_rpc(
+                Service::Iam,
+                &iam::path(project, &email),
+                ("get service account", "delete service account"),
+                &email,
+                |v: &wire::ServiceAccount| marker_ours(&v.description, install, id),
+            ),
+            self.delete_rpc(
+                Service::Secrets,
+                &secret::path(project, &name),
+                ("get secret", "delete secret"),
+                &name,
+                |v: &wire::Secret| labels_ours(&v.labels, install, id),
+            ),
         )
         .await;
         pending.extend(ops);

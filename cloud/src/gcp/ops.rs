@@ -228,6 +228,41 @@ impl GcpCloud {
         }
     }
 
+    /// Deletes an IAM or Secret Manager resource (`kind` names it in errors) when `ours`
+    /// says it is this gateway's; gone already is done. These deletes are synchronous.
+    pub(super) async fn delete_rpc<T: DeserializeOwned>(
+        &self,
+        s: Service,
+        path: &str,
+        (get_op, del_op): (&'static str, &'static str),
+        what: &str,
+        ours: impl Fn(&T) -> bool,
+    ) -> Step<()> {
+        match self.get_opt::<T>(s, path, get_op, what).await {
+            Err(e) => return Step::Failed(e),
+            Ok(None) => return Step::Ready(()),
+            Ok(Some(v)) if !ours(&v) => return Step::Ready(()),
+            Ok(Some(_)) => {}
+        }
+        match self
+            .api
+            .call(
+                s,
+                Method::DELETE,
+                path,
+                None,
+                del_op,
+                what,
+                Retry::Transient,
+            )
+            .await
+        {
+            Ok(_) => Step::Ready(()),
+            Err(e) if e.is_not_found() => Step::Ready(()),
+            Err(e) => Step::Failed(e),
+        }
+    }
+
     /// Waits (server side, through `operations.wait`) until any of `target`'s recorded
     /// operations ends or the wait call returns.
     pub(super) async fn wait_for_any(&self, target: &Target, recorded: &Recorded) {

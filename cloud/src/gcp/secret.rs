@@ -117,26 +117,4 @@ impl GcpCloud {
             Err(e) => Step::Failed(e),
         }
     }
-
-    /// Deletes the secret (every version with it) when `ours` says it is this gateway's.
-    pub(super) async fn delete_secret(
-        &self,
-        project: &str,
-        id: &str,
-        ours: impl Fn(&Secret) -> bool,
-    ) -> Step<()> {
-        let path = path(project, id);
-        match self
-            .get_opt::<Secret>(Service::Secrets, &path, "get secret", id)
-            .await
-        {
-            Err(e) => Step::Failed(e),
-            Ok(None) => Step::Ready(()),
-            Ok(Some(v)) if !ours(&v) => Step::Ready(()),
-            Ok(Some(_)) => {
-                self.delete_rpc(Service::Secrets, &path, "delete secret", id)
-                    .await
-            }
-        }
-    }
 }

@@ -402,12 +402,12 @@ mod tests {
     fn the_service_comes_with_the_link_and_ready_follows_the_pod() {
         let egw = egress();
         let p = params(&egw);
-        let img = LinkImage {
-            image: "link".into(),
-            pull_policy: "IfNotPresent".into(),
-            privileged_init: false,
-        };
-        let c = children(&egw, &p, &img, Some(51820));
+        let c = children(
+            &egw,
+            &p,
+            &crate::controller::testing::link_image(),
+            Some(51820),
+        );
         let svc = c.service.expect("service");
         assert_eq!(svc.metadata.name.as_deref(), Some("corp"));
         assert!(c.key.is_none() && c.pdb.is_none());

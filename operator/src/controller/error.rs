@@ -235,17 +235,7 @@ pub fn backoff(failing: Duration, cap: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn denied() -> CloudError {
-        CloudError::Api {
-            api: "compute",
-            method: "insert instance",
-            what: "wg-x".into(),
-            status: 403,
-            reason: "forbidden".into(),
-            message: "Required 'compute.instances.create' permission".into(),
-        }
-    }
+    use crate::controller::testing::denied;
 
     #[test]
     fn backoff_starts_quick_and_grows_to_the_cap() {

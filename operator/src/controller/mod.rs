@@ -8,6 +8,8 @@
 pub mod egress;
 pub mod error;
 pub mod gateway;
+#[cfg(test)]
+mod testing;
 
 use std::future::Future;
 use std::sync::Arc;

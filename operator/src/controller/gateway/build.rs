@@ -192,32 +192,14 @@ mod tests {
     use super::*;
     use crate::controller::gateway::observe::Inputs;
     use crate::controller::gateway::validate::validate;
+    use crate::controller::testing;
 
     fn gateway() -> Gateway {
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "wgnet.dev/v1alpha1", "kind": "Gateway",
-            "metadata": {"name": "edge", "namespace": "apps", "uid": "u1"},
-            "spec": {
-                "gcp": {"projectID": "p", "region": "us-central1", "zone": "us-central1-a"},
-                "wireguard": {"reconcileInterval": "1m30s", "keepalive": 7},
-                "forwards": [{"port": 8080, "service": "web", "targetPort": 80}]
-            }
-        }))
-        .expect("gateway")
+        testing::gateway_with(serde_json::json!({"reconcileInterval": "1m30s", "keepalive": 7}))
     }
 
     fn settings() -> Settings {
-        Settings {
-            link: crate::children::LinkImage {
-                image: "link".into(),
-                pull_policy: "IfNotPresent".into(),
-                privileged_init: false,
-            },
-            cluster_id: "c1".into(),
-            resync: Duration::from_secs(300),
-            allowed_projects: vec![],
-            sweep_projects: vec![],
-        }
+        testing::settings(&[])
     }
 
     /// A Service `web` in `apps` with port 80 → targetPort `http`, observed.

@@ -413,6 +413,7 @@ pub fn patience(since: Duration, resync: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::testing::gateway;
 
     #[test]
     fn patience_grows_with_the_wait_up_to_the_resync() {
@@ -428,18 +429,6 @@ mod tests {
             patience(Duration::from_secs(36_000), Duration::from_secs(1)),
             SETTLING
         );
-    }
-
-    fn gateway() -> Gateway {
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "wgnet.dev/v1alpha1", "kind": "Gateway",
-            "metadata": {"name": "edge", "namespace": "apps", "generation": 1},
-            "spec": {
-                "gcp": {"projectID": "p", "region": "us-central1", "zone": "us-central1-a"},
-                "forwards": [{"port": 8080, "service": "web", "targetPort": 80}]
-            }
-        }))
-        .expect("gateway")
     }
 
     /// Status writes (the operator's own) do not start a pass; spec edits, finalizers,

@@ -254,23 +254,10 @@ pub fn status_of(
 mod tests {
     use std::net::Ipv4Addr;
 
-    use k8s_openapi::api::core::v1::Pod;
-    use wgnet_cloud::CloudError;
-
     use super::*;
+    use crate::controller::testing::{denied, gateway};
     use crate::forwards::{Invalid, Resolved};
-
-    fn gateway() -> Gateway {
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "wgnet.dev/v1alpha1", "kind": "Gateway",
-            "metadata": {"name": "edge", "namespace": "apps", "generation": 3},
-            "spec": {
-                "gcp": {"projectID": "p", "region": "us-central1", "zone": "us-central1-a"},
-                "forwards": [{"port": 8080, "service": "web", "targetPort": 80}]
-            }
-        }))
-        .expect("gateway")
-    }
+    use k8s_openapi::api::core::v1::Pod;
 
     fn active(gw: &Gateway) -> Vec<Classified> {
         vec![Classified {
@@ -413,14 +400,7 @@ mod tests {
     fn a_gcp_error_names_gcps_reason_and_an_inactive_forward_comes_first() {
         let gw = gateway();
         let denied = Progress {
-            errors: vec![CloudError::Api {
-                api: "compute",
-                method: "insert instance",
-                what: "wg-x".into(),
-                status: 403,
-                reason: "forbidden".into(),
-                message: "Required 'compute.instances.create' permission".into(),
-            }],
+            errors: vec![denied()],
             ..Progress::default()
         };
         let s = status_of(&gw, &active(&gw), &denied, None, None, &up(), None);

@@ -99,34 +99,7 @@ fn wireguard(gw: &Gateway) -> Result<Wireguard, ValidateError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::children::LinkImage;
-
-    fn settings(allowed: &[&str]) -> Settings {
-        Settings {
-            link: LinkImage {
-                image: "link".into(),
-                pull_policy: "IfNotPresent".into(),
-                privileged_init: false,
-            },
-            cluster_id: "c1".into(),
-            resync: std::time::Duration::from_secs(300),
-            allowed_projects: allowed.iter().map(|s| (*s).to_owned()).collect(),
-            sweep_projects: vec![],
-        }
-    }
-
-    fn gateway(wireguard: serde_json::Value) -> Gateway {
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "wgnet.dev/v1alpha1", "kind": "Gateway",
-            "metadata": {"name": "edge", "namespace": "apps"},
-            "spec": {
-                "gcp": {"projectID": "p", "region": "us-central1", "zone": "us-central1-a"},
-                "wireguard": wireguard,
-                "forwards": [{"port": 8080, "service": "web", "targetPort": 80}]
-            }
-        }))
-        .expect("gateway")
-    }
+    use crate::controller::testing::{gateway_with as gateway, settings};
 
     #[test]
     fn the_defaults_parse_and_the_forward_waits_for_its_service() {
