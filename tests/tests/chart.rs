@@ -196,6 +196,10 @@ fn defaults_render_a_restricted_single_replica_operator_with_ambient_credentials
         "ambient by default"
     );
     assert!(!a.contains(&"--leader-elect".to_owned()));
+    assert!(
+        a.contains(&"--log-format=json".to_owned()),
+        "the chart logs json by default: {a:?}"
+    );
     assert!(!a.contains(&"--no-privileged-init".to_owned()));
     assert!(!a.iter().any(|x| x.starts_with("--allowed-projects")));
     assert!(c.volume_mounts.is_none());
