@@ -473,7 +473,8 @@ mod tests {
                 "start wg0 0",
                 "peer Some(203.0.113.40:51820)",
                 "configure wg0 10.8.0.2/32 1420",
-                "route add 10.20.0.0/24 dev wg0",
+                "route add 10.20.0.5/32 dev wg0",
+                "route add 10.20.0.53/32 dev wg0",
                 "table 4 chains",
             ]
         );
@@ -521,6 +522,27 @@ mod tests {
         assert_eq!(routes, vec!["10.20.0.5/32", "10.20.0.53/32"]);
         assert_eq!(p.forwards, 1);
         assert_eq!(p.unresolved, vec!["wiki: wiki.corp.test does not resolve"]);
+    }
+
+    /// A VPN whose AllowedIPs cover the cluster's own ranges (the flowgen example's
+    /// `10.0.0.0/8, 172.16.0.0/12` holds 10.96.0.0/12 and 10.244.0.0/16) must not capture
+    /// the pod's traffic to the API server, DNS or other pods: only the forwards' targets
+    /// and the VPN's DNS server are routed into the tunnel.
+    #[tokio::test]
+    async fn allowed_ips_that_cover_the_cluster_route_only_the_targets() {
+        let cfg = egress(
+            &wg_quick("10.0.0.0/8, 172.16.0.0/12"),
+            &[("db", 5432, "10.20.0.5", 5432)],
+        );
+        let p = plan::data_plan(&cfg, "wg0", &Resolved::new());
+        let routes: Vec<String> = p.routes.iter().map(ToString::to_string).collect();
+        assert_eq!(routes, vec!["10.20.0.5/32", "10.20.0.53/32"]);
+        for cluster in [Ipv4Addr::new(10, 96, 0, 1), Ipv4Addr::new(10, 244, 0, 7)] {
+            assert!(
+                !p.routes.iter().any(|r| r.contains(cluster)),
+                "{cluster} captured"
+            );
+        }
     }
 
     #[tokio::test]

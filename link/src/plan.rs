@@ -13,10 +13,6 @@ use crate::config::{IngressForward, LinkConfig, PeerConfig};
 use crate::keys::{PublicKey, SecretKey};
 use crate::net::{Ipv4Net, Protocol};
 
-/// Prefixes this broad would swallow the pod's own traffic (API server, DNS) if routed
-/// into the tunnel; for them only the resolved targets get host routes.
-pub const BROADEST_ROUTED_PREFIX: u8 = 8;
-
 /// The answers of name resolution, by host name: an address or why there is none. Only
 /// names need an entry; IPv4 literals are read directly.
 pub type Resolved = BTreeMap<String, Result<Ipv4Addr, String>>;
@@ -111,10 +107,11 @@ fn peer_of(p: &PeerConfig, resolved: &Resolved, why: &mut Option<String>) -> Pee
 /// Plans the data plane of `cfg` on interface `wg` with the names in `resolved`.
 ///
 /// Egress forwards whose target does not resolve, or resolves outside the peer's
-/// AllowedIPs (the tunnel would drop it), are left out with a reason. Egress routes cover
-/// the peer's AllowedIPs, except prefixes broader than [`BROADEST_ROUTED_PREFIX`] (a
-/// full-tunnel `0.0.0.0/0` would capture the pod's own traffic), for which only the
-/// resolved targets and the VPN's DNS servers get host routes.
+/// AllowedIPs (the tunnel would drop it), are left out with a reason. Only host routes go
+/// into wg0: one per forward target and one per VPN DNS server inside AllowedIPs. The
+/// AllowedIPs prefixes themselves are never routed: a VPN announcing `10.0.0.0/8` would
+/// otherwise capture the cluster's Service and pod ranges (the API server, DNS, the
+/// clients' replies), and the link only ever sends to its targets.
 pub fn data_plan(cfg: &LinkConfig, wg: &str, resolved: &Resolved) -> DataPlan {
     let mut endpoint_unresolved = None;
     match cfg {
@@ -168,27 +165,16 @@ pub fn data_plan(cfg: &LinkConfig, wg: &str, resolved: &Resolved) -> DataPlan {
                     target_port: f.target_port,
                 });
             }
-            let mut routes: BTreeSet<Ipv4Net> = allowed
-                .iter()
-                .filter(|n| n.prefix >= BROADEST_ROUTED_PREFIX)
-                .map(|n| Ipv4Net {
-                    addr: n.network(),
-                    prefix: n.prefix,
-                })
-                .collect();
-            let hosts = rules
+            let routes: BTreeSet<Ipv4Net> = rules
                 .iter()
                 .map(|r| r.target)
-                .chain(e.wg.dns.iter().copied());
-            for ip in hosts {
-                if !routes.iter().any(|n| n.contains(ip)) && allowed.iter().any(|n| n.contains(ip))
-                {
-                    routes.insert(Ipv4Net {
-                        addr: ip,
-                        prefix: 32,
-                    });
-                }
-            }
+                .chain(e.wg.dns.iter().copied())
+                .filter(|ip| allowed.iter().any(|n| n.contains(*ip)))
+                .map(|ip| Ipv4Net {
+                    addr: ip,
+                    prefix: 32,
+                })
+                .collect();
             DataPlan {
                 private_key: e.wg.private_key.clone(),
                 peer: Some(peer),

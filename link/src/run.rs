@@ -436,7 +436,7 @@ mod tests {
         let cfg = config::parse(&raw).expect("config");
         let planned = crate::plan::data_plan(&cfg, "wg0", &crate::plan::Resolved::new());
         assert!(text.starts_with(&planned.table.to_string()), "{text}");
-        assert!(text.contains("# route 10.20.0.0/24 dev wg0"), "{text}");
+        assert!(text.contains("# route 10.20.0.5/32 dev wg0"), "{text}");
         assert!(
             text.contains("# skipped wiki: wiki.corp.test was not resolved"),
             "{text}"

@@ -70,15 +70,34 @@ async fn put_secret(c: &Cluster, conf: &str) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn egress_gateway_validates_its_secret_and_reaches_hosts_behind_the_vpn() {
-    let c = Cluster::start(LatencyProfile::instant()).await;
-    let op = operator_with(&c, Duration::from_secs(20)).await;
+/// A wireguard-go VPN server on the "internet" (203.0.113.40:51820, tunnel 10.8.0.1) that
+/// accepts the link as 10.8.0.2, with a database behind it at 10.0.0.5 (TCP 1433, UDP
+/// 5000, answering "db"). Removed on drop.
+struct Vpn {
+    link_priv: String,
+    vpn_pub: String,
+    iface: String,
+    _server: netns::Netns,
+    _remote: netns::Netns,
+}
 
-    // The VPN server on the internet, a database behind it.
-    let vpn = c.internet_host("vpn", "203.0.113.40/24");
+impl Drop for Vpn {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(format!("/run/wireguard/{}.sock", self.iface));
+    }
+}
+
+fn vpn_server(c: &Cluster) -> Vpn {
+    let server = c.internet_host("vpn", "203.0.113.40/24");
     let remote = netns::Netns::new("rem", &netns::unique_tag());
-    netns::veth(&vpn, "eth1", "10.0.0.1/24", &remote, "eth0", "10.0.0.5/24");
+    netns::veth(
+        &server,
+        "eth1",
+        "10.0.0.1/24",
+        &remote,
+        "eth0",
+        "10.0.0.5/24",
+    );
     remote.sh("ip route add default via 10.0.0.1");
     drop(remote.spawn(
         &format!("python3 '{}' serve 10.0.0.5 1433 5000 db", echo_py()),
@@ -86,24 +105,33 @@ async fn egress_gateway_validates_its_secret_and_reaches_hosts_behind_the_vpn() 
     ));
     let (vpn_priv, vpn_pub) = netns::wg_keypair();
     let (link_priv, link_pub) = netns::wg_keypair();
-    let vpn_if = format!("wgs{}", netns::unique_tag());
-    let server = c.dir().join(format!("{vpn_if}.conf"));
+    let iface = format!("wgs{}", netns::unique_tag());
+    let conf = c.dir().join(format!("{iface}.conf"));
     std::fs::write(
-        &server,
+        &conf,
         format!("[Interface]\nPrivateKey = {vpn_priv}\nAddress = 10.8.0.1/24\nListenPort = 51820\n\n[Peer]\nPublicKey = {link_pub}\nAllowedIPs = 10.8.0.2/32\n"),
     )
     .expect("server conf");
-    vpn.sh(&format!(
+    server.sh(&format!(
         "sysctl -qw net.ipv4.ip_forward=1 && WG_QUICK_USERSPACE_IMPLEMENTATION=wireguard-go wg-quick up '{}' 2>&1",
-        server.display()
+        conf.display()
     ));
-    struct Sock(String);
-    impl Drop for Sock {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(format!("/run/wireguard/{}.sock", self.0));
-        }
+    Vpn {
+        link_priv,
+        vpn_pub,
+        iface,
+        _server: server,
+        _remote: remote,
     }
-    let _sock = Sock(vpn_if);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn egress_gateway_validates_its_secret_and_reaches_hosts_behind_the_vpn() {
+    let c = Cluster::start(LatencyProfile::instant()).await;
+    let op = operator_with(&c, Duration::from_secs(20)).await;
+
+    let vpn = vpn_server(&c);
+    let (link_priv, vpn_pub) = (vpn.link_priv.clone(), vpn.vpn_pub.clone());
 
     Api::<Namespace>::all(c.client.clone())
         .create(
@@ -241,7 +269,7 @@ async fn egress_gateway_validates_its_secret_and_reaches_hosts_behind_the_vpn() 
         "edits reload in place: same pod, same process"
     );
     drop(op);
-    drop(remote);
+    drop(vpn);
 }
 
 /// Objects the API server accepts but the operator cannot parse (here: the CRDs replaced by
@@ -401,4 +429,89 @@ async fn a_name_taken_by_a_foreign_service_is_reported_and_left_alone() {
         "the foreign Service was deleted with the EgressGateway"
     );
     drop(op);
+}
+
+/// A VPN whose AllowedIPs cover the cluster's own ranges (`10.0.0.0/8, 172.16.0.0/12`,
+/// which hold this cluster's 10.96.0.0/12 Services and 10.244.0.0/16 pods): the link still
+/// reaches the API server through the `kubernetes` Service (10.96.0.1), so a forward added
+/// later is applied and served, and only the target is routed into the tunnel. Before, every
+/// AllowedIPs prefix went into the pod's routes and captured the API server's traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn allowed_ips_covering_the_cluster_capture_none_of_its_traffic() {
+    let c = Cluster::start(LatencyProfile::instant()).await;
+    let _op = operator_with(&c, Duration::from_secs(20)).await;
+    let vpn = vpn_server(&c);
+    c.namespace("apps", &[]).await;
+    put_secret(
+        &c,
+        &format!(
+            "[Interface]\nPrivateKey = {}\nAddress = 10.8.0.2/32\n\n[Peer]\nPublicKey = {}\nEndpoint = 203.0.113.40:51820\nAllowedIPs = 10.0.0.0/8, 172.16.0.0/12\nPersistentKeepalive = 5\n",
+            vpn.link_priv, vpn.vpn_pub
+        ),
+    )
+    .await;
+    let egws: Api<EgressGateway> = Api::namespaced(c.client.clone(), "apps");
+    let egw: EgressGateway = serde_json::from_value(json!({
+        "apiVersion": "wgnet.dev/v1alpha1", "kind": "EgressGateway",
+        "metadata": {"name": "corp"},
+        "spec": {
+            "configSecretRef": {"name": "vpn"},
+            "forwards": [{"name": "db", "port": 1433, "targetHost": "10.0.0.5", "targetPort": 1433}]
+        }
+    }))
+    .expect("egw");
+    egws.create(&PostParams::default(), &egw)
+        .await
+        .expect("create");
+    wait_egw(&c, "Ready", |e| {
+        ready(e).is_some_and(|(s, _, _)| s == "True")
+    })
+    .await;
+    let pods = c.pods();
+    assert_eq!(pods.len(), 1, "{pods:?}");
+    let pod_ip = c.pod_ip(&pods[0].1).expect("pod ip");
+    let ask = |proto: &str, port: u16| {
+        wait_for(Duration::from_secs(20), || {
+            let (ok, out, _) = c.node.try_sh(&format!(
+                "timeout 3 python3 '{}' {proto} {pod_ip} {port}",
+                echo_py()
+            ));
+            ok.then(|| out.trim().to_owned())
+        })
+    };
+    assert_eq!(
+        ask("tcp", 1433).as_deref(),
+        Some("db tcp 1433 from 10.8.0.2"),
+        "{}",
+        c.logs()
+    );
+
+    // A forward added now reaches the link only through the API server.
+    egws.patch(
+        "corp",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"spec": {"forwards": [
+            {"name": "db", "port": 1433, "targetHost": "10.0.0.5", "targetPort": 1433},
+            {"name": "echo", "port": 5000, "protocol": "UDP", "targetHost": "10.0.0.5", "targetPort": 5000}
+        ]}})),
+    )
+    .await
+    .expect("add a forward");
+    assert_eq!(
+        ask("udp", 5000).as_deref(),
+        Some("db udp 5000 from 10.8.0.2"),
+        "the added forward never arrived\n{}",
+        c.logs()
+    );
+    let routes = c
+        .kubelet
+        .exec(&pods[0].1, "ip -4 route show dev wg0")
+        .map(|(_, out, _)| out)
+        .unwrap_or_default();
+    let lines: Vec<&str> = routes.lines().collect();
+    assert!(
+        lines.len() == 1 && lines[0].starts_with("10.0.0.5 "),
+        "only the target is routed into the tunnel: {routes}"
+    );
+    drop(vpn);
 }
