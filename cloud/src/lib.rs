@@ -98,12 +98,15 @@ pub struct Desired {
 
 /// A Compute resource kind of a gateway: the ones with long-running operations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum ResourceKind {
     /// The shared VPC network (global).
     Network,
-    /// The gateway's firewall rule (global).
+    /// The gateway's firewall rule for its forwards, from `sourceRanges` (global).
     Firewall,
+    /// The gateway's firewall rule for the WireGuard port, from anywhere: the link dials
+    /// from wherever the cluster's egress is, so `sourceRanges` must not cut it (global).
+    TunnelFirewall,
     /// The static address (regional).
     Address,
     /// The VM (zonal).
@@ -112,13 +115,20 @@ pub enum ResourceKind {
 
 impl ResourceKind {
     /// Every kind.
-    pub const ALL: [Self; 4] = [Self::Network, Self::Firewall, Self::Address, Self::Instance];
+    pub const ALL: [Self; 5] = [
+        Self::Network,
+        Self::Firewall,
+        Self::TunnelFirewall,
+        Self::Address,
+        Self::Instance,
+    ];
 
     /// The lowercase name, as in `status.gcp.pendingOperations[].resource`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Network => "network",
             Self::Firewall => "firewall",
+            Self::TunnelFirewall => "tunnel-firewall",
             Self::Address => "address",
             Self::Instance => "instance",
         }
@@ -132,7 +142,7 @@ impl ResourceKind {
     /// The scope this kind lives in for `target`: `global`, `regions/<r>` or `zones/<z>`.
     pub fn scope(self, target: &Target) -> String {
         match self {
-            Self::Network | Self::Firewall => "global".to_owned(),
+            Self::Network | Self::Firewall | Self::TunnelFirewall => "global".to_owned(),
             Self::Address => format!("regions/{}", target.region),
             Self::Instance => format!("zones/{}", target.zone),
         }
@@ -142,7 +152,7 @@ impl ResourceKind {
     pub fn get_and_delete(self) -> (&'static str, &'static str) {
         match self {
             Self::Network => ("get network", "delete network"),
-            Self::Firewall => ("get firewall", "delete firewall"),
+            Self::Firewall | Self::TunnelFirewall => ("get firewall", "delete firewall"),
             Self::Address => ("get address", "delete address"),
             Self::Instance => ("get instance", "delete instance"),
         }

@@ -24,6 +24,8 @@ async fn lifecycle_create_resync_change_delete() {
         kinds(&e.emu),
         [
             "address",
+            // The forwards' rule and the tunnel's own rule.
+            "firewall",
             "firewall",
             "instance",
             "network",
@@ -42,6 +44,17 @@ async fn lifecycle_create_resync_change_delete() {
     assert_eq!(
         fw["allowed"],
         json!([{"IPProtocol": "udp", "ports": ["51820"]}, {"IPProtocol": "tcp", "ports": ["80", "443"]}])
+    );
+    // The WireGuard port has a rule of its own, from anywhere.
+    let tunnel = e
+        .emu
+        .get("firewall", PROJECT, "global", &format!("{name}-wg"))
+        .expect("tunnel firewall");
+    assert_eq!(tunnel["targetTags"], json!([name]));
+    assert_eq!(tunnel["sourceRanges"], json!(["0.0.0.0/0"]));
+    assert_eq!(
+        tunnel["allowed"],
+        json!([{"IPProtocol": "udp", "ports": ["51820"]}])
     );
     let inst = e
         .emu
@@ -215,6 +228,8 @@ async fn lost_answers_on_every_write_converge_without_duplicates() {
         kinds(&e.emu),
         [
             "address",
+            // The forwards' rule and the tunnel's own rule.
+            "firewall",
             "firewall",
             "instance",
             "network",
@@ -333,14 +348,14 @@ async fn permission_denied_surfaces_once_with_the_message() {
         "{err}"
     );
     assert!(err.retry_after() >= Duration::from_secs(60));
-    // Never retried inside a pass: one attempt per pass.
+    // Never retried inside a pass: one attempt per rule (forwards, tunnel) per pass.
     let inserts = e
         .emu
         .request_log()
         .iter()
         .filter(|c| c.method == "POST" && c.path.ends_with("/global/firewalls"))
         .count();
-    assert_eq!(inserts, 3);
+    assert_eq!(inserts, 6);
     // Everything else still advanced.
     assert!(
         rec.service_account_email.is_some()
@@ -398,6 +413,8 @@ async fn two_gateways_share_the_network_until_the_last_is_gone() {
         kinds(&e.emu),
         [
             "address",
+            // The forwards' rule and the tunnel's own rule.
+            "firewall",
             "firewall",
             "instance",
             "network",

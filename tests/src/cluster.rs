@@ -49,6 +49,8 @@ struct VmRun {
     iface: String,
     ns: Netns,
     dir: TempDir,
+    /// The GCP firewall ruleset last loaded into the VM's namespace.
+    firewall: String,
 }
 
 #[derive(Default)]
@@ -569,6 +571,72 @@ fn booter(env: Env, world: Arc<Mutex<World>>, stop: Arc<AtomicBool>) {
     }
 }
 
+/// GCP's ingress firewall for one instance, as an nftables ruleset for its namespace: new
+/// flows arriving on `ens4` are dropped unless an enabled INGRESS rule of the instance's
+/// network, aimed at one of its tags (or at every instance), allows the protocol and port
+/// from the source. Established flows and everything the VM sends are allowed, as in GCP.
+/// Pure.
+fn gcp_firewall(inst: &Value, firewalls: &[Value]) -> String {
+    let last = |v: &Value| {
+        v.as_str()
+            .and_then(|s| s.rsplit('/').next())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let network = last(&inst["networkInterfaces"][0]["network"]);
+    let tags: Vec<&str> = inst["tags"]["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x.as_str().map(str::to_owned))
+            .collect()
+    };
+    let mut rules = Vec::new();
+    for fw in firewalls {
+        let targets = strings(&fw["targetTags"]);
+        let applies = last(&fw["network"]) == network
+            && fw["disabled"] != true
+            && fw["direction"].as_str().unwrap_or("INGRESS") == "INGRESS"
+            && (targets.is_empty() || targets.iter().any(|t| tags.contains(&t.as_str())));
+        if !applies {
+            continue;
+        }
+        let sources = strings(&fw["sourceRanges"]).join(", ");
+        if sources.is_empty() {
+            continue;
+        }
+        for a in fw["allowed"].as_array().into_iter().flatten() {
+            let proto = a["IPProtocol"].as_str().unwrap_or_default();
+            let ports = strings(&a["ports"]).join(", ");
+            match (proto, ports.is_empty()) {
+                ("tcp" | "udp", false) => rules.push(format!(
+                    "    ip saddr {{ {sources} }} {proto} dport {{ {ports} }} accept"
+                )),
+                (p, _) => rules.push(format!(
+                    "    ip saddr {{ {sources} }} meta l4proto {p} accept"
+                )),
+            }
+        }
+    }
+    format!(
+        "table ip gcp_firewall\ndelete table ip gcp_firewall\ntable ip gcp_firewall {{\n  chain ingress {{\n    type filter hook prerouting priority -150; policy accept;\n    iifname != \"ens4\" accept\n    ct state established,related accept\n{}\n    drop\n  }}\n}}\n",
+        rules.join("\n")
+    )
+}
+
+/// Loads `rules` into the VM's namespace in one transaction.
+fn load_firewall(ns: &Netns, dir: &TempDir, rules: &str) {
+    let path = dir.0.join("gcp-firewall.nft");
+    std::fs::write(&path, rules).expect("firewall file");
+    sh(ns, &format!("nft -f '{}'", path.display()));
+}
+
 fn note(world: &Mutex<World>, line: String) {
     world
         .lock()
@@ -626,14 +694,26 @@ fn boot_tick(env: &Env, world: &Mutex<World>) {
             note(world, format!("VM {name} shut down"));
         }
     }
+    let firewalls: Vec<Value> = env
+        .emu
+        .inventory()
+        .into_iter()
+        .filter(|i| i.kind == "firewall")
+        .filter_map(|i| env.emu.get("firewall", &i.project, &i.scope, &i.name))
+        .collect();
     for (name, (project, zone, id, inst)) in live {
-        if world
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .vms
-            .contains_key(&name)
+        let rules = gcp_firewall(&inst, &firewalls);
         {
-            continue;
+            let mut w = world
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(vm) = w.vms.get_mut(&name) {
+                if vm.firewall != rules {
+                    load_firewall(&vm.ns, &vm.dir, &rules);
+                    vm.firewall = rules;
+                }
+                continue;
+            }
         }
         let Some(ip) = inst["networkInterfaces"][0]["accessConfigs"][0]["natIP"]
             .as_str()
@@ -652,6 +732,7 @@ fn boot_tick(env: &Env, world: &Mutex<World>) {
         attach(&env.net, "br0", &ns, "ens4", &format!("{ip}/24"));
         sh(&ns, "ip route add default via 203.0.113.1");
         let dir = TempDir::new();
+        load_firewall(&ns, &dir, &rules);
         std::fs::create_dir_all(dir.0.join("state")).expect("state dir");
         let path = dir.0.join("startup.sh");
         std::fs::write(&path, script).expect("script");
@@ -670,6 +751,15 @@ fn boot_tick(env: &Env, world: &Mutex<World>) {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .vms
-            .insert(name, VmRun { id, iface, ns, dir });
+            .insert(
+                name,
+                VmRun {
+                    id,
+                    iface,
+                    ns,
+                    dir,
+                    firewall: rules,
+                },
+            );
     }
 }

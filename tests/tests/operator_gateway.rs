@@ -1303,3 +1303,54 @@ async fn deletion_never_wedges_on_a_project_that_denies_access() {
         "the instance is indeed left in GCP"
     );
 }
+
+/// Issue 19, item 7: `sourceRanges` restrict who reaches the forwards, never the link's
+/// tunnel. The emulated GCP enforces its firewall rules at the VM (see the cluster's
+/// booter): with the forwards limited to an office range that the node (the link's source,
+/// 203.0.113.30) is not in, the tunnel still comes up; the client (203.0.113.20), outside
+/// the range, gets no answer until the range admits it. Before, the one firewall rule
+/// carried the WireGuard port under the same `sourceRanges`, and the Gateway never became
+/// Ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn source_ranges_restrict_the_clients_never_the_tunnel() {
+    let c = Cluster::start(LatencyProfile::instant()).await;
+    let _op = operator(&c).await;
+    namespace(&c.client, "apps", &[]).await;
+    service(&c.client, "apps", "web", &[(80, "TCP")]).await;
+    c.backend("apps", "web", "80", ",", "web").await;
+    let mut gw = gateway(
+        "office",
+        json!([{"port": 8080, "service": "web", "targetPort": 80}]),
+    );
+    gw.spec.source_ranges = vec!["192.0.2.0/24".into()];
+    let gws = create(&c, &gw).await;
+    let gw = wait_gw(
+        &c,
+        "apps",
+        "office",
+        Duration::from_secs(120),
+        "Ready with the forwards limited to the office range",
+        is_ready,
+    )
+    .await;
+    let addr = address_of(&gw);
+    assert!(
+        !c.answers("tcp", &addr, 8080),
+        "a client outside sourceRanges reached the forward"
+    );
+    gws.patch(
+        "office",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"sourceRanges": ["192.0.2.0/24", "203.0.113.20/32"]}})),
+    )
+    .await
+    .expect("widen the range");
+    assert!(
+        c.request("tcp", &addr, 8080, Duration::from_secs(60))
+            .is_some(),
+        "the client was never admitted\n{}",
+        c.logs()
+    );
+    delete_and_wait(&c, &gws, "office", Duration::from_secs(90)).await;
+    assert!(c.emu.inventory().is_empty(), "{:?}", c.emu.inventory());
+}

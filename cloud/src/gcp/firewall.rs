@@ -1,5 +1,7 @@
-//! The gateway's firewall rule: the WireGuard port and the forwards' ports from the
-//! allowed source ranges to the VM's tag. Drift (an edited rule) is patched back. I/O.
+//! The gateway's two firewall rules, both aimed at the VM's tag: the forwards' ports from
+//! `sourceRanges`, and the WireGuard port from anywhere (its own rule, so restricting
+//! clients to an office range never cuts the link's tunnel; WireGuard answers nothing to
+//! a sender without the key). Drift (an edited rule) is patched back. I/O.
 
 use std::collections::BTreeSet;
 
@@ -14,6 +16,11 @@ use crate::{PendingOp, Protocol, ResourceKind};
 /// The firewall's path.
 pub(super) fn path(project: &str, name: &str) -> String {
     format!("projects/{project}/global/firewalls/{name}")
+}
+
+/// The name of the tunnel rule of gateway resource `name`.
+pub(super) fn tunnel_name(name: &str) -> String {
+    format!("{name}-wg")
 }
 
 /// The firewall's `allowed` list in a canonical order: UDP (the listen port first among
@@ -74,41 +81,86 @@ pub(super) fn shape(f: &Firewall) -> Shape {
 }
 
 impl GcpCloud {
-    fn firewall_body(&self, p: &Pass<'_>) -> Firewall {
+    /// The forwards' rule: their ports (and the WireGuard port, which keeps the list
+    /// non-empty when no forward is active) from `sourceRanges`.
+    fn forwards_rule(&self, p: &Pass<'_>) -> Firewall {
         let mut ranges = p.d.source_ranges.clone();
         ranges.sort();
         ranges.dedup();
+        self.rule(
+            p,
+            p.name.clone(),
+            allowed(p.d.listen_port, &p.d.ports),
+            ranges,
+        )
+    }
+
+    /// The tunnel's rule: the WireGuard port from anywhere.
+    fn tunnel_rule(&self, p: &Pass<'_>) -> Firewall {
+        let udp = vec![Allowed {
+            ip_protocol: "udp".into(),
+            ports: vec![p.d.listen_port.to_string()],
+        }];
+        self.rule(p, tunnel_name(&p.name), udp, vec!["0.0.0.0/0".into()])
+    }
+
+    fn rule(
+        &self,
+        p: &Pass<'_>,
+        name: String,
+        allowed: Vec<Allowed>,
+        source_ranges: Vec<String>,
+    ) -> Firewall {
         Firewall {
-            name: p.name.clone(),
+            name,
             description: p.marker(&self.install),
             network: network::path(p.project(), &self.network),
             direction: "INGRESS".into(),
             priority: 1000,
             disabled: false,
-            allowed: allowed(p.d.listen_port, &p.d.ports),
-            source_ranges: ranges,
+            allowed,
+            source_ranges,
             target_tags: vec![p.name.clone()],
         }
     }
 
+    /// Both rules; ready when both are as wanted.
     pub(super) async fn ensure_firewall(&self, p: &Pass<'_>) -> (Step<()>, Vec<PendingOp>) {
+        let ((fwd, mut ops), (tun, tun_ops)) = futures_util::future::join(
+            self.ensure_rule(p, ResourceKind::Firewall, self.forwards_rule(p)),
+            self.ensure_rule(p, ResourceKind::TunnelFirewall, self.tunnel_rule(p)),
+        )
+        .await;
+        ops.extend(tun_ops);
+        let step = match (fwd, tun) {
+            (Step::Failed(e), _) | (_, Step::Failed(e)) => Step::Failed(e),
+            (Step::Waiting(w), _) | (_, Step::Waiting(w)) => Step::Waiting(w),
+            (Step::Ready(()), Step::Ready(())) => Step::Ready(()),
+        };
+        (step, ops)
+    }
+
+    /// One rule: created when missing, patched back when its shape drifted.
+    async fn ensure_rule(
+        &self,
+        p: &Pass<'_>,
+        kind: ResourceKind,
+        want: Firewall,
+    ) -> (Step<()>, Vec<PendingOp>) {
         let mut ops = Vec::new();
-        if let Some(s) = self
-            .check_pending(p, ResourceKind::Firewall, &mut ops)
-            .await
-        {
+        if let Some(s) = self.check_pending(p, kind, &mut ops).await {
             return (s, ops);
         }
-        let path = path(p.project(), &p.name);
-        let want = self.firewall_body(p);
+        let name = want.name.clone();
+        let path = path(p.project(), &name);
         let found = self
-            .get_opt::<Firewall>(Service::Compute, &path, "get firewall", &p.name)
+            .get_opt::<Firewall>(Service::Compute, &path, "get firewall", &name)
             .await;
         let (method, path, op, rid) = match found {
             Err(e) => return (Step::Failed(e), ops),
             Ok(Some(v)) if !marker_ours(&v.description, &self.install, p.id()) => {
                 return (
-                    Step::Failed(collision("firewall", &p.name, &v.description)),
+                    Step::Failed(collision("firewall", &name, &v.description)),
                     ops,
                 );
             }
@@ -117,13 +169,13 @@ impl GcpCloud {
                 Method::PATCH,
                 path,
                 "patch firewall",
-                p.request_id("firewall-patch"),
+                p.request_id(&format!("{kind}-patch")),
             ),
             Ok(None) => (
                 Method::POST,
                 format!("projects/{}/global/firewalls", p.project()),
                 "insert firewall",
-                p.request_id("firewall"),
+                p.request_id(kind.as_str()),
             ),
         };
         let r = self
@@ -134,8 +186,8 @@ impl GcpCloud {
                     path,
                     body: Some(&want),
                     op,
-                    kind: ResourceKind::Firewall,
-                    what: &p.name,
+                    kind,
+                    what: &name,
                     scope: "global".into(),
                 },
                 &rid,

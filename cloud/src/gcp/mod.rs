@@ -34,7 +34,7 @@ pub mod wire;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use futures_util::future::{join, join3, join4};
+use futures_util::future::{join3, join4};
 use reqwest::Method;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -522,13 +522,24 @@ impl Cloud for GcpCloud {
             recorded.secret_version = None;
         }
         if inst_gone {
-            let ((fw, fw_ops), (addr, addr_ops)) = join(
+            let tunnel = firewall::tunnel_name(&name);
+            let ((fw, fw_ops), (tun, tun_ops), (addr, addr_ops)) = join3(
                 self.delete_compute(
                     project,
                     compute(
                         ResourceKind::Firewall,
                         firewall::path(project, &name),
                         &name,
+                    ),
+                    rec,
+                    |v: &wire::Firewall| marker_ours(&v.description, install, id),
+                ),
+                self.delete_compute(
+                    project,
+                    compute(
+                        ResourceKind::TunnelFirewall,
+                        firewall::path(project, &tunnel),
+                        &tunnel,
                     ),
                     rec,
                     |v: &wire::Firewall| marker_ours(&v.description, install, id),
@@ -546,8 +557,10 @@ impl Cloud for GcpCloud {
             )
             .await;
             pending.extend(fw_ops);
+            pending.extend(tun_ops);
             pending.extend(addr_ops);
-            let fw_gone = absorb(fw, &mut waiting, &mut errors).is_some();
+            let tun_gone = absorb(tun, &mut waiting, &mut errors).is_some();
+            let fw_gone = absorb(fw, &mut waiting, &mut errors).is_some() && tun_gone;
             let addr_gone = absorb(addr, &mut waiting, &mut errors).is_some();
             if fw_gone {
                 recorded.firewall = None;

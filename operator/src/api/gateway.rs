@@ -78,7 +78,8 @@ pub struct GatewaySpec {
     pub forwards: Vec<Forward>,
 
     /// Client IPv4 ranges allowed through the cloud firewall to the forwarded ports.
-    /// Defaults to everyone (`0.0.0.0/0`).
+    /// Defaults to everyone (`0.0.0.0/0`). The WireGuard port has a rule of its own, open to
+    /// every source, so these ranges never cut the link's tunnel.
     #[serde(default = "default_source_ranges")]
     #[schemars(length(min = 1, max = 256), inner(regex(pattern = patterns::IPV4_CIDR)))]
     pub source_ranges: Vec<String>,
@@ -482,7 +483,8 @@ pub struct GcpStatus {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct PendingOperation {
-    /// The resource it acts on: `network`, `firewall`, `address` or `instance`.
+    /// The resource it acts on: `network`, `firewall`, `tunnel-firewall`, `address` or
+    /// `instance`.
     #[serde(default)]
     pub resource: String,
     /// Operation name.
