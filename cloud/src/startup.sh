@@ -85,9 +85,9 @@ is_key() {
 }
 
 # read_config: fetch and check every attribute; sets LISTEN MTU GWADDR LINKADDR SUBNET
-# PREFIX PEER SECRET KEYVER.
+# PREFIX PEER PUBKEY KEYSV.
 read_config() {
-    for a in listen-port mtu gateway-address link-address subnet peer-public-key secret key-version; do
+    for a in listen-port mtu gateway-address link-address subnet peer-public-key public-key key-secret-version; do
         v=$(attr "wgnet-$a") || { fail metadata "attribute wgnet-$a is missing or the metadata server is unreachable"; return 1; }
         case $a in
         listen-port) is_port "$v" || { fail metadata "wgnet-listen-port is not a port (1-65535)"; return 1; }; LISTEN=$v ;;
@@ -100,11 +100,11 @@ read_config() {
                 { fail metadata "wgnet-subnet is not an IPv4 CIDR (/8 to /30)"; return 1; }
             SUBNET=$v ;;
         peer-public-key) is_key "$v" || { fail metadata "wgnet-peer-public-key is not a WireGuard public key"; return 1; }; PEER=$v ;;
-        secret)
-            case $v in projects/*/secrets/*) ;; *) fail metadata "wgnet-secret must be projects/P/secrets/S"; return 1 ;; esac
-            case $v in *[!A-Za-z0-9_/-]* | */*/*/*/*) fail metadata "wgnet-secret has characters outside [A-Za-z0-9_-/]"; return 1 ;; esac
-            SECRET=$v ;;
-        key-version) { is_uint "$v" && [ "$v" -ge 1 ]; } || { fail metadata "wgnet-key-version is not a positive number"; return 1; }; KEYVER=$v ;;
+        public-key) is_key "$v" || { fail metadata "wgnet-public-key is not a WireGuard public key"; return 1; }; PUBKEY=$v ;;
+        key-secret-version)
+            case $v in projects/*/secrets/*/versions/*) ;; *) fail metadata "wgnet-key-secret-version must be projects/P/secrets/S/versions/N"; return 1 ;; esac
+            case $v in *[!A-Za-z0-9_/-]* | */*/*/*/*/*/*) fail metadata "wgnet-key-secret-version has characters outside [A-Za-z0-9_-/]"; return 1 ;; esac
+            KEYSV=$v ;;
         esac
     done
     [ "$GWADDR" != "$LINKADDR" ] || { fail metadata "gateway and link addresses are equal"; return 1; }
@@ -129,8 +129,9 @@ install_missing() {
     fail install "could not install$missing"
 }
 
-# fetch_key: the private key from Secret Manager with the VM's own token, into the state
-# directory (tmpfs). Waits with backoff while the secret or its IAM binding is not there.
+# fetch_key: the private key from the exact Secret Manager version the metadata names, with
+# the VM's own token, into the state directory (tmpfs), once it matches the public key the
+# operator published. Waits with backoff while the secret or its IAM binding is not there.
 fetch_key() {
     state fetching-key
     n=1
@@ -140,28 +141,32 @@ fetch_key() {
         if [ -n "$tok" ]; then
             # The token goes through a 0600 file, not argv, so other users cannot read it.
             printf 'Authorization: Bearer %s\n' "$tok" >"$STATE/auth"
-            body=$(curl -fsS --max-time 15 -H @"$STATE/auth" "$SM/$SECRET/versions/latest:access" 2>"$STATE/curl.err")
+            body=$(curl -fsS --max-time 15 -H @"$STATE/auth" "$SM/$KEYSV:access" 2>"$STATE/curl.err")
             rc=$?
             rm -f "$STATE/auth"
             if [ "$rc" -eq 0 ]; then
                 data=$(printf '%s' "$body" | tr -d ' \n' | sed -n 's/.*"data":"\([A-Za-z0-9+/=]*\)".*/\1/p')
                 key=$(printf '%s' "$data" | base64 -d 2>/dev/null | tr -d '\n')
-                if is_key "$key"; then
-                    printf '%s\n' "$key" >"$STATE/private.key.new" && mv "$STATE/private.key.new" "$STATE/private.key"
-                    printf '%s\n' "$KEYVER" >"$STATE/key-version"
-                    return 0
+                if ! is_key "$key"; then
+                    fail key "$KEYSV is not a WireGuard private key"
+                    return 1
                 fi
-                fail key "the secret's latest version is not a WireGuard private key"
-                return 1
+                if [ "$(printf '%s\n' "$key" | wg pubkey)" != "$PUBKEY" ]; then
+                    fail key "the key in $KEYSV does not match wgnet-public-key"
+                    return 1
+                fi
+                printf '%s\n' "$key" >"$STATE/private.key.new" && mv "$STATE/private.key.new" "$STATE/private.key"
+                printf '%s\n' "$KEYSV" >"$STATE/key-version"
+                return 0
             fi
-            report error "key: waiting for secret $SECRET ($(tr -d '\n' <"$STATE/curl.err" | cut -c1-120))"
+            report error "key: waiting for $KEYSV ($(tr -d '\n' <"$STATE/curl.err" | cut -c1-120))"
         else
             report error "key: waiting for the instance token"
         fi
         backoff "$n"
         n=$((n + 1))
     done
-    fail key "gave up waiting for secret $SECRET"
+    fail key "gave up waiting for $KEYSV"
 }
 
 public_iface() {
@@ -234,12 +239,12 @@ apply() {
     sysctl -qw net.ipv4.ip_forward=1 || { fail sysctl "cannot enable IPv4 forwarding"; return 1; }
     PUB=$(public_iface)
     [ -n "$PUB" ] || { fail network "no default route, cannot find the public interface"; return 1; }
-    desired="$LISTEN $MTU $GWADDR $LINKADDR $SUBNET $PEER $SECRET $KEYVER $PUB"
+    desired="$LISTEN $MTU $GWADDR $LINKADDR $SUBNET $PEER $PUBKEY $KEYSV $PUB"
     if [ -f "$STATE/applied" ] && [ "$(cat "$STATE/applied")" = "$desired" ] &&
         ip link show "$IFACE" >/dev/null 2>&1 && nft list table ip "$TABLE" >/dev/null 2>&1; then
         return 0
     fi
-    if [ ! -s "$STATE/private.key" ] || [ "$(cat "$STATE/key-version" 2>/dev/null)" != "$KEYVER" ]; then
+    if [ ! -s "$STATE/private.key" ] || [ "$(cat "$STATE/key-version" 2>/dev/null)" != "$KEYSV" ]; then
         fetch_key || return 1
     fi
     configure_wg || return 1

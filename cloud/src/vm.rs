@@ -4,8 +4,6 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use crate::Target;
-
 /// The POSIX-sh startup script every gateway VM runs at boot (see `startup.sh`).
 pub const STARTUP_SCRIPT: &str = include_str!("startup.sh");
 
@@ -24,21 +22,19 @@ pub struct VmConfig {
     pub subnet: String,
     /// The link's WireGuard public key (base64).
     pub link_public_key: String,
-    /// Key version; a change makes the VM fetch its key again.
-    pub key_version: i64,
+    /// The VM's own WireGuard public key (base64): the VM checks the private key it
+    /// fetched against it before using it.
+    pub vm_public_key: String,
 }
 
-/// The Secret Manager resource holding the VM's private key.
-pub fn secret_resource(target: &Target) -> String {
-    format!(
-        "projects/{}/secrets/{}",
-        target.project,
-        target.id.resource_name()
-    )
-}
+/// The attribute naming the exact Secret Manager version that holds the VM's key
+/// (`projects/P/secrets/S/versions/N`). The cloud layer sets it, and only to a version
+/// that exists, so the VM never reads a key that is not there yet; a change makes the VM
+/// fetch that version.
+pub const KEY_VERSION_ATTRIBUTE: &str = "wgnet-key-secret-version";
 
 /// Instance metadata for [`crate::Desired::metadata`].
-pub fn metadata(target: &Target, c: &VmConfig) -> BTreeMap<String, String> {
+pub fn metadata(c: &VmConfig) -> BTreeMap<String, String> {
     [
         ("startup-script", STARTUP_SCRIPT.to_owned()),
         ("wgnet-listen-port", c.listen_port.to_string()),
@@ -47,8 +43,7 @@ pub fn metadata(target: &Target, c: &VmConfig) -> BTreeMap<String, String> {
         ("wgnet-link-address", c.link_address.to_string()),
         ("wgnet-subnet", c.subnet.clone()),
         ("wgnet-peer-public-key", c.link_public_key.clone()),
-        ("wgnet-secret", secret_resource(target)),
-        ("wgnet-key-version", c.key_version.to_string()),
+        ("wgnet-public-key", c.vm_public_key.clone()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))

@@ -579,3 +579,69 @@ async fn hostile_pending_operations_are_dropped_not_followed() {
     );
     teardown(&e.cloud, &d.target, rec, 20).await;
 }
+
+/// The key version the instance metadata names for its VM.
+fn key_attribute(e: &Env, name: &str) -> String {
+    let inst = e
+        .emu
+        .get("instance", PROJECT, "us-central1-a", name)
+        .expect("instance");
+    inst["metadata"]["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|i| i["key"] == wgnet_cloud::vm::KEY_VERSION_ATTRIBUTE)
+        .and_then(|i| i["value"].as_str())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Issue 19, item 5: a key rotation whose upload fails never reaches the VM. The metadata
+/// names the exact secret version holding the key, and only one that exists; before, the
+/// metadata announced the new key version while `latest` still held the old key, and the
+/// VM recorded the new version with the old key and never fetched again.
+#[tokio::test]
+async fn a_failed_key_upload_never_reaches_the_vm_metadata() {
+    let e = env(LatencyProfile::instant()).await;
+    let mut d = desired("rot", "uid-r", &[]);
+    let (rec, _, _) = converge(&e.cloud, &d, Recorded::default(), 30).await;
+    let name = d.target.id.resource_name();
+    let first = key_attribute(&e, &name);
+    assert!(
+        first.ends_with(&format!("/secrets/{name}/versions/1")),
+        "{first}"
+    );
+
+    e.emu.add_fault(Fault {
+        method: Some("POST".into()),
+        path_contains: ":addVersion".into(),
+        remaining: None,
+        action: FaultAction::Deny("Permission 'secretmanager.versions.add' denied".into()),
+    });
+    d.vm_key = wgnet_cloud::SecretBytes::new(b"PRIVATE-KEY-2".to_vec());
+    d.key_version = 2;
+    let mut rec = rec;
+    for _ in 0..3 {
+        let p = e.cloud.ensure(&d, &rec).await;
+        assert!(
+            p.errors.iter().any(|e| e.is_permission_denied()),
+            "{:?}",
+            p.errors
+        );
+        rec = p.recorded;
+    }
+    assert_eq!(
+        key_attribute(&e, &name),
+        first,
+        "a version that does not exist was announced"
+    );
+
+    e.emu.clear_faults();
+    let (rec, _, _) = converge(&e.cloud, &d, rec, 10).await;
+    let second = key_attribute(&e, &name);
+    assert!(
+        second.ends_with(&format!("/secrets/{name}/versions/2")),
+        "{second}"
+    );
+    teardown(&e.cloud, &d.target, rec, 20).await;
+}

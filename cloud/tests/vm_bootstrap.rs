@@ -183,7 +183,7 @@ async fn the_watcher_applies_metadata_changes_live() {
     let (vm_priv2, vm_pub2) = netns::wg_keypair();
     gw.d.vm_key = SecretBytes::new(vm_priv2.into_bytes());
     gw.d.key_version = 2;
-    gw.cfg.key_version = 2;
+    gw.cfg.vm_public_key = vm_pub2.clone();
     gw.update().await;
     let rotated = wait_for(Duration::from_secs(10), || {
         (gw.vm.sh(&format!("wg show {} public-key", gw.wg_if)).trim() == vm_pub2).then_some(())
@@ -215,7 +215,7 @@ async fn a_late_secret_is_waited_for_and_a_reboot_restores_everything() {
     gw.wait_state("fetching-key", Duration::from_secs(15));
     let waiting = wait_for(Duration::from_secs(10), || {
         gw.guest("error")
-            .filter(|e| e.contains("waiting for secret"))
+            .filter(|e| e.contains("key: waiting for projects/"))
     });
     assert!(waiting.is_some(), "error was {:?}", gw.guest("error"));
     let rec = Recorded {
@@ -284,15 +284,30 @@ async fn hostile_metadata_is_rejected_and_executes_nothing() {
             "wgnet-peer-public-key",
             format!("`touch {m}`{}", "A".repeat(44 - 9 - m.len().min(30))),
         ),
-        ("wgnet-secret", format!("projects/p/secrets/$(touch {m})")),
-        ("wgnet-key-version", format!("1|touch {m}")),
+        ("wgnet-public-key", format!("1|touch {m}")),
+        (
+            vm::KEY_VERSION_ATTRIBUTE,
+            format!("projects/p/secrets/s/versions/$(touch {m})"),
+        ),
+        (
+            vm::KEY_VERSION_ATTRIBUTE,
+            "projects/p/secrets/s/versions/1/../../other".into(),
+        ),
     ];
     for (key, value) in cases {
         let mut d = gw.d.clone();
-        d.metadata = vm::metadata(&d.target, &gw.cfg);
+        d.metadata = vm::metadata(&gw.cfg);
         d.metadata.insert(key.to_owned(), value.clone());
         let (rec, _, _) = converge(&gw.cloud, &d, gw.rec.clone(), 20).await;
         gw.rec = rec;
+        if key == vm::KEY_VERSION_ATTRIBUTE {
+            // The cloud layer writes only versions that exist: an attacker with console
+            // access to the metadata is the case left to test.
+            assert!(
+                gw.emu
+                    .edit_instance_metadata(PROJECT, ZONE, &gw.name(), key, &value)
+            );
+        }
         let script = wgnet_cloud::vm::STARTUP_SCRIPT;
         std::fs::write(gw.dir.0.join("startup.sh"), script).expect("script");
         let (ok, _, err) = gw.vm.try_sh(&format!(
@@ -349,7 +364,7 @@ async fn a_late_iam_binding_is_waited_for() {
     gw.boot();
     let waiting = wait_for(Duration::from_secs(15), || {
         gw.guest("error")
-            .filter(|e| e.contains("waiting for secret"))
+            .filter(|e| e.contains("key: waiting for projects/"))
     });
     assert!(waiting.is_some(), "error was {:?}", gw.guest("error"));
     gw.wait_state("ready", Duration::from_secs(30));
@@ -486,4 +501,29 @@ async fn a_failed_first_apply_is_retried_until_ready() {
     );
     gw.peer_up(51820);
     assert!(gw.request("tcp", 8080).is_some());
+}
+
+/// Issue 19, item 5: the VM uses a fetched key only when it matches the public key the
+/// operator published. A secret version holding another key (a half-finished rotation, a
+/// tampered secret) is reported, and wg0 is never configured with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_that_does_not_match_the_published_public_key_is_refused() {
+    let mut gw = gateway().await;
+    let (other_priv, _) = netns::wg_keypair();
+    gw.d.vm_key = SecretBytes::new(other_priv.into_bytes());
+    gw.d.key_version = 2;
+    // The metadata still publishes the first key's public half.
+    gw.update().await;
+    gw.boot();
+    gw.wait_state("error", Duration::from_secs(30));
+    let error = gw.guest("error").unwrap_or_default();
+    assert!(
+        error.starts_with("key: ") && error.contains("does not match wgnet-public-key"),
+        "{error}"
+    );
+    let (has_if, _, _) = gw.vm.try_sh(&format!("ip link show {}", gw.wg_if));
+    assert!(
+        !has_if,
+        "wg0 was configured with a key that is not the published one"
+    );
 }

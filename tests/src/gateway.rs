@@ -108,9 +108,9 @@ pub async fn gateway() -> Gw {
         link_address: Ipv4Addr::new(10, 99, 0, 2),
         subnet: "10.99.0.0/29".into(),
         link_public_key: link_pub,
-        key_version: 1,
+        vm_public_key: vm_pub.clone(),
     };
-    d.metadata = vm::metadata(&d.target, &cfg);
+    d.metadata = vm::metadata(&cfg);
     d.vm_key = SecretBytes::new(vm_priv.into_bytes());
     let (rec, p, _) = converge(&cloud, &d, Recorded::default(), 20).await;
     let ip = p.address.expect("reserved address");
@@ -344,7 +344,7 @@ impl Gw {
 
     /// Re-renders the metadata from `cfg` and converges the cloud resources.
     pub async fn update(&mut self) {
-        self.d.metadata = vm::metadata(&self.d.target, &self.cfg);
+        self.d.metadata = vm::metadata(&self.cfg);
         let (rec, _, _) = converge(&self.cloud, &self.d, self.rec.clone(), 20).await;
         self.rec = rec;
     }

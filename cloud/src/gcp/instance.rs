@@ -13,7 +13,7 @@ use super::wire::{
 };
 use super::{GcpCloud, Pass, Step, collision, labels_ours, network};
 use crate::api::Service;
-use crate::{PendingOp, ResourceKind, Target};
+use crate::{PendingOp, ResourceKind, Target, vm};
 
 /// The instance's path.
 pub(super) fn path(project: &str, zone: &str, name: &str) -> String {
@@ -21,14 +21,23 @@ pub(super) fn path(project: &str, zone: &str, name: &str) -> String {
 }
 
 impl GcpCloud {
-    fn desired_metadata(p: &Pass<'_>) -> BTreeMap<String, String> {
+    /// The metadata the VM gets: the gateway's, the key's exact secret version (one that
+    /// exists: this runs only once the secret step is ready), and GCP's own switches.
+    fn desired_metadata(p: &Pass<'_>, key_version: &str) -> BTreeMap<String, String> {
         let mut m = p.d.metadata.clone();
+        m.insert(vm::KEY_VERSION_ATTRIBUTE.into(), key_version.into());
         m.insert("enable-guest-attributes".into(), "TRUE".into());
         m.insert("block-project-ssh-keys".into(), "TRUE".into());
         m
     }
 
-    fn instance_body(&self, p: &Pass<'_>, email: &str, ip: Option<&str>) -> Instance {
+    fn instance_body(
+        &self,
+        p: &Pass<'_>,
+        email: &str,
+        ip: Option<&str>,
+        key_version: &str,
+    ) -> Instance {
         let t = &p.d.target;
         let scheduling = if p.d.spot {
             Scheduling {
@@ -76,7 +85,10 @@ impl GcpCloud {
                 email: email.to_owned(),
                 scopes: vec!["https://www.googleapis.com/auth/cloud-platform".into()],
             }],
-            metadata: Some(Metadata::from_map(None, &Self::desired_metadata(p))),
+            metadata: Some(Metadata::from_map(
+                None,
+                &Self::desired_metadata(p, key_version),
+            )),
             shielded_instance_config: Some(ShieldedInstanceConfig {
                 enable_secure_boot: true,
                 enable_vtpm: true,
@@ -89,12 +101,14 @@ impl GcpCloud {
         }
     }
 
-    /// Ready with the VM's status and public IP.
+    /// Ready with the VM's status and public IP. `key_version` is the secret version this
+    /// pass confirmed exists.
     pub(super) async fn ensure_instance(
         &self,
         p: &Pass<'_>,
         email: &str,
         ip: Option<&str>,
+        key_version: &str,
     ) -> (Step<(String, Option<String>)>, Vec<PendingOp>) {
         let mut ops = Vec::new();
         if let Some(s) = self
@@ -122,7 +136,7 @@ impl GcpCloud {
             Ok(Some(v)) => v,
             Ok(None) => {
                 let rid = p.request_id("instance");
-                let body = self.instance_body(p, email, ip);
+                let body = self.instance_body(p, email, ip, key_version);
                 let insert = Mutation {
                     body: Some(&body),
                     ..mutation(
@@ -169,7 +183,7 @@ impl GcpCloud {
             }
             s => return (Step::Waiting(format!("instance {} is {s}", p.name)), ops),
         }
-        let want = Self::desired_metadata(p);
+        let want = Self::desired_metadata(p, key_version);
         let current = v.metadata.clone().unwrap_or_default();
         if current.to_map() != want {
             let body = Metadata::from_map(current.fingerprint, &want);

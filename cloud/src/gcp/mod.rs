@@ -4,7 +4,8 @@
 //!
 //! 1. network, service account, secret (+ key version), static address
 //! 2. firewall (needs the network); secretAccessor binding (needs the account and the
-//!    secret); instance (needs the network, the account and the address)
+//!    secret); instance (needs the network, the account, the address and the key's secret
+//!    version, which its metadata names exactly)
 //!
 //! Deletion runs the other way: instance, account and secret; then firewall and address
 //! (the address is in use until the instance is gone); then the shared network, which GCP
@@ -373,9 +374,13 @@ impl Cloud for GcpCloud {
                 _ => None,
             }
         };
+        // The VM is told of a key version only once it exists (a failed addVersion leaves
+        // the VM on the version it has), so it waits for the secret step too.
         let inst_fut = async {
-            match (net_ready, &email, &ip) {
-                (true, Some(e), Some(ip)) => Some(self.ensure_instance(&p, e, ip.as_deref()).await),
+            match (net_ready, &email, &ip, &secret_ids) {
+                (true, Some(e), Some(ip), Some((_, version))) => {
+                    Some(self.ensure_instance(&p, e, ip.as_deref(), version).await)
+                }
                 _ => None,
             }
         };

@@ -547,8 +547,27 @@ async fn dispatch(
             }
         }
         _ => {
-            let segs: Vec<&str> = path.trim_start_matches("/v1/").split('/').collect();
             let mut w = lock(&shared.world);
+            // Secret Manager takes the project's number as well as its id (its own names,
+            // such as a version's, use the number).
+            let by_number = |p: &str| {
+                w.projects
+                    .iter()
+                    .find(|(_, n)| n.to_string() == p)
+                    .map(|(id, _)| id.clone())
+            };
+            let mut segs: Vec<String> = path
+                .trim_start_matches("/v1/")
+                .split('/')
+                .map(str::to_owned)
+                .collect();
+            if segs.len() > 1
+                && segs[0] == "projects"
+                && let Some(id) = by_number(&segs[1])
+            {
+                segs[1] = id;
+            }
+            let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
             match (method, segs.as_slice()) {
                 ("POST", ["projects", p, "secrets"]) => {
                     w.project(p)?;

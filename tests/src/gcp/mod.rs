@@ -402,6 +402,18 @@ impl GcpEmulator {
         lock(&self.shared.world).remove(kind, project, scope, name)
     }
 
+    /// Sets one metadata entry of an instance out of band.
+    pub fn edit_instance_metadata(
+        &self,
+        project: &str,
+        zone: &str,
+        name: &str,
+        key: &str,
+        value: &str,
+    ) -> bool {
+        lock(&self.shared.world).edit_instance_metadata(project, zone, name, key, value)
+    }
+
     /// Overwrites one field of a firewall out of band.
     pub fn edit_firewall(&self, project: &str, name: &str, field: &str, value: Value) -> bool {
         lock(&self.shared.world).edit_firewall(project, name, field, value)

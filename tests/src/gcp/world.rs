@@ -718,6 +718,35 @@ impl World {
     }
 
     /// Replaces a firewall's fields out of band (a test's "someone edited it").
+    /// Sets one instance metadata entry out of band (as someone with console access
+    /// would); the metadata server's waiters see the change.
+    pub fn edit_instance_metadata(
+        &mut self,
+        project: &str,
+        zone: &str,
+        name: &str,
+        key: &str,
+        value: &str,
+    ) -> bool {
+        let n = self.next_id();
+        let Some(inst) =
+            self.instances
+                .get_mut(&(project.to_owned(), zone.to_owned(), name.to_owned()))
+        else {
+            return false;
+        };
+        let items = inst.value["metadata"]["items"]
+            .as_array_mut()
+            .map(std::mem::take)
+            .unwrap_or_default();
+        let mut items: Vec<Value> = items.into_iter().filter(|i| i["key"] != key).collect();
+        items.push(json!({"key": key, "value": value}));
+        inst.value["metadata"]["items"] = json!(items);
+        inst.value["metadata"]["fingerprint"] = json!(fingerprint(n));
+        inst.metadata_version += 1;
+        true
+    }
+
     pub fn edit_firewall(&mut self, project: &str, name: &str, field: &str, value: Value) -> bool {
         match self
             .firewalls

@@ -28,7 +28,7 @@ pub fn desired(gw: &Gateway, v: &ValidatedGateway, target: &Target, keys: &KeySe
         link_address: wg.link_address,
         subnet: wg.subnet.clone(),
         link_public_key: keys.link.public.clone(),
-        key_version: keys.version,
+        vm_public_key: keys.vm.public.clone(),
     };
     let mut ports: Vec<(u16, wgnet_cloud::Protocol)> = v
         .classified
@@ -54,7 +54,7 @@ pub fn desired(gw: &Gateway, v: &ValidatedGateway, target: &Target, keys: &KeySe
         listen_port: wg.listen_port,
         ports,
         source_ranges: gw.spec.source_ranges.clone(),
-        metadata: vm::metadata(target, &cfg),
+        metadata: vm::metadata(&cfg),
         vm_key: SecretBytes::new(keys.vm.private.expose().as_bytes().to_vec()),
         key_version: keys.version,
     }
