@@ -256,6 +256,19 @@ apply() {
     state ready
 }
 
+# locked_apply: apply while holding the state directory's lock, so the boot-time apply and
+# the watcher (systemd starts both at every boot) never configure wg0 and the ruleset at
+# the same time. Bounded: a holder that hangs for 10 minutes is not waited for longer.
+locked_apply() {
+    mkdir -p "$STATE" && chmod 700 "$STATE"
+    exec 9>"$STATE/apply.lock"
+    flock -w 600 9 || log "the apply lock was held for 10 minutes; applying anyway"
+    apply
+    rc=$?
+    flock -u 9
+    return "$rc"
+}
+
 watch() {
     etag=
     n=0
@@ -273,7 +286,7 @@ watch() {
             new=$(tr -d '\r' <"$STATE/watch.hdr" | sed -n 's/^[Ee][Tt][Aa][Gg]: *\([0-9A-Za-z]*\)$/\1/p')
             if [ "$new" != "$etag" ] || [ "$failed" -gt 0 ]; then
                 etag=$new
-                if apply; then
+                if locked_apply; then
                     failed=0
                 else
                     failed=$((failed + 1))
@@ -317,10 +330,10 @@ boot)
     mkdir -p "$STATE" && chmod 700 "$STATE"
     state booting
     # The watcher starts even when this apply fails, so fixed metadata applies without a reboot.
-    apply || log "apply failed; the watcher applies the next metadata change"
+    locked_apply || log "apply failed; the watcher applies the next metadata change"
     start_watcher
     ;;
-apply) apply ;;
+apply) locked_apply ;;
 watch) watch ;;
 *)
     log "usage: $0 [boot|apply|watch]"

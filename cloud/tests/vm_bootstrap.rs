@@ -527,3 +527,55 @@ async fn a_key_that_does_not_match_the_published_public_key_is_refused() {
         "wg0 was configured with a key that is not the published one"
     );
 }
+
+/// Issue 19, item 15: the boot-time apply and the watcher (systemd starts both at every
+/// boot) never apply at once. While another holder has the apply lock, the watcher that saw
+/// a metadata change waits for it (its `flock` is seen waiting, and wg0 keeps its MTU);
+/// once the lock is released, the change applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_boot_apply_and_the_watcher_never_apply_at_once() {
+    let mut gw = gateway().await;
+    gw.boot();
+    gw.wait_state("ready", Duration::from_secs(30));
+    let state = gw.dir.0.join("state");
+    let lock = state.join("apply.lock");
+    let release = gw.dir.0.join("release");
+    gw.vm.sh(&format!("mkfifo '{}'", release.display()));
+    // The other holder: keeps the lock until the test writes to the FIFO.
+    let mut holder = gw.vm.spawn(
+        &format!("flock '{}' cat '{}'", lock.display(), release.display()),
+        &[],
+    );
+    let held = wait_for(Duration::from_secs(10), || {
+        let (free, _, _) = gw.vm.try_sh(&format!("flock -n '{}' true", lock.display()));
+        (!free).then_some(())
+    });
+    assert!(held.is_some(), "the holder never took the lock");
+    gw.cfg.mtu = 1300;
+    gw.update().await;
+    let watcher = std::fs::read_to_string(state.join("watch.pid")).expect("watcher pid");
+    let waiting = wait_for(Duration::from_secs(15), || {
+        let (_, out, _) = gw
+            .vm
+            .try_sh(&format!("ps -o args= --ppid {}", watcher.trim()));
+        out.contains("flock").then_some(())
+    });
+    assert!(waiting.is_some(), "the watcher did not wait for the lock");
+    let link = gw.vm.sh(&format!("ip link show {}", gw.wg_if));
+    assert!(
+        link.contains("mtu 1380"),
+        "applied while the lock was held: {link}"
+    );
+    gw.vm.sh(&format!("echo go > '{}'", release.display()));
+    let _ = holder.wait();
+    let applied = wait_for(Duration::from_secs(15), || {
+        gw.vm
+            .sh(&format!("ip link show {}", gw.wg_if))
+            .contains("mtu 1300")
+            .then_some(())
+    });
+    assert!(
+        applied.is_some(),
+        "the change never applied after the lock was released"
+    );
+}
