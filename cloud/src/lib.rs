@@ -320,6 +320,9 @@ pub struct Owned {
     pub target: TargetKey,
     /// Resource kinds found for it.
     pub kinds: Vec<&'static str>,
+    /// When the newest of them was created (RFC 3339), where GCP says: the sweep leaves
+    /// young resources alone, since their Gateway may be being created right now.
+    pub newest: Option<String>,
 }
 
 /// A [`Target`] usable as a map key.

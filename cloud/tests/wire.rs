@@ -66,6 +66,7 @@ fn compute_bodies_match_the_discovery_schemas() {
             }],
             source_ranges: vec!["0.0.0.0/0".into()],
             target_tags: vec!["wg-x".into()],
+            creation_timestamp: Some("2026-11-30T12:00:00.000-08:00".into()),
         },
     );
     check(
@@ -174,6 +175,7 @@ fn iam_and_secret_manager_bodies_match_the_discovery_schemas() {
         &Secret {
             labels: labels(),
             replication: Some(Replication::default()),
+            create_time: Some("2026-11-30T20:00:00Z".into()),
         },
     );
     check(

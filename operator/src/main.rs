@@ -172,6 +172,7 @@ async fn run(o: cli::Options) -> Result<(), String> {
         resync: o.resync,
         allowed_projects: o.allowed_projects.clone(),
         sweep_projects: o.allowed_projects.clone(),
+        sweep_min_age: controller::DEFAULT_SWEEP_MIN_AGE,
     };
     let ctx = Arc::new(Context::new(client, cloud, settings, metrics, pod));
     let mut terminate = Box::pin(async {

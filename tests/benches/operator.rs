@@ -89,6 +89,7 @@ async fn main() {
         resync,
         allowed_projects: vec![],
         sweep_projects: vec![],
+        sweep_min_age: Duration::ZERO,
     };
     let ctx = Arc::new(Context::new(
         c.operator_client().await,

@@ -70,6 +70,7 @@ async fn env() -> Env {
         resync: Duration::from_secs(5),
         allowed_projects: vec![],
         sweep_projects: vec![PROJECT.into()],
+        sweep_min_age: Duration::ZERO,
     };
     let operator = cp
         .service_account_client(OPERATOR_NAMESPACE, OPERATOR_SA)
@@ -291,4 +292,136 @@ async fn the_reconciler_provisions_builds_prunes_and_deletes_without_a_node() {
         .map(|i| format!("{} {}", i.kind, i.name))
         .collect();
     assert!(left.is_empty(), "left in GCP: {left:?}");
+}
+
+/// A Gateway of `apps` named `name` forwarding 8080 to `web`.
+fn gateway(name: &str) -> Gateway {
+    serde_json::from_value(json!({
+        "apiVersion": "wgnet.dev/v1alpha1", "kind": "Gateway",
+        "metadata": {"name": name, "namespace": "apps"},
+        "spec": {
+            "gcp": {"projectID": PROJECT, "region": "us-central1", "zone": "us-central1-a"},
+            "forwards": [{"port": 8080, "service": "web", "targetPort": 80}]
+        }
+    }))
+    .expect("gateway")
+}
+
+/// Waits (bounded) until Gateway `name`'s VM is recorded.
+async fn provisioned(gws: &Api<Gateway>, name: &str) {
+    let done = until(Duration::from_secs(60), || async {
+        gws.get_opt(name).await.ok().flatten().filter(|g| {
+            g.status
+                .as_ref()
+                .and_then(|s| s.gcp.as_ref())
+                .is_some_and(|s| s.instance.is_some() && s.iam_bound)
+        })
+    })
+    .await;
+    assert!(done.is_some(), "{name} was never provisioned");
+}
+
+/// Releases Gateway `name` without deleting its GCP resources (the abandon annotation).
+async fn abandon(gws: &Api<Gateway>, name: &str) {
+    gws.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(
+            json!({"metadata": {"annotations": {"wgnet.dev/abandon-cloud-resources": "true"}}}),
+        ),
+    )
+    .await
+    .expect("annotate");
+    gws.delete(name, &DeleteParams::default())
+        .await
+        .expect("delete");
+    let gone = until(Duration::from_secs(60), || async {
+        gws.get_opt(name)
+            .await
+            .ok()
+            .and_then(|g| g.is_none().then_some(()))
+    })
+    .await;
+    assert!(gone.is_some(), "{name} was never released");
+}
+
+/// Issue 19, item 2: the orphan sweep deletes what no Gateway uses, and never what a live
+/// Gateway uses. `edge` is recreated under its old name (a new uid) and adopts the
+/// resources its predecessor left, still labelled with the old uid; `gone` is not
+/// recreated. The sweep removes `gone`'s resources and sends no delete for `edge`'s. Before,
+/// it picked orphans by uid and deleted `edge`'s VM, account, secret, firewall and address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_deletes_orphans_and_never_a_recreated_gateways_resources() {
+    let e = env().await;
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "apps"}})).expect("ns");
+    Api::<Namespace>::all(e.client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("namespace");
+    let svc: Service = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {"ports": [{"port": 80, "protocol": "TCP"}]}
+    }))
+    .expect("service");
+    Api::<Service>::namespaced(e.client.clone(), "apps")
+        .create(&PostParams::default(), &svc)
+        .await
+        .expect("service");
+    let gws: Api<Gateway> = Api::namespaced(e.client.clone(), "apps");
+    for name in ["edge", "gone"] {
+        gws.create(&PostParams::default(), &gateway(name))
+            .await
+            .expect("create");
+        provisioned(&gws, name).await;
+    }
+    let resource = |name: &str| {
+        wgnet_cloud::GatewayId {
+            cluster: CLUSTER.into(),
+            namespace: "apps".into(),
+            name: name.into(),
+            uid: String::new(),
+        }
+        .resource_name()
+    };
+    let (edge, gone) = (resource("edge"), resource("gone"));
+    for name in ["edge", "gone"] {
+        abandon(&gws, name).await;
+    }
+    e.emu.clear_request_log();
+    gws.create(&PostParams::default(), &gateway("edge"))
+        .await
+        .expect("recreate");
+    provisioned(&gws, "edge").await;
+
+    // Sweeps run every resync (5 s here): wait until one has removed `gone`.
+    let swept = until(Duration::from_secs(90), || async {
+        let left = e.emu.inventory().iter().any(|i| i.name.contains(&gone));
+        (!left).then_some(())
+    })
+    .await;
+    assert!(
+        swept.is_some(),
+        "the orphan was never swept; {}",
+        inventory_of(&e.emu)
+    );
+    let deletes: Vec<String> = e
+        .emu
+        .request_log()
+        .into_iter()
+        .filter(|c| c.method == "DELETE" && c.path.contains(&edge))
+        .map(|c| c.path)
+        .collect();
+    assert!(
+        deletes.is_empty(),
+        "the live Gateway's resources were deleted: {deletes:?}"
+    );
+    for kind in ["instance", "address", "secret", "firewall"] {
+        assert!(
+            e.emu
+                .inventory()
+                .iter()
+                .any(|i| i.kind == kind && i.name.contains(&edge)),
+            "edge's {kind} is gone"
+        );
+    }
 }

@@ -121,6 +121,7 @@ impl GcpCloud {
             allowed,
             source_ranges,
             target_tags: vec![p.name.clone()],
+            creation_timestamp: None,
         }
     }
 

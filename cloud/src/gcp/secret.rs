@@ -43,6 +43,7 @@ impl GcpCloud {
                 let body = Secret {
                     labels: p.labels(&self.install),
                     replication: Some(Replication::default()),
+                    create_time: None,
                 };
                 p.wrote();
                 let r = self

@@ -1,6 +1,7 @@
 //! What an install owns in a project, for the orphan sweep: secrets by label, firewalls and
-//! service accounts by description marker, grouped by the gateway they name. Nothing
-//! without this install's and cluster's marks is listed. I/O (reads only).
+//! service accounts by description marker, grouped by the gateway they name, with the
+//! creation time of the newest. Nothing without this install's and cluster's marks is
+//! listed. I/O (reads only).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -10,9 +11,26 @@ use crate::api::Service;
 use crate::error::CloudError;
 use crate::{Owned, TargetKey, names};
 
+/// Kinds found per gateway, and the newest creation time among them.
+#[derive(Default)]
+struct Found(BTreeMap<TargetKey, (BTreeSet<&'static str>, Option<String>)>);
+
+impl Found {
+    fn add(&mut self, key: TargetKey, kind: &'static str, created: Option<&String>) {
+        let (kinds, newest) = self.0.entry(key).or_default();
+        kinds.insert(kind);
+        // RFC 3339 timestamps in UTC compare as strings.
+        if let Some(c) = created
+            && newest.as_ref().is_none_or(|n| n < c)
+        {
+            *newest = Some(c.clone());
+        }
+    }
+}
+
 impl GcpCloud {
     pub(super) async fn owned(&self, project: &str) -> Result<Vec<Owned>, CloudError> {
-        let mut found: BTreeMap<TargetKey, BTreeSet<&'static str>> = BTreeMap::new();
+        let mut found = Found::default();
         let install = names::label_value(&self.install);
         let cluster = names::label_value(&self.cluster);
         let filter = format!(
@@ -28,36 +46,32 @@ impl GcpCloud {
                 project,
             )
             .await?;
-        for s in secrets.secrets {
+        for s in &secrets.secrets {
             let get = |k: &str| s.labels.get(k).cloned().unwrap_or_default();
-            found
-                .entry(TargetKey {
-                    namespace: get(names::LABEL_NAMESPACE),
-                    name: get(names::LABEL_NAME),
-                    uid: get(names::LABEL_UID),
-                    project: project.to_owned(),
-                    region: get(names::LABEL_REGION),
-                    zone: get(names::LABEL_ZONE),
-                })
-                .or_default()
-                .insert("secret");
+            let key = TargetKey {
+                namespace: get(names::LABEL_NAMESPACE),
+                name: get(names::LABEL_NAME),
+                uid: get(names::LABEL_UID),
+                project: project.to_owned(),
+                region: get(names::LABEL_REGION),
+                zone: get(names::LABEL_ZONE),
+            };
+            found.add(key, "secret", s.create_time.as_ref());
         }
-        let mut add_marker = |desc: &str, kind: &'static str| {
+        let mut add_marker = |desc: &str, kind: &'static str, created: Option<&String>| {
             if let Some(m) = names::parse_marker(desc)
                 && m.install == self.install
                 && m.cluster == self.cluster
             {
-                found
-                    .entry(TargetKey {
-                        namespace: m.namespace,
-                        name: m.name,
-                        uid: m.uid,
-                        project: project.to_owned(),
-                        region: m.region,
-                        zone: m.zone,
-                    })
-                    .or_default()
-                    .insert(kind);
+                let key = TargetKey {
+                    namespace: m.namespace,
+                    name: m.name,
+                    uid: m.uid,
+                    project: project.to_owned(),
+                    region: m.region,
+                    zone: m.zone,
+                };
+                found.add(key, kind, created);
             }
         };
         let fws: FirewallList = self
@@ -69,7 +83,7 @@ impl GcpCloud {
             )
             .await?;
         for f in &fws.items {
-            add_marker(&f.description, "firewall");
+            add_marker(&f.description, "firewall", f.creation_timestamp.as_ref());
         }
         let sas: ServiceAccountList = self
             .get(
@@ -80,13 +94,15 @@ impl GcpCloud {
             )
             .await?;
         for a in &sas.accounts {
-            add_marker(&a.description, "serviceAccount");
+            add_marker(&a.description, "serviceAccount", None);
         }
         Ok(found
+            .0
             .into_iter()
-            .map(|(target, kinds)| Owned {
+            .map(|(target, (kinds, newest))| Owned {
                 target,
                 kinds: kinds.into_iter().collect(),
+                newest,
             })
             .collect())
     }

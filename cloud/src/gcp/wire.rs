@@ -126,6 +126,9 @@ pub struct Firewall {
     pub source_ranges: Vec<String>,
     /// Instances it applies to.
     pub target_tags: Vec<String>,
+    /// When GCP created it, RFC 3339 (answers only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub creation_timestamp: Option<String>,
 }
 
 /// Compute `Address`.
@@ -438,6 +441,9 @@ pub struct Secret {
     /// Where it is stored.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replication: Option<Replication>,
+    /// When it was created, RFC 3339 (answers only).
+    #[serde(rename = "createTime", skip_serializing_if = "Option::is_none")]
+    pub create_time: Option<String>,
 }
 
 /// Secret Manager `ListSecretsResponse`.

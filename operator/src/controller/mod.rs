@@ -43,7 +43,12 @@ pub struct Settings {
     pub allowed_projects: Vec<String>,
     /// Projects the orphan sweep looks at besides those of live Gateways.
     pub sweep_projects: Vec<String>,
+    /// Resources younger than this are never swept (their Gateway may be being created).
+    pub sweep_min_age: Duration,
 }
+
+/// The default of [`Settings::sweep_min_age`].
+pub const DEFAULT_SWEEP_MIN_AGE: Duration = Duration::from_secs(600);
 
 /// Everything a reconcile needs.
 pub struct Context<C> {

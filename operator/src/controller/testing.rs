@@ -46,6 +46,7 @@ pub fn settings(allowed: &[&str]) -> Settings {
         resync: Duration::from_secs(300),
         allowed_projects: allowed.iter().map(|s| (*s).to_owned()).collect(),
         sweep_projects: vec![],
+        sweep_min_age: Duration::ZERO,
     }
 }
 

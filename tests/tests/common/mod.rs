@@ -41,6 +41,7 @@ pub async fn operator_with(c: &Cluster, resync: Duration) -> Operator {
         resync,
         allowed_projects: vec![],
         sweep_projects: vec![PROJECT.into()],
+        sweep_min_age: Duration::ZERO,
     };
     // The operator acts as the chart's ServiceAccount: the chart's RBAC authorizes it.
     let ctx = Arc::new(Context::new(

@@ -35,59 +35,119 @@ pub async fn sweep_loop<C: Cloud>(
     }
 }
 
+/// Whether a creation time (RFC 3339) is younger than `min_age`. An unreadable or missing
+/// time counts as old: the other checks still protect what a live Gateway uses.
+fn too_young(created: Option<&str>, min_age: std::time::Duration) -> bool {
+    let Some(t) = created.and_then(|c| c.parse::<k8s_openapi::jiff::Timestamp>().ok()) else {
+        return false;
+    };
+    k8s_openapi::jiff::Timestamp::now()
+        .duration_since(t)
+        .try_into()
+        .is_ok_and(|age: std::time::Duration| age < min_age)
+}
+
 /// One orphan sweep; returns how many gateways' resources it deleted.
+///
+/// GCP is listed first and every candidate is checked again right before its deletion:
+/// resources whose Gateway uid is not live are left alone when a Gateway of that namespace
+/// and name exists now (a Gateway recreated under the same name, or created during the
+/// sweep, uses them by name and adopts them), or when the newest of them is younger than
+/// the minimum age. A project that cannot be listed is reported and the others are still
+/// swept.
 pub async fn sweep_once<C: Cloud>(ctx: &Context<C>) -> Result<usize, Error> {
-    let gws = Api::<DeserializeGuard<Gateway>>::all(ctx.client.clone())
-        .list(&Default::default())
-        .await
-        .map_err(|e| ObserveError::from(KubeCall::new("list Gateways")(e)))?;
-    let mut live = BTreeSet::new();
+    let list = |gws: Result<kube::core::ObjectList<DeserializeGuard<Gateway>>, kube::Error>| {
+        gws.map_err(|e| Error::from(ObserveError::from(KubeCall::new("list Gateways")(e))))
+    };
+    let api = Api::<DeserializeGuard<Gateway>>::all(ctx.client.clone());
     let mut projects: BTreeSet<String> = ctx.settings.sweep_projects.iter().cloned().collect();
-    for g in &gws.items {
-        if let Some(uid) = g.meta().uid.clone() {
-            live.insert(uid);
-        }
+    for g in &list(api.list(&Default::default()).await)?.items {
         if let Ok(g) = &g.0 {
             projects.insert(g.spec.gcp.project_id.clone());
         }
     }
-    let mut deleted = 0;
+    let mut owned = Vec::new();
     for project in projects {
-        let owned = ctx.cloud.list_owned(&project).await.map_err(Error::Cloud)?;
-        for o in owned.into_iter().filter(|o| !live.contains(&o.target.uid)) {
-            let t = Target {
-                id: GatewayId {
-                    cluster: ctx.settings.cluster_id.clone(),
-                    namespace: o.target.namespace.clone(),
-                    name: o.target.name.clone(),
-                    uid: o.target.uid.clone(),
-                },
-                project: o.target.project.clone(),
-                region: o.target.region.clone(),
-                zone: o.target.zone.clone(),
-            };
-            tracing::info!(namespace = %t.id.namespace, name = %t.id.name, project = %t.project, kinds = ?o.kinds, "deleting orphaned GCP resources");
-            let mut rec = Recorded::default();
-            // Bounded: what is not done in 30 steps is picked up by the next sweep.
-            for _ in 0..30 {
-                let p = ctx.cloud.delete(&t, &rec).await;
-                rec = p.recorded;
-                if p.done {
-                    deleted += 1;
-                    break;
-                }
-                if !p.errors.is_empty() {
-                    tracing::warn!(errors = ?p.errors, "orphan sweep: will retry next time");
-                    break;
-                }
-                if rec.pending.is_empty() {
-                    tokio::time::sleep(SETTLING).await;
-                } else {
-                    let _ =
-                        tokio::time::timeout(OPERATION_WAIT, ctx.cloud.wait_any(&t, &rec)).await;
-                }
+        match ctx.cloud.list_owned(&project).await {
+            Ok(o) => owned.extend(o),
+            Err(e) => {
+                tracing::warn!(%project, error = %e, "orphan sweep: cannot list this project; the others are swept")
+            }
+        }
+    }
+    // The live uids, read after GCP: a Gateway created meanwhile is in this list.
+    let live: BTreeSet<String> = list(api.list(&Default::default()).await)?
+        .items
+        .iter()
+        .filter_map(|g| g.meta().uid.clone())
+        .collect();
+    let mut deleted = 0;
+    for o in owned.into_iter().filter(|o| !live.contains(&o.target.uid)) {
+        if too_young(o.newest.as_deref(), ctx.settings.sweep_min_age) {
+            continue;
+        }
+        // Right before deleting: a Gateway of this namespace and name, whatever its uid,
+        // owns these resources by name.
+        let by_name =
+            Api::<DeserializeGuard<Gateway>>::namespaced(ctx.client.clone(), &o.target.namespace)
+                .get_opt(&o.target.name)
+                .await;
+        match by_name {
+            Ok(None) => {}
+            Ok(Some(_)) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "orphan sweep: cannot check the Gateway; left for the next sweep");
+                continue;
+            }
+        }
+        let t = Target {
+            id: GatewayId {
+                cluster: ctx.settings.cluster_id.clone(),
+                namespace: o.target.namespace.clone(),
+                name: o.target.name.clone(),
+                uid: o.target.uid.clone(),
+            },
+            project: o.target.project.clone(),
+            region: o.target.region.clone(),
+            zone: o.target.zone.clone(),
+        };
+        tracing::info!(namespace = %t.id.namespace, name = %t.id.name, project = %t.project, kinds = ?o.kinds, "deleting orphaned GCP resources");
+        let mut rec = Recorded::default();
+        // Bounded: what is not done in 30 steps is picked up by the next sweep.
+        for _ in 0..30 {
+            let p = ctx.cloud.delete(&t, &rec).await;
+            rec = p.recorded;
+            if p.done {
+                deleted += 1;
+                break;
+            }
+            if !p.errors.is_empty() {
+                tracing::warn!(errors = ?p.errors, "orphan sweep: will retry next time");
+                break;
+            }
+            if rec.pending.is_empty() {
+                tokio::time::sleep(SETTLING).await;
+            } else {
+                let _ = tokio::time::timeout(OPERATION_WAIT, ctx.cloud.wait_any(&t, &rec)).await;
             }
         }
     }
     Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::too_young;
+
+    #[test]
+    fn only_recent_creation_times_are_too_young() {
+        let hour = Duration::from_secs(3600);
+        let now = k8s_openapi::jiff::Timestamp::now().to_string();
+        assert!(too_young(Some(&now), hour));
+        assert!(!too_young(Some("2020-01-01T00:00:00Z"), hour));
+        assert!(!too_young(Some(&now), Duration::ZERO));
+        assert!(!too_young(None, hour) && !too_young(Some("yesterday"), hour));
+    }
 }
