@@ -44,7 +44,7 @@ pub enum Protocol {
     Udp,
 }
 
-/// Bytes that must never be printed (the VM's WireGuard private key).
+/// Bytes that must never be printed (the VM's WireGuard private key); wiped when dropped.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SecretBytes(Vec<u8>);
 
@@ -57,6 +57,12 @@ impl SecretBytes {
     /// The bytes, for the one place that uploads them.
     pub fn expose(&self) -> &[u8] {
         &self.0
+    }
+}
+
+impl Drop for SecretBytes {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
     }
 }
 

@@ -26,13 +26,32 @@ pub const WG_QUICK_KEY: &str = "wg0.conf";
 #[error("{0}")]
 pub struct ConfigError(pub String);
 
-/// The raw inputs as the sources deliver them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The raw inputs as the sources deliver them. The key material is wiped when dropped and
+/// never shown by `Debug`.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Raw {
     /// `config.json`, if present.
     pub config: Option<Vec<u8>>,
     /// The key material (`private-key` or `wg0.conf`), if present.
     pub secret: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Raw {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Raw")
+            .field("config", &self.config.as_ref().map(Vec::len))
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl Drop for Raw {
+    fn drop(&mut self) {
+        use zeroize::Zeroize as _;
+        if let Some(s) = &mut self.secret {
+            s.zeroize();
+        }
+    }
 }
 
 /// `config.json`: what the link does, without key material (that comes from the
@@ -348,6 +367,20 @@ pub fn parse(raw: &Raw) -> Result<LinkConfig, ConfigError> {
 
 #[cfg(test)]
 mod tests {
+    /// The raw inputs hold the private key: printing them never shows it.
+    #[test]
+    fn raw_inputs_never_print_the_key() {
+        let key = b"PrivateKey = yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=".to_vec();
+        let raw = super::Raw {
+            config: Some(b"{}".to_vec()),
+            secret: Some(key.clone()),
+        };
+        let shown = format!("{raw:?}");
+        assert!(!shown.contains(&format!("{key:?}")), "{shown}");
+        assert!(!shown.contains("yAnz5TF"), "{shown}");
+        assert!(shown.contains("redacted"), "{shown}");
+    }
+
     use super::*;
 
     const PRIV: &str = "dwdtCnMYpX08FsFyUbJmRd9ML4frwJkqsXf7pR25LCo=";
