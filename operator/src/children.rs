@@ -18,12 +18,14 @@ use k8s_openapi::api::core::v1::{
     WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::networking::v1::{
-    IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyPeer, NetworkPolicyPort,
-    NetworkPolicySpec,
+    IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
+    NetworkPolicyPort, NetworkPolicySpec,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelector, LabelSelectorRequirement, ObjectMeta, OwnerReference,
+};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 /// The field manager of every server-side apply.
@@ -440,6 +442,7 @@ pub fn network_policy(
     p: &LinkParams<'_>,
     tunnel: Option<(&str, u16)>,
     ports: &[EgressPort],
+    clients: Option<&Clients>,
 ) -> NetworkPolicy {
     let port = |proto: &str, port: IntOrString| NetworkPolicyPort {
         protocol: Some(proto.into()),
@@ -496,6 +499,43 @@ pub fn network_policy(
             to: None,
         });
     }
+    let ingress = clients.map(|c| {
+        let from = if c.namespaces.iter().any(|n| n == "*") {
+            vec![NetworkPolicyPeer {
+                namespace_selector: Some(LabelSelector::default()),
+                ..NetworkPolicyPeer::default()
+            }]
+        } else {
+            let mut names: Vec<String> = c.namespaces.clone();
+            names.push(p.namespace.to_owned());
+            names.sort();
+            names.dedup();
+            vec![NetworkPolicyPeer {
+                namespace_selector: Some(LabelSelector {
+                    match_expressions: Some(vec![LabelSelectorRequirement {
+                        key: "kubernetes.io/metadata.name".into(),
+                        operator: "In".into(),
+                        values: Some(names),
+                    }]),
+                    ..LabelSelector::default()
+                }),
+                ..NetworkPolicyPeer::default()
+            }]
+        };
+        vec![NetworkPolicyIngressRule {
+            from: Some(from),
+            ports: Some(
+                c.ports
+                    .iter()
+                    .map(|e| port(&e.protocol, e.port.clone()))
+                    .collect(),
+            ),
+        }]
+    });
+    let mut types = vec!["Egress".to_owned()];
+    if ingress.is_some() {
+        types.push("Ingress".into());
+    }
     NetworkPolicy {
         metadata: p.meta(&p.name),
         spec: Some(NetworkPolicySpec {
@@ -503,11 +543,21 @@ pub fn network_policy(
                 match_labels: Some(p.selector()),
                 ..LabelSelector::default()
             }),
-            policy_types: Some(vec!["Egress".into()]),
+            policy_types: Some(types),
             egress: Some(rules),
-            ..NetworkPolicySpec::default()
+            ingress,
         }),
     }
+}
+
+/// Who may send to a link pod: pods of these namespaces (the owner's is added; `*` is
+/// every namespace), on these ports.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Clients {
+    /// Namespaces besides the owner's, or `*`.
+    pub namespaces: Vec<String>,
+    /// The ports they may reach.
+    pub ports: Vec<EgressPort>,
 }
 
 /// One port of a Service.
@@ -624,6 +674,8 @@ pub struct LinkInputs {
     pub key: Option<(String, String)>,
     /// The Service's name and ports, for an EgressGateway.
     pub service: Option<(String, Vec<NamedPort>)>,
+    /// Who may send to the link pods (none: the policy restricts only egress).
+    pub clients: Option<Clients>,
 }
 
 impl LinkChildren {
@@ -637,7 +689,12 @@ impl LinkChildren {
                 .key
                 .map(|(key, value)| secret(p, &p.secret.0, &key, &value)),
             config_map: config_map(p, inputs.config_json),
-            network_policy: network_policy(p, inputs.tunnel, &inputs.egress_ports),
+            network_policy: network_policy(
+                p,
+                inputs.tunnel,
+                &inputs.egress_ports,
+                inputs.clients.as_ref(),
+            ),
             deployment: deployment(p, img),
             pdb: (p.replicas > 1).then(|| pdb(p)),
             service: inputs
@@ -814,6 +871,7 @@ mod tests {
                     port: IntOrString::Int(80),
                 },
             ],
+            None,
         );
         let rules = np.spec.and_then(|s| s.egress).expect("egress");
         let last = rules.last().and_then(|r| r.ports.clone()).expect("ports");

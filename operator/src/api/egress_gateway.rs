@@ -64,6 +64,13 @@ pub struct EgressGatewaySpec {
     /// Tolerations of the link pod.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tolerations: Vec<Toleration>,
+
+    /// Further namespaces whose pods may use the tunnel (the link pod's ingress
+    /// NetworkPolicy); `*` allows every namespace. The EgressGateway's own namespace is
+    /// always allowed, and by default it is the only one: a VPN identity is its owner's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(regex(pattern = patterns::NAMESPACE_OR_ALL)))]
+    pub client_namespaces: Vec<String>,
 }
 
 /// Reference to the key of a Secret holding a wg-quick configuration.

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, ListParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
@@ -27,8 +28,8 @@ use super::{
 use crate::api::EgressGateway;
 use crate::api::conditions::{self, reasons};
 use crate::children::{
-    self, LinkChildren, LinkImage, LinkInputs, LinkParams, MANAGED_SELECTOR, NamedPort,
-    selector_string,
+    self, Clients, EgressPort, LinkChildren, LinkImage, LinkInputs, LinkParams, MANAGED_SELECTOR,
+    NamedPort, selector_string,
 };
 
 const KIND: &str = "EgressGateway";
@@ -232,7 +233,7 @@ fn children(
     img: &LinkImage,
     endpoint_port: Option<u16>,
 ) -> LinkChildren {
-    let ports = egw
+    let ports: Vec<NamedPort> = egw
         .spec
         .forwards
         .iter()
@@ -242,6 +243,17 @@ fn children(
             protocol: f.protocol.as_str().to_owned(),
         })
         .collect();
+    // Only pods of the owner's namespace (and those the spec names) may use the tunnel.
+    let clients = Clients {
+        namespaces: egw.spec.client_namespaces.clone(),
+        ports: ports
+            .iter()
+            .map(|np| EgressPort {
+                protocol: np.protocol.clone(),
+                port: IntOrString::Int(np.port),
+            })
+            .collect(),
+    };
     LinkChildren::build(
         p,
         img,
@@ -251,6 +263,7 @@ fn children(
             egress_ports: vec![],
             key: None,
             service: Some((egw.name_any(), ports)),
+            clients: Some(clients),
         },
     )
 }
@@ -396,6 +409,49 @@ mod tests {
         ] {
             assert!(reasons::ALL.contains(&r), "{r} is listed");
         }
+    }
+
+    /// Issue 19, item 8: the tunnel is its owner's. The link pod admits only pods of the
+    /// EgressGateway's namespace (plus the ones the spec names, or all with `*`), and only
+    /// on the forwarded ports.
+    #[test]
+    fn only_the_owners_namespace_may_use_the_tunnel_unless_widened() {
+        let from = |egw: &EgressGateway| {
+            let c = children(
+                egw,
+                &params(egw),
+                &crate::controller::testing::link_image(),
+                None,
+            );
+            let spec = c.network_policy.spec.expect("spec");
+            assert!(spec.policy_types.iter().flatten().any(|t| t == "Ingress"));
+            let rule = spec.ingress.expect("ingress")[0].clone();
+            let ports: Vec<_> = rule
+                .ports
+                .iter()
+                .flatten()
+                .map(|p| p.port.clone())
+                .collect();
+            assert_eq!(ports, vec![Some(IntOrString::Int(5432))]);
+            rule.from.expect("from")[0]
+                .namespace_selector
+                .clone()
+                .expect("namespaces")
+        };
+        let mut egw = egress();
+        let own = from(&egw);
+        assert_eq!(
+            own.match_expressions.expect("names")[0].values,
+            Some(vec!["apps".to_owned()])
+        );
+        egw.spec.client_namespaces = vec!["team-b".into()];
+        assert_eq!(
+            from(&egw).match_expressions.expect("names")[0].values,
+            Some(vec!["apps".to_owned(), "team-b".to_owned()])
+        );
+        egw.spec.client_namespaces = vec!["*".into()];
+        let all = from(&egw);
+        assert!(all.match_expressions.is_none() && all.match_labels.is_none());
     }
 
     #[test]

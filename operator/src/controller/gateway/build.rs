@@ -180,6 +180,7 @@ pub fn link_children<'a>(
             egress_ports: egress_ports(&v.classified, services),
             key: Some((LINK_KEY.to_owned(), keys.link.private.expose().to_owned())),
             service: None,
+            clients: None,
         },
     );
     Link { params, objects }
