@@ -61,6 +61,8 @@ impl Subnet {
                 Instant::now() < deadline,
                 "every /29 of 198.51.100.0/25 is held by another test topology"
             );
+            // Every slot is held by another topology (maybe in another process, which
+            // cannot signal us): poll, bounded by the deadline above.
             std::thread::sleep(Duration::from_millis(100));
         }
     }

@@ -87,6 +87,18 @@ impl Drop for Vpn {
     }
 }
 
+/// Asks the echo service behind the VPN through the link pod at `pod_ip` (from the node,
+/// as a pod would), retrying for a bounded time; the answer.
+fn ask_link(c: &Cluster, pod_ip: &str, proto: &str, port: u16) -> Option<String> {
+    wait_for(Duration::from_secs(20), || {
+        let (ok, out, _) = c.node.try_sh(&format!(
+            "timeout 3 python3 '{}' {proto} {pod_ip} {port}",
+            echo_py()
+        ));
+        ok.then(|| out.trim().to_owned())
+    })
+}
+
 fn vpn_server(c: &Cluster) -> Vpn {
     let server = c.internet_host("vpn", "203.0.113.40/24");
     let remote = netns::Netns::new("rem", &netns::unique_tag());
@@ -222,15 +234,7 @@ async fn egress_gateway_validates_its_secret_and_reaches_hosts_behind_the_vpn() 
     let pods = c.pods();
     assert_eq!(pods.len(), 1, "{pods:?}");
     let pod_ip = c.pod_ip(&pods[0].1).expect("pod ip");
-    let ask = |proto: &str, port: u16| {
-        wait_for(Duration::from_secs(15), || {
-            let (ok, out, _) = c.node.try_sh(&format!(
-                "timeout 3 python3 '{}' {proto} {pod_ip} {port}",
-                echo_py()
-            ));
-            ok.then(|| out.trim().to_owned())
-        })
-    };
+    let ask = |proto: &str, port: u16| ask_link(&c, &pod_ip, proto, port);
     let tcp = ask("tcp", 1433).unwrap_or_else(|| panic!("1433 unanswered\n{}", c.logs()));
     assert_eq!(tcp, "db tcp 1433 from 10.8.0.2");
     assert_eq!(
@@ -470,15 +474,7 @@ async fn allowed_ips_covering_the_cluster_capture_none_of_its_traffic() {
     let pods = c.pods();
     assert_eq!(pods.len(), 1, "{pods:?}");
     let pod_ip = c.pod_ip(&pods[0].1).expect("pod ip");
-    let ask = |proto: &str, port: u16| {
-        wait_for(Duration::from_secs(20), || {
-            let (ok, out, _) = c.node.try_sh(&format!(
-                "timeout 3 python3 '{}' {proto} {pod_ip} {port}",
-                echo_py()
-            ));
-            ok.then(|| out.trim().to_owned())
-        })
-    };
+    let ask = |proto: &str, port: u16| ask_link(&c, &pod_ip, proto, port);
     assert_eq!(
         ask("tcp", 1433).as_deref(),
         Some("db tcp 1433 from 10.8.0.2"),

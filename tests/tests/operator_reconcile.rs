@@ -116,6 +116,24 @@ fn inventory_of(emu: &GcpEmulator) -> String {
     format!("GCP inventory: {:?}", emu.inventory())
 }
 
+/// Namespace `apps` with a Service `web` (port 80 to the named port `http`); the Service.
+async fn apps_with_web(e: &Env) -> Service {
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "apps"}})).expect("ns");
+    Api::<Namespace>::all(e.client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("namespace");
+    let svc: Service = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {"ports": [{"port": 80, "targetPort": "http", "protocol": "TCP"}]}
+    }))
+    .expect("service");
+    Api::<Service>::namespaced(e.client.clone(), "apps")
+        .create(&PostParams::default(), &svc)
+        .await
+        .expect("service")
+}
+
 fn condition(gw: &Gateway, t: &str) -> Option<(String, String)> {
     gw.status
         .as_ref()?
@@ -128,33 +146,12 @@ fn condition(gw: &Gateway, t: &str) -> Option<(String, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reconciler_provisions_builds_prunes_and_deletes_without_a_node() {
     let e = env().await;
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "apps"}})).expect("ns");
-    Api::<Namespace>::all(e.client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .expect("namespace");
-    let svc: Service = serde_json::from_value(json!({
-        "metadata": {"name": "web"},
-        "spec": {"ports": [{"port": 80, "targetPort": "http", "protocol": "TCP"}]}
-    }))
-    .expect("service");
-    let svc = Api::<Service>::namespaced(e.client.clone(), "apps")
-        .create(&PostParams::default(), &svc)
-        .await
-        .expect("service");
+    let svc = apps_with_web(&e).await;
     let cluster_ip = svc
         .spec
         .and_then(|s| s.cluster_ip)
         .expect("the API server allocates a ClusterIP");
-    let gw: Gateway = serde_json::from_value(json!({
-        "apiVersion": "wgnet.dev/v1alpha1", "kind": "Gateway",
-        "metadata": {"name": "edge", "namespace": "apps"},
-        "spec": {
-            "gcp": {"projectID": PROJECT, "region": "us-central1", "zone": "us-central1-a"},
-            "forwards": [{"port": 8080, "service": "web", "targetPort": 80}]
-        }
-    }))
-    .expect("gateway");
+    let gw = gateway("edge");
     let gws: Api<Gateway> = Api::namespaced(e.client.clone(), "apps");
     gws.create(&PostParams::default(), &gw)
         .await
@@ -353,20 +350,7 @@ async fn abandon(gws: &Api<Gateway>, name: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sweep_deletes_orphans_and_never_a_recreated_gateways_resources() {
     let e = env().await;
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "apps"}})).expect("ns");
-    Api::<Namespace>::all(e.client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .expect("namespace");
-    let svc: Service = serde_json::from_value(json!({
-        "metadata": {"name": "web"},
-        "spec": {"ports": [{"port": 80, "protocol": "TCP"}]}
-    }))
-    .expect("service");
-    Api::<Service>::namespaced(e.client.clone(), "apps")
-        .create(&PostParams::default(), &svc)
-        .await
-        .expect("service");
+    apps_with_web(&e).await;
     let gws: Api<Gateway> = Api::namespaced(e.client.clone(), "apps");
     for name in ["edge", "gone"] {
         gws.create(&PostParams::default(), &gateway(name))

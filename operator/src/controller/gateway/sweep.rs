@@ -22,6 +22,7 @@ pub async fn sweep_loop<C: Cloud>(
 ) {
     let sweep = async {
         loop {
+            // The sweep's own period: a timer, not a wait for some event.
             tokio::time::sleep(ctx.settings.resync).await;
             match sweep_once(&ctx).await {
                 Ok(n) => ctx.metrics.swept(n),
@@ -126,6 +127,8 @@ pub async fn sweep_once<C: Cloud>(ctx: &Context<C>) -> Result<usize, Error> {
                 break;
             }
             if rec.pending.is_empty() {
+                // Nothing of ours to wait on (another Gateway's delete holds the shared
+                // network, say): a short pause keeps the bounded loop from spinning on GCP.
                 tokio::time::sleep(SETTLING).await;
             } else {
                 let _ = tokio::time::timeout(OPERATION_WAIT, ctx.cloud.wait_any(&t, &rec)).await;
