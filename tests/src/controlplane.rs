@@ -481,6 +481,8 @@ impl ControlPlane {
             if Instant::now() > deadline {
                 return Err(self.not_ready("kube-controller-manager", Duration::from_secs(90)));
             }
+            // The poll interval of a bounded wait: the ServiceAccount appears without an
+            // event this client could watch for before the controllers are up.
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         self.started_in += started.elapsed();
