@@ -75,6 +75,23 @@ async fn create(c: &Cluster, gw: &Gateway) -> Api<Gateway> {
     gws
 }
 
+/// Polls the operator's metrics until they contain `needle` (bounded); panics with the
+/// last rendering otherwise.
+async fn wait_metric(op: &Operator, needle: &str, timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let m = op.metrics.render();
+        if m.contains(needle) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{needle} not in the metrics within {timeout:?}:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Polls the Gateway until `f` holds (bounded); the last object.
 async fn wait_gw(
     c: &Cluster,
@@ -800,14 +817,15 @@ async fn gcp_denials_dns_without_its_crd_and_delete_while_provisioning() {
         gw.status.as_ref().and_then(|s| s.address.clone()).is_some(),
         "the address was reserved regardless"
     );
-    // The failure is counted under the step and GCP's reason.
-    let m = op.metrics.render();
-    assert!(
-        m.contains(
-            "wgnet_reconcile_errors_total{kind=\"Gateway\",step=\"cloud\",reason=\"PermissionDenied\"}"
-        ),
-        "{m}"
-    );
+    // The failure is counted under the step and GCP's reason. The pass writes its status
+    // before it returns the error that the error policy counts, so the count may trail the
+    // condition by a moment: wait for it, bounded.
+    wait_metric(
+        &op,
+        "wgnet_reconcile_errors_total{kind=\"Gateway\",step=\"cloud\",reason=\"PermissionDenied\"}",
+        Duration::from_secs(10),
+    )
+    .await;
     c.emu.clear_faults();
     let gw = wait_gw(
         &c,
