@@ -18,7 +18,7 @@ use crate::keys::SecretKey;
 use crate::net::Ipv4Net;
 use crate::netlink::{Netlink, NetlinkError};
 use crate::nft::{self, NftError};
-use crate::plan::{self, DataPlan, Plan, Resolved};
+use crate::plan::{self, DataPlan, Plan, ResolveError, Resolved};
 use crate::status::Status;
 use crate::wg::{Device, Peer};
 
@@ -70,7 +70,7 @@ pub trait Tunnel {
 /// wg0's address, MTU and routes, and the forwarding switch.
 pub trait Interfaces {
     /// Turns IPv4 forwarding on, or proves it is on.
-    fn ensure_forwarding(&self) -> Result<(), String>;
+    fn ensure_forwarding(&self) -> Result<(), ApplyError>;
     /// Gives `name` exactly `addr` and `mtu`, and brings it up.
     fn configure(
         &self,
@@ -149,11 +149,8 @@ pub fn ensure_forwarding() -> Result<(), ApplyError> {
 }
 
 impl Interfaces for Netlink {
-    fn ensure_forwarding(&self) -> Result<(), String> {
-        ensure_forwarding().map_err(|e| match e {
-            ApplyError::Forwarding(why) => why,
-            other => other.to_string(),
-        })
+    fn ensure_forwarding(&self) -> Result<(), ApplyError> {
+        ensure_forwarding()
     }
 
     fn configure(
@@ -196,17 +193,22 @@ impl Firewall for Nftables {
 }
 
 /// Resolves `host` to an IPv4 address (I/O: the pod's resolver).
-async fn resolve(host: &str) -> Result<Ipv4Addr, String> {
+async fn resolve(host: &str) -> Result<Ipv4Addr, ResolveError> {
     let addrs = tokio::net::lookup_host((host, 0))
         .await
-        .map_err(|e| format!("{host} does not resolve: {e}"))?;
+        .map_err(|e| ResolveError::Lookup {
+            host: host.to_owned(),
+            reason: e.to_string(),
+        })?;
     addrs
         .into_iter()
         .find_map(|a| match a {
             SocketAddr::V4(a) => Some(*a.ip()),
             SocketAddr::V6(_) => None,
         })
-        .ok_or_else(|| format!("{host} has no IPv4 address"))
+        .ok_or_else(|| ResolveError::NoIpv4 {
+            host: host.to_owned(),
+        })
 }
 
 /// Resolves every name `cfg` needs.
@@ -282,9 +284,7 @@ impl<T: Tunnel, I: Interfaces, F: Firewall> Engine<T, I, F> {
     /// Brings the data plane to `p`. Unchanged parts are left alone, so re-applying the
     /// same plan touches nothing.
     pub async fn apply_plan(&mut self, p: DataPlan) -> Result<Outcome, ApplyError> {
-        self.interfaces
-            .ensure_forwarding()
-            .map_err(ApplyError::Forwarding)?;
+        self.interfaces.ensure_forwarding()?;
         let wg = self.wg_name.clone();
         if self.applied.listen != Some(p.listen_port) {
             // A new device starts with no address, routes or table of its own.
@@ -376,7 +376,7 @@ mod tests {
 
     struct FakeInterfaces(Calls);
     impl Interfaces for FakeInterfaces {
-        fn ensure_forwarding(&self) -> Result<(), String> {
+        fn ensure_forwarding(&self) -> Result<(), ApplyError> {
             Ok(())
         }
         async fn configure(&self, name: &str, addr: Ipv4Net, mtu: u16) -> Result<(), NetlinkError> {
@@ -513,7 +513,9 @@ mod tests {
             ),
             (
                 "wiki.corp.test".to_owned(),
-                Err("wiki.corp.test does not resolve".to_owned()),
+                Err(ResolveError::NoIpv4 {
+                    host: "wiki.corp.test".to_owned(),
+                }),
             ),
         ]
         .into();
@@ -521,7 +523,10 @@ mod tests {
         let routes: Vec<String> = p.routes.iter().map(ToString::to_string).collect();
         assert_eq!(routes, vec!["10.20.0.5/32", "10.20.0.53/32"]);
         assert_eq!(p.forwards, 1);
-        assert_eq!(p.unresolved, vec!["wiki: wiki.corp.test does not resolve"]);
+        assert_eq!(
+            p.unresolved,
+            vec!["wiki: wiki.corp.test has no IPv4 address"]
+        );
     }
 
     /// A VPN whose AllowedIPs cover the cluster's own ranges (the flowgen example's

@@ -18,7 +18,7 @@ fn main() -> ExitCode {
     }
     let opts = match run::parse_args(&args) {
         Ok(o) => o,
-        Err(e) if e.is_empty() => {
+        Err(run::ArgsError::Help) => {
             eprint!("{}", run::USAGE);
             return ExitCode::SUCCESS;
         }

@@ -40,10 +40,22 @@ impl fmt::Display for Ipv4Net {
     }
 }
 
-impl FromStr for Ipv4Net {
-    type Err = String;
+/// Why text is not an IPv4 prefix. Carries the part at fault: prefixes are addresses
+/// from a spec or a wg-quick `Address`/`AllowedIPs` line, never key material.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NetParseError {
+    /// The address part.
+    #[error("{0:?} is not an IPv4 address")]
+    Address(String),
+    /// The length part.
+    #[error("{0:?} is not a prefix length (0-32)")]
+    Prefix(String),
+}
 
-    fn from_str(s: &str) -> Result<Self, String> {
+impl FromStr for Ipv4Net {
+    type Err = NetParseError;
+
+    fn from_str(s: &str) -> Result<Self, NetParseError> {
         let s = s.trim();
         let (a, p) = match s.split_once('/') {
             Some((a, p)) => (a, p),
@@ -51,12 +63,12 @@ impl FromStr for Ipv4Net {
         };
         let addr: Ipv4Addr = a
             .parse()
-            .map_err(|_| format!("{a:?} is not an IPv4 address"))?;
+            .map_err(|_| NetParseError::Address(a.to_owned()))?;
         let prefix: u8 = p
             .parse()
             .ok()
             .filter(|p| *p <= 32)
-            .ok_or_else(|| format!("{p:?} is not a prefix length (0-32)"))?;
+            .ok_or_else(|| NetParseError::Prefix(p.to_owned()))?;
         Ok(Self { addr, prefix })
     }
 }

@@ -15,7 +15,32 @@ use crate::net::{Ipv4Net, Protocol};
 
 /// The answers of name resolution, by host name: an address or why there is none. Only
 /// names need an entry; IPv4 literals are read directly.
-pub type Resolved = BTreeMap<String, Result<Ipv4Addr, String>>;
+pub type Resolved = BTreeMap<String, Result<Ipv4Addr, ResolveError>>;
+
+/// Why a host name has no address to plan with.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveError {
+    /// The resolver failed.
+    #[error("{host} does not resolve: {reason}")]
+    Lookup {
+        /// The name.
+        host: String,
+        /// The resolver's answer.
+        reason: String,
+    },
+    /// Only IPv6 answers; the tunnel is IPv4.
+    #[error("{host} has no IPv4 address")]
+    NoIpv4 {
+        /// The name.
+        host: String,
+    },
+    /// Not looked up (for example `wgnet-link plan`, which resolves nothing).
+    #[error("{host} was not resolved")]
+    NotResolved {
+        /// The name.
+        host: String,
+    },
+}
 
 /// The host names a config needs resolved before it can be planned (the peer's endpoint,
 /// egress targets), IPv4 literals excluded.
@@ -36,14 +61,15 @@ pub fn names_to_resolve(cfg: &LinkConfig) -> BTreeSet<String> {
         .collect()
 }
 
-fn lookup(host: &str, resolved: &Resolved) -> Result<Ipv4Addr, String> {
+fn lookup(host: &str, resolved: &Resolved) -> Result<Ipv4Addr, ResolveError> {
     if let Ok(ip) = host.parse::<Ipv4Addr>() {
         return Ok(ip);
     }
-    resolved
-        .get(host)
-        .cloned()
-        .unwrap_or_else(|| Err(format!("{host} was not resolved")))
+    resolved.get(host).cloned().unwrap_or_else(|| {
+        Err(ResolveError::NotResolved {
+            host: host.to_owned(),
+        })
+    })
 }
 
 /// The peer as the device needs it (endpoint already resolved).
@@ -91,7 +117,7 @@ pub struct DataPlan {
 fn peer_of(p: &PeerConfig, resolved: &Resolved, why: &mut Option<String>) -> Peer {
     let endpoint = p.endpoint.as_ref().and_then(|(host, port)| {
         lookup(host, resolved)
-            .map_err(|e| *why = Some(e))
+            .map_err(|e| *why = Some(e.to_string()))
             .ok()
             .map(|ip| SocketAddr::from((ip, *port)))
     });

@@ -79,8 +79,66 @@ pub struct Options {
     pub plan_only: bool,
 }
 
+/// Why the command line was refused (or `Help`: usage was asked for).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ArgsError {
+    /// `--help`/`-h`.
+    #[error("usage was asked for")]
+    Help,
+    /// A flag without its value.
+    #[error("{0} needs a value")]
+    NeedsValue(String),
+    /// A flag the link does not know.
+    #[error("unknown option {0:?}")]
+    Unknown(String),
+    /// A flag whose value is out of its range or form.
+    #[error("{flag} {value:?}: {why}")]
+    Invalid {
+        /// The flag.
+        flag: String,
+        /// What was given (flags never carry secrets).
+        value: String,
+        /// What the flag accepts.
+        why: &'static str,
+    },
+    /// Flags that contradict each other, or a missing combination.
+    #[error("{0}")]
+    Combination(&'static str),
+}
+
+/// Why `wgnet-link` stopped (or could not start).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A listener could not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The bind error.
+        source: std::io::Error,
+    },
+    /// The route netlink socket could not be opened.
+    #[error("cannot open a route netlink socket: {0}")]
+    Netlink(std::io::Error),
+    /// No Kubernetes client could be built.
+    #[error("cannot reach the Kubernetes API: {0}")]
+    Kube(kube::Error),
+    /// The SIGTERM handler could not be installed.
+    #[error("cannot install the SIGTERM handler: {0}")]
+    Signal(std::io::Error),
+    /// A background task the loop depends on ended.
+    #[error("{0} stopped")]
+    Stopped(&'static str),
+    /// `plan` without `--config-dir`.
+    #[error("plan reads --config-dir")]
+    PlanNeedsDir,
+    /// `plan` over a config the link refuses.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+}
+
 /// Parses the command line (without the program name).
-pub fn parse_args(args: &[String]) -> Result<Options, String> {
+pub fn parse_args(args: &[String]) -> Result<Options, ArgsError> {
     let mut dir = None;
     let mut configmap = None;
     let mut secret = None;
@@ -97,12 +155,16 @@ pub fn parse_args(args: &[String]) -> Result<Options, String> {
         plan_only: false,
     };
     let mut it = args.iter();
-    let secs = |v: &str, flag: &str| -> Result<Duration, String> {
+    let secs = |v: &str, flag: &str| -> Result<Duration, ArgsError> {
         v.parse::<u64>()
             .ok()
             .filter(|s| (1..=3600).contains(s))
             .map(Duration::from_secs)
-            .ok_or_else(|| format!("{flag} needs a number of seconds from 1 to 3600, not {v:?}"))
+            .ok_or_else(|| ArgsError::Invalid {
+                flag: flag.to_owned(),
+                value: v.to_owned(),
+                why: "needs a number of seconds from 1 to 3600",
+            })
     };
     while let Some(a) = it.next() {
         if a == "plan" {
@@ -110,12 +172,12 @@ pub fn parse_args(args: &[String]) -> Result<Options, String> {
             continue;
         }
         if a == "--help" || a == "-h" {
-            return Err(String::new());
+            return Err(ArgsError::Help);
         }
         let mut value = || {
             it.next()
                 .cloned()
-                .ok_or_else(|| format!("{a} needs a value"))
+                .ok_or_else(|| ArgsError::NeedsValue(a.clone()))
         };
         match a.as_str() {
             "--config-dir" => dir = Some(PathBuf::from(value()?)),
@@ -131,9 +193,11 @@ pub fn parse_args(args: &[String]) -> Result<Options, String> {
                         .bytes()
                         .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
                 {
-                    return Err(format!(
-                        "--interface {v:?} is not a valid interface name (1-15 letters, digits, - _ .)"
-                    ));
+                    return Err(ArgsError::Invalid {
+                        flag: a.clone(),
+                        value: v,
+                        why: "is not a valid interface name (1-15 letters, digits, - _ .)",
+                    });
                 }
                 o.interface = v;
             }
@@ -144,35 +208,49 @@ pub fn parse_args(args: &[String]) -> Result<Options, String> {
             "--retry-period" => o.timing.retry = secs(&value()?, a)?,
             "--http" => {
                 let v = value()?;
-                o.http = v
-                    .parse()
-                    .map_err(|_| format!("--http {v:?} is not an address:port"))?;
+                o.http = v.parse().map_err(|_| ArgsError::Invalid {
+                    flag: a.clone(),
+                    value: v.clone(),
+                    why: "is not an address:port",
+                })?;
             }
             "--log-format" => {
                 o.json_logs = match value()?.as_str() {
                     "json" => true,
                     "text" => false,
-                    v => return Err(format!("--log-format must be text or json, not {v:?}")),
+                    v => {
+                        return Err(ArgsError::Invalid {
+                            flag: a.clone(),
+                            value: v.to_owned(),
+                            why: "must be text or json",
+                        });
+                    }
                 }
             }
-            other => return Err(format!("unknown option {other:?}")),
+            other => return Err(ArgsError::Unknown(other.to_owned())),
         }
     }
     o.source = match (dir, configmap, secret) {
         (Some(d), None, None) => Source::Dir(d),
         (None, Some(configmap), Some(secret)) => Source::Kube { configmap, secret },
         (None, None, None) => {
-            return Err(
-                "no configuration source: give --config-dir, or --configmap and --secret".into(),
-            );
+            return Err(ArgsError::Combination(
+                "no configuration source: give --config-dir, or --configmap and --secret",
+            ));
         }
-        _ => return Err("give either --config-dir, or both --configmap and --secret".into()),
+        _ => {
+            return Err(ArgsError::Combination(
+                "give either --config-dir, or both --configmap and --secret",
+            ));
+        }
     };
     if o.timing.renew_deadline >= o.timing.duration {
-        return Err("--renew-deadline must be shorter than --lease-duration, or two replicas could hold the data plane at once".into());
+        return Err(ArgsError::Combination(
+            "--renew-deadline must be shorter than --lease-duration, or two replicas could hold the data plane at once",
+        ));
     }
     if o.plan_only && !matches!(o.source, Source::Dir(_)) {
-        return Err("plan reads --config-dir".into());
+        return Err(ArgsError::Combination("plan reads --config-dir"));
     }
     Ok(o)
 }
@@ -190,15 +268,15 @@ fn namespace(o: &Options) -> String {
 
 /// `wgnet-link plan`: the ruleset for the config in the directory, without touching the
 /// kernel (egress names are shown unresolved as they would be skipped).
-pub fn plan_text(o: &Options) -> Result<String, String> {
+pub fn plan_text(o: &Options) -> Result<String, RunError> {
     let Source::Dir(dir) = &o.source else {
-        return Err("plan reads --config-dir".into());
+        return Err(RunError::PlanNeedsDir);
     };
     let raw = Raw {
         config: std::fs::read(dir.join(config::CONFIG_KEY)).ok(),
         secret: std::fs::read(dir.join(&o.secret_key)).ok(),
     };
-    let cfg = config::parse(&raw).map_err(|e| e.to_string())?;
+    let cfg = config::parse(&raw)?;
     // The same plan `apply` makes, with names left unresolved: the forwards they would
     // serve are listed as skipped, so plan never claims what a resolver might not give.
     let p = crate::plan::data_plan(&cfg, &o.interface, &crate::plan::Resolved::new());
@@ -213,23 +291,22 @@ pub fn plan_text(o: &Options) -> Result<String, String> {
 }
 
 /// Runs the link until SIGTERM or SIGINT.
-pub async fn run(o: Options) -> Result<(), String> {
+pub async fn run(o: Options) -> Result<(), RunError> {
     let status = Arc::new(Status::default());
     crate::http::serve(o.http, status.clone())
         .await
-        .map_err(|e| format!("cannot listen on {}: {e}", o.http))?;
-    let nl = Netlink::connect().map_err(|e| format!("cannot open a route netlink socket: {e}"))?;
+        .map_err(|source| RunError::Listen {
+            addr: o.http,
+            source,
+        })?;
+    let nl = Netlink::connect().map_err(RunError::Netlink)?;
     let mut engine = Engine::kernel(&o.interface, nl, status.clone());
 
     let (raw_tx, mut raw_rx) = watch::channel(Raw::default());
     let ns = namespace(&o);
     let needs_kube = matches!(o.source, Source::Kube { .. }) || o.lease.is_some();
     let client = if needs_kube {
-        Some(
-            kube::Client::try_default()
-                .await
-                .map_err(|e| format!("cannot reach the Kubernetes API: {e}"))?,
-        )
+        Some(kube::Client::try_default().await.map_err(RunError::Kube)?)
     } else {
         None
     };
@@ -276,7 +353,7 @@ pub async fn run(o: Options) -> Result<(), String> {
     };
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| format!("cannot install the SIGTERM handler: {e}"))?;
+        .map_err(RunError::Signal)?;
     let mut current: Option<LinkConfig> = None;
     let mut retry_at: Option<tokio::time::Instant> = None;
     let mut leading = false;
@@ -291,7 +368,7 @@ pub async fn run(o: Options) -> Result<(), String> {
         let mut dirty = false;
         tokio::select! {
             r = raw_rx.changed() => {
-                if r.is_err() { return Err("the configuration source stopped".into()); }
+                if r.is_err() { return Err(RunError::Stopped("the configuration source")); }
                 let raw = raw_rx.borrow_and_update().clone();
                 match config::parse(&raw) {
                     Ok(cfg) => { current = Some(cfg); dirty = true; }
@@ -302,7 +379,7 @@ pub async fn run(o: Options) -> Result<(), String> {
                 }
             }
             r = lead_rx.changed() => {
-                if r.is_err() { return Err("leader election stopped".into()); }
+                if r.is_err() { return Err(RunError::Stopped("leader election")); }
                 leading = *lead_rx.borrow_and_update();
                 status.set_leader(leading);
                 if leading {
@@ -392,7 +469,7 @@ mod tests {
             ("--config-dir d --retry-period 0", "seconds from 1"),
         ] {
             let e = parse_args(&args(bad)).expect_err(bad);
-            assert!(e.contains(want), "{bad}: {e}");
+            assert!(e.to_string().contains(want), "{bad}: {e}");
         }
     }
 

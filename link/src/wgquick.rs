@@ -288,31 +288,43 @@ fn list(value: &str) -> impl Iterator<Item = &str> {
     value.split(',').map(str::trim).filter(|s| !s.is_empty())
 }
 
-/// `host:port` or `[v6]:port`. The error is a fixed reason without the value (the value
-/// may sit next to a key in a file).
-pub fn parse_endpoint(value: &str) -> Result<(String, u16), String> {
+/// Why an endpoint was refused: a fixed reason without the value (the value may sit next
+/// to a key in a file).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointError {
+    /// `[` without `]:port`.
+    #[error("it is not [address]:port")]
+    Bracket,
+    /// No `:port`.
+    #[error("it has no :port")]
+    NoPort,
+    /// The port is not 1-65535.
+    #[error("the port is not a port number from 1 to 65535")]
+    Port,
+    /// The host has characters no name or address has.
+    #[error("the host is not a host name or address")]
+    Host,
+}
+
+/// `host:port` or `[v6]:port`.
+pub fn parse_endpoint(value: &str) -> Result<(String, u16), EndpointError> {
     let (host, port) = if let Some(rest) = value.strip_prefix('[') {
-        let (h, p) = rest
-            .split_once("]:")
-            .ok_or_else(|| "it is not [address]:port".to_owned())?;
-        (h, p)
+        rest.split_once("]:").ok_or(EndpointError::Bracket)?
     } else {
-        value
-            .rsplit_once(':')
-            .ok_or_else(|| "it has no :port".to_owned())?
+        value.rsplit_once(':').ok_or(EndpointError::NoPort)?
     };
     let port: u16 = port
         .parse()
         .ok()
         .filter(|p| *p != 0)
-        .ok_or_else(|| "the port is not a port number from 1 to 65535".to_owned())?;
+        .ok_or(EndpointError::Port)?;
     let valid_host = !host.is_empty()
         && host.len() <= 253
         && host
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-.:_".contains(&b));
     if !valid_host {
-        return Err("the host is not a host name or address".to_owned());
+        return Err(EndpointError::Host);
     }
     Ok((host.to_owned(), port))
 }

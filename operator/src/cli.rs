@@ -5,6 +5,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::policy::{
+    DEFAULT_MAX_DISK_SIZE_GB, DEFAULT_MAX_GATEWAYS_PER_NAMESPACE, Policy, Projects,
+};
+
 /// Usage text.
 pub const USAGE: &str = "\
 usage: wgnet-operator [options]
@@ -15,7 +19,17 @@ GCP:
   --compute-endpoint URL    Compute v1 base URL (default https://compute.googleapis.com/compute/v1/)
   --iam-endpoint URL        IAM v1 base URL
   --secrets-endpoint URL    Secret Manager v1 base URL
-  --allowed-projects LIST   comma-separated projects Gateways may use (default: any)
+Policy (what a Gateway may ask for; anything else is refused with PolicyRefused):
+  --allowed-projects LIST   comma-separated projects Gateways may use, or * for any the
+                            credentials reach (required)
+  --allowed-machine-types L machine types, or prefixes ending in * (default e2-micro,e2-small,e2-medium)
+  --allowed-images LIST     images or families, or prefixes ending in *
+                            (default projects/debian-cloud/global/images/family/debian-12)
+  --max-disk-size-gb N      boot disk cap (default 20)
+  --max-gateways-per-namespace N
+                            the newest beyond N are refused; 0: no limit (default 5)
+  --allowed-dns-suffixes L  NAMESPACE=SUFFIX,... names a namespace may publish (NAMESPACE
+                            * for all); when set, other names are refused (default: no check)
   --install NAME            install label on GCP resources (default wgnet)
   --network NAME            shared VPC network name (default wgnet)
 Cluster:
@@ -43,8 +57,8 @@ pub struct Options {
     pub iam_endpoint: Option<String>,
     /// Secret Manager endpoint override.
     pub secrets_endpoint: Option<String>,
-    /// Allowed projects (empty: any).
-    pub allowed_projects: Vec<String>,
+    /// The admin policy.
+    pub policy: Policy,
     /// Install label.
     pub install: String,
     /// Network name.
@@ -71,14 +85,85 @@ pub struct Options {
     pub json_logs: bool,
 }
 
+/// Why the command line or environment was refused (or `Help`: usage was asked for).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CliError {
+    /// `--help`/`-h`.
+    #[error("usage was asked for")]
+    Help,
+    /// A flag without its value.
+    #[error("{0} needs a value")]
+    NeedsValue(String),
+    /// Something that is not a flag.
+    #[error("unexpected argument {0:?}")]
+    Unexpected(String),
+    /// A flag the operator does not know.
+    #[error("unknown flag {0}")]
+    UnknownFlag(String),
+    /// A required flag is missing.
+    #[error("{flag} (or {env}) is required: {why}")]
+    Missing {
+        /// The flag.
+        flag: &'static str,
+        /// Its environment variable.
+        env: &'static str,
+        /// What it is for.
+        why: &'static str,
+    },
+    /// A value out of its range or form (flags never carry secrets: the key is a path).
+    #[error("{flag} {value:?}: {why}")]
+    Invalid {
+        /// The flag.
+        flag: &'static str,
+        /// What was given.
+        value: String,
+        /// What the flag accepts.
+        why: &'static str,
+    },
+}
+
+/// Every flag, for the unknown-flag check.
+const KNOWN: &[&str] = &[
+    "--gcp-credentials",
+    "--compute-endpoint",
+    "--iam-endpoint",
+    "--secrets-endpoint",
+    "--allowed-projects",
+    "--allowed-machine-types",
+    "--allowed-images",
+    "--max-disk-size-gb",
+    "--max-gateways-per-namespace",
+    "--allowed-dns-suffixes",
+    "--install",
+    "--network",
+    "--cluster-id",
+    "--link-image",
+    "--link-pull-policy",
+    "--no-privileged-init",
+    "--resync",
+    "--metrics-addr",
+    "--health-addr",
+    "--leader-elect",
+    "--lease-name",
+    "--log-format",
+];
+
+/// A comma-separated list, blanks dropped.
+fn list(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Parses `args` (without the program name), with `env` looked up for every flag not given.
-/// `Err("")` means help was asked for.
-pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Options, String> {
+pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Options, CliError> {
     let mut given: Vec<(String, Option<String>)> = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
-            "-h" | "--help" => return Err(String::new()),
+            "-h" | "--help" => return Err(CliError::Help),
             "--no-privileged-init" | "--leader-elect" => given.push((a.clone(), None)),
             f if f.starts_with("--") => {
                 let (flag, value) = match f.split_once('=') {
@@ -87,35 +172,16 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Op
                         f.to_owned(),
                         it.next()
                             .cloned()
-                            .ok_or_else(|| format!("{f} needs a value"))?,
+                            .ok_or_else(|| CliError::NeedsValue(f.to_owned()))?,
                     ),
                 };
                 given.push((flag, Some(value)));
             }
-            other => return Err(format!("unexpected argument {other:?}")),
+            other => return Err(CliError::Unexpected(other.to_owned())),
         }
     }
-    let known = [
-        "--gcp-credentials",
-        "--compute-endpoint",
-        "--iam-endpoint",
-        "--secrets-endpoint",
-        "--allowed-projects",
-        "--install",
-        "--network",
-        "--cluster-id",
-        "--link-image",
-        "--link-pull-policy",
-        "--no-privileged-init",
-        "--resync",
-        "--metrics-addr",
-        "--health-addr",
-        "--leader-elect",
-        "--lease-name",
-        "--log-format",
-    ];
-    if let Some((f, _)) = given.iter().find(|(f, _)| !known.contains(&f.as_str())) {
-        return Err(format!("unknown flag {f}"));
+    if let Some((f, _)) = given.iter().find(|(f, _)| !KNOWN.contains(&f.as_str())) {
+        return Err(CliError::UnknownFlag(f.clone()));
     }
     let get = |flag: &str| -> Option<String> {
         given
@@ -133,57 +199,77 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Op
             })
             .filter(|v| !v.is_empty())
     };
-    let flag_on = |flag: &str| -> Result<bool, String> {
+    let flag_on = |flag: &'static str| -> Result<bool, CliError> {
         match get(flag).as_deref() {
             None | Some("false") | Some("0") => Ok(false),
             Some("true") | Some("1") => Ok(true),
-            Some(v) => Err(format!(
-                "{flag} is a switch; its environment variable must be true or false, not {v:?}"
-            )),
+            Some(v) => Err(CliError::Invalid {
+                flag,
+                value: v.to_owned(),
+                why: "is a switch; its environment variable must be true or false",
+            }),
         }
     };
-    let addr = |flag: &str, default: &str| -> Result<SocketAddr, String> {
+    let addr = |flag: &'static str, default: &str| -> Result<SocketAddr, CliError> {
         let v = get(flag).unwrap_or_else(|| default.to_owned());
-        v.parse()
-            .map_err(|_| format!("{flag} needs an address like 0.0.0.0:8080, not {v:?}"))
+        v.parse().map_err(|_| CliError::Invalid {
+            flag,
+            value: v,
+            why: "needs an address like 0.0.0.0:8080",
+        })
     };
-    let link_image = get("--link-image")
-        .ok_or("--link-image (or WGNET_LINK_IMAGE) is required: the image link pods run")?;
+    let number = |flag: &'static str,
+                  default: u64,
+                  range: std::ops::RangeInclusive<u64>,
+                  why: &'static str|
+     -> Result<u64, CliError> {
+        match get(flag) {
+            None => Ok(default),
+            Some(v) => {
+                v.parse::<u64>()
+                    .ok()
+                    .filter(|n| range.contains(n))
+                    .ok_or(CliError::Invalid {
+                        flag,
+                        value: v,
+                        why,
+                    })
+            }
+        }
+    };
+    let link_image = get("--link-image").ok_or(CliError::Missing {
+        flag: "--link-image",
+        env: "WGNET_LINK_IMAGE",
+        why: "the image link pods run",
+    })?;
     let pull = get("--link-pull-policy").unwrap_or_else(|| "IfNotPresent".into());
     if !["IfNotPresent", "Always", "Never"].contains(&pull.as_str()) {
-        return Err(format!(
-            "--link-pull-policy must be IfNotPresent, Always or Never, not {pull:?}"
-        ));
+        return Err(CliError::Invalid {
+            flag: "--link-pull-policy",
+            value: pull,
+            why: "must be IfNotPresent, Always or Never",
+        });
     }
-    let resync = match get("--resync") {
-        None => Duration::from_secs(300),
-        Some(v) => v
-            .parse::<u64>()
-            .ok()
-            .filter(|s| (5..=86_400).contains(s))
-            .map(Duration::from_secs)
-            .ok_or_else(|| format!("--resync needs seconds from 5 to 86400, not {v:?}"))?,
-    };
+    let resync = Duration::from_secs(number(
+        "--resync",
+        300,
+        5..=86_400,
+        "needs seconds from 5 to 86400",
+    )?);
     let log_format = get("--log-format").unwrap_or_else(|| "text".into());
     if !["text", "json"].contains(&log_format.as_str()) {
-        return Err(format!(
-            "--log-format must be text or json, not {log_format:?}"
-        ));
+        return Err(CliError::Invalid {
+            flag: "--log-format",
+            value: log_format,
+            why: "must be text or json",
+        });
     }
     Ok(Options {
         gcp_credentials: get("--gcp-credentials").map(PathBuf::from),
         compute_endpoint: get("--compute-endpoint"),
         iam_endpoint: get("--iam-endpoint"),
         secrets_endpoint: get("--secrets-endpoint"),
-        allowed_projects: get("--allowed-projects")
-            .map(|v| {
-                v.split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default(),
+        policy: policy(&get, &number)?,
         install: get("--install").unwrap_or_else(|| "wgnet".into()),
         network: get("--network").unwrap_or_else(|| "wgnet".into()),
         cluster_id: get("--cluster-id"),
@@ -197,6 +283,82 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Op
         lease_name: get("--lease-name").unwrap_or_else(|| "wgnet-operator".into()),
         json_logs: log_format == "json",
     })
+}
+
+/// The admin policy flags. The projects have no default: an operator whose key reaches
+/// many projects must be told which ones tenants may spend in (or `*`, said explicitly).
+fn policy(
+    get: &impl Fn(&str) -> Option<String>,
+    number: &impl Fn(
+        &'static str,
+        u64,
+        std::ops::RangeInclusive<u64>,
+        &'static str,
+    ) -> Result<u64, CliError>,
+) -> Result<Policy, CliError> {
+    let projects = get("--allowed-projects").ok_or(CliError::Missing {
+        flag: "--allowed-projects",
+        env: "WGNET_ALLOWED_PROJECTS",
+        why: "the GCP projects Gateways may use, comma separated, or * for any project the credentials reach",
+    })?;
+    let projects = match list(&projects).as_slice() {
+        [one] if one == "*" => Projects::Any,
+        l if l.iter().any(|p| p == "*") => {
+            return Err(CliError::Invalid {
+                flag: "--allowed-projects",
+                value: projects,
+                why: "is either * alone or a list of project ids",
+            });
+        }
+        [] => {
+            return Err(CliError::Invalid {
+                flag: "--allowed-projects",
+                value: projects,
+                why: "names no project",
+            });
+        }
+        l => Projects::Only(l.to_vec()),
+    };
+    let mut p = Policy::new(projects);
+    if let Some(v) = get("--allowed-machine-types") {
+        p.machine_types = list(&v);
+    }
+    if let Some(v) = get("--allowed-images") {
+        p.images = list(&v);
+    }
+    p.max_disk_size_gb = u32::try_from(number(
+        "--max-disk-size-gb",
+        u64::from(DEFAULT_MAX_DISK_SIZE_GB),
+        10..=65_536,
+        "needs a size in GB from 10 to 65536",
+    )?)
+    .expect("bounded by the range above");
+    p.max_gateways_per_namespace = u32::try_from(number(
+        "--max-gateways-per-namespace",
+        u64::from(DEFAULT_MAX_GATEWAYS_PER_NAMESPACE),
+        0..=10_000,
+        "needs a count from 0 (no limit) to 10000",
+    )?)
+    .expect("bounded by the range above");
+    if let Some(v) = get("--allowed-dns-suffixes") {
+        for entry in list(&v) {
+            let Some((ns, suffix)) = entry
+                .split_once('=')
+                .filter(|(n, s)| !n.trim().is_empty() && !s.trim().trim_matches('.').is_empty())
+            else {
+                return Err(CliError::Invalid {
+                    flag: "--allowed-dns-suffixes",
+                    value: entry,
+                    why: "entries are NAMESPACE=SUFFIX (NAMESPACE * for every namespace)",
+                });
+            };
+            p.dns_suffixes
+                .entry(ns.trim().to_owned())
+                .or_default()
+                .push(suffix.trim().to_owned());
+        }
+    }
+    Ok(p)
 }
 
 #[cfg(test)]
@@ -218,7 +380,11 @@ mod tests {
         let o = parse(&args("--link-image img:flag --no-privileged-init"), env).expect("parses");
         assert_eq!(o.link_image, "img:flag");
         assert_eq!(o.resync, Duration::from_secs(60));
-        assert_eq!(o.allowed_projects, vec!["a", "b"]);
+        assert_eq!(
+            o.policy.projects,
+            Projects::Only(vec!["a".into(), "b".into()])
+        );
+        assert_eq!(o.policy, Policy::new(o.policy.projects.clone()));
         assert!(!o.privileged_init);
         assert_eq!(o.install, "wgnet");
         assert_eq!(
@@ -233,19 +399,70 @@ mod tests {
         assert!(
             parse(&[], none)
                 .expect_err("no image")
+                .to_string()
                 .contains("--link-image")
         );
         for (a, want) in [
-            ("--link-image i --resync 1", "--resync"),
-            ("--link-image i --link-pull-policy Sometimes", "pull-policy"),
-            ("--link-image i --bogus 1", "unknown flag --bogus"),
-            ("--link-image i --metrics-addr nope", "--metrics-addr"),
+            (
+                "--link-image i",
+                "--allowed-projects (or WGNET_ALLOWED_PROJECTS) is required",
+            ),
+            ("--link-image i --allowed-projects a,*", "either * alone"),
+            ("--link-image i --allowed-projects ,", "names no project"),
+            ("--link-image i --allowed-projects a --resync 1", "--resync"),
+            (
+                "--link-image i --allowed-projects a --link-pull-policy Sometimes",
+                "pull-policy",
+            ),
+            (
+                "--link-image i --allowed-projects a --bogus 1",
+                "unknown flag --bogus",
+            ),
+            (
+                "--link-image i --allowed-projects a --metrics-addr nope",
+                "--metrics-addr",
+            ),
+            (
+                "--link-image i --allowed-projects a --max-disk-size-gb 9",
+                "--max-disk-size-gb",
+            ),
+            (
+                "--link-image i --allowed-projects a --allowed-dns-suffixes apps",
+                "NAMESPACE=SUFFIX",
+            ),
             ("--link-image", "needs a value"),
             ("--link-image i stray", "unexpected argument"),
         ] {
-            let e = parse(&args(a), none).expect_err(a);
+            let e = parse(&args(a), none).expect_err(a).to_string();
             assert!(e.contains(want), "{a}: {e}");
         }
-        assert_eq!(parse(&args("--help"), none), Err(String::new()));
+        assert_eq!(parse(&args("--help"), none), Err(CliError::Help));
+    }
+
+    #[test]
+    fn the_policy_flags_reach_the_policy() {
+        let o = parse(
+            &args(
+                "--link-image i --allowed-projects * --allowed-machine-types e2-*,n2d-standard-2 \
+                 --allowed-images projects/debian-cloud/global/images/* --max-disk-size-gb 30 \
+                 --max-gateways-per-namespace 0 \
+                 --allowed-dns-suffixes apps=apps.example.com,*=shared.example.org,apps=b.example",
+            ),
+            |_: &str| None,
+        )
+        .expect("parses");
+        let p = o.policy;
+        assert_eq!(p.projects, Projects::Any);
+        assert_eq!(p.machine_types, vec!["e2-*", "n2d-standard-2"]);
+        assert_eq!(p.images, vec!["projects/debian-cloud/global/images/*"]);
+        assert_eq!((p.max_disk_size_gb, p.max_gateways_per_namespace), (30, 0));
+        assert_eq!(
+            p.dns_suffixes.get("apps"),
+            Some(&vec!["apps.example.com".to_owned(), "b.example".to_owned()])
+        );
+        assert_eq!(
+            p.dns_suffixes.get("*"),
+            Some(&vec!["shared.example.org".to_owned()])
+        );
     }
 }

@@ -16,3 +16,4 @@ pub mod http;
 pub mod k8s;
 pub mod keys;
 pub mod metrics;
+pub mod policy;

@@ -19,7 +19,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let opts = match cli::parse(&args, |k| std::env::var(k).ok()) {
         Ok(o) => o,
-        Err(e) if e.is_empty() => {
+        Err(cli::CliError::Help) => {
             eprint!("{}", cli::USAGE);
             return ExitCode::SUCCESS;
         }
@@ -67,7 +67,7 @@ fn main() -> ExitCode {
 /// Refuses to start, with an install hint, when the API server does not serve the CRDs:
 /// the controllers would otherwise retry their watches forever while the pod looks healthy.
 /// Only a 404 is final; any other failure is left to the controllers' own retries.
-async fn check_crds(client: &Client) -> Result<(), String> {
+async fn check_crds(client: &Client) -> Result<(), StartError> {
     use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams};
     for (kind, plural) in [("Gateway", "gateways"), ("EgressGateway", "egressgateways")] {
         let gvk = GroupVersionKind::gvk("wgnet.dev", "v1alpha1", kind);
@@ -77,9 +77,7 @@ async fn check_crds(client: &Client) -> Result<(), String> {
         );
         match api.list_metadata(&ListParams::default().limit(1)).await {
             Err(kube::Error::Api(s)) if s.code == 404 => {
-                return Err(format!(
-                    "the API server does not serve wgnet.dev/v1alpha1 {plural}: the CRD {plural}.wgnet.dev is not installed; install the CRDs with `kubectl apply --server-side -f charts/wireguard-gateway-operator/crds/` (helm install does it from the chart's crds/)"
-                ));
+                return Err(StartError::CrdMissing(plural));
             }
             Err(e) => tracing::warn!(error = %e, "Could not check that the {plural} CRD is served"),
             Ok(_) => {}
@@ -88,20 +86,44 @@ async fn check_crds(client: &Client) -> Result<(), String> {
     Ok(())
 }
 
-async fn run(o: cli::Options) -> Result<(), String> {
-    let client = Client::try_default().await.map_err(|e| {
-        format!("cannot reach the Kubernetes API (in-cluster config or KUBECONFIG): {e}")
-    })?;
+/// Why the operator could not start, or stopped on its own.
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    #[error("cannot reach the Kubernetes API (in-cluster config or KUBECONFIG): {0}")]
+    Kube(kube::Error),
+    #[error(
+        "the API server does not serve wgnet.dev/v1alpha1 {0}: the CRD {0}.wgnet.dev is not installed; install the CRDs with `kubectl apply --server-side -f charts/wireguard-gateway-operator/crds/` (helm install does it from the chart's crds/)"
+    )]
+    CrdMissing(&'static str),
+    #[error("cannot read the kube-system namespace for the cluster id (set --cluster-id): {0}")]
+    ClusterId(kube::Error),
+    #[error("the kube-system namespace has no uid; set --cluster-id")]
+    NoClusterUid,
+    #[error("cannot set up GCP access: {0}")]
+    Gcp(wgnet_cloud::CloudError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("--leader-elect needs {0}")]
+    ElectionEnv(&'static str),
+    #[error("the leader election stopped")]
+    ElectionStopped,
+}
+
+async fn run(o: cli::Options) -> Result<(), StartError> {
+    let client = Client::try_default().await.map_err(StartError::Kube)?;
     check_crds(&client).await?;
     let cluster_id = match &o.cluster_id {
         Some(id) => id.clone(),
         None => Api::<Namespace>::all(client.clone())
             .get("kube-system")
             .await
-            .map_err(|e| format!("cannot read the kube-system namespace for the cluster id (set --cluster-id): {e}"))?
+            .map_err(StartError::ClusterId)?
             .metadata
             .uid
-            .ok_or("the kube-system namespace has no uid; set --cluster-id")?,
+            .ok_or(StartError::NoClusterUid)?,
     };
     let metrics = Arc::new(Metrics::default());
     let observer_metrics = metrics.clone();
@@ -123,7 +145,7 @@ async fn run(o: cli::Options) -> Result<(), String> {
         observer: Some(Arc::new(move |c| observer_metrics.gcp_call(c))),
     })
     .await
-    .map_err(|e| format!("cannot set up GCP access: {e}"))?;
+    .map_err(StartError::Gcp)?;
 
     let health = Arc::new(Health {
         ready: Default::default(),
@@ -131,22 +153,28 @@ async fn run(o: cli::Options) -> Result<(), String> {
     });
     http::serve(o.health_addr, health.clone())
         .await
-        .map_err(|e| format!("cannot listen on {}: {e}", o.health_addr))?;
+        .map_err(|source| StartError::Listen {
+            addr: o.health_addr,
+            source,
+        })?;
     if o.metrics_addr != o.health_addr {
         http::serve(o.metrics_addr, health.clone())
             .await
-            .map_err(|e| format!("cannot listen on {}: {e}", o.metrics_addr))?;
+            .map_err(|source| StartError::Listen {
+                addr: o.metrics_addr,
+                source,
+            })?;
     }
     let pod = std::env::var("POD_NAME")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok());
     let (lead_tx, mut lead_rx) = tokio::sync::watch::channel(!o.leader_elect);
     let elector = if o.leader_elect {
-        let ns =
-            std::env::var("POD_NAMESPACE").map_err(|_| "--leader-elect needs $POD_NAMESPACE")?;
+        let ns = std::env::var("POD_NAMESPACE")
+            .map_err(|_| StartError::ElectionEnv("$POD_NAMESPACE"))?;
         let identity = pod
             .clone()
-            .ok_or("--leader-elect needs $POD_NAME or $HOSTNAME")?;
+            .ok_or(StartError::ElectionEnv("$POD_NAME or $HOSTNAME"))?;
         let e = wgnet_link::lease::Elector::new(
             client.clone(),
             &ns,
@@ -170,8 +198,8 @@ async fn run(o: cli::Options) -> Result<(), String> {
         },
         cluster_id,
         resync: o.resync,
-        allowed_projects: o.allowed_projects.clone(),
-        sweep_projects: o.allowed_projects.clone(),
+        sweep_projects: o.policy.projects.named().to_vec(),
+        policy: o.policy.clone(),
         sweep_min_age: controller::DEFAULT_SWEEP_MIN_AGE,
     };
     let ctx = Arc::new(Context::new(client, cloud, settings, metrics, pod));
@@ -186,7 +214,7 @@ async fn run(o: cli::Options) -> Result<(), String> {
     if o.leader_elect {
         tracing::info!("waiting to lead");
         tokio::select! {
-            r = lead_rx.wait_for(|l| *l) => { r.map_err(|_| "the leader election stopped")?; }
+            r = lead_rx.wait_for(|l| *l) => { r.map_err(|_| StartError::ElectionStopped)?; }
             () = &mut terminate => { return Ok(()); }
         }
     }

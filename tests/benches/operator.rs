@@ -87,7 +87,9 @@ async fn main() {
         },
         cluster_id: CLUSTER.into(),
         resync,
-        allowed_projects: vec![],
+        policy: wgnet_operator::policy::Policy::new(wgnet_operator::policy::Projects::Only(vec![
+            PROJECT.into(),
+        ])),
         sweep_projects: vec![],
         sweep_min_age: Duration::ZERO,
     };

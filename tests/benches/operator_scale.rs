@@ -14,7 +14,7 @@ use serde_json::json;
 use wgnet_operator::api::Gateway;
 use wgnet_tests::cluster::{OPERATOR_NAMESPACE, OPERATOR_SA, helm_install};
 use wgnet_tests::controlplane::{self, ControlPlane};
-use wgnet_tests::fixtures::TempDir;
+use wgnet_tests::fixtures::{PROJECT, TempDir};
 use wgnet_tests::gcp::{self, GcpEmulator, LatencyProfile};
 
 fn rss_kib(pid: u32, field: &str) -> u64 {
@@ -78,6 +78,8 @@ async fn main() {
         .args([
             "--link-image",
             "wgnet-link:bench",
+            "--allowed-projects",
+            PROJECT,
             "--cluster-id",
             "bench",
             "--resync",

@@ -113,6 +113,7 @@ fn attach(host: &str, bridge: &str, ns: &Netns, ifname: &str, addr: &str) {
 pub fn helm_install(cp: &ControlPlane, extra: &[&str]) -> Result<String, String> {
     let kubeconfig = cp.admin_kubeconfig();
     let chart = crate::chart::dir();
+    let allowed = format!("gcp.allowedProjects={{{}}}", crate::fixtures::PROJECT);
     let mut args: Vec<String> = [
         "install",
         RELEASE,
@@ -124,6 +125,8 @@ pub fn helm_install(cp: &ControlPlane, extra: &[&str]) -> Result<String, String>
         &kubeconfig.display().to_string(),
         "--set",
         "dns.enabled=true",
+        "--set",
+        &allowed,
     ]
     .iter()
     .map(|s| (*s).to_owned())

@@ -135,7 +135,8 @@ fn access(verb: &str, group: &str, resource: &str, ns: Option<&str>) -> Access {
 
 #[test]
 fn lint_is_strict_clean_with_defaults_and_with_every_option() {
-    chart::lint(&[]).unwrap_or_else(|e| panic!("helm lint: {e}"));
+    chart::lint(&["gcp.allowedProjects={my-project-1}"])
+        .unwrap_or_else(|e| panic!("helm lint: {e}"));
     chart::lint(&[
         "replicaCount=2",
         "gcp.credentials.existingSecret=gcp-key",
@@ -150,7 +151,8 @@ fn lint_is_strict_clean_with_defaults_and_with_every_option() {
 
 #[test]
 fn defaults_render_a_restricted_single_replica_operator_with_ambient_credentials() {
-    let docs = chart::render("wgnet", NS, &[]).expect("render");
+    // The one value without a default: which projects tenants may spend.
+    let docs = chart::render("wgnet", NS, &["gcp.allowedProjects={my-project-1}"]).expect("render");
     assert_eq!(
         kinds(&docs),
         vec![
@@ -201,7 +203,17 @@ fn defaults_render_a_restricted_single_replica_operator_with_ambient_credentials
         "the chart logs json by default: {a:?}"
     );
     assert!(!a.contains(&"--no-privileged-init".to_owned()));
-    assert!(!a.iter().any(|x| x.starts_with("--allowed-projects")));
+    // The admin policy's defaults reach the operator (issue 19, item 3).
+    for want in [
+        "--allowed-projects=my-project-1",
+        "--allowed-machine-types=e2-micro,e2-small,e2-medium",
+        "--allowed-images=projects/debian-cloud/global/images/family/debian-12",
+        "--max-disk-size-gb=20",
+        "--max-gateways-per-namespace=5",
+    ] {
+        assert!(a.contains(&want.to_owned()), "missing {want} in {a:?}");
+    }
+    assert!(!a.iter().any(|x| x.starts_with("--allowed-dns-suffixes")));
     assert!(c.volume_mounts.is_none());
     let sa: ServiceAccount = chart::one(&docs, "ServiceAccount").expect("ServiceAccount");
     let sa_name = sa.metadata.name.clone().expect("name");
@@ -269,6 +281,10 @@ fn every_option_renders_as_documented() {
             "metrics.serviceMonitor.enabled=true",
             "logFormat=json",
             "serviceAccount.annotations.iam\\.gke\\.io/gcp-service-account=op@p.iam.gserviceaccount.com",
+            "policy.machineTypes={e2-*}",
+            "policy.maxDiskSizeGB=30",
+            "policy.maxGatewaysPerNamespace=0",
+            "policy.dnsSuffixes.apps={apps.example.com,b.example}",
         ],
     )
     .expect("render");
@@ -286,6 +302,10 @@ fn every_option_renders_as_documented() {
         "--link-image=ghcr.io/wgnet-dev/wgnet-link:v9",
         "--log-format=json",
         "--leader-elect",
+        "--allowed-machine-types=e2-*",
+        "--max-disk-size-gb=30",
+        "--max-gateways-per-namespace=0",
+        "--allowed-dns-suffixes=apps=apps.example.com,apps=b.example",
     ] {
         assert!(a.contains(&want.to_owned()), "missing {want} in {a:?}");
     }
@@ -332,6 +352,8 @@ fn the_schema_rejects_bad_values_with_a_clear_message() {
         ("replicaCount=0", "replicaCount"),
         ("gcp.allowedProjects={Not_A_Project}", "allowedProjects"),
         ("resyncSeconds=5", "resyncSeconds"),
+        ("policy.maxDiskSizeGB=5", "maxDiskSizeGB"),
+        ("policy.machineTypes={}", "machineTypes"),
         ("link.image.pullPolicy=Sometimes", "pullPolicy"),
         ("gcp.endpoints.compute=ftp://x", "compute"),
         ("unknownValue=1", "unknownValue"),
@@ -341,7 +363,13 @@ fn the_schema_rejects_bad_values_with_a_clear_message() {
             Err(e) => assert!(e.contains(names), "{set}: {e}"),
         }
     }
-    let e =
-        chart::render("wgnet", NS, &["serviceAccount.create=false"]).expect_err("a name is needed");
+    let e = chart::render("wgnet", NS, &[]).expect_err("projects are required");
+    assert!(e.contains("gcp.allowedProjects is required"), "{e}");
+    let e = chart::render(
+        "wgnet",
+        NS,
+        &["serviceAccount.create=false", "gcp.allowedProjects={*}"],
+    )
+    .expect_err("a name is needed");
     assert!(e.contains("serviceAccount.name is required"), "{e}");
 }

@@ -59,6 +59,8 @@ impl Operator {
                 "--leader-elect",
                 "--link-image",
                 "ghcr.io/wgnet-dev/wgnet-link:test",
+                "--allowed-projects",
+                PROJECT,
                 "--cluster-id",
                 CLUSTER,
                 "--install",
@@ -377,6 +379,8 @@ async fn without_the_crds_the_binary_exits_with_an_install_hint() {
         .args([
             "--link-image",
             "ghcr.io/wgnet-dev/wgnet-link:test",
+            "--allowed-projects",
+            PROJECT,
             "--cluster-id",
             CLUSTER,
             "--metrics-addr",

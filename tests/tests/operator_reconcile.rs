@@ -18,6 +18,7 @@ use wgnet_operator::api::{Gateway, conditions};
 use wgnet_operator::children::LinkImage;
 use wgnet_operator::controller::{self, Context, Settings};
 use wgnet_operator::metrics::Metrics;
+use wgnet_operator::policy::{Policy, Projects};
 use wgnet_tests::cluster::{OPERATOR_NAMESPACE, OPERATOR_SA, helm_install};
 use wgnet_tests::controlplane::{self, ControlPlane};
 use wgnet_tests::fixtures::{self, CLUSTER, INSTALL, PROJECT, TempDir};
@@ -39,7 +40,12 @@ impl Drop for Env {
     }
 }
 
+/// The environment with the default policy over the test project.
 async fn env() -> Env {
+    env_with(Policy::new(Projects::Only(vec![PROJECT.into()]))).await
+}
+
+async fn env_with(policy: Policy) -> Env {
     let mut cp = ControlPlane::start(controlplane::Options {
         bind: std::net::Ipv4Addr::LOCALHOST,
         controllers: false,
@@ -68,7 +74,7 @@ async fn env() -> Env {
         },
         cluster_id: CLUSTER.into(),
         resync: Duration::from_secs(5),
-        allowed_projects: vec![],
+        policy,
         sweep_projects: vec![PROJECT.into()],
         sweep_min_age: Duration::ZERO,
     };
@@ -408,4 +414,94 @@ async fn the_sweep_deletes_orphans_and_never_a_recreated_gateways_resources() {
             "edge's {kind} is gone"
         );
     }
+}
+
+/// Issue 19, item 3: the admin policy refuses, before anything is created, a machine type
+/// outside the allowed ones, a DNS name outside the namespace's suffixes and a Gateway
+/// beyond the namespace's limit; the refusal names the rule. Deleting the older Gateway
+/// lets the newest in without an edit. Before, every one of them was provisioned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_policy_refuses_spending_and_names_before_anything_is_created() {
+    let mut policy = Policy::new(Projects::Only(vec![PROJECT.into()]));
+    policy.max_gateways_per_namespace = 1;
+    policy
+        .dns_suffixes
+        .insert("apps".into(), vec!["apps.example.test".into()]);
+    let e = env_with(policy).await;
+    apps_with_web(&e).await;
+    let gws: Api<Gateway> = Api::namespaced(e.client.clone(), "apps");
+    let create = |g: Gateway| {
+        let gws = gws.clone();
+        async move {
+            gws.create(&PostParams::default(), &g)
+                .await
+                .expect("create")
+        }
+    };
+    create(gateway("a-first")).await;
+    provisioned(&gws, "a-first").await;
+
+    let mut big = gateway("big");
+    big.spec.gcp.machine_type = "n2-standard-64".into();
+    create(big).await;
+    let mut named = gateway("named");
+    named.spec.dns_hostnames = vec!["www.bank.example".into()];
+    create(named).await;
+    create(gateway("z-extra")).await;
+
+    let refused = |name: &'static str| {
+        let gws = gws.clone();
+        async move {
+            until(Duration::from_secs(60), || async {
+                let g = gws.get_opt(name).await.ok().flatten()?;
+                let c = g
+                    .status?
+                    .conditions
+                    .into_iter()
+                    .find(|c| c.type_ == conditions::READY && c.reason == "PolicyRefused")?;
+                Some(c.message)
+            })
+            .await
+            .unwrap_or_else(|| panic!("{name} was not refused by the policy"))
+        }
+    };
+    let m = refused("big").await;
+    assert!(
+        m.contains("spec.gcp.machineType") && m.contains("--allowed-machine-types"),
+        "{m}"
+    );
+    let m = refused("named").await;
+    assert!(
+        m.contains("spec.dnsHostnames") && m.contains("www.bank.example"),
+        "{m}"
+    );
+    let m = refused("z-extra").await;
+    assert!(m.contains("--max-gateways-per-namespace"), "{m}");
+
+    // Nothing of the refused ones exists: one VM, one address, one key Secret.
+    let inv = e.emu.inventory();
+    let count = |kind: &str| inv.iter().filter(|i| i.kind == kind).count();
+    assert_eq!(
+        (count("instance"), count("address"), count("secret")),
+        (1, 1, 1),
+        "{}",
+        inventory_of(&e.emu)
+    );
+    let secrets = Api::<Secret>::namespaced(e.client.clone(), "apps")
+        .list(&Default::default())
+        .await
+        .expect("secrets");
+    let names: Vec<String> = secrets.items.iter().map(|s| s.name_any()).collect();
+    assert!(
+        names.iter().all(|n| n.starts_with("a-first")),
+        "only the admitted Gateway has a key Secret: {names:?}"
+    );
+
+    // The older Gateway goes: the newest is admitted without an edit of its own.
+    for name in ["a-first", "big", "named"] {
+        gws.delete(name, &DeleteParams::default())
+            .await
+            .expect("delete");
+    }
+    provisioned(&gws, "z-extra").await;
 }

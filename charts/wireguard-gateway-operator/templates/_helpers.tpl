@@ -37,3 +37,14 @@ app.kubernetes.io/component: operator
 {{- define "wgnet.linkImage" -}}
 {{- printf "%s:%s" .Values.link.image.repository (default .Chart.AppVersion .Values.link.image.tag) -}}
 {{- end -}}
+
+{{/* policy.dnsSuffixes as --allowed-dns-suffixes: NAMESPACE=SUFFIX,... */}}
+{{- define "wgnet.dnsSuffixes" -}}
+{{- $out := list -}}
+{{- range $ns, $suffixes := . -}}
+{{- range $suffixes -}}
+{{- $out = append $out (printf "%s=%s" $ns .) -}}
+{{- end -}}
+{{- end -}}
+{{- join "," $out -}}
+{{- end -}}

@@ -48,6 +48,10 @@ pub mod reasons {
     /// A field the schema bounds holds a value the operator cannot use (an object
     /// admitted under an older CRD, or one it cannot read at all).
     pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// The operator's admin policy refuses a field of the spec (machine type, image, disk
+    /// size, a DNS name) or the namespace's Gateway count; the message names the rule.
+    /// Nothing is created.
+    pub const POLICY_REFUSED: &str = "PolicyRefused";
     /// An EgressGateway's `configSecretRef` names a Secret that does not exist.
     pub const CONFIG_SECRET_NOT_FOUND: &str = "ConfigSecretNotFound";
     /// An EgressGateway's Secret lacks the key `configSecretRef.key` names.
@@ -70,6 +74,7 @@ pub mod reasons {
         LINK_PODS_REJECTED,
         NAME_COLLISION,
         PROJECT_NOT_ALLOWED,
+        POLICY_REFUSED,
         INVALID_SPEC,
         CONFIG_SECRET_NOT_FOUND,
         CONFIG_KEY_NOT_FOUND,

@@ -8,6 +8,7 @@ use wgnet_cloud::CloudError;
 
 use crate::api::conditions::reasons;
 use crate::keys::KeysError;
+use crate::policy::Refusal;
 
 /// A Kubernetes API call that failed, named by what it was for.
 #[derive(Debug, thiserror::Error)]
@@ -56,16 +57,10 @@ pub enum ObserveError {
 /// created; only an edit of the object (or of the operator's settings) changes the answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ValidateError {
-    /// `spec.gcp.projectID` is outside `--allowed-projects`.
-    #[error(
-        "project {project:?} is not in this operator's allowed projects ({allowed}); nothing was created"
-    )]
-    ProjectNotAllowed {
-        /// The project asked for.
-        project: String,
-        /// The allowed projects, comma separated.
-        allowed: String,
-    },
+    /// The admin policy refuses the Gateway (a project, machine type, image, disk size,
+    /// the namespace's Gateway count or a DNS name).
+    #[error(transparent)]
+    Policy(#[from] crate::policy::Refusal),
     /// A `spec.wireguard` field the schema should have refused (an object admitted under
     /// an older CRD).
     #[error("spec.wireguard.{0} is not valid")]
@@ -182,7 +177,10 @@ impl Error {
     /// name of its own.
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::Validate(ValidateError::ProjectNotAllowed { .. }) => reasons::PROJECT_NOT_ALLOWED,
+            Self::Validate(ValidateError::Policy(Refusal::Project { .. })) => {
+                reasons::PROJECT_NOT_ALLOWED
+            }
+            Self::Validate(ValidateError::Policy(_)) => reasons::POLICY_REFUSED,
             Self::Validate(ValidateError::Wireguard(_)) => reasons::INVALID_SPEC,
             Self::Children(ChildrenError::NameCollision { .. }) => reasons::NAME_COLLISION,
             Self::Teardown(_) | Self::Deleting { .. } => reasons::TERMINATING,
@@ -194,7 +192,16 @@ impl Error {
     /// retryable even when GCP's request cannot succeed as it stands (a denied permission):
     /// a human fixes those outside the cluster, so they are looked at again, slowly.
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, Self::Validate(_))
+        // The namespace's Gateway count changes without an edit of this one (an older
+        // Gateway is deleted), so that refusal is looked at again.
+        !matches!(self, Self::Validate(_)) || self.over_count()
+    }
+
+    fn over_count(&self) -> bool {
+        matches!(
+            self,
+            Self::Validate(ValidateError::Policy(Refusal::Count { .. }))
+        )
     }
 
     /// The longest wait before the next pass: GCP's retry policy for GCP errors, a short
@@ -204,6 +211,8 @@ impl Error {
             _ if !self.is_retryable() => None,
             Self::Deleting { after, .. } => Some(*after),
             Self::Cloud(e) | Self::Teardown(e) => Some(e.retry_after()),
+            // Another Gateway's deletion is not watched from this one: looked at slowly.
+            _ if self.over_count() => Some(Duration::from_secs(300)),
             // Someone must rename or delete the other object, which is not watched.
             Self::Children(ChildrenError::NameCollision { .. }) => Some(Duration::from_secs(300)),
             _ => Some(FIRST_RETRY),
@@ -276,10 +285,10 @@ mod tests {
 
     #[test]
     fn validation_waits_for_an_edit_and_collisions_have_their_own_reason() {
-        let e = Error::from(ValidateError::ProjectNotAllowed {
+        let e = Error::from(ValidateError::Policy(Refusal::Project {
             project: "other".into(),
             allowed: "p1, p2".into(),
-        });
+        }));
         assert!(!e.is_retryable());
         assert_eq!(e.retry_after(), None);
         assert_eq!(e.reason(), "ProjectNotAllowed");

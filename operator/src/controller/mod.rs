@@ -9,7 +9,7 @@ pub mod egress;
 pub mod error;
 pub mod gateway;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -39,8 +39,8 @@ pub struct Settings {
     pub cluster_id: String,
     /// How often every object is reconciled even without changes (drift repair).
     pub resync: Duration,
-    /// Projects Gateways may use; empty allows any the credentials reach.
-    pub allowed_projects: Vec<String>,
+    /// What Gateways may ask for.
+    pub policy: crate::policy::Policy,
     /// Projects the orphan sweep looks at besides those of live Gateways.
     pub sweep_projects: Vec<String>,
     /// Resources younger than this are never swept (their Gateway may be being created).

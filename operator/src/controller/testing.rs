@@ -8,6 +8,7 @@ use wgnet_cloud::CloudError;
 use super::Settings;
 use crate::api::Gateway;
 use crate::children::LinkImage;
+use crate::policy::{Policy, Projects};
 
 /// Gateway `apps/edge` (uid `u1`, generation 3) forwarding 8080 to Service `web` port 80,
 /// with `wireguard` as its `spec.wireguard`.
@@ -38,13 +39,18 @@ pub fn link_image() -> LinkImage {
     }
 }
 
-/// Settings with `allowed` projects (empty: any).
+/// Settings with the default policy and `allowed` projects (empty: any).
 pub fn settings(allowed: &[&str]) -> Settings {
+    let projects = if allowed.is_empty() {
+        Projects::Any
+    } else {
+        Projects::Only(allowed.iter().map(|s| (*s).to_owned()).collect())
+    };
     Settings {
         link: link_image(),
         cluster_id: "c1".into(),
         resync: Duration::from_secs(300),
-        allowed_projects: allowed.iter().map(|s| (*s).to_owned()).collect(),
+        policy: Policy::new(projects),
         sweep_projects: vec![],
         sweep_min_age: Duration::ZERO,
     }

@@ -133,6 +133,9 @@ async fn demo(c: &Cluster, kubeconfig: &std::path::Path, keep: bool) -> Result<(
             .args([
                 "--link-image",
                 "wgnet-link:sandbox",
+                // The emulator's two projects; examples/demo/ uses wgnet-sandbox.
+                "--allowed-projects",
+                "wgnet-sandbox,wgnet-test",
                 "--cluster-id",
                 "sandbox",
                 "--resync",

@@ -39,7 +39,9 @@ pub async fn operator_with(c: &Cluster, resync: Duration) -> Operator {
         },
         cluster_id: CLUSTER.into(),
         resync,
-        allowed_projects: vec![],
+        policy: wgnet_operator::policy::Policy::new(wgnet_operator::policy::Projects::Only(vec![
+            PROJECT.into(),
+        ])),
         sweep_projects: vec![PROJECT.into()],
         sweep_min_age: Duration::ZERO,
     };

@@ -302,7 +302,8 @@ pub fn target_of(gw: &Gateway, cluster: &str) -> Target {
 async fn reconcile_gateway<C: Cloud>(gw: &Gateway, ctx: &Context<C>) -> Result<Action, Error> {
     let key = format!("{}/{}", gw.namespace().unwrap_or_default(), gw.name_any());
     // I/O: the Services, Namespaces and key Secret the spec names.
-    let observed = observe::inputs(&ctx.client, gw).await?;
+    let count = ctx.settings.policy.max_gateways_per_namespace > 0;
+    let observed = observe::inputs(&ctx.client, gw, count).await?;
     // Pure.
     let valid = validate::validate(gw, &ctx.settings, &observed)?;
     // I/O: the key Secret (created once).

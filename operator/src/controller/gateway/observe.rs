@@ -22,10 +22,18 @@ pub struct Inputs {
     pub forwards: Observed,
     /// The Gateway's key Secret, if it exists.
     pub key_secret: Option<Secret>,
+    /// How many live Gateways of the namespace are older (counted only when the policy
+    /// limits them; 0 otherwise).
+    pub rank: usize,
 }
 
-/// Reads the Namespaces and Services the forwards name, and the key Secret.
-pub async fn inputs(client: &kube::Client, gw: &Gateway) -> Result<Inputs, ObserveError> {
+/// Reads the Namespaces and Services the forwards name, and the key Secret; with
+/// `count_gateways`, the namespace's Gateways (their metadata only) to rank this one.
+pub async fn inputs(
+    client: &kube::Client,
+    gw: &Gateway,
+    count_gateways: bool,
+) -> Result<Inputs, ObserveError> {
     let gw_ns = gw.namespace().unwrap_or_default();
     let mut seen = Observed::default();
     let mut namespaces = BTreeSet::new();
@@ -61,10 +69,39 @@ pub async fn inputs(client: &kube::Client, gw: &Gateway) -> Result<Inputs, Obser
         .get_opt(&key_secret_name(&gw.name_any()))
         .await
         .map_err(KubeCall::new("read key Secret"))?;
+    let rank = if count_gateways {
+        let all = Api::<Gateway>::namespaced(client.clone(), &gw_ns)
+            .list_metadata(&kube::api::ListParams::default())
+            .await
+            .map_err(KubeCall::new("list Gateways"))?;
+        rank_of(gw, all.items.iter().map(|g| &g.metadata))
+    } else {
+        0
+    };
     Ok(Inputs {
         forwards: seen,
         key_secret,
+        rank,
     })
+}
+
+/// How many of `peers` (the namespace's Gateways) are older than `gw` and not being
+/// deleted: by creation time, then name, so every pass and replica ranks alike.
+fn rank_of<'a>(
+    gw: &Gateway,
+    peers: impl Iterator<Item = &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>,
+) -> usize {
+    let key = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        (
+            m.creation_timestamp.as_ref().map(|t| t.0),
+            m.name.clone().unwrap_or_default(),
+        )
+    };
+    let mine = key(&gw.metadata);
+    peers
+        .filter(|m| m.deletion_timestamp.is_none() && m.uid != gw.metadata.uid)
+        .filter(|m| key(m) < mine)
+        .count()
 }
 
 /// What the cluster says of the link: its Lease's holder, that holder's pod, and the

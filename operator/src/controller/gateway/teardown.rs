@@ -65,8 +65,7 @@ pub async fn teardown<C: Cloud>(gw: &Gateway, ctx: &Context<C>) -> Result<Action
         .await;
     }
     // A project this operator may not use was never touched: nothing to delete.
-    let allowed = &ctx.settings.allowed_projects;
-    if recorded.is_empty() && !allowed.is_empty() && !allowed.contains(project) {
+    if recorded.is_empty() && !ctx.settings.policy.projects.allows(project) {
         return release(
             gw,
             ctx,

@@ -51,13 +51,7 @@ pub fn validate(
     settings: &Settings,
     observed: &Inputs,
 ) -> Result<ValidatedGateway, ValidateError> {
-    let allowed = &settings.allowed_projects;
-    if !allowed.is_empty() && !allowed.contains(&gw.spec.gcp.project_id) {
-        return Err(ValidateError::ProjectNotAllowed {
-            project: gw.spec.gcp.project_id.clone(),
-            allowed: allowed.join(", "),
-        });
-    }
+    settings.policy.check(gw, observed.rank)?;
     let ns = gw.metadata.namespace.as_deref().unwrap_or_default();
     Ok(ValidatedGateway {
         classified: forwards::classify(ns, &gw.spec.forwards, &observed.forwards),
@@ -128,7 +122,10 @@ mod tests {
             &Inputs::default(),
         )
         .expect_err("refused");
-        assert!(matches!(e, ValidateError::ProjectNotAllowed { .. }));
+        assert!(matches!(
+            e,
+            ValidateError::Policy(crate::policy::Refusal::Project { .. })
+        ));
         assert_eq!(
             e.to_string(),
             "project \"p\" is not in this operator's allowed projects (a, b); nothing was created"
