@@ -5,7 +5,7 @@ CARGO ?= cargo
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 
-.PHONY: help deps k8s-bins build release images demo sandbox e2e-kind fmt fmt-check lint test bench generate check-generated ci
+.PHONY: help deps k8s-bins build release images demo sandbox e2e-kind fmt fmt-check lint test bench fuzz generate check-generated ci
 
 OPERATOR_IMAGE ?= ghcr.io/wgnet-dev/wgnet-operator:0.1.0
 LINK_IMAGE ?= ghcr.io/wgnet-dev/wgnet-link:0.1.0
@@ -81,6 +81,17 @@ bench: k8s-bins
 	$(CARGO) bench --locked -p wgnet-tests --bench operator
 	$(CARGO) build --locked --release -p wgnet-operator --bin wgnet-operator
 	$(CARGO) bench --locked -p wgnet-tests --bench operator_scale
+
+# FUZZ_SECONDS=N per target (default 600); FUZZ_TARGETS to pick some.
+# Fuzz the parsers of tenant input (nightly Rust; corpus in fuzz/corpus/). Not part of test.
+FUZZ_SECONDS ?= 600
+FUZZ_TARGETS ?= wgquick link_config forwards
+fuzz:
+	@rustup toolchain list | grep -q '^nightly' || { echo "make fuzz: needs the nightly toolchain (rustup toolchain install nightly)" >&2; exit 1; }
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install --locked cargo-fuzz
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+	  cargo +nightly fuzz run $$t corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 || exit 1; \
+	done
 
 # Regenerate crds/ from the API types.
 generate: deps

@@ -113,6 +113,7 @@ async fn main() {
         cluster: "bench".into(),
         network: "wgnet".into(),
         observer: None,
+        verify_every: wgnet_cloud::gcp::DEFAULT_VERIFY_EVERY,
     })
     .await
     .unwrap();

@@ -197,6 +197,68 @@ async fn drift_is_repaired_with_the_same_address() {
     assert!(e.emu.inventory().is_empty());
 }
 
+/// Issue 19, item 13: a deleted service account, secret, IAM grant or network is recreated
+/// on the next pass that reads them back (every pass here; the operator's are every resync).
+/// Before, a status that recorded them as done was trusted forever.
+#[tokio::test]
+async fn drift_of_the_account_secret_grant_and_network_is_repaired() {
+    const ROLE: &str = "roles/secretmanager.secretAccessor";
+    let mut e = env(LatencyProfile::instant()).await;
+    e.cloud.set_verify_every(Duration::ZERO);
+    let d = desired("drift2", "uid-drift2", &[(443, Protocol::Tcp)]);
+    let (mut rec, _, _) = converge(&e.cloud, &d, Recorded::default(), 20).await;
+    let name = d.target.id.resource_name();
+    let email = format!("{name}@{PROJECT}.iam.gserviceaccount.com");
+    let member = format!("serviceAccount:{email}");
+    let exists = |kind: &str, scope: &str, n: &str| e.emu.get(kind, PROJECT, scope, n).is_some();
+
+    // Someone removed the grant: the VM could no longer read its key.
+    assert!(e.emu.clear_secret_bindings(PROJECT, &name));
+    (rec, _, _) = converge(&e.cloud, &d, rec, 10).await;
+    assert_eq!(
+        e.emu.secret_members(PROJECT, &name, ROLE),
+        vec![member.clone()]
+    );
+
+    // The account was deleted: recreated, and granted again (a new account of the same
+    // email does not inherit the old one's grants).
+    assert!(
+        e.emu
+            .remove_resource("serviceAccount", PROJECT, "global", &email)
+    );
+    (rec, _, _) = converge(&e.cloud, &d, rec, 10).await;
+    assert!(exists("serviceAccount", "global", &email));
+    assert!(
+        e.emu.secret_members(PROJECT, &name, ROLE).contains(&member),
+        "{:?}",
+        e.emu.secret_members(PROJECT, &name, ROLE)
+    );
+
+    // The secret was deleted: recreated with the key, and granted again.
+    assert!(e.emu.remove_resource("secret", PROJECT, "global", &name));
+    (rec, _, _) = converge(&e.cloud, &d, rec, 10).await;
+    assert!(exists("secret", "global", &name));
+    assert_eq!(
+        e.emu.secret_members(PROJECT, &name, ROLE),
+        vec![member.clone()]
+    );
+
+    // A cleanup script deleted the VM, its firewall rules and the network: all come back.
+    assert!(
+        e.emu
+            .remove_resource("instance", PROJECT, "us-central1-a", &name)
+    );
+    for fw in [name.clone(), format!("{name}-wg")] {
+        e.emu.remove_resource("firewall", PROJECT, "global", &fw);
+    }
+    assert!(e.emu.remove_resource("network", PROJECT, "global", "wgnet"));
+    (rec, _, _) = converge(&e.cloud, &d, rec, 20).await;
+    assert!(exists("network", "global", "wgnet"));
+    assert!(exists("instance", "us-central1-a", &name));
+    teardown(&e.cloud, &d.target, rec, 20).await;
+    assert!(e.emu.inventory().is_empty(), "{:?}", e.emu.inventory());
+}
+
 #[tokio::test]
 async fn lost_answers_on_every_write_converge_without_duplicates() {
     let e = env(LatencyProfile::instant()).await;

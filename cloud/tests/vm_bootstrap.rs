@@ -541,15 +541,20 @@ async fn the_boot_apply_and_the_watcher_never_apply_at_once() {
     let lock = state.join("apply.lock");
     let release = gw.dir.0.join("release");
     gw.vm.sh(&format!("mkfifo '{}'", release.display()));
-    // The other holder: keeps the lock until the test writes to the FIFO.
+    // The other holder: keeps the lock until the test writes to the FIFO. It says when it
+    // has the lock: the watcher's own first apply may hold it for a moment, and a check that
+    // only sees "held" could not tell the two apart.
+    let marker = gw.dir.0.join("holder-has-lock");
     let mut holder = gw.vm.spawn(
-        &format!("flock '{}' cat '{}'", lock.display(), release.display()),
+        &format!(
+            "flock '{}' sh -c \"touch '{}'; cat '{}'\"",
+            lock.display(),
+            marker.display(),
+            release.display()
+        ),
         &[],
     );
-    let held = wait_for(Duration::from_secs(10), || {
-        let (free, _, _) = gw.vm.try_sh(&format!("flock -n '{}' true", lock.display()));
-        (!free).then_some(())
-    });
+    let held = wait_for(Duration::from_secs(10), || marker.exists().then_some(()));
     assert!(held.is_some(), "the holder never took the lock");
     gw.cfg.mtu = 1300;
     gw.update().await;

@@ -86,6 +86,20 @@ impl std::fmt::Debug for SecretKey {
     }
 }
 
+/// Whether `message` repeats 16 or more consecutive bytes of `secret`: the check the
+/// tests and fuzz targets apply to every error a parser of secret material returns. A
+/// base64 key is 44 bytes; a setting name a parser may quote is at most 24 letters, so runs
+/// of letters only (and of whitespace) are not counted.
+pub fn echoes_secret(message: &str, secret: &[u8]) -> bool {
+    const RUN: usize = 16;
+    let m = message.as_bytes();
+    secret.windows(RUN).any(|w| {
+        !w.iter().all(u8::is_ascii_alphabetic)
+            && !w.iter().all(u8::is_ascii_whitespace)
+            && m.windows(RUN).any(|x| x == w)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,6 +107,18 @@ mod tests {
     // RFC 7748 section 6.1 test vector (Alice).
     const ALICE_PRIV: &str = "dwdtCnMYpX08FsFyUbJmRd9ML4frwJkqsXf7pR25LCo=";
     const ALICE_PUB: &str = "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=";
+
+    #[test]
+    fn an_echo_is_16_bytes_of_the_secret_but_not_a_quoted_setting_name() {
+        let file = format!("PrivateKey: {ALICE_PRIV}\nPersistentKeepaliveX = 1\n");
+        let leak = format!("line 1: unknown setting {}", &ALICE_PRIV[..20]);
+        assert!(echoes_secret(&leak, file.as_bytes()));
+        assert!(!echoes_secret(
+            "line 2: unknown setting \"PersistentKeepaliveX\"",
+            file.as_bytes()
+        ));
+        assert!(!echoes_secret("line 1: a fixed reason", file.as_bytes()));
+    }
 
     #[test]
     fn derives_the_public_key() {

@@ -143,6 +143,8 @@ async fn run(o: cli::Options) -> Result<(), StartError> {
         cluster: cluster_id.clone(),
         network: o.network.clone(),
         observer: Some(Arc::new(move |c| observer_metrics.gcp_call(c))),
+        // Each resync pass reads the steady resources back and repairs drift.
+        verify_every: o.resync,
     })
     .await
     .map_err(StartError::Gcp)?;

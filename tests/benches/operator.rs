@@ -75,6 +75,7 @@ async fn main() {
         cluster: CLUSTER.into(),
         network: "wgnet".into(),
         observer: Some(Arc::new(move |r| m2.gcp_call(r))),
+        verify_every: wgnet_cloud::gcp::DEFAULT_VERIFY_EVERY,
     })
     .await
     .expect("cloud");

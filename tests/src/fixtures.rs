@@ -103,6 +103,8 @@ pub async fn cloud_for(emu: &GcpEmulator, key: PathBuf, install: &str, network: 
         cluster: CLUSTER.into(),
         network: network.into(),
         observer: None,
+        // As the operator runs; drift tests read back on every pass (set_verify_every).
+        verify_every: wgnet_cloud::gcp::DEFAULT_VERIFY_EVERY,
     })
     .await
     .expect("cloud client")

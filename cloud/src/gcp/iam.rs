@@ -23,7 +23,10 @@ impl GcpCloud {
     /// Ready with the account's email.
     pub(super) async fn ensure_service_account(&self, p: &Pass<'_>) -> Step<String> {
         let email = email(&p.name, p.project());
-        if p.rec.service_account_email.as_deref() == Some(email.as_str()) && p.rec.iam_bound {
+        if !p.verify
+            && p.rec.service_account_email.as_deref() == Some(email.as_str())
+            && p.rec.iam_bound
+        {
             return Step::Ready(email);
         }
         let t = &p.d.target;
@@ -84,7 +87,7 @@ impl GcpCloud {
     /// Grants the account read access to the secret: read-modify-write with the etag; a
     /// concurrent change (409 ABORTED) re-reads.
     pub(super) async fn ensure_binding(&self, p: &Pass<'_>, email: &str, id: &str) -> Step<()> {
-        if p.rec.iam_bound && p.rec.service_account_email.as_deref() == Some(email) {
+        if !p.verify && p.rec.iam_bound && p.rec.service_account_email.as_deref() == Some(email) {
             return Step::Ready(());
         }
         let path = secret::path(p.project(), id);

@@ -32,8 +32,10 @@ mod secret;
 mod sweep;
 pub mod wire;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use futures_util::future::{join3, join4};
 use reqwest::Method;
@@ -66,7 +68,16 @@ pub struct GcpConfig {
     pub network: String,
     /// Receives every HTTP call, for metrics.
     pub observer: Option<CallObserver>,
+    /// How often a gateway's steady resources (network, service account, secret, IAM
+    /// binding) are read back to repair what was deleted or changed out of band. Between
+    /// those passes, what the status records as done is trusted, saving their reads; the
+    /// VM and firewall are read on every pass. Zero: every pass reads everything.
+    pub verify_every: Duration,
 }
+
+/// [`GcpConfig::verify_every`] for an operator that sets none: the operator's own default
+/// resync, so each resync pass repairs drift.
+pub const DEFAULT_VERIFY_EVERY: Duration = Duration::from_secs(300);
 
 impl std::fmt::Debug for GcpConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -86,6 +97,10 @@ pub struct GcpCloud {
     install: String,
     cluster: String,
     network: String,
+    verify_every: Duration,
+    /// When each gateway (by uid) last had a pass that read every resource back and found
+    /// it whole. In memory: a restarted operator verifies everything on its first pass.
+    verified: Mutex<HashMap<String, Instant>>,
 }
 
 /// Outcome of one resource's step in a pass.
@@ -146,6 +161,8 @@ struct Pass<'a> {
     salt: String,
     /// Requests issued this pass, so two of one kind get different ids.
     issued: AtomicU64,
+    /// Read back what the record says is done (see [`GcpConfig::verify_every`]).
+    verify: bool,
 }
 
 impl Pass<'_> {
@@ -262,7 +279,33 @@ impl GcpCloud {
             install: config.install,
             cluster: config.cluster,
             network: config.network,
+            verify_every: config.verify_every,
+            verified: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Changes [`GcpConfig::verify_every`].
+    pub fn set_verify_every(&mut self, every: Duration) {
+        self.verify_every = every;
+    }
+
+    /// Whether this pass over gateway `uid` reads its steady resources back.
+    fn verify_due(&self, uid: &str) -> bool {
+        let verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+        verified
+            .get(uid)
+            .is_none_or(|at| at.elapsed() >= self.verify_every)
+    }
+
+    /// Records that a pass over `uid` read everything back (`true`), so the record is
+    /// trusted until the next verification is due; or forgets the gateway (`false`).
+    fn note_verified(&self, uid: &str, read_back: bool) {
+        let mut verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+        if read_back {
+            verified.insert(uid.to_owned(), Instant::now());
+        } else {
+            verified.remove(uid);
+        }
     }
 
     /// GETs `path` as a `T`.
@@ -342,6 +385,7 @@ impl Cloud for GcpCloud {
             writes: AtomicUsize::new(0),
             salt: pass_salt(),
             issued: AtomicU64::new(0),
+            verify: self.verify_due(&d.target.id.uid),
         };
         let mut waiting = Vec::new();
         let mut errors = Vec::new();
@@ -454,8 +498,12 @@ impl Cloud for GcpCloud {
             recorded.address = None;
         }
         recorded.pending = pending;
+        let ready = all && errors.is_empty() && vm_status.as_deref() == Some("RUNNING");
+        if p.verify {
+            self.note_verified(&d.target.id.uid, true);
+        }
         Progress {
-            ready: all && errors.is_empty() && vm_status.as_deref() == Some("RUNNING"),
+            ready,
             address,
             vm_status,
             waiting,
@@ -466,6 +514,7 @@ impl Cloud for GcpCloud {
     }
 
     async fn delete(&self, target: &Target, rec: &Recorded) -> DeleteProgress {
+        self.note_verified(&target.id.uid, false);
         let rec = &own_operations(rec, target);
         let name = target.id.resource_name();
         let project = target.project.as_str();

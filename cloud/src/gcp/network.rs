@@ -20,7 +20,8 @@ impl GcpCloud {
         if let Some(s) = self.check_pending(p, ResourceKind::Network, &mut ops).await {
             return (s, ops);
         }
-        let steady = p.rec.network.as_deref() == Some(self.network.as_str())
+        let steady = !p.verify
+            && p.rec.network.as_deref() == Some(self.network.as_str())
             && p.rec.firewall.is_some()
             && p.rec.instance.is_some();
         if steady {

@@ -23,7 +23,8 @@ impl GcpCloud {
     /// Ready with (secret id, version name).
     pub(super) async fn ensure_secret(&self, p: &Pass<'_>) -> Step<(String, String)> {
         let id = p.name.clone();
-        if p.rec.secret.as_deref() == Some(id.as_str())
+        if !p.verify
+            && p.rec.secret.as_deref() == Some(id.as_str())
             && p.rec.key_version == Some(p.d.key_version)
             && let Some(v) = &p.rec.secret_version
         {

@@ -402,6 +402,16 @@ impl GcpEmulator {
         lock(&self.shared.world).remove(kind, project, scope, name)
     }
 
+    /// Empties a secret's IAM policy out of band.
+    pub fn clear_secret_bindings(&self, project: &str, id: &str) -> bool {
+        lock(&self.shared.world).clear_secret_bindings(project, id)
+    }
+
+    /// The members bound to `role` on a secret.
+    pub fn secret_members(&self, project: &str, id: &str, role: &str) -> Vec<String> {
+        lock(&self.shared.world).secret_members(project, id, role)
+    }
+
     /// Sets one metadata entry of an instance out of band.
     pub fn edit_instance_metadata(
         &self,

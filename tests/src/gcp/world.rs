@@ -1216,10 +1216,57 @@ impl World {
                 }
                 None => false,
             },
-            "serviceAccount" => self.service_accounts.remove(&g).is_some(),
+            "serviceAccount" => {
+                // As IAM does: the account's grants stay in policies under a `deleted:`
+                // member, which a new account of the same email does not inherit.
+                let member = format!("serviceAccount:{name}");
+                let gone = format!("deleted:serviceAccount:{name}?uid=1");
+                for ((p, _), s) in self.secrets.iter_mut() {
+                    if p != project {
+                        continue;
+                    }
+                    for b in s.bindings.as_array_mut().into_iter().flatten() {
+                        for m in b["members"].as_array_mut().into_iter().flatten() {
+                            if m == member.as_str() {
+                                *m = Value::String(gone.clone());
+                            }
+                        }
+                    }
+                }
+                self.service_accounts.remove(&g).is_some()
+            }
             "secret" => self.secrets.remove(&g).is_some(),
             _ => false,
         }
+    }
+
+    /// Empties a secret's IAM policy out of band (someone removed the grants).
+    pub fn clear_secret_bindings(&mut self, project: &str, id: &str) -> bool {
+        match self.secrets.get_mut(&(project.to_owned(), id.to_owned())) {
+            Some(s) => {
+                s.bindings = Value::Array(Vec::new());
+                s.policy_version += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The members bound to `role` on a secret (for assertions).
+    pub fn secret_members(&self, project: &str, id: &str, role: &str) -> Vec<String> {
+        self.secrets
+            .get(&(project.to_owned(), id.to_owned()))
+            .map(|s| {
+                s.bindings
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|b| b["role"] == role)
+                    .flat_map(|b| b["members"].as_array().cloned().unwrap_or_default())
+                    .filter_map(|m| m.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Guest attributes under `query_path` (`ns/` or `ns/key`).
