@@ -751,12 +751,16 @@ impl ControlPlane {
         }
     }
 
-    /// Every request the audit log holds so far (completed requests only).
+    /// Every request the audit log holds so far: completed requests, and watches once
+    /// their response has started (a watch completes only when it is closed).
     pub fn audit(&self) -> Vec<Audited> {
         let text = std::fs::read_to_string(self.dir.0.join("audit.log")).unwrap_or_default();
         text.lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|e| e["stage"] == "ResponseComplete")
+            .filter(|e| {
+                e["stage"] == "ResponseComplete"
+                    || (e["stage"] == "ResponseStarted" && e["verb"] == "watch")
+            })
             .map(|e| {
                 let o = &e["objectRef"];
                 let mut resource = format!(

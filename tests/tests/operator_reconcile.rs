@@ -505,3 +505,200 @@ async fn the_admin_policy_refuses_spending_and_names_before_anything_is_created(
     }
     provisioned(&gws, "z-extra").await;
 }
+
+/// Rights the operator holds without sending them itself: Kubernetes refuses to let it grant
+/// the link's Role anything it does not hold (RBAC escalation check), its own election
+/// Lease is written only with --leader-elect (exercised by operator_process's two-replica
+/// test), and an admission plugin checks the finalizers right. Each is `verb group/resource`.
+const HELD_FOR_OTHERS: &[&str] = &[
+    "create coordination.k8s.io/leases",
+    "update coordination.k8s.io/leases",
+    "patch coordination.k8s.io/leases",
+    // Checked by the OwnerReferencesPermissionEnforcement admission plugin, which a cluster
+    // may enable, when a child names its owner with blockOwnerDeletion; never a request.
+    "update wgnet.dev/gateways/finalizers",
+    "update wgnet.dev/egressgateways/finalizers",
+];
+
+/// Issue 19, item 10: the chart's ClusterRole grants exactly what the operator asks of the
+/// API server (as the real API server's audit log records it over a Gateway's and an
+/// EgressGateway's whole life, with DNS, a PDB and their pruning), plus [`HELD_FOR_OTHERS`].
+/// Before, it granted verbs the operator never sends (delete on Secrets, ConfigMaps,
+/// Deployments, ServiceAccounts, Roles; core-group Events).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chart_grants_exactly_what_the_operator_uses() {
+    use wgnet_tests::gcp::{Fault, FaultAction};
+    let mut policy = Policy::new(Projects::Only(vec![PROJECT.into()]));
+    policy.max_gateways_per_namespace = 1;
+    let e = env_with(policy).await;
+    e.cp.install_crd(
+        &wgnet_tests::repo_root().join("testdata/crds/dnsendpoints.externaldns.k8s.io.yaml"),
+    )
+    .await
+    .expect("DNSEndpoint CRD");
+    apps_with_web(&e).await;
+    // A second namespace the Gateway forwards into (its consent label is read).
+    let other: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": "other"}})).expect("ns");
+    Api::<Namespace>::all(e.client.clone())
+        .create(&PostParams::default(), &other)
+        .await
+        .expect("namespace");
+    // A Lease naming a holder, as a running link would: the operator looks for its pod.
+    let lease: k8s_openapi::api::coordination::v1::Lease = serde_json::from_value(json!({
+        "metadata": {"name": "edge-link"},
+        "spec": {"holderIdentity": "edge-link-0", "leaseDurationSeconds": 15}
+    }))
+    .expect("lease");
+    Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(e.client.clone(), "apps")
+        .create(&PostParams::default(), &lease)
+        .await
+        .expect("lease");
+    // The first VM inserts are denied.
+    e.emu.add_fault(Fault {
+        method: Some("POST".into()),
+        path_contains: "/instances".into(),
+        remaining: Some(3),
+        action: FaultAction::Deny("Required 'compute.instances.create' permission".into()),
+    });
+    let gws: Api<Gateway> = Api::namespaced(e.client.clone(), "apps");
+    let mut gw = gateway("edge");
+    gw.spec.dns_hostnames = vec!["edge.example.test".into()];
+    gw.spec.link.replicas = 2;
+    gw.spec.forwards.push(
+        serde_json::from_value(json!({"port": 8081, "service": "web", "namespace": "other"}))
+            .expect("forward"),
+    );
+    gws.create(&PostParams::default(), &gw)
+        .await
+        .expect("create");
+    provisioned(&gws, "edge").await;
+    // A Gateway beyond the namespace's limit is refused on every retry: the same Warning
+    // again is a patch of the Event's series.
+    gws.create(&PostParams::default(), &gateway("z-extra"))
+        .await
+        .expect("create");
+    let user = format!("system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SA}");
+    let repeated = until(Duration::from_secs(60), || async {
+        e.cp.audit()
+            .iter()
+            .any(|r| r.user == user && r.verb == "patch" && r.resource == "events.k8s.io/events")
+            .then_some(())
+    })
+    .await;
+    assert!(repeated.is_some(), "a repeated refusal patches its Event");
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(e.client.clone(), "apps");
+    let pdb = until(Duration::from_secs(60), || async {
+        pdbs.get_opt("edge-link").await.ok().flatten()
+    })
+    .await;
+    assert!(pdb.is_some(), "two replicas get a PDB");
+    // One replica and no DNS names: the PDB and the DNSEndpoint are pruned.
+    gws.patch(
+        "edge",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"dnsHostnames": [], "link": {"replicas": 1}}})),
+    )
+    .await
+    .expect("edit");
+    let pruned = until(Duration::from_secs(60), || async {
+        pdbs.get_opt("edge-link")
+            .await
+            .ok()
+            .and_then(|p| p.is_none().then_some(()))
+    })
+    .await;
+    assert!(pruned.is_some(), "the PDB is pruned");
+
+    // An EgressGateway, Ready as far as the operator goes (no node runs its pod).
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "vpn"},
+        "stringData": {"wg0.conf": format!(
+            "[Interface]\nPrivateKey = {K}\nAddress = 10.8.0.2/32\n[Peer]\nPublicKey = {K}\nEndpoint = 203.0.113.40:51820\nAllowedIPs = 10.0.0.0/24\n",
+            K = "dwdtCnMYpX08FsFyUbJmRd9ML4frwJkqsXf7pR25LCo=")}
+    }))
+    .expect("secret");
+    Api::<Secret>::namespaced(e.client.clone(), "apps")
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("vpn secret");
+    let egw: wgnet_operator::api::EgressGateway = serde_json::from_value(json!({
+        "apiVersion": "wgnet.dev/v1alpha1", "kind": "EgressGateway",
+        "metadata": {"name": "corp", "namespace": "apps"},
+        "spec": {"configSecretRef": {"name": "vpn"},
+                 "forwards": [{"name": "db", "port": 1433, "targetHost": "10.0.0.5", "targetPort": 1433}]}
+    }))
+    .expect("egw");
+    let egws: Api<wgnet_operator::api::EgressGateway> = Api::namespaced(e.client.clone(), "apps");
+    egws.create(&PostParams::default(), &egw)
+        .await
+        .expect("create egw");
+    let svc = until(Duration::from_secs(60), || async {
+        Api::<Service>::namespaced(e.client.clone(), "apps")
+            .get_opt("corp")
+            .await
+            .ok()
+            .flatten()
+    })
+    .await;
+    assert!(svc.is_some(), "the EgressGateway's Service");
+
+    egws.delete("corp", &DeleteParams::default())
+        .await
+        .expect("delete egw");
+    for name in ["edge", "z-extra"] {
+        gws.delete(name, &DeleteParams::default())
+            .await
+            .expect("delete");
+    }
+    let gone = until(Duration::from_secs(60), || async {
+        let left = gws.list(&Default::default()).await.ok()?;
+        left.items.is_empty().then_some(())
+    })
+    .await;
+    assert!(gone.is_some(), "the Gateways are released");
+
+    let mut used = std::collections::BTreeSet::new();
+    let mut denied = std::collections::BTreeSet::new();
+    for r in e.cp.audit().iter().filter(|r| r.user == user) {
+        used.insert(format!("{} {}", r.verb, r.resource));
+        // A server-side apply that creates its object answers 201, and the API server
+        // authorizes it as a create as well as a patch.
+        if r.verb == "patch" && r.code == 201 {
+            used.insert(format!("create {}", r.resource));
+        }
+        if r.code == 403 {
+            denied.insert(format!("{} {} in {:?}", r.verb, r.resource, r.namespace));
+        }
+    }
+    assert!(denied.is_empty(), "the chart's RBAC denies: {denied:#?}");
+    let docs = wgnet_tests::chart::render(
+        "wgnet",
+        OPERATOR_NAMESPACE,
+        &[
+            "dns.enabled=true",
+            &format!("gcp.allowedProjects={{{PROJECT}}}"),
+        ],
+    )
+    .expect("render");
+    let role: k8s_openapi::api::rbac::v1::ClusterRole =
+        wgnet_tests::chart::one(&docs, "ClusterRole").expect("ClusterRole");
+    let mut granted = std::collections::BTreeSet::new();
+    for rule in role.rules.unwrap_or_default() {
+        for g in rule.api_groups.unwrap_or_default() {
+            for r in rule.resources.clone().unwrap_or_default() {
+                for v in &rule.verbs {
+                    granted.insert(format!("{v} {g}/{r}"));
+                }
+            }
+        }
+    }
+    let unused: Vec<&String> = granted
+        .iter()
+        .filter(|g| !used.contains(*g) && !HELD_FOR_OTHERS.contains(&g.as_str()))
+        .collect();
+    assert!(
+        unused.is_empty(),
+        "granted but never used: {unused:#?}\nused: {used:#?}"
+    );
+}

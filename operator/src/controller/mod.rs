@@ -117,10 +117,16 @@ where
         &format!("the {kind} cannot be read: {}", invalid.error),
         invalid.metadata.generation,
     );
-    let patch = serde_json::json!({"status": {"conditions": conds}});
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+    // Read, set, replace: the same `update` on the status subresource as every other
+    // status write, so the chart grants no `patch` there.
+    let call = |e| Error::Status(KubeCall::new("report invalid object")(e));
+    let Some(mut obj) = api.get_opt(name).await.map_err(call)? else {
+        return Ok(Action::await_change());
+    };
+    obj.data["status"]["conditions"] = serde_json::json!(conds);
+    api.replace_status(name, &kube::api::PostParams::default(), &obj)
         .await
-        .map_err(|e| Error::Status(KubeCall::new("report invalid object")(e)))?;
+        .map_err(call)?;
     if kind == "Gateway" {
         ctx.metrics.gateway_state(
             &format!("{ns}/{name}"),
