@@ -1,18 +1,22 @@
 #!/bin/sh
 # Prepares a GCP project for wireguard-gateway-operator: enables the three APIs it calls,
-# creates its service account with the roles below, writes a JSON key and prints the
+# creates its service account with the rights below, writes a JSON key and prints the
 # commands that hand it to the cluster. Needs gcloud, logged in as a project owner.
 #
 #   scripts/gcp-setup.sh PROJECT_ID [SERVICE_ACCOUNT_NAME] [KEY_FILE]
 #
-# Roles, and why each is needed:
-#   roles/compute.instanceAdmin.v1  create, start, stop, delete the gateway VMs; set metadata
-#   roles/compute.networkAdmin      the shared VPC network and the static external addresses
-#   roles/compute.securityAdmin     each gateway's firewall rule
-#   roles/iam.serviceAccountAdmin   one service account per gateway VM (its only identity)
-#   roles/iam.serviceAccountUser    run VMs as those service accounts
-#   roles/secretmanager.admin       each VM's WireGuard key secret, and its access binding
-# Skip the key (workload identity on GKE) with KEY_FILE=-.
+# Rights: two custom roles with exactly the permissions of the calls the operator makes
+# (cloud/tests/gcp.rs derives them from those calls and fails when they differ):
+#   scripts/gcp-operator-role.yaml          bound on the project: gateway VMs, the network,
+#                                           firewall rules, addresses, service accounts, and
+#                                           creating and listing secrets
+#   scripts/gcp-operator-secrets-role.yaml  bound with a condition on the secret's name
+#                                           (wg-*): the operator reads, versions, grants and
+#                                           deletes only its own key secrets
+# Not narrowed: iam.serviceAccounts.actAs (run VMs as the per-gateway accounts) is
+# project-wide, because IAM Conditions do not apply to service accounts and the accounts do
+# not exist yet when this runs. It lets the operator's key run a VM as any account of the
+# project: give the operator a project of its own.
 set -eu
 
 if [ $# -lt 1 ]; then
@@ -37,13 +41,26 @@ else
         --display-name "wireguard-gateway-operator"
 fi
 
-for role in roles/compute.instanceAdmin.v1 roles/compute.networkAdmin \
-    roles/compute.securityAdmin roles/iam.serviceAccountAdmin \
-    roles/iam.serviceAccountUser roles/secretmanager.admin; do
-    echo "granting $role"
-    gcloud projects add-iam-policy-binding "$PROJECT" --member "serviceAccount:$EMAIL" \
-        --role "$role" --condition None --quiet >/dev/null
+HERE=$(cd "$(dirname "$0")" && pwd)
+NUMBER=$(gcloud projects describe "$PROJECT" --format='value(projectNumber)')
+for pair in wgnetOperator:gcp-operator-role.yaml wgnetOperatorSecrets:gcp-operator-secrets-role.yaml; do
+    id=${pair%%:*}
+    file=$HERE/${pair#*:}
+    if gcloud iam roles describe "$id" --project "$PROJECT" >/dev/null 2>&1; then
+        echo "updating role $id"
+        gcloud iam roles update "$id" --project "$PROJECT" --file "$file" --quiet >/dev/null
+    else
+        echo "creating role $id"
+        gcloud iam roles create "$id" --project "$PROJECT" --file "$file" --quiet >/dev/null
+    fi
 done
+echo "granting projects/$PROJECT/roles/wgnetOperator"
+gcloud projects add-iam-policy-binding "$PROJECT" --member "serviceAccount:$EMAIL" \
+    --role "projects/$PROJECT/roles/wgnetOperator" --condition None --quiet >/dev/null
+echo "granting projects/$PROJECT/roles/wgnetOperatorSecrets on secrets named wg-*"
+gcloud projects add-iam-policy-binding "$PROJECT" --member "serviceAccount:$EMAIL" \
+    --role "projects/$PROJECT/roles/wgnetOperatorSecrets" --quiet \
+    --condition "title=wgnet-key-secrets-only,expression=resource.name.startsWith(\"projects/$NUMBER/secrets/wg-\")" >/dev/null
 
 if [ "$KEY" = "-" ]; then
     echo "no key written (workload identity): annotate the chart's ServiceAccount with"

@@ -259,6 +259,78 @@ async fn drift_of_the_account_secret_grant_and_network_is_repaired() {
     assert!(e.emu.inventory().is_empty(), "{:?}", e.emu.inventory());
 }
 
+/// Issue 19, item 10 (GCP half): the custom role in scripts/gcp-operator-role.yaml holds
+/// exactly the permissions of the calls the crate makes over a gateway's whole life:
+/// create, report, change, preemption, key rotation, adoption by a recreated Gateway, drift
+/// repair, the orphan sweep's listings, waiting on operations and deletion.
+#[tokio::test]
+async fn the_custom_role_holds_exactly_the_permissions_the_crate_uses() {
+    use std::collections::BTreeSet;
+    let mut e = env(LatencyProfile::gcp_typical().scaled_by(0.01)).await;
+    e.cloud.set_verify_every(Duration::ZERO);
+    let mut d = desired("role", "uid-role-1", &[(443, Protocol::Tcp)]);
+    let (rec, _, _) = converge(&e.cloud, &d, Recorded::default(), 40).await;
+    e.cloud.vm_report(&d.target).await.expect("report");
+    d.ports.push((53, Protocol::Udp));
+    d.key_version = 2;
+    d.vm_key = wgnet_cloud::SecretBytes::new(vec![9; 32]);
+    let (rec, _, _) = converge(&e.cloud, &d, rec, 40).await;
+    let name = d.target.id.resource_name();
+    assert!(e.emu.preempt_instance(PROJECT, "us-central1-a", &name));
+    let (rec, _, _) = converge(&e.cloud, &d, rec, 40).await;
+    assert!(e.emu.clear_secret_bindings(PROJECT, &name));
+    let (_, _, _) = converge(&e.cloud, &d, rec, 40).await;
+    // The Gateway recreated under its name (a new uid) adopts and relabels.
+    d.target.id.uid = "uid-role-2".into();
+    let (rec, _, _) = converge(&e.cloud, &d, Recorded::default(), 40).await;
+    e.cloud.list_owned(PROJECT).await.expect("sweep listing");
+    teardown(&e.cloud, &d.target, rec, 40).await;
+
+    let mut used = BTreeSet::new();
+    for call in e.emu.request_log() {
+        let p = wgnet_tests::gcp::permissions::permissions_of(&call)
+            .unwrap_or_else(|c| panic!("no permission rule for {c}"));
+        used.extend(p.into_iter().map(str::to_owned));
+    }
+    let role = |file: &str| -> BTreeSet<String> {
+        let v: serde_yaml::Value = serde_yaml::from_str(
+            &std::fs::read_to_string(wgnet_tests::repo_root().join("scripts").join(file))
+                .expect("role file"),
+        )
+        .expect("role yaml");
+        v["includedPermissions"]
+            .as_sequence()
+            .expect("includedPermissions")
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect()
+    };
+    let project = role("gcp-operator-role.yaml");
+    let secrets = role("gcp-operator-secrets-role.yaml");
+    // The name-scoped role holds only rights on one secret: creating and listing secrets
+    // are checked on the project, where a condition on the secret's name cannot hold.
+    assert!(
+        secrets.iter().all(|p| p.starts_with("secretmanager.")
+            && p != "secretmanager.secrets.create"
+            && p != "secretmanager.secrets.list"),
+        "{secrets:?}"
+    );
+    assert!(
+        !project.iter().any(|p| secrets.contains(p)),
+        "no permission is in both roles"
+    );
+    let listed: BTreeSet<String> = project.union(&secrets).cloned().collect();
+    assert_eq!(
+        listed,
+        used,
+        "the two role files in scripts/ must list exactly: {}",
+        used.iter()
+            .map(|p| format!("- {p}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
 #[tokio::test]
 async fn lost_answers_on_every_write_converge_without_duplicates() {
     let e = env(LatencyProfile::instant()).await;

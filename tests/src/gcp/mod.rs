@@ -10,6 +10,7 @@ pub mod auth;
 pub mod discovery;
 pub mod error;
 mod http;
+pub mod permissions;
 pub mod world;
 
 use std::collections::BTreeMap;
