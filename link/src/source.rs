@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Api;
 use kube::runtime::watcher::{self, Event};
 use tokio::sync::watch;
+use zeroize::Zeroize as _;
 
 use crate::config::{CONFIG_KEY, Raw};
 
@@ -74,11 +75,33 @@ pub async fn kube(
             },
             ev = sec_stream.next() => match ev {
                 Some(Ok(Event::Apply(s) | Event::InitApply(s))) => {
-                    let v = s.data.and_then(|mut d| d.remove(&secret_key)).map(|b| b.0);
-                    tx.send_if_modified(|r| std::mem::replace(&mut r.secret, v.clone()) != v);
+                    // Every copy of the key is wiped once it is no longer needed: the
+                    // Secret's other entries, the value replaced, and this pass's copy.
+                    let mut data = s.data.unwrap_or_default();
+                    let mut v = data.remove(&secret_key).map(|b| b.0);
+                    data.values_mut().for_each(|b| b.0.zeroize());
+                    tx.send_if_modified(|r| {
+                        if r.secret == v {
+                            return false;
+                        }
+                        if let Some(old) = &mut r.secret {
+                            old.zeroize();
+                        }
+                        r.secret = v.clone();
+                        true
+                    });
+                    if let Some(v) = &mut v {
+                        v.zeroize();
+                    }
                 }
                 Some(Ok(Event::Delete(_))) => {
-                    tx.send_if_modified(|r| r.secret.take().is_some());
+                    tx.send_if_modified(|r| match r.secret.take() {
+                        Some(mut old) => {
+                            old.zeroize();
+                            true
+                        }
+                        None => false,
+                    });
                 }
                 Some(Ok(_)) => {}
                 Some(Err(e)) => {

@@ -6,6 +6,8 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::core::v1::Secret;
+
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
@@ -179,9 +181,79 @@ fn public_of(private_b64: &str) -> Option<String> {
     Some(STANDARD.encode(x25519_dalek::PublicKey::from(&secret).as_bytes()))
 }
 
+/// Overwrites a Secret's data in place: the key Secret and an EgressGateway's wg-quick
+/// Secret hold private keys, which should not linger in freed memory after a pass.
+pub fn wipe(secret: &mut Secret) {
+    use zeroize::Zeroize as _;
+    for v in secret.data.iter_mut().flat_map(|d| d.values_mut()) {
+        v.0.zeroize();
+    }
+    for v in secret.string_data.iter_mut().flat_map(|d| d.values_mut()) {
+        v.zeroize();
+    }
+}
+
+/// A Secret read from (or sent to) the API: its data is wiped when it is dropped, and its
+/// `Debug` names it without its content.
+#[derive(Clone, Default)]
+pub struct WipedSecret(pub Secret);
+
+impl std::ops::Deref for WipedSecret {
+    type Target = Secret;
+
+    fn deref(&self) -> &Secret {
+        &self.0
+    }
+}
+
+impl Drop for WipedSecret {
+    fn drop(&mut self) {
+        wipe(&mut self.0);
+    }
+}
+
+impl std::fmt::Debug for WipedSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secret")
+            .field("name", &self.0.metadata.name)
+            .field(
+                "keys",
+                &self.0.data.as_ref().map(|d| d.keys().collect::<Vec<_>>()),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wiped_secret_keeps_no_key_and_its_debug_shows_none() {
+        let set = KeySet::generate(1).expect("keys");
+        let private = set.vm.private.expose().to_owned();
+        let mut s = Secret {
+            data: Some(
+                set.to_data()
+                    .into_iter()
+                    .map(|(k, v)| (k, k8s_openapi::ByteString(v)))
+                    .collect(),
+            ),
+            ..Secret::default()
+        };
+        let shown = format!("{:?}", WipedSecret(s.clone()));
+        assert!(
+            !shown.contains(&private) && shown.contains(VM_PRIVATE),
+            "{shown}"
+        );
+        wipe(&mut s);
+        assert!(
+            s.data
+                .iter()
+                .flat_map(|d| d.values())
+                .all(|v| v.0.iter().all(|b| *b == 0))
+        );
+    }
 
     #[test]
     fn a_generated_set_round_trips_and_matches_wg_conventions() {

@@ -31,6 +31,7 @@ use crate::children::{
     self, Clients, EgressPort, LinkChildren, LinkImage, LinkInputs, LinkParams, MANAGED_SELECTOR,
     NamedPort, selector_string,
 };
+use crate::keys::WipedSecret;
 
 const KIND: &str = "EgressGateway";
 /// How often an EgressGateway whose Secret is missing or invalid is looked at again (the
@@ -143,11 +144,12 @@ async fn observe(
     client: &kube::Client,
     ns: &str,
     egw: &EgressGateway,
-) -> Result<Option<Secret>, ObserveError> {
+) -> Result<Option<WipedSecret>, ObserveError> {
     Ok(Api::<Secret>::namespaced(client.clone(), ns)
         .get_opt(&egw.spec.config_secret_ref.name)
         .await
-        .map_err(KubeCall::new("read config Secret"))?)
+        .map_err(KubeCall::new("read config Secret"))?
+        .map(WipedSecret))
 }
 
 /// What the config Secret says (validate step, pure): why it cannot be used, as
@@ -307,7 +309,7 @@ async fn reconcile_egress<C: Cloud>(
     let ns = egw.namespace().unwrap_or_default();
     let c = &ctx.client;
     let secret = observe(c, &ns, egw).await?;
-    let checked = check_config(&ns, egw, secret.as_ref());
+    let checked = check_config(&ns, egw, secret.as_deref());
     let endpoint_port = checked.as_ref().ok().copied().flatten();
     let problem = checked.err();
     let p = params(egw);

@@ -15,7 +15,7 @@ use crate::api::conditions::{self, reasons};
 use crate::children::{self, FIELD_MANAGER};
 use crate::controller::error::{Error, KeysStepError, KubeCall};
 use crate::controller::{Context, condition, publish};
-use crate::keys::KeySet;
+use crate::keys::{KeySet, WipedSecret};
 
 pub use crate::controller::apply_children as children;
 
@@ -29,13 +29,15 @@ pub async fn keys<C: Cloud>(
     existing: Option<&Secret>,
 ) -> Result<KeySet, KeysStepError> {
     let read = |s: &Secret| -> Result<KeySet, KeysStepError> {
-        let data = s
+        let mut data: std::collections::BTreeMap<String, Vec<u8>> = s
             .data
             .iter()
             .flatten()
             .map(|(k, v)| (k.clone(), v.0.clone()))
             .collect();
-        Ok(KeySet::from_data(&data)?)
+        let set = KeySet::from_data(&data);
+        data.values_mut().for_each(zeroize::Zeroize::zeroize);
+        Ok(set?)
     };
     if let Some(s) = existing {
         return read(s);
@@ -49,15 +51,19 @@ pub async fn keys<C: Cloud>(
         .and_then(|g| g.key_version)
         .map_or(1, |v| v + 1);
     let set = KeySet::generate(version)?;
-    let secret = children::key_secret(
+    let secret = WipedSecret(children::key_secret(
         &name,
         &ns,
         &gw.name_any(),
         gw.controller_owner_ref(&()),
         set.to_data(),
-    );
+    ));
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    match api.create(&PostParams::default(), &secret).await {
+    match api
+        .create(&PostParams::default(), &secret)
+        .await
+        .map(WipedSecret)
+    {
         Ok(_) => {
             if version > 1 {
                 publish(
@@ -77,6 +83,7 @@ pub async fn keys<C: Cloud>(
             let s = api
                 .get(&name)
                 .await
+                .map(WipedSecret)
                 .map_err(KubeCall::new("read key Secret"))?;
             read(&s)
         }

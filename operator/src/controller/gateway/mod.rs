@@ -307,7 +307,7 @@ async fn reconcile_gateway<C: Cloud>(gw: &Gateway, ctx: &Context<C>) -> Result<A
     // Pure.
     let valid = validate::validate(gw, &ctx.settings, &observed)?;
     // I/O: the key Secret (created once).
-    let keys = apply::keys(ctx, gw, observed.key_secret.as_ref()).await?;
+    let keys = apply::keys(ctx, gw, observed.key_secret.as_deref()).await?;
     let target = target_of(gw, &ctx.settings.cluster_id);
     // Pure.
     let desired = build::desired(gw, &valid, &target, &keys);

@@ -14,14 +14,15 @@ use super::{key_secret_name, link_name};
 use crate::api::Gateway;
 use crate::controller::error::{KubeCall, ObserveError};
 use crate::forwards::Observed;
+use crate::keys::WipedSecret;
 
 /// What the spec names: the forwards' Namespaces and Services, and the key Secret.
 #[derive(Clone, Debug, Default)]
 pub struct Inputs {
     /// The forwards' Namespaces and Services.
     pub forwards: Observed,
-    /// The Gateway's key Secret, if it exists.
-    pub key_secret: Option<Secret>,
+    /// The Gateway's key Secret, if it exists (wiped when the pass drops it).
+    pub key_secret: Option<WipedSecret>,
     /// How many live Gateways of the namespace are older (counted only when the policy
     /// limits them; 0 otherwise).
     pub rank: usize,
@@ -68,7 +69,8 @@ pub async fn inputs(
     let key_secret = Api::<Secret>::namespaced(client.clone(), &gw_ns)
         .get_opt(&key_secret_name(&gw.name_any()))
         .await
-        .map_err(KubeCall::new("read key Secret"))?;
+        .map_err(KubeCall::new("read key Secret"))?
+        .map(WipedSecret);
     let rank = if count_gateways {
         let all = Api::<Gateway>::namespaced(client.clone(), &gw_ns)
             .list_metadata(&kube::api::ListParams::default())
