@@ -147,6 +147,12 @@ impl CloudError {
             || self.reason() == "quotaExceeded"
     }
 
+    /// The zone has no capacity for the VM right now (`ZONE_RESOURCE_POOL_EXHAUSTED`, and
+    /// its `_WITH_DETAILS` form; common for Spot VMs, on insert and on start).
+    pub fn is_capacity_exhausted(&self) -> bool {
+        self.reason().starts_with("ZONE_RESOURCE_POOL_EXHAUSTED")
+    }
+
     /// 401: the token was rejected.
     pub fn is_unauthenticated(&self) -> bool {
         self.status() == Some(401)
@@ -173,6 +179,8 @@ impl CloudError {
             "PermissionDenied"
         } else if self.is_quota() {
             "QuotaExceeded"
+        } else if self.is_capacity_exhausted() {
+            "CapacityExhausted"
         } else if matches!(self, Self::NameCollision { .. }) {
             "NameCollision"
         } else if self.is_invalid_argument() {
@@ -191,8 +199,9 @@ impl CloudError {
         if self.is_permission_denied() || self.is_invalid_argument() {
             // A human must act; look again now and then, never in a tight loop.
             Duration::from_secs(300)
-        } else if self.is_quota() {
-            // Compute quotas refill at the start of each minute.
+        } else if self.is_quota() || self.is_capacity_exhausted() {
+            // Compute quotas refill at the start of each minute; a zone's capacity comes
+            // back on its own, so a minute apart is soon enough and never a tight loop.
             Duration::from_secs(60)
         } else {
             Duration::from_secs(10)

@@ -331,6 +331,86 @@ async fn the_custom_role_holds_exactly_the_permissions_the_crate_uses() {
     );
 }
 
+/// Issue 18, item 1: accepted operations that end in error. A Spot VM whose zone has no
+/// capacity (on insert, then on restart after a preemption) and a quota hit are reported
+/// with their own reason and retried on later passes, never wedged; a failed insert leaves
+/// nothing behind and the next pass creates the VM.
+#[tokio::test]
+async fn failed_operations_are_reported_and_retried() {
+    let e = env(LatencyProfile::gcp_typical().scaled_by(0.01)).await;
+    let mut d = desired("spot", "uid-spot", &[(443, Protocol::Tcp)]);
+    d.spot = true;
+    let fail = |path: &str, code: &str, n: usize| Fault {
+        method: Some("POST".into()),
+        path_contains: path.into(),
+        remaining: Some(n),
+        action: FaultAction::FailOperation(code.into(), format!("{code} (injected)")),
+    };
+    e.emu
+        .add_fault(fail("/instances", "ZONE_RESOURCE_POOL_EXHAUSTED", 1));
+    // Passes until the failure is reported (the operation fails after it was accepted).
+    let mut rec = Recorded::default();
+    let mut seen = None;
+    for _ in 0..40 {
+        let p = e.cloud.ensure(&d, &rec).await;
+        rec = p.recorded.clone();
+        if let Some(err) = p.errors.iter().find(|x| x.is_capacity_exhausted()) {
+            seen = Some(err.reason_code());
+            break;
+        }
+        if !rec.pending.is_empty() {
+            e.cloud.wait_any(&d.target, &rec).await;
+        }
+    }
+    assert_eq!(seen, Some("CapacityExhausted"));
+    let name = d.target.id.resource_name();
+    assert!(
+        e.emu
+            .get("instance", PROJECT, "us-central1-a", &name)
+            .is_none(),
+        "a failed insert leaves no VM"
+    );
+    let (rec, p, _) = converge(&e.cloud, &d, rec, 40).await;
+    assert_eq!(p.vm_status.as_deref(), Some("RUNNING"));
+
+    // Preempted, and the restart finds no capacity twice: RUNNING again afterwards.
+    assert!(e.emu.preempt_instance(PROJECT, "us-central1-a", &name));
+    e.emu
+        .add_fault(fail("/start", "ZONE_RESOURCE_POOL_EXHAUSTED", 2));
+    let (rec, p, _) = converge(&e.cloud, &d, rec, 60).await;
+    assert_eq!(p.vm_status.as_deref(), Some("RUNNING"));
+
+    // A quota hit on a firewall change is QuotaExceeded, then heals.
+    let mut d2 = d.clone();
+    d2.ports.push((8443, Protocol::Tcp));
+    e.emu.add_fault(Fault {
+        method: Some("PATCH".into()),
+        path_contains: "/firewalls/".into(),
+        remaining: Some(1),
+        action: FaultAction::FailOperation(
+            "QUOTA_EXCEEDED".into(),
+            "Quota exceeded (injected)".into(),
+        ),
+    });
+    let mut quota = None;
+    let mut r2 = rec.clone();
+    for _ in 0..40 {
+        let p = e.cloud.ensure(&d2, &r2).await;
+        r2 = p.recorded.clone();
+        if let Some(err) = p.errors.iter().find(|x| x.is_quota()) {
+            quota = Some((err.reason_code(), err.retry_after()));
+            break;
+        }
+        if !r2.pending.is_empty() {
+            e.cloud.wait_any(&d2.target, &r2).await;
+        }
+    }
+    assert_eq!(quota, Some(("QuotaExceeded", Duration::from_secs(60))));
+    let (rec, _, _) = converge(&e.cloud, &d2, r2, 40).await;
+    teardown(&e.cloud, &d2.target, rec, 40).await;
+    assert!(e.emu.inventory().is_empty(), "{:?}", e.emu.inventory());
+}
+
 #[tokio::test]
 async fn lost_answers_on_every_write_converge_without_duplicates() {
     let e = env(LatencyProfile::instant()).await;

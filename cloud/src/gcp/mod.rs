@@ -524,11 +524,13 @@ impl Cloud for GcpCloud {
         let email = iam::email(&name, project);
         let install = self.install.as_str();
         let id = &target.id;
+        let salt = pass_salt();
         let compute = |kind: ResourceKind, path: String, name: &str| Deletion {
             kind,
             path,
             name: name.to_owned(),
             scope: kind.scope(target),
+            salt: &salt,
         };
 
         let ((inst, ops), sa, secret) = join3(

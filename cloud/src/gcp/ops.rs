@@ -35,11 +35,16 @@ pub(super) struct Mutation<'a, B> {
 }
 
 /// One Compute resource to delete.
-pub(super) struct Deletion {
+pub(super) struct Deletion<'a> {
     pub kind: ResourceKind,
     pub path: String,
     pub name: String,
     pub scope: String,
+    /// The deleting pass's salt: retries inside the pass reuse its `requestId`, a later
+    /// pass asks anew. GCP replays a reused id's operation even when it failed, so an id
+    /// fixed per resource would hand the last gateway out the first one's "network in use"
+    /// failure for ever, and the shared network would leak.
+    pub salt: &'a str,
 }
 
 /// The error a failed operation carries, as a [`CloudError::Operation`] with GCP's code.
@@ -164,7 +169,7 @@ impl GcpCloud {
     pub(super) async fn delete_compute<T: DeserializeOwned>(
         &self,
         project: &str,
-        d: Deletion,
+        d: Deletion<'_>,
         rec: &Recorded,
         ours: impl Fn(&T) -> bool,
     ) -> (Step<()>, Vec<PendingOp>) {
@@ -201,7 +206,7 @@ impl GcpCloud {
             Ok(None) => (Step::Ready(()), ops),
             Ok(Some((_, v))) if !ours(&v) => (Step::Ready(()), ops),
             Ok(Some((gcp_id, _))) => {
-                let rid = names::request_id(&[del_op, project, &d.name, &gcp_id]);
+                let rid = names::request_id(&[del_op, project, &d.name, &gcp_id, d.salt]);
                 let r = self
                     .mutate::<()>(
                         None,

@@ -36,6 +36,10 @@ pub enum FaultAction {
     DropResponse,
     /// Wait this long before serving.
     Delay(Duration),
+    /// Accept the request (a Compute mutation), then end its operation `DONE` with this
+    /// error code and message, as GCP does for `ZONE_RESOURCE_POOL_EXHAUSTED` or
+    /// `QUOTA_EXCEEDED`: nothing of the change happens (an insert leaves no resource).
+    FailOperation(String, String),
 }
 
 /// A fault rule.
@@ -302,6 +306,10 @@ pub async fn handle(
                 drop_response = true;
                 None
             }
+            Some(FaultAction::FailOperation(code, message)) => {
+                lock(&shared.world).fail_next_operation = Some((code, message));
+                None
+            }
             _ => None,
         };
         let early = early.or_else(|| quota_exceeded(&shared, api, &method, &path));
@@ -333,6 +341,8 @@ pub async fn handle(
                     }
                 }
             };
+            // A FailOperation fault applies to the operation this request started, if any.
+            lock(&shared.world).fail_next_operation = None;
             match result {
                 Ok(v) => json_response(200, &v),
                 Err(e) => error_response(&e, family),

@@ -40,6 +40,8 @@ struct Op {
     polls: u32,
     effect: Option<Effect>,
     done: bool,
+    /// Ends the operation with this (code, message) instead of its effect.
+    failure: Option<(String, String)>,
 }
 
 #[derive(Debug)]
@@ -78,6 +80,8 @@ pub struct World {
     instances: BTreeMap<SKey, Instance>,
     ops: HashMap<String, Op>,
     request_ids: HashMap<(String, String), String>,
+    /// Set by a `FailOperation` fault: the next operation started ends with this error.
+    pub fail_next_operation: Option<(String, String)>,
     service_accounts: BTreeMap<(String, String), ServiceAccount>,
     secrets: BTreeMap<GKey, Secret>,
     counter: u64,
@@ -174,6 +178,7 @@ impl World {
             instances: BTreeMap::new(),
             ops: HashMap::new(),
             request_ids: HashMap::new(),
+            fail_next_operation: None,
             service_accounts: BTreeMap::new(),
             secrets: BTreeMap::new(),
             counter: 0,
@@ -228,6 +233,28 @@ impl World {
         op.value["status"] = json!("DONE");
         op.value["progress"] = json!(100);
         op.value["endTime"] = json!(now_rfc3339());
+        if let Some((code, message)) = op.failure.take() {
+            // Failed: the change does not happen, a failed insert leaves nothing, and a
+            // failed start leaves the VM stopped.
+            let stopped = match op.effect.take() {
+                Some(Effect::InstanceStatus(k, _)) => Some(k),
+                _ => None,
+            };
+            op.value["error"] = json!({"errors": [{"code": code, "message": message}]});
+            op.value["httpErrorStatusCode"] = json!(400);
+            let insert = op.value["operationType"] == "insert";
+            let target = op.value["targetLink"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            if insert {
+                self.remove_by_link(&target);
+            }
+            if let Some(inst) = stopped.and_then(|k| self.instances.get_mut(&k)) {
+                inst.value["status"] = json!("TERMINATED");
+            }
+            return;
+        }
         let effect = op.effect.take();
         match effect {
             Some(Effect::RemoveNetwork(k)) => {
@@ -333,6 +360,7 @@ impl World {
                 polls: 0,
                 effect,
                 done: false,
+                failure: self.fail_next_operation.take(),
             },
         );
         if let Some(r) = request_id {
@@ -468,7 +496,8 @@ impl World {
             })
     }
 
-    /// `networks.delete`: refused while a firewall or instance uses the network.
+    /// `networks.delete`: accepted, but its operation fails while a firewall or instance
+    /// uses the network.
     pub fn delete_network(
         &mut self,
         now: Instant,
@@ -496,10 +525,10 @@ impl World {
                     })
                     .map(|(_, i)| i.value["selfLink"].as_str().unwrap_or_default().to_owned())
             });
+        // GCP accepts the delete and fails its operation (RESOURCE_IN_USE_BY_ANOTHER_RESOURCE).
         if let Some(u) = user_of {
-            return Err(GcpError::new(
-                400,
-                "resourceInUseByAnotherResource",
+            self.fail_next_operation = Some((
+                "RESOURCE_IN_USE_BY_ANOTHER_RESOURCE".into(),
                 format!("The network resource '{path}' is already being used by '{u}'"),
             ));
         }
@@ -1199,6 +1228,22 @@ impl World {
         let found = self.instances.contains_key(&key);
         self.set_status(&key, "TERMINATED");
         found
+    }
+
+    /// Removes the resource a Compute self link names (a failed insert's).
+    fn remove_by_link(&mut self, link: &str) {
+        let Some(i) = link.find("/projects/") else {
+            return;
+        };
+        let segs: Vec<&str> = link[i + 1..].split('/').collect();
+        let (kind, project, scope, name) = match segs.as_slice() {
+            ["projects", p, "global", "networks", n] => ("network", *p, "global", *n),
+            ["projects", p, "global", "firewalls", n] => ("firewall", *p, "global", *n),
+            ["projects", p, "regions", r, "addresses", n] => ("address", *p, *r, *n),
+            ["projects", p, "zones", z, "instances", n] => ("instance", *p, *z, *n),
+            _ => return,
+        };
+        self.remove(kind, project, scope, name);
     }
 
     /// Deletes any resource at once, out of band (a test's "someone deleted it").
