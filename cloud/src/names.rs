@@ -74,6 +74,32 @@ impl GatewayId {
     }
 }
 
+/// The longest install name: with the longest namespace (63) and Gateway name (52) and a
+/// 36-character cluster id, [`GatewayId::compact_marker`] stays within a service account's
+/// 256-byte description.
+pub const MAX_INSTALL_LEN: usize = 16;
+/// The longest cluster id, for the same reason (a kube-system uid is 36).
+pub const MAX_CLUSTER_LEN: usize = 40;
+
+impl GatewayId {
+    /// The marker in its short form, for service accounts (IAM caps their `description`
+    /// at 256 bytes): one-letter keys and no region (the zone names it).
+    pub fn compact_marker(&self, install: &str, zone: &str) -> String {
+        format!(
+            "wgnet i={install} c={} g={}/{} u={} z={zone}",
+            self.cluster, self.namespace, self.name, self.uid
+        )
+    }
+
+    /// A service account's `displayName`: for people, at most IAM's 100 bytes.
+    pub fn display_name(&self) -> String {
+        let mut s = format!("wgnet gateway {}/{}", self.namespace, self.name);
+        // Namespaces and names are ASCII, so any byte is a character boundary.
+        s.truncate(100);
+        s
+    }
+}
+
 /// The description of the install's shared VPC network.
 pub fn network_marker(install: &str) -> String {
     format!("wgnet install={install} shared network")
@@ -98,23 +124,38 @@ pub struct Marker {
     pub zone: String,
 }
 
-/// Parses a marker written by [`GatewayId::marker`]; `None` for anything else.
+/// Parses a marker written by [`GatewayId::marker`] or [`GatewayId::compact_marker`];
+/// `None` for anything else.
 pub fn parse_marker(description: &str) -> Option<Marker> {
     let rest = description.strip_prefix("wgnet ")?;
     let mut fields: BTreeMap<&str, &str> = BTreeMap::new();
     for part in rest.split(' ') {
         let (k, v) = part.split_once('=')?;
-        fields.insert(k, v);
+        let long = match k {
+            "i" => "install",
+            "c" => "cluster",
+            "g" => "gateway",
+            "u" => "uid",
+            "z" => "zone",
+            other => other,
+        };
+        fields.insert(long, v);
     }
     let (namespace, name) = fields.get("gateway")?.split_once('/')?;
+    let zone = (*fields.get("zone")?).to_owned();
+    // A zone is its region and a suffix (`us-central1-a`).
+    let region = match fields.get("region") {
+        Some(r) => (*r).to_owned(),
+        None => zone.rsplit_once('-')?.0.to_owned(),
+    };
     Some(Marker {
         install: (*fields.get("install")?).to_owned(),
         cluster: (*fields.get("cluster")?).to_owned(),
         namespace: namespace.to_owned(),
         name: name.to_owned(),
         uid: (*fields.get("uid")?).to_owned(),
-        region: (*fields.get("region")?).to_owned(),
-        zone: (*fields.get("zone")?).to_owned(),
+        region,
+        zone,
     })
 }
 
@@ -227,6 +268,25 @@ mod tests {
         assert_eq!(m.zone, "us-central1-a");
         assert_eq!(parse_marker("created by hand"), None);
         assert_eq!(parse_marker(&network_marker("inst")), None);
+    }
+
+    #[test]
+    fn the_compact_marker_fits_iam_and_parses_like_the_long_one() {
+        let id = GatewayId {
+            cluster: "0b5c2f0e-3f7a-4c59-9a43-8d2b6f1e7c11".into(),
+            namespace: "n".repeat(63),
+            name: "g".repeat(52),
+            uid: "5d1f6c8a-2b7e-4e0f-8a9c-3c4d5e6f7a8b".into(),
+        };
+        let install = "i".repeat(MAX_INSTALL_LEN);
+        let zone = "northamerica-northeast1-a";
+        let compact = id.compact_marker(&install, zone);
+        assert!(compact.len() <= 256, "{} bytes", compact.len());
+        let long = parse_marker(&id.marker(&install, "northamerica-northeast1", zone));
+        assert_eq!(parse_marker(&compact), long);
+        assert!(long.is_some());
+        assert!(id.display_name().len() <= 100);
+        assert!(id.display_name().starts_with("wgnet gateway "));
     }
 
     #[test]

@@ -411,6 +411,33 @@ async fn failed_operations_are_reported_and_retried() {
     assert!(e.emu.inventory().is_empty(), "{:?}", e.emu.inventory());
 }
 
+/// Issue 18, item 4: GCP's length limits (service account displayName 100 bytes and
+/// description 256, labels and names 63), with the longest namespace (63) and Gateway name
+/// (52). Before, the display name was 130 bytes and the ownership marker 290: such a
+/// Gateway never provisioned.
+#[tokio::test]
+async fn the_longest_namespace_and_name_provision_sweep_and_delete() {
+    let e = env(LatencyProfile::instant()).await;
+    let mut d = desired(&"g".repeat(52), "uid-long", &[(443, Protocol::Tcp)]);
+    d.target.id.namespace = "n".repeat(63);
+    let (rec, p, _) = converge(&e.cloud, &d, Recorded::default(), 20).await;
+    assert!(p.ready);
+    let owned = e.cloud.list_owned(PROJECT).await.expect("listing");
+    let mine: Vec<_> = owned
+        .iter()
+        .filter(|o| o.target.namespace == d.target.id.namespace)
+        .collect();
+    assert_eq!(
+        mine.len(),
+        1,
+        "one gateway, whichever resource names it: {owned:?}"
+    );
+    assert!(mine[0].kinds.contains(&"serviceAccount"), "{:?}", mine[0]);
+    assert_eq!(mine[0].target.zone, "us-central1-a");
+    teardown(&e.cloud, &d.target, rec, 20).await;
+    assert!(e.emu.inventory().is_empty());
+}
+
 #[tokio::test]
 async fn lost_answers_on_every_write_converge_without_duplicates() {
     let e = env(LatencyProfile::instant()).await;

@@ -50,8 +50,8 @@ impl GcpCloud {
             account_id: p.name.clone(),
             service_account: ServiceAccount {
                 email: None,
-                display_name: format!("wgnet gateway {}/{}", t.id.namespace, t.id.name),
-                description: p.marker(&self.install),
+                display_name: t.id.display_name(),
+                description: t.id.compact_marker(&self.install, &t.zone),
             },
         };
         p.wrote();

@@ -267,6 +267,15 @@ impl GcpCloud {
                 "install and network names must not be empty".to_owned(),
             ));
         }
+        if config.install.len() > names::MAX_INSTALL_LEN
+            || config.cluster.len() > names::MAX_CLUSTER_LEN
+        {
+            return Err(CloudError::Config(format!(
+                "the install name may have at most {} characters and the cluster id at most {}: both go into every service account's description, which GCP caps at 256 bytes",
+                names::MAX_INSTALL_LEN,
+                names::MAX_CLUSTER_LEN
+            )));
+        }
         let api = Api::new(
             &config.credentials,
             config.endpoints,

@@ -1459,8 +1459,17 @@ impl World {
                 format!("Service account {id} already exists within project projects/{project}."),
             ));
         }
-        let uid = self.next_id();
         let sa = &body["serviceAccount"];
+        // IAM's limits (bytes): displayName 100, description 256.
+        for (field, max) in [("displayName", 100), ("description", 256)] {
+            let len = sa.get(field).and_then(Value::as_str).map_or(0, str::len);
+            if len > max {
+                return Err(GcpError::invalid(format!(
+                    "ServiceAccount {field} must be at most {max} bytes, got {len}."
+                )));
+            }
+        }
+        let uid = self.next_id();
         let v = json!({
             "name": format!("projects/{project}/serviceAccounts/{email}"),
             "projectId": project,
