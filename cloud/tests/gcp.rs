@@ -438,6 +438,37 @@ async fn the_longest_namespace_and_name_provision_sweep_and_delete() {
     assert!(e.emu.inventory().is_empty());
 }
 
+/// Issue 18, item 3: every list is paged (here two items a page, as GCP may page at any
+/// size), and the orphan sweep's listings follow `nextPageToken`. Before, it read the first
+/// page only, and whatever came later (the 21st service account on GCP) leaked.
+#[tokio::test]
+async fn the_sweep_reads_every_page() {
+    let e = env(LatencyProfile::instant()).await;
+    let mut recs = Vec::new();
+    for i in 0..5 {
+        let d = desired(
+            &format!("paged-{i}"),
+            &format!("uid-paged-{i}"),
+            &[(443, Protocol::Tcp)],
+        );
+        let (rec, _, _) = converge(&e.cloud, &d, Recorded::default(), 20).await;
+        recs.push((d, rec));
+    }
+    e.emu.set_page_cap(Some(2));
+    let owned = e.cloud.list_owned(PROJECT).await.expect("listing");
+    assert_eq!(owned.len(), 5, "{owned:?}");
+    for o in &owned {
+        for kind in ["firewall", "secret", "serviceAccount"] {
+            assert!(o.kinds.contains(&kind), "{kind} of {:?}", o.target);
+        }
+    }
+    e.emu.set_page_cap(None);
+    for (d, rec) in recs {
+        teardown(&e.cloud, &d.target, rec, 20).await;
+    }
+    assert!(e.emu.inventory().is_empty());
+}
+
 #[tokio::test]
 async fn lost_answers_on_every_write_converge_without_duplicates() {
     let e = env(LatencyProfile::instant()).await;

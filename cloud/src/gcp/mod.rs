@@ -332,6 +332,37 @@ impl GcpCloud {
         decode(v, op, what)
     }
 
+    /// Every item of a paged list at `path`, following `nextPageToken` (GCP pages every
+    /// list: IAM returns 20 accounts unless asked, Compute at most 500). Bounded, so a
+    /// server repeating a token cannot loop a pass forever.
+    async fn list_all<L: wire::Page>(
+        &self,
+        s: Service,
+        path: &str,
+        op: &'static str,
+        what: &str,
+    ) -> Result<Vec<L::Item>, CloudError> {
+        const MAX_PAGES: usize = 1000;
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        for _ in 0..MAX_PAGES {
+            let url = match &token {
+                None => path.to_owned(),
+                Some(t) => format!("{path}{sep}pageToken={}", encode(t)),
+            };
+            let (items, next) = self.get::<L>(s, &url, op, what).await?.into_parts();
+            out.extend(items);
+            match next.filter(|t| !t.is_empty()) {
+                Some(t) => token = Some(t),
+                None => return Ok(out),
+            }
+        }
+        Err(CloudError::Protocol(format!(
+            "{op} {what}: more than {MAX_PAGES} pages"
+        )))
+    }
+
     /// GETs `path` as a `T`; `None` when it does not exist.
     async fn get_opt<T: DeserializeOwned>(
         &self,

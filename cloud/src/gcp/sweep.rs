@@ -38,15 +38,15 @@ impl GcpCloud {
             names::LABEL_INSTALL,
             names::LABEL_CLUSTER
         );
-        let secrets: SecretList = self
-            .get(
+        let secrets = self
+            .list_all::<SecretList>(
                 Service::Secrets,
                 &format!("projects/{project}/secrets?filter={}", encode(&filter)),
                 "list secrets",
                 project,
             )
             .await?;
-        for s in &secrets.secrets {
+        for s in &secrets {
             let get = |k: &str| s.labels.get(k).cloned().unwrap_or_default();
             let key = TargetKey {
                 namespace: get(names::LABEL_NAMESPACE),
@@ -74,26 +74,26 @@ impl GcpCloud {
                 found.add(key, kind, created);
             }
         };
-        let fws: FirewallList = self
-            .get(
+        let fws = self
+            .list_all::<FirewallList>(
                 Service::Compute,
                 &format!("projects/{project}/global/firewalls"),
                 "list firewalls",
                 project,
             )
             .await?;
-        for f in &fws.items {
+        for f in &fws {
             add_marker(&f.description, "firewall", f.creation_timestamp.as_ref());
         }
-        let sas: ServiceAccountList = self
-            .get(
+        let sas = self
+            .list_all::<ServiceAccountList>(
                 Service::Iam,
                 &format!("projects/{project}/serviceAccounts"),
                 "list service accounts",
                 project,
             )
             .await?;
-        for a in &sas.accounts {
+        for a in &sas {
             add_marker(&a.description, "serviceAccount", None);
         }
         Ok(found

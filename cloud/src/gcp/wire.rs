@@ -362,10 +362,12 @@ pub struct SetLabelsRequest {
 
 /// Compute `FirewallList`.
 #[derive(Clone, Debug, Default, Deserialize)]
-#[serde(default)]
+#[serde(default, rename_all = "camelCase")]
 pub struct FirewallList {
     /// The firewalls.
     pub items: Vec<Firewall>,
+    /// Set when more pages follow.
+    pub next_page_token: Option<String>,
 }
 
 /// Compute `GuestAttributes` (the answer to `getGuestAttributes`).
@@ -419,10 +421,12 @@ pub struct CreateServiceAccountRequest {
 
 /// IAM `ListServiceAccountsResponse`.
 #[derive(Clone, Debug, Default, Deserialize)]
-#[serde(default)]
+#[serde(default, rename_all = "camelCase")]
 pub struct ServiceAccountList {
     /// The accounts.
     pub accounts: Vec<ServiceAccount>,
+    /// Set when more pages follow.
+    pub next_page_token: Option<String>,
 }
 
 /// Secret Manager `Replication`: automatic.
@@ -448,10 +452,41 @@ pub struct Secret {
 
 /// Secret Manager `ListSecretsResponse`.
 #[derive(Clone, Debug, Default, Deserialize)]
-#[serde(default)]
+#[serde(default, rename_all = "camelCase")]
 pub struct SecretList {
     /// The secrets.
     pub secrets: Vec<Secret>,
+    /// Set when more pages follow.
+    pub next_page_token: Option<String>,
+}
+
+/// A list answer: one page of items and the token of the next.
+pub trait Page: serde::de::DeserializeOwned {
+    /// What the list holds.
+    type Item;
+    /// The page's items and the next page's token (none or empty: the last page).
+    fn into_parts(self) -> (Vec<Self::Item>, Option<String>);
+}
+
+impl Page for FirewallList {
+    type Item = Firewall;
+    fn into_parts(self) -> (Vec<Firewall>, Option<String>) {
+        (self.items, self.next_page_token)
+    }
+}
+
+impl Page for ServiceAccountList {
+    type Item = ServiceAccount;
+    fn into_parts(self) -> (Vec<ServiceAccount>, Option<String>) {
+        (self.accounts, self.next_page_token)
+    }
+}
+
+impl Page for SecretList {
+    type Item = Secret;
+    fn into_parts(self) -> (Vec<Secret>, Option<String>) {
+        (self.secrets, self.next_page_token)
+    }
 }
 
 /// Secret Manager `SecretPayload`; its Debug never shows the data.

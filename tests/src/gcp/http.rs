@@ -393,6 +393,63 @@ fn metadata_delay(shared: &Shared, method: &str, path: &str) -> Option<Duration>
     chosen
 }
 
+/// Page sizes (default, largest) as Google documents them: Compute's `maxResults`, IAM's
+/// `pageSize` for service accounts, Secret Manager's `pageSize`.
+const COMPUTE_PAGE: (usize, usize) = (500, 500);
+const IAM_PAGE: (usize, usize) = (20, 100);
+const SECRETS_PAGE: (usize, usize) = (25_000, 25_000);
+
+/// Cuts a list answer to the page `query` asks for (`pageToken`, and `maxResults` or
+/// `pageSize`), adding `nextPageToken` when more remain. `cap` makes pages smaller still,
+/// as GCP may at any time, so tests need not create hundreds of resources.
+fn paged(
+    mut v: Value,
+    key: &str,
+    query: &str,
+    (default, largest): (usize, usize),
+    cap: Option<usize>,
+) -> Result<Value, GcpError> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let size = query_param(query, "maxResults")
+        .or_else(|| query_param(query, "pageSize"))
+        .and_then(|n| n.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(default)
+        .min(largest)
+        .min(cap.unwrap_or(usize::MAX))
+        .max(1);
+    let start = match query_param(query, "pageToken").filter(|t| !t.is_empty()) {
+        None => 0,
+        Some(t) => b64
+            .decode(t.as_bytes())
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|s| s.strip_prefix("offset-")?.parse::<usize>().ok())
+            .ok_or_else(|| GcpError::invalid("The page token is not valid."))?,
+    };
+    let items = v
+        .get_mut(key)
+        .and_then(Value::as_array_mut)
+        .map(std::mem::take)
+        .unwrap_or_default();
+    let total = items.len();
+    let page: Vec<Value> = items.into_iter().skip(start).take(size).collect();
+    if let Some(m) = v.as_object_mut() {
+        m.remove(key);
+        if !page.is_empty() {
+            m.insert(key.to_owned(), Value::Array(page));
+        }
+        if start + size < total {
+            m.insert(
+                "nextPageToken".into(),
+                Value::String(b64.encode(format!("offset-{}", start + size))),
+            );
+        }
+    }
+    Ok(v)
+}
+
 fn pick_fault(shared: &Shared, method: &str, path: &str) -> (Option<FaultAction>, Duration) {
     let mut c = lock(&shared.controls);
     let mut chosen = None;
@@ -541,7 +598,13 @@ async fn dispatch(
                 }
                 ("GET", ["projects", p, "serviceAccounts"]) => {
                     w.project(p)?;
-                    Ok(w.list_service_accounts(p))
+                    paged(
+                        w.list_service_accounts(p),
+                        "accounts",
+                        query,
+                        IAM_PAGE,
+                        w.page_cap,
+                    )
                 }
                 ("GET", ["projects", p, "serviceAccounts", email]) => {
                     w.get_service_account(p, email)
@@ -592,6 +655,7 @@ async fn dispatch(
                 ("GET", ["projects", p, "secrets"]) => {
                     w.project(p)?;
                     w.list_secrets(p, query_param(query, "filter").as_deref())
+                        .and_then(|v| paged(v, "secrets", query, SECRETS_PAGE, w.page_cap))
                 }
                 ("GET", ["projects", p, "secrets", rest]) if rest.ends_with(":getIamPolicy") => {
                     w.get_secret_policy(p, rest.trim_end_matches(":getIamPolicy"))
@@ -698,9 +762,9 @@ async fn compute(
             check("Network", &v)?;
             w.insert_network(now, p, v, caller, rid)
         }
-        ("GET", ["projects", p, "global", "networks"]) => {
-            w.list("networks", p, None, filter.as_deref())
-        }
+        ("GET", ["projects", p, "global", "networks"]) => w
+            .list("networks", p, None, filter.as_deref())
+            .and_then(|v| paged(v, "items", query, COMPUTE_PAGE, w.page_cap)),
         ("GET", ["projects", p, "global", "networks", n]) => w.get_network(p, n),
         ("DELETE", ["projects", p, "global", "networks", n]) => {
             w.delete_network(now, p, n, caller, rid)
@@ -710,9 +774,9 @@ async fn compute(
             check("Firewall", &v)?;
             w.insert_firewall(now, p, v, caller, rid)
         }
-        ("GET", ["projects", p, "global", "firewalls"]) => {
-            w.list("firewalls", p, None, filter.as_deref())
-        }
+        ("GET", ["projects", p, "global", "firewalls"]) => w
+            .list("firewalls", p, None, filter.as_deref())
+            .and_then(|v| paged(v, "items", query, COMPUTE_PAGE, w.page_cap)),
         ("GET", ["projects", p, "global", "firewalls", n]) => w.get_firewall(p, n),
         ("PATCH", ["projects", p, "global", "firewalls", n]) => {
             let v = parsed()?;
@@ -727,9 +791,9 @@ async fn compute(
             check("Address", &v)?;
             w.insert_address(now, p, r, v, caller, rid)
         }
-        ("GET", ["projects", p, "regions", r, "addresses"]) => {
-            w.list("addresses", p, Some(r), filter.as_deref())
-        }
+        ("GET", ["projects", p, "regions", r, "addresses"]) => w
+            .list("addresses", p, Some(r), filter.as_deref())
+            .and_then(|v| paged(v, "items", query, COMPUTE_PAGE, w.page_cap)),
         ("GET", ["projects", p, "regions", r, "addresses", n]) => w.get_address(p, r, n),
         ("DELETE", ["projects", p, "regions", r, "addresses", n]) => {
             w.delete_address(now, p, r, n, caller, rid)
@@ -739,9 +803,9 @@ async fn compute(
             check("Instance", &v)?;
             w.insert_instance(now, p, z, v, caller, rid)
         }
-        ("GET", ["projects", p, "zones", z, "instances"]) => {
-            w.list("instances", p, Some(z), filter.as_deref())
-        }
+        ("GET", ["projects", p, "zones", z, "instances"]) => w
+            .list("instances", p, Some(z), filter.as_deref())
+            .and_then(|v| paged(v, "items", query, COMPUTE_PAGE, w.page_cap)),
         ("GET", ["projects", p, "zones", z, "instances", n]) => w.get_instance(p, z, n),
         ("DELETE", ["projects", p, "zones", z, "instances", n]) => {
             w.instance_action(now, p, z, n, "delete", json!({}), caller, rid)

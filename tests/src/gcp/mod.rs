@@ -403,6 +403,11 @@ impl GcpEmulator {
         lock(&self.shared.world).remove(kind, project, scope, name)
     }
 
+    /// Makes every list answer pages of at most `n` items (`None`: GCP's own sizes).
+    pub fn set_page_cap(&self, n: Option<usize>) {
+        lock(&self.shared.world).page_cap = n;
+    }
+
     /// Empties a secret's IAM policy out of band.
     pub fn clear_secret_bindings(&self, project: &str, id: &str) -> bool {
         lock(&self.shared.world).clear_secret_bindings(project, id)

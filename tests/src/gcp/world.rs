@@ -82,6 +82,8 @@ pub struct World {
     request_ids: HashMap<(String, String), String>,
     /// Set by a `FailOperation` fault: the next operation started ends with this error.
     pub fail_next_operation: Option<(String, String)>,
+    /// The largest page any list answers (GCP may page below the size asked for).
+    pub page_cap: Option<usize>,
     service_accounts: BTreeMap<(String, String), ServiceAccount>,
     secrets: BTreeMap<GKey, Secret>,
     counter: u64,
@@ -179,6 +181,7 @@ impl World {
             ops: HashMap::new(),
             request_ids: HashMap::new(),
             fail_next_operation: None,
+            page_cap: None,
             service_accounts: BTreeMap::new(),
             secrets: BTreeMap::new(),
             counter: 0,
