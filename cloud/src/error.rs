@@ -84,9 +84,30 @@ impl CloudError {
         }
     }
 
-    /// 404.
+    /// 404 for the resource asked for (not for its project: see
+    /// [`Self::is_project_not_found`]).
     pub fn is_not_found(&self) -> bool {
-        self.status() == Some(404)
+        self.status() == Some(404) && !self.is_project_not_found()
+    }
+
+    /// 404 for the project itself (it does not exist, or was deleted), which must not be
+    /// read as "the resource is absent": creating would fail for ever, and a delete would
+    /// believe everything gone. GCP gives it no code of its own; its message names the
+    /// project alone (`The resource 'projects/x' was not found`), where a missing resource
+    /// is named by its full path.
+    pub fn is_project_not_found(&self) -> bool {
+        let Self::Api {
+            status: 404,
+            message,
+            ..
+        } = self
+        else {
+            return false;
+        };
+        message.split("'projects/").skip(1).any(|rest| {
+            rest.split_once('\'')
+                .is_some_and(|(id, _)| !id.is_empty() && !id.contains('/'))
+        })
     }
 
     /// 409 alreadyExists / ALREADY_EXISTS.
@@ -181,6 +202,8 @@ impl CloudError {
             "QuotaExceeded"
         } else if self.is_capacity_exhausted() {
             "CapacityExhausted"
+        } else if self.is_project_not_found() {
+            "ProjectNotFound"
         } else if matches!(self, Self::NameCollision { .. }) {
             "NameCollision"
         } else if self.is_invalid_argument() {
@@ -196,7 +219,8 @@ impl CloudError {
 
     /// How long to wait before the reconcile that retries this error.
     pub fn retry_after(&self) -> Duration {
-        if self.is_permission_denied() || self.is_invalid_argument() {
+        if self.is_permission_denied() || self.is_invalid_argument() || self.is_project_not_found()
+        {
             // A human must act; look again now and then, never in a tight loop.
             Duration::from_secs(300)
         } else if self.is_quota() || self.is_capacity_exhausted() {

@@ -469,6 +469,36 @@ async fn the_sweep_reads_every_page() {
     assert!(e.emu.inventory().is_empty());
 }
 
+/// Issue 18, item 6: a project that does not exist answers 404 naming the project. That
+/// is an error (ProjectNotFound), never "the resource is absent": a pass must not try to
+/// create into it as if it were empty, and a delete must not call everything gone.
+#[tokio::test]
+async fn a_missing_project_is_an_error_not_an_empty_project() {
+    let e = env(LatencyProfile::instant()).await;
+    let mut d = desired("lost", "uid-lost", &[(443, Protocol::Tcp)]);
+    d.target.project = "no-such-project-1".into();
+    let p = e.cloud.ensure(&d, &Recorded::default()).await;
+    assert!(!p.ready);
+    assert!(
+        p.errors
+            .iter()
+            .any(|x| x.reason_code() == "ProjectNotFound"),
+        "{:?}",
+        p.errors
+    );
+    assert_eq!(
+        p.writes, 0,
+        "nothing is created into a project that is not there"
+    );
+    let del = e.cloud.delete(&d.target, &Recorded::default()).await;
+    assert!(!del.done, "a delete in a missing project is not a success");
+    assert!(
+        del.errors.iter().all(|x| x.is_project_not_found()) && !del.errors.is_empty(),
+        "{:?}",
+        del.errors
+    );
+}
+
 #[tokio::test]
 async fn lost_answers_on_every_write_converge_without_duplicates() {
     let e = env(LatencyProfile::instant()).await;

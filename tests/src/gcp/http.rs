@@ -586,6 +586,11 @@ async fn dispatch(
             let segs: Vec<&str> = path.trim_start_matches("/v1/").split('/').collect();
             let mut w = lock(&shared.world);
             w.tick(now);
+            if let ["projects", p, ..] = segs.as_slice()
+                && *p != "-"
+            {
+                w.project(p)?;
+            }
             match (method, segs.as_slice()) {
                 ("POST", ["projects", p, "serviceAccounts"]) => {
                     w.project(p)?;
@@ -641,6 +646,9 @@ async fn dispatch(
                 segs[1] = id;
             }
             let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+            if let ["projects", p, ..] = segs.as_slice() {
+                w.project(p)?;
+            }
             match (method, segs.as_slice()) {
                 ("POST", ["projects", p, "secrets"]) => {
                     w.project(p)?;

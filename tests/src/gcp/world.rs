@@ -201,11 +201,8 @@ impl World {
         if self.projects.contains_key(p) {
             Ok(())
         } else {
-            Err(GcpError::new(
-                403,
-                "forbidden",
-                format!("Permission denied on resource project {p}."),
-            ))
+            // GCP answers a project that does not exist with 404, naming the project.
+            Err(GcpError::not_found(&format!("projects/{p}")))
         }
     }
 

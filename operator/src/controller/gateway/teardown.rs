@@ -87,11 +87,13 @@ pub async fn teardown<C: Cloud>(gw: &Gateway, ctx: &Context<C>) -> Result<Action
         )
         .await;
     }
-    // Nothing was ever created and the project answers only with a denial: waiting would
-    // wedge the deletion forever, and there is nothing to leak.
+    // Nothing was ever created and the project answers only with a denial, or does not
+    // exist: waiting would wedge the deletion forever, and there is nothing to leak.
     if recorded.is_empty()
         && !p.errors.is_empty()
-        && p.errors.iter().all(|e| e.is_permission_denied())
+        && p.errors
+            .iter()
+            .all(|e| e.is_permission_denied() || e.is_project_not_found())
     {
         return release(
             gw,
@@ -99,7 +101,7 @@ pub async fn teardown<C: Cloud>(gw: &Gateway, ctx: &Context<C>) -> Result<Action
             false,
             "Deleted",
             format!(
-                "nothing of the gateway was ever created in GCP, and project {project} denies access: {}",
+                "nothing of the gateway was ever created in GCP, and project {project} denies access or does not exist: {}",
                 p.errors[0]
             ),
         )
