@@ -499,6 +499,40 @@ async fn a_missing_project_is_an_error_not_an_empty_project() {
     );
 }
 
+/// Issue 18, item 5: real machine types of any general-purpose family provision, and a
+/// zone GCP does not have is a clear InvalidArgument naming it (retried slowly, never a
+/// tight loop), and deletion still cleans up what was created.
+#[tokio::test]
+async fn real_machine_types_work_and_unknown_zones_are_refused() {
+    let e = env(LatencyProfile::instant()).await;
+    let mut d = desired("n2d", "uid-n2d", &[(443, Protocol::Tcp)]);
+    d.machine_type = "n2d-standard-2".into();
+    let (rec, _, _) = converge(&e.cloud, &d, Recorded::default(), 20).await;
+    teardown(&e.cloud, &d.target, rec, 20).await;
+
+    let mut d = desired("zoneless", "uid-zoneless", &[(443, Protocol::Tcp)]);
+    d.target.zone = "us-central1-z".into();
+    let mut rec = Recorded::default();
+    let mut refused = None;
+    for _ in 0..10 {
+        let p = e.cloud.ensure(&d, &rec).await;
+        rec = p.recorded.clone();
+        if let Some(err) = p
+            .errors
+            .iter()
+            .find(|x| x.reason_code() == "InvalidArgument")
+        {
+            refused = Some((err.to_string(), err.retry_after()));
+            break;
+        }
+    }
+    let (message, retry) = refused.expect("an InvalidArgument error");
+    assert!(message.contains("us-central1-z"), "{message}");
+    assert_eq!(retry, Duration::from_secs(300));
+    teardown(&e.cloud, &d.target, rec, 20).await;
+    assert!(e.emu.inventory().is_empty(), "{:?}", e.emu.inventory());
+}
+
 #[tokio::test]
 async fn lost_answers_on_every_write_converge_without_duplicates() {
     let e = env(LatencyProfile::instant()).await;

@@ -202,6 +202,10 @@ impl GcpCloud {
                 .transpose()
             });
         match found {
+            // A read refused as malformed (GCP's "Unknown zone" for a mistyped zone) names
+            // a place where nothing can exist: there is nothing to delete, and waiting
+            // would wedge the deletion for ever.
+            Err(e) if e.is_invalid_argument() => (Step::Ready(()), ops),
             Err(e) => (Step::Failed(e), ops),
             Ok(None) => (Step::Ready(()), ops),
             Ok(Some((_, v))) if !ours(&v) => (Step::Ready(()), ops),

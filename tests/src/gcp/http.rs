@@ -758,6 +758,9 @@ async fn compute(
     {
         w.project(p)?;
     }
+    if let ["projects", _, kind @ ("regions" | "zones"), where_, ..] = s.as_slice() {
+        crate::gcp::world::check_location(kind, where_)?;
+    }
     let parsed = || parse_body(body);
     let check =
         |schema: &str, v: &Value| shared.compute.check(schema, v).map_err(GcpError::invalid);
