@@ -71,9 +71,14 @@ fn now_secs() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
+/// Google's documented token audience: Google's own client libraries sign for it whatever
+/// token URL the key file names.
+pub const GOOGLE_TOKEN_AUDIENCE: &str = "https://oauth2.googleapis.com/token";
+
 /// Verifies a JWT-bearer assertion: RS256 signature by the issuer's registered key,
-/// audience equal to the token endpoint, and a live validity window of at most an hour.
-/// Errors use the wording of Google's `invalid_grant` descriptions.
+/// audience equal to the token endpoint (`audience`, or Google's documented one), and a
+/// live validity window of at most an hour. Errors use the wording of Google's
+/// `invalid_grant` descriptions.
 pub fn verify_assertion(
     jwt: &str,
     keys: &HashMap<String, Vec<Vec<u8>>>,
@@ -109,7 +114,8 @@ pub fn verify_assertion(
     if !verified {
         return Err("Invalid JWT Signature.".to_owned());
     }
-    if claims.get("aud").and_then(Value::as_str) != Some(audience) {
+    let aud = claims.get("aud").and_then(Value::as_str);
+    if aud != Some(audience) && aud != Some(GOOGLE_TOKEN_AUDIENCE) {
         return Err(format!("Invalid JWT: aud must be {audience}"));
     }
     let iat = claims.get("iat").and_then(Value::as_i64).unwrap_or(0);
@@ -168,6 +174,10 @@ mod tests {
         assert_eq!(grant.email, email);
         assert!(verify_assertion(&sign(&other, &claims), &keys, "http://e/token").is_err());
         assert!(verify_assertion(&sign(&pem, &claims), &keys, "http://x/token").is_err());
+        // Google's client libraries sign for Google's token URL: accepted too (issue 18,
+        // item 9; refused before).
+        let google = serde_json::json!({"iss": email, "aud": GOOGLE_TOKEN_AUDIENCE, "iat": now, "exp": now + 3595});
+        assert!(verify_assertion(&sign(&pem, &google), &keys, "http://e/token").is_ok());
         let long = serde_json::json!({"iss": email, "aud": "http://e/token", "iat": now, "exp": now + 7200});
         assert!(verify_assertion(&sign(&pem, &long), &keys, "http://e/token").is_err());
         assert!(verify_assertion("a.b", &keys, "http://e/token").is_err());
