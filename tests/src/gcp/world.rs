@@ -1977,18 +1977,20 @@ fn crc32c(data: &[u8]) -> u32 {
 /// `field eq regex`, `field ne regex`, `labels.k:*`, joined by spaces or `AND`.
 #[derive(Debug)]
 struct Filter {
-    terms: Vec<(String, String, String)>,
+    /// Clauses that must all hold, each true when any of its terms holds (AIP-160: `OR`
+    /// binds tighter than `AND`, which may also be left implicit).
+    clauses: Vec<Vec<(String, String, String)>>,
 }
 
 impl Filter {
     fn parse(s: &str) -> Result<Self, GcpError> {
         static RE: std::sync::OnceLock<Regex> = std::sync::OnceLock::new();
         let re = RE.get_or_init(|| {
-            Regex::new(r#"^\s*\(?\s*([A-Za-z0-9_.\-]+)\s*(!=|=|:|\beq\b|\bne\b)\s*("[^"]*"|'[^']*'|[^\s)]+)\s*\)?\s*(?:AND\s+)?"#)
+            Regex::new(r#"^\s*\(?\s*([A-Za-z0-9_.\-]+)\s*(!=|=|:|\beq\b|\bne\b)\s*("[^"]*"|'[^']*'|[^\s)]+)\s*\)?\s*(?:(AND|OR)\s+)?"#)
                 .expect("static regex")
         });
         let mut rest = s.trim();
-        let mut terms = Vec::new();
+        let mut clauses: Vec<Vec<(String, String, String)>> = vec![Vec::new()];
         while !rest.is_empty() {
             let Some(c) = re.captures(rest) else {
                 return Err(GcpError::invalid(format!(
@@ -1996,31 +1998,45 @@ impl Filter {
                 )));
             };
             let value = c[3].trim_matches(|ch| ch == '"' || ch == '\'').to_owned();
-            terms.push((c[1].to_owned(), c[2].to_owned(), value));
+            if let Some(last) = clauses.last_mut() {
+                last.push((c[1].to_owned(), c[2].to_owned(), value));
+            }
+            if c.get(4).map(|m| m.as_str()) != Some("OR") {
+                clauses.push(Vec::new());
+            }
             rest = &rest[c[0].len()..];
         }
-        Ok(Self { terms })
+        clauses.retain(|c| !c.is_empty());
+        Ok(Self { clauses })
     }
 
     fn matches(&self, v: &Value) -> bool {
-        self.terms.iter().all(|(field, op, want)| {
-            let ptr = format!("/{}", field.replace('.', "/"));
-            let got = v.pointer(&ptr).map(|x| match x {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            });
-            match op.as_str() {
-                "=" => got.as_deref() == Some(want.as_str()),
-                "!=" => got.as_deref() != Some(want.as_str()),
-                ":" => want == "*" && got.is_some() || got.as_deref() == Some(want.as_str()),
-                "eq" | "ne" => {
-                    let re = Regex::new(&format!("^(?:{want})$"));
-                    let m = re.is_ok_and(|re| got.as_deref().is_some_and(|g| re.is_match(g)));
-                    (op == "eq") == m
-                }
-                _ => false,
+        self.clauses
+            .iter()
+            .all(|clause| clause.iter().any(|term| Self::term(v, term)))
+    }
+
+    fn term(v: &Value, (field, op, want): &(String, String, String)) -> bool {
+        let ptr = format!("/{}", field.replace('.', "/"));
+        let got = v.pointer(&ptr).map(|x| match x {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        });
+        match op.as_str() {
+            "=" => got.as_deref() == Some(want.as_str()),
+            "!=" => got.as_deref() != Some(want.as_str()),
+            // "has": present (`*`), or a substring of a string field.
+            ":" => {
+                (want == "*" && got.is_some())
+                    || got.as_deref().is_some_and(|g| g.contains(want.as_str()))
             }
-        })
+            "eq" | "ne" => {
+                let re = Regex::new(&format!("^(?:{want})$"));
+                let m = re.is_ok_and(|re| got.as_deref().is_some_and(|g| re.is_match(g)));
+                (op == "eq") == m
+            }
+            _ => false,
+        }
     }
 }
 
@@ -2038,6 +2054,12 @@ mod tests {
         assert!(!ok("name ne wg-.*"));
         assert!(!ok("labels.other:*"));
         assert!(Filter::parse("name ~~ x").is_err());
+        // OR (issue 18, item 8), binding tighter than AND, and `:` as a substring match.
+        assert!(ok("name:abc"));
+        assert!(!ok("name:xyz"));
+        assert!(ok("labels.wgnet-install=y OR labels.wgnet-install=x"));
+        assert!(ok("name:wg AND labels.wgnet-install=y OR description=d"));
+        assert!(!ok("name:zz AND labels.wgnet-install=y OR description=d"));
     }
 
     #[test]
