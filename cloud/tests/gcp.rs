@@ -69,6 +69,25 @@ async fn lifecycle_create_resync_change_delete() {
         json!(true)
     );
     assert_eq!(inst["labels"]["wgnet-gateway-uid"], json!("uid-1"));
+    // GCP's shapes (issue 18, item 7): full URLs and server-filled fields, no
+    // insert-only `initializeParams`; every pass above read them and stayed quiet.
+    assert!(
+        inst["zone"]
+            .as_str()
+            .is_some_and(|z| z.ends_with("/projects/wgnet-test/zones/us-central1-a")),
+        "{}",
+        inst["zone"]
+    );
+    assert!(
+        inst["machineType"]
+            .as_str()
+            .is_some_and(|m| m.ends_with("/zones/us-central1-a/machineTypes/e2-small"))
+    );
+    assert!(
+        inst["disks"][0]["source"].is_string() && inst["disks"][0]["initializeParams"].is_null()
+    );
+    assert!(inst["networkInterfaces"][0]["subnetwork"].is_string());
+    assert!(inst["tags"]["fingerprint"].is_string() && inst["cpuPlatform"].is_string());
     let items = inst["metadata"]["items"]
         .as_array()
         .expect("metadata items");

@@ -74,15 +74,19 @@ async fn calls_need_a_valid_token() {
         )
         .await;
     assert_eq!(s, 200);
-    // Unknown projects look like missing permission, as in GCP.
-    let (s, _) = c
+    // A project that does not exist is a 404 naming the project, as in GCP.
+    let (s, err) = c
         .call(
             Method::GET,
             "/compute/v1/projects/elsewhere/global/networks",
             None,
         )
         .await;
-    assert_eq!(s, 403);
+    assert_eq!(s, 404);
+    assert_eq!(
+        err["error"]["message"],
+        "The resource 'projects/elsewhere' was not found"
+    );
     // The token endpoint refuses forged assertions.
     let resp = reqwest::Client::new()
         .post(emu.token_url())
@@ -170,19 +174,37 @@ async fn wait_returns_when_the_operation_is_done() {
         .await;
     assert_eq!(done["status"], "DONE");
     assert!(started.elapsed() >= Duration::from_millis(200));
-    // The network is in use by the firewall.
-    let (s, err) = c
+    // The network is in use by the firewall: GCP accepts the delete, and its operation
+    // ends in error.
+    let (s, op) = c
         .call(
             Method::DELETE,
             &format!("/compute/v1/projects/{P}/global/networks/n"),
             None,
         )
         .await;
-    assert_eq!(s, 400);
+    assert_eq!(s, 200);
+    let name = op["name"].as_str().expect("operation name").to_owned();
+    let (_, done) = c
+        .call(
+            Method::POST,
+            &format!("/compute/v1/projects/{P}/global/operations/{name}/wait"),
+            None,
+        )
+        .await;
+    assert_eq!(done["status"], "DONE");
     assert_eq!(
-        err["error"]["errors"][0]["reason"],
-        "resourceInUseByAnotherResource"
+        done["error"]["errors"][0]["code"],
+        "RESOURCE_IN_USE_BY_ANOTHER_RESOURCE"
     );
+    let (s, _) = c
+        .call(
+            Method::GET,
+            &format!("/compute/v1/projects/{P}/global/networks/n"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "the network is still there");
 }
 
 #[tokio::test]

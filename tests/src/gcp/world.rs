@@ -322,6 +322,9 @@ impl World {
             Some(Effect::InstanceStatus(k, s)) => {
                 if let Some(inst) = self.instances.get_mut(&k) {
                     inst.value["status"] = json!(s);
+                    if s == "RUNNING" {
+                        inst.value["lastStartTimestamp"] = json!(now_rfc3339());
+                    }
                 }
             }
             Some(Effect::AddressReserved(k)) => {
@@ -518,6 +521,21 @@ impl World {
         obj.entry("mtu").or_insert(json!(1460));
         obj.entry("routingConfig")
             .or_insert(json!({"routingMode": "REGIONAL"}));
+        // An auto-mode network lists the subnetwork GCP made in every region.
+        if obj.get("autoCreateSubnetworks") == Some(&json!(true)) {
+            let subnets: Vec<Value> = ZONES
+                .iter()
+                .map(|(r, _)| {
+                    json!(self.link(&format!(
+                        "projects/{project}/regions/{r}/subnetworks/{}",
+                        last_segment(&path)
+                    )))
+                })
+                .collect();
+            if let Some(m) = body.as_object_mut() {
+                m.insert("subnetworks".into(), json!(subnets));
+            }
+        }
         self.networks.insert(key, body);
         let d = self.profile.network_insert;
         Ok(self.start_op(
@@ -1119,6 +1137,7 @@ impl World {
         meta["kind"] = json!("compute#metadata");
         meta["fingerprint"] = json!(fingerprint(id + 2));
         obj.insert("metadata".into(), meta);
+        self.server_fields(&mut body, project, zone, &name, id);
         self.instances.insert(
             key.clone(),
             Instance {
@@ -1140,6 +1159,71 @@ impl World {
             user,
             request_id,
         ))
+    }
+
+    /// What GCP fills in on an instance, replacing what it only takes on insert: the zone
+    /// and machine type as full URLs, attached disks (no `initializeParams`), each
+    /// interface's subnetwork, name and fingerprint, the tags' fingerprint, the CPU
+    /// platform. Drift checks then read the shapes GCP really returns.
+    fn server_fields(&self, body: &mut Value, project: &str, zone: &str, name: &str, id: u64) {
+        let region = zone.rsplit_once('-').map_or(zone, |(r, _)| r);
+        body["zone"] = json!(self.link(&format!("projects/{project}/zones/{zone}")));
+        if let Some(mt) = body["machineType"].as_str() {
+            let mt = last_segment(mt).to_owned();
+            body["machineType"] = json!(self.link(&format!(
+                "projects/{project}/zones/{zone}/machineTypes/{mt}"
+            )));
+        }
+        let disks: Vec<Value> = body["disks"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let size = d
+                    .pointer("/initializeParams/diskSizeGb")
+                    .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+                    .unwrap_or_else(|| "10".into());
+                let disk = if i == 0 {
+                    name.to_owned()
+                } else {
+                    format!("{name}-{i}")
+                };
+                json!({
+                    "kind": "compute#attachedDisk",
+                    "type": "PERSISTENT",
+                    "mode": "READ_WRITE",
+                    "source": self.link(&format!("projects/{project}/zones/{zone}/disks/{disk}")),
+                    "deviceName": format!("persistent-disk-{i}"),
+                    "index": i,
+                    "boot": d["boot"] == true,
+                    "autoDelete": d["autoDelete"] == true,
+                    "interface": "SCSI",
+                    "diskSizeGb": size,
+                })
+            })
+            .collect();
+        body["disks"] = json!(disks);
+        let mut nics = body["networkInterfaces"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        for (i, nic) in nics.iter_mut().enumerate() {
+            let net = last_segment(nic["network"].as_str().unwrap_or("default")).to_owned();
+            nic["kind"] = json!("compute#networkInterface");
+            nic["name"] = json!(format!("nic{i}"));
+            nic["subnetwork"] = json!(self.link(&format!(
+                "projects/{project}/regions/{region}/subnetworks/{net}"
+            )));
+            nic["fingerprint"] = json!(fingerprint(id + 10 + i as u64));
+            nic["stackType"] = json!("IPV4_ONLY");
+        }
+        body["networkInterfaces"] = json!(nics);
+        let items = body["tags"]["items"].clone();
+        body["tags"] = json!({"items": if items.is_null() { json!([]) } else { items }, "fingerprint": fingerprint(id + 3)});
+        body["cpuPlatform"] = json!("Intel Broadwell");
+        body["startRestricted"] = json!(false);
     }
 
     fn instance(&self, project: &str, zone: &str, name: &str) -> Result<&Instance, GcpError> {
