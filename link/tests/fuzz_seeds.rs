@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use wgnet_link::config::{Raw, parse};
-use wgnet_link::keys::echoes_secret;
+use wgnet_link::keys::{echoes_secret, echoes_secret_beyond};
 
 fn seeds(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -50,7 +50,7 @@ fn link_config_seeds_parse_or_refuse_without_echo() {
             None => (b.clone(), None),
         };
         let raw = Raw {
-            config: Some(config),
+            config: Some(config.clone()),
             secret: secret.clone(),
         };
         match parse(&raw) {
@@ -58,7 +58,11 @@ fn link_config_seeds_parse_or_refuse_without_echo() {
             Err(e) => {
                 refused += 1;
                 assert!(
-                    !echoes_secret(&e.to_string(), secret.as_deref().unwrap_or_default()),
+                    !echoes_secret_beyond(
+                        &e.to_string(),
+                        secret.as_deref().unwrap_or_default(),
+                        &config
+                    ),
                     "{}: the error repeats the Secret",
                     p.display()
                 );
