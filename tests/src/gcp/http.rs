@@ -88,6 +88,12 @@ pub struct Controls {
     pub random_rate: f64,
     /// Statuses for random failures.
     pub random_statuses: Vec<u16>,
+    /// Share of writes (non-GET calls) served and then left unanswered at random.
+    pub random_drop_rate: f64,
+    /// Share of Compute mutations whose operation fails at random, and the codes used.
+    pub random_op_failure_rate: f64,
+    /// Codes for random operation failures.
+    pub random_op_codes: Vec<String>,
     /// Xorshift state for random failures.
     pub rng: u64,
     /// Added latency per API call.
@@ -466,6 +472,23 @@ fn pick_fault(shared: &Shared, method: &str, path: &str) -> (Option<FaultAction>
         }
     }
     c.faults.retain(|f| f.remaining != Some(0));
+    if chosen.is_none() && method != "GET" {
+        if c.random_drop_rate > 0.0 && c.next_random() < c.random_drop_rate {
+            chosen = Some(FaultAction::DropResponse);
+        } else if c.random_op_failure_rate > 0.0
+            && !c.random_op_codes.is_empty()
+            && path.starts_with("/compute/")
+            && !path.contains("/operations/")
+            && c.next_random() < c.random_op_failure_rate
+        {
+            let i = (c.next_random() * c.random_op_codes.len() as f64) as usize;
+            let code = c.random_op_codes[i.min(c.random_op_codes.len() - 1)].clone();
+            chosen = Some(FaultAction::FailOperation(
+                code.clone(),
+                format!("{code} (injected at random)"),
+            ));
+        }
+    }
     if chosen.is_none() && c.random_rate > 0.0 && !c.random_statuses.is_empty() {
         let r = c.next_random();
         if r < c.random_rate {

@@ -354,11 +354,23 @@ impl GcpEmulator {
         c.random_statuses = statuses.to_vec();
     }
 
-    /// Removes every fault rule and the random failure rate.
+    /// Leaves a share of writes unanswered after serving them, and makes a share of
+    /// Compute mutations' operations fail with one of `codes` (drawn from the same seeded
+    /// sequence as [`Self::random_failures`]).
+    pub fn random_write_faults(&self, drop_rate: f64, op_failure_rate: f64, codes: &[&str]) {
+        let mut c = lock(&self.shared.controls);
+        c.random_drop_rate = drop_rate;
+        c.random_op_failure_rate = op_failure_rate;
+        c.random_op_codes = codes.iter().map(|s| (*s).to_owned()).collect();
+    }
+
+    /// Removes every fault rule and the random failure rates.
     pub fn clear_faults(&self) {
         let mut c = lock(&self.shared.controls);
         c.faults.clear();
         c.random_rate = 0.0;
+        c.random_drop_rate = 0.0;
+        c.random_op_failure_rate = 0.0;
     }
 
     /// Adds fixed latency to every API call.
@@ -401,6 +413,11 @@ impl GcpEmulator {
     /// Deletes a resource out of band (`kind` as in [`InventoryItem`]).
     pub fn remove_resource(&self, kind: &str, project: &str, scope: &str, name: &str) -> bool {
         lock(&self.shared.world).remove(kind, project, scope, name)
+    }
+
+    /// How many operations have ended in error.
+    pub fn failed_operations(&self) -> usize {
+        lock(&self.shared.world).failed_operations
     }
 
     /// Makes every list answer pages of at most `n` items (`None`: GCP's own sizes).

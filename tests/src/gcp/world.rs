@@ -84,6 +84,8 @@ pub struct World {
     pub fail_next_operation: Option<(String, String)>,
     /// The largest page any list answers (GCP may page below the size asked for).
     pub page_cap: Option<usize>,
+    /// Operations that ended in error so far.
+    pub failed_operations: usize,
     service_accounts: BTreeMap<(String, String), ServiceAccount>,
     secrets: BTreeMap<GKey, Secret>,
     counter: u64,
@@ -230,6 +232,7 @@ impl World {
             request_ids: HashMap::new(),
             fail_next_operation: None,
             page_cap: None,
+            failed_operations: 0,
             service_accounts: BTreeMap::new(),
             secrets: BTreeMap::new(),
             counter: 0,
@@ -282,6 +285,7 @@ impl World {
         op.value["progress"] = json!(100);
         op.value["endTime"] = json!(now_rfc3339());
         if let Some((code, message)) = op.failure.take() {
+            self.failed_operations += 1;
             // Failed: the change does not happen, a failed insert leaves nothing, and a
             // failed start leaves the VM stopped.
             let stopped = match op.effect.take() {
