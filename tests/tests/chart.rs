@@ -353,6 +353,7 @@ fn the_schema_rejects_bad_values_with_a_clear_message() {
         ("gcp.allowedProjects={Not_A_Project}", "allowedProjects"),
         ("resyncSeconds=5", "resyncSeconds"),
         ("policy.maxDiskSizeGB=5", "maxDiskSizeGB"),
+        ("gcp.install=an-install-name-too-long", "install"),
         ("policy.machineTypes={}", "machineTypes"),
         ("link.image.pullPolicy=Sometimes", "pullPolicy"),
         ("gcp.endpoints.compute=ftp://x", "compute"),
