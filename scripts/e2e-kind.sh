@@ -15,7 +15,7 @@ set -eu
 ZONE=${WGNET_E2E_ZONE:-us-central1-a}
 REGION=${ZONE%-*}
 CLUSTER=wgnet-e2e
-INSTALL=wgnet-e2e-$(date +%s)
+INSTALL=e2e-$(date +%s)  # at most 16 characters (the operator refuses more)
 for tool in docker kind kubectl helm gcloud curl; do
     command -v "$tool" >/dev/null 2>&1 || { echo "e2e-kind: $tool is required" >&2; exit 1; }
 done
