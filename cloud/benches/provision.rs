@@ -114,6 +114,7 @@ async fn main() {
         network: "wgnet".into(),
         observer: None,
         verify_every: wgnet_cloud::gcp::DEFAULT_VERIFY_EVERY,
+        budget: wgnet_cloud::budget::Budget::DEFAULT,
     })
     .await
     .unwrap();

@@ -130,6 +130,7 @@ pub struct Api {
     endpoints: Endpoints,
     retry: RetryPolicy,
     observer: Option<CallObserver>,
+    budget: crate::budget::RequestBudget,
 }
 
 impl std::fmt::Debug for Api {
@@ -147,6 +148,7 @@ impl Api {
         endpoints: Endpoints,
         retry: RetryPolicy,
         observer: Option<CallObserver>,
+        budget: crate::budget::Budget,
     ) -> Result<Self, CloudError> {
         let tokens: Arc<dyn gcp_auth::TokenProvider> = match credentials {
             Credentials::KeyFile(path) => Arc::new(
@@ -169,7 +171,13 @@ impl Api {
             endpoints,
             retry,
             observer,
+            budget: crate::budget::RequestBudget::new(budget),
         })
+    }
+
+    /// Replaces the request budget (buckets start full again).
+    pub fn set_budget(&mut self, budget: crate::budget::Budget) {
+        self.budget = crate::budget::RequestBudget::new(budget);
     }
 
     fn url(&self, service: Service, path: &str) -> String {
@@ -223,6 +231,10 @@ impl Api {
         op: &'static str,
         what: &str,
     ) -> Result<Value, CloudError> {
+        // Every attempt, retries included, spends from its project's budget.
+        if let Some(project) = crate::budget::project_of(path) {
+            self.budget.acquire(project).await;
+        }
         let token = self
             .tokens
             .token(&[SCOPE])

@@ -8,6 +8,7 @@
 //! I/O boundary: HTTP to GCP through [`api::Api`]; nothing else.
 
 pub mod api;
+pub mod budget;
 pub mod error;
 pub mod gcp;
 pub mod names;

@@ -552,6 +552,66 @@ async fn real_machine_types_work_and_unknown_zones_are_refused() {
     assert!(e.emu.inventory().is_empty(), "{:?}", e.emu.inventory());
 }
 
+/// Issue 23, goal 3: a per-project request budget keeps the operator under the project's
+/// API quota however many Gateways it works on at once. Ten gateways provisioned together
+/// against a quota of 60 calls per group per second: without a budget the emulator refuses
+/// calls for the quota; with 25 calls a second (bursts of 25, so at most 50 in any second)
+/// it refuses none, and every gateway still converges.
+#[tokio::test]
+async fn the_request_budget_keeps_a_project_under_its_quota() {
+    use futures_util::future::join_all;
+    async fn provision(cloud: &wgnet_cloud::gcp::GcpCloud, tag: &str) -> Vec<Recorded> {
+        let ds: Vec<_> = (0..10)
+            .map(|i| {
+                desired(
+                    &format!("{tag}{i}"),
+                    &format!("uid-{tag}{i}"),
+                    &[(443, Protocol::Tcp)],
+                )
+            })
+            .collect();
+        join_all(
+            ds.iter()
+                .map(|d| async move { converge(cloud, d, Recorded::default(), 200).await.0 }),
+        )
+        .await
+    }
+    let refused = |e: &Env| {
+        e.emu
+            .request_log()
+            .iter()
+            .filter(|c| matches!(c.status, 403 | 429))
+            .count()
+    };
+    // Without a budget (the fixtures' is effectively unlimited).
+    let e = env(LatencyProfile::instant()).await;
+    e.emu.set_quota(Some(60), Duration::from_secs(1));
+    provision(&e.cloud, "free").await;
+    let unbudgeted = refused(&e);
+    assert!(unbudgeted > 0, "the scenario must press the quota");
+
+    // With a budget.
+    let e = env(LatencyProfile::instant()).await;
+    e.emu.set_quota(Some(60), Duration::from_secs(1));
+    let key = e._dir.0.join("key.json");
+    let mut cloud = cloud_for(&e.emu, key, INSTALL, "wgnet").await;
+    cloud.set_budget(wgnet_cloud::budget::Budget {
+        per_second: 25.0,
+        burst: 25.0,
+    });
+    let recs = provision(&cloud, "kept").await;
+    assert_eq!(
+        refused(&e),
+        0,
+        "no call refused for quota ({unbudgeted} without the budget)"
+    );
+    assert_eq!(recs.len(), 10);
+    eprintln!(
+        "budget: {unbudgeted} calls refused for quota without it, 0 with it, {} calls in all",
+        e.emu.request_log().len()
+    );
+}
+
 #[tokio::test]
 async fn lost_answers_on_every_write_converge_without_duplicates() {
     let e = env(LatencyProfile::instant()).await;

@@ -19,6 +19,9 @@ GCP:
   --compute-endpoint URL    Compute v1 base URL (default https://compute.googleapis.com/compute/v1/)
   --iam-endpoint URL        IAM v1 base URL
   --secrets-endpoint URL    Secret Manager v1 base URL
+  --gcp-requests-per-second N
+                            calls per second the operator sends each project, retries
+                            included, in bursts of at most 5x that (default 20)
 Policy (what a Gateway may ask for; anything else is refused with PolicyRefused):
   --allowed-projects LIST   comma-separated projects Gateways may use, or * for any the
                             credentials reach (required)
@@ -59,6 +62,8 @@ pub struct Options {
     pub secrets_endpoint: Option<String>,
     /// The admin policy.
     pub policy: Policy,
+    /// The per-project request budget.
+    pub gcp_budget: wgnet_cloud::budget::Budget,
     /// Install label.
     pub install: String,
     /// Network name.
@@ -128,6 +133,7 @@ const KNOWN: &[&str] = &[
     "--compute-endpoint",
     "--iam-endpoint",
     "--secrets-endpoint",
+    "--gcp-requests-per-second",
     "--allowed-projects",
     "--allowed-machine-types",
     "--allowed-images",
@@ -270,6 +276,18 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Op
         iam_endpoint: get("--iam-endpoint"),
         secrets_endpoint: get("--secrets-endpoint"),
         policy: policy(&get, &number)?,
+        gcp_budget: {
+            let per_second = number(
+                "--gcp-requests-per-second",
+                20,
+                1..=1000,
+                "needs calls per second from 1 to 1000",
+            )? as f64;
+            wgnet_cloud::budget::Budget {
+                per_second,
+                burst: per_second * 5.0,
+            }
+        },
         install: get("--install").unwrap_or_else(|| "wgnet".into()),
         network: get("--network").unwrap_or_else(|| "wgnet".into()),
         cluster_id: get("--cluster-id"),
@@ -385,6 +403,7 @@ mod tests {
             Projects::Only(vec!["a".into(), "b".into()])
         );
         assert_eq!(o.policy, Policy::new(o.policy.projects.clone()));
+        assert_eq!(o.gcp_budget, wgnet_cloud::budget::Budget::DEFAULT);
         assert!(!o.privileged_init);
         assert_eq!(o.install, "wgnet");
         assert_eq!(

@@ -145,6 +145,7 @@ async fn run(o: cli::Options) -> Result<(), StartError> {
         observer: Some(Arc::new(move |c| observer_metrics.gcp_call(c))),
         // Each resync pass reads the steady resources back and repairs drift.
         verify_every: o.resync,
+        budget: o.gcp_budget,
     })
     .await
     .map_err(StartError::Gcp)?;

@@ -76,6 +76,7 @@ async fn main() {
         network: "wgnet".into(),
         observer: Some(Arc::new(move |r| m2.gcp_call(r))),
         verify_every: wgnet_cloud::gcp::DEFAULT_VERIFY_EVERY,
+        budget: wgnet_cloud::budget::Budget::DEFAULT,
     })
     .await
     .expect("cloud");

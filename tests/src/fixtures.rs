@@ -105,6 +105,11 @@ pub async fn cloud_for(emu: &GcpEmulator, key: PathBuf, install: &str, network: 
         observer: None,
         // As the operator runs; drift tests read back on every pass (set_verify_every).
         verify_every: wgnet_cloud::gcp::DEFAULT_VERIFY_EVERY,
+        // Tests run many gateways' calls back to back; the budget is tested on its own.
+        budget: wgnet_cloud::budget::Budget {
+            per_second: 100_000.0,
+            burst: 100_000.0,
+        },
     })
     .await
     .expect("cloud client")

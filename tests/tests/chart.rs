@@ -210,6 +210,7 @@ fn defaults_render_a_restricted_single_replica_operator_with_ambient_credentials
         "--allowed-images=projects/debian-cloud/global/images/family/debian-12",
         "--max-disk-size-gb=20",
         "--max-gateways-per-namespace=5",
+        "--gcp-requests-per-second=20",
     ] {
         assert!(a.contains(&want.to_owned()), "missing {want} in {a:?}");
     }

@@ -73,6 +73,8 @@ pub struct GcpConfig {
     /// those passes, what the status records as done is trusted, saving their reads; the
     /// VM and firewall are read on every pass. Zero: every pass reads everything.
     pub verify_every: Duration,
+    /// Calls per second (and burst) each project receives at most, retries included.
+    pub budget: crate::budget::Budget,
 }
 
 /// [`GcpConfig::verify_every`] for an operator that sets none: the operator's own default
@@ -281,6 +283,7 @@ impl GcpCloud {
             config.endpoints,
             config.retry,
             config.observer,
+            config.budget,
         )
         .await?;
         Ok(Self {
@@ -291,6 +294,11 @@ impl GcpCloud {
             verify_every: config.verify_every,
             verified: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Changes [`GcpConfig::budget`] (buckets start full again).
+    pub fn set_budget(&mut self, budget: crate::budget::Budget) {
+        self.api.set_budget(budget);
     }
 
     /// Changes [`GcpConfig::verify_every`].

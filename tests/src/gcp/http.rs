@@ -98,8 +98,10 @@ pub struct Controls {
     pub rng: u64,
     /// Added latency per API call.
     pub latency: Duration,
-    /// Calls per quota group per minute.
+    /// Calls per quota group per period (a minute unless set).
     pub quota: Option<u32>,
+    /// The quota's period; `None` is GCP's minute.
+    pub quota_period: Option<Duration>,
     /// Start of the current quota minute and the calls counted in it.
     pub quota_window: Option<(Instant, HashMap<&'static str, u32>)>,
     /// Every request served.
@@ -510,8 +512,9 @@ fn quota_exceeded(
     let limit = c.quota?;
     let now = Instant::now();
     let group = quota_group(api, method, path);
+    let period = c.quota_period.unwrap_or(Duration::from_secs(60));
     let window = c.quota_window.get_or_insert_with(|| (now, HashMap::new()));
-    if now.duration_since(window.0) >= Duration::from_secs(60) {
+    if now.duration_since(window.0) >= period {
         *window = (now, HashMap::new());
     }
     let n = window.1.entry(group).or_insert(0);

@@ -380,7 +380,16 @@ impl GcpEmulator {
 
     /// Limits API calls per quota group per minute (None: unlimited).
     pub fn set_quota_per_minute(&self, limit: Option<u32>) {
-        lock(&self.shared.controls).quota = limit;
+        self.set_quota(limit, Duration::from_secs(60));
+    }
+
+    /// Calls per quota group per `period` (a shorter period than GCP's minute lets a test
+    /// reach the limit in seconds).
+    pub fn set_quota(&self, limit: Option<u32>, period: Duration) {
+        let mut c = lock(&self.shared.controls);
+        c.quota = limit;
+        c.quota_period = Some(period);
+        c.quota_window = None;
     }
 
     /// Replaces the latency profile.
