@@ -12,10 +12,10 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMap, Container, ContainerPort, EnvVar, EnvVarSource,
-    HTTPGetAction, HostPathVolumeSource, ObjectFieldSelector, PodAffinityTerm, PodAntiAffinity,
-    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret, SecurityContext,
-    Service, ServiceAccount, ServicePort, ServiceSpec, Toleration, Volume, VolumeMount,
-    WeightedPodAffinityTerm,
+    HTTPGetAction, HostPathVolumeSource, LocalObjectReference, ObjectFieldSelector,
+    PodAffinityTerm, PodAntiAffinity, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+    SeccompProfile, Secret, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec,
+    Toleration, Volume, VolumeMount, WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::networking::v1::{
     IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
@@ -80,6 +80,10 @@ pub struct LinkParams<'a> {
     pub node_selector: BTreeMap<String, String>,
     /// Pod tolerations.
     pub tolerations: Vec<Toleration>,
+    /// Pod affinity, as the spec gives it.
+    pub affinity: Option<Affinity>,
+    /// Image pull Secrets.
+    pub image_pull_secrets: Vec<LocalObjectReference>,
 }
 
 /// The labels selecting `owner`'s `component` (a link's pods, a PodDisruptionBudget).
@@ -153,6 +157,31 @@ impl LinkParams<'_> {
     pub fn lease_name(&self) -> String {
         self.name.clone()
     }
+}
+
+/// The link pods' affinity: the spec's, and with several replicas a preferred
+/// anti-affinity spreading them over nodes unless the spec sets its own.
+fn affinity(p: &LinkParams<'_>) -> Option<Affinity> {
+    let mut a = p.affinity.clone();
+    if p.replicas > 1 && a.as_ref().is_none_or(|a| a.pod_anti_affinity.is_none()) {
+        a.get_or_insert_with(Affinity::default).pod_anti_affinity = Some(PodAntiAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![
+                WeightedPodAffinityTerm {
+                    weight: 100,
+                    pod_affinity_term: PodAffinityTerm {
+                        topology_key: "kubernetes.io/hostname".into(),
+                        label_selector: Some(LabelSelector {
+                            match_labels: Some(p.selector()),
+                            ..LabelSelector::default()
+                        }),
+                        ..PodAffinityTerm::default()
+                    },
+                },
+            ]),
+            ..PodAntiAffinity::default()
+        });
+    }
+    a
 }
 
 /// The link's ServiceAccount.
@@ -370,25 +399,9 @@ pub fn deployment(p: &LinkParams<'_>, img: &LinkImage) -> Deployment {
                     containers: vec![link],
                     node_selector: (!p.node_selector.is_empty()).then(|| p.node_selector.clone()),
                     tolerations: (!p.tolerations.is_empty()).then(|| p.tolerations.clone()),
-                    affinity: (p.replicas > 1).then(|| Affinity {
-                        pod_anti_affinity: Some(PodAntiAffinity {
-                            preferred_during_scheduling_ignored_during_execution: Some(vec![
-                                WeightedPodAffinityTerm {
-                                    weight: 100,
-                                    pod_affinity_term: PodAffinityTerm {
-                                        topology_key: "kubernetes.io/hostname".into(),
-                                        label_selector: Some(LabelSelector {
-                                            match_labels: Some(p.selector()),
-                                            ..LabelSelector::default()
-                                        }),
-                                        ..PodAffinityTerm::default()
-                                    },
-                                },
-                            ]),
-                            ..PodAntiAffinity::default()
-                        }),
-                        ..Affinity::default()
-                    }),
+                    affinity: affinity(p),
+                    image_pull_secrets: (!p.image_pull_secrets.is_empty())
+                        .then(|| p.image_pull_secrets.clone()),
                     volumes: Some(vec![Volume {
                         name: "tun".into(),
                         host_path: Some(HostPathVolumeSource {
@@ -565,14 +578,16 @@ pub struct Clients {
 pub struct NamedPort {
     /// The port's name.
     pub name: String,
-    /// The port (the same on the pod).
+    /// The port on the link pod.
     pub port: i32,
+    /// The Service's port (often `port`).
+    pub service_port: i32,
     /// `TCP` or `UDP`.
     pub protocol: String,
 }
 
-/// The EgressGateway's ClusterIP Service: one named port per forward, to the same port on
-/// the link pod (the link DNATs it into the tunnel).
+/// The EgressGateway's ClusterIP Service: one named port per forward, to the forward's port
+/// on the link pod (the link DNATs it into the tunnel).
 pub fn egress_service(p: &LinkParams<'_>, name: &str, ports: &[NamedPort]) -> Service {
     Service {
         metadata: p.meta(name),
@@ -584,7 +599,7 @@ pub fn egress_service(p: &LinkParams<'_>, name: &str, ports: &[NamedPort]) -> Se
                     .iter()
                     .map(|np| ServicePort {
                         name: Some(np.name.clone()),
-                        port: np.port,
+                        port: np.service_port,
                         protocol: Some(np.protocol.clone()),
                         target_port: Some(IntOrString::Int(np.port)),
                         ..ServicePort::default()
@@ -727,6 +742,8 @@ mod tests {
             resources: None,
             node_selector: BTreeMap::new(),
             tolerations: vec![],
+            affinity: None,
+            image_pull_secrets: vec![],
         }
     }
 
@@ -773,6 +790,7 @@ mod tests {
                     vec![NamedPort {
                         name: "http".into(),
                         port: 80,
+                        service_port: 8080,
                         protocol: "TCP".into(),
                     }],
                 )),
@@ -881,5 +899,47 @@ mod tests {
                 .as_ref()
                 .is_some_and(|p| p.iter().any(|p| p.port == Some(IntOrString::Int(51820))))
         }));
+    }
+
+    #[test]
+    fn the_service_port_may_differ_and_pods_take_affinity_and_pull_secrets() {
+        let svc = egress_service(
+            &params(1),
+            "corp",
+            &[NamedPort {
+                name: "mssql-b".into(),
+                port: 1434,
+                service_port: 1433,
+                protocol: "TCP".into(),
+            }],
+        );
+        let port = &svc.spec.and_then(|s| s.ports).unwrap_or_default()[0];
+        assert_eq!(
+            (port.port, port.target_port.clone()),
+            (1433, Some(IntOrString::Int(1434)))
+        );
+
+        let mut p = params(2);
+        p.image_pull_secrets = vec![LocalObjectReference {
+            name: "registry".into(),
+        }];
+        p.affinity = Some(Affinity {
+            node_affinity: Some(k8s_openapi::api::core::v1::NodeAffinity::default()),
+            ..Affinity::default()
+        });
+        let pod = deployment(&p, &image(false))
+            .spec
+            .and_then(|s| s.template.spec)
+            .expect("pod spec");
+        assert_eq!(
+            pod.image_pull_secrets.as_deref(),
+            Some(&p.image_pull_secrets[..])
+        );
+        let a = pod.affinity.expect("affinity");
+        assert!(a.node_affinity.is_some(), "the spec's affinity is kept");
+        assert!(
+            a.pod_anti_affinity.is_some(),
+            "two replicas still spread over nodes"
+        );
     }
 }

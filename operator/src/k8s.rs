@@ -1,7 +1,9 @@
 //! The one place the crate imports Kubernetes API types from, so a k8s-openapi upgrade
 //! touches one module (the Kubernetes version feature is chosen in the workspace manifest).
 
-pub use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
+pub use k8s_openapi::api::core::v1::{
+    Affinity, LocalObjectReference, ResourceRequirements, Toleration,
+};
 pub use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceDefinition, JSONSchemaProps,
 };

@@ -626,7 +626,7 @@ async fn the_chart_grants_exactly_what_the_operator_uses() {
         "apiVersion": "wgnet.dev/v1alpha1", "kind": "EgressGateway",
         "metadata": {"name": "corp", "namespace": "apps"},
         "spec": {"configSecretRef": {"name": "vpn"},
-                 "forwards": [{"name": "db", "port": 1433, "targetHost": "10.0.0.5", "targetPort": 1433}]}
+                 "forwards": [{"name": "db", "port": 1434, "servicePort": 1433, "targetHost": "10.0.0.5", "targetPort": 1433}]}
     }))
     .expect("egw");
     let egws: Api<wgnet_operator::api::EgressGateway> = Api::namespaced(e.client.clone(), "apps");
@@ -641,7 +641,18 @@ async fn the_chart_grants_exactly_what_the_operator_uses() {
             .flatten()
     })
     .await;
-    assert!(svc.is_some(), "the EgressGateway's Service");
+    // Issue 20: the Service's port may differ from the link's.
+    let ports = svc
+        .and_then(|s| s.spec)
+        .and_then(|s| s.ports)
+        .expect("the EgressGateway's Service");
+    assert_eq!(
+        (ports[0].port, ports[0].target_port.clone()),
+        (
+            1433,
+            Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1434))
+        )
+    );
 
     egws.delete("corp", &DeleteParams::default())
         .await

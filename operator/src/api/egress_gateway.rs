@@ -11,7 +11,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{Protocol, patterns};
-use crate::k8s::{Condition, ResourceRequirements, Time, Toleration};
+use crate::k8s::{
+    Affinity, Condition, LocalObjectReference, ResourceRequirements, Time, Toleration,
+};
 
 /// Desired state of an EgressGateway: the VPN configuration to use and the ports to forward.
 #[derive(CustomResource, KubeSchema, Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -41,6 +43,9 @@ use crate::k8s::{Condition, ResourceRequirements, Time, Toleration};
     ).message("each forward must use a unique port and protocol combination"),
     validation = Rule::new("self.forwards.all(f1, self.forwards.exists_one(f2, f2.name == f1.name))")
         .message("each forward must have a unique name"),
+    validation = Rule::new(
+        "self.forwards.all(f1, self.forwards.exists_one(f2, (has(f2.servicePort) ? f2.servicePort : f2.port) == (has(f1.servicePort) ? f1.servicePort : f1.port) && f2.protocol == f1.protocol))"
+    ).message("each forward must use a unique Service port and protocol combination"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct EgressGatewaySpec {
@@ -64,6 +69,14 @@ pub struct EgressGatewaySpec {
     /// Tolerations of the link pod.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tolerations: Vec<Toleration>,
+
+    /// Affinity of the link pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+
+    /// Secrets in this namespace for pulling the link image from a private registry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
 
     /// Further namespaces whose pods may use the tunnel (the link pod's ingress
     /// NetworkPolicy); `*` allows every namespace. The EgressGateway's own namespace is
@@ -103,9 +116,16 @@ pub struct EgressForward {
     )]
     pub name: String,
 
-    /// Port of the ClusterIP Service (and of the link pod).
+    /// Port the link pod listens on, and the Service's port unless `servicePort` is set.
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
+
+    /// Port of the ClusterIP Service, when clients should use another port than the link
+    /// listens on: a well-known port kept for clients (`servicePort: 1433`) while the link
+    /// listens elsewhere (`port: 1434`). Defaults to `port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub service_port: Option<i32>,
 
     /// Transport protocol, `TCP` (default) or `UDP`.
     #[serde(default)]

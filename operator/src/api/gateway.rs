@@ -11,7 +11,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{Protocol, patterns};
-use crate::k8s::{Condition, ResourceRequirements, Toleration};
+use crate::k8s::{Affinity, Condition, LocalObjectReference, ResourceRequirements, Toleration};
 
 /// Longest Gateway name: `<name>-link` must still be a DNS label (63) for the link's
 /// Deployment, Service account and labels.
@@ -340,6 +340,15 @@ pub struct LinkSpec {
     /// Tolerations of the link pods.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tolerations: Vec<Toleration>,
+
+    /// Affinity of the link pods. With several replicas, the operator adds a preferred
+    /// anti-affinity spreading them over nodes unless this sets one of its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+
+    /// Secrets in this namespace for pulling the link image from a private registry.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
 }
 
 impl Default for LinkSpec {
@@ -349,6 +358,8 @@ impl Default for LinkSpec {
             resources: None,
             node_selector: BTreeMap::new(),
             tolerations: Vec::new(),
+            affinity: None,
+            image_pull_secrets: Vec::new(),
         }
     }
 }

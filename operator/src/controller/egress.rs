@@ -197,6 +197,8 @@ fn params(egw: &EgressGateway) -> LinkParams<'_> {
         resources: egw.spec.resources.clone(),
         node_selector: egw.spec.node_selector.clone(),
         tolerations: egw.spec.tolerations.clone(),
+        affinity: egw.spec.affinity.clone(),
+        image_pull_secrets: egw.spec.image_pull_secrets.clone(),
     }
 }
 
@@ -242,6 +244,7 @@ fn children(
         .map(|f| NamedPort {
             name: f.name.clone(),
             port: f.port,
+            service_port: f.service_port.unwrap_or(f.port),
             protocol: f.protocol.as_str().to_owned(),
         })
         .collect();

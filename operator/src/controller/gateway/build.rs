@@ -116,6 +116,8 @@ pub fn link_params(gw: &Gateway) -> LinkParams<'_> {
         resources: gw.spec.link.resources.clone(),
         node_selector: gw.spec.link.node_selector.clone(),
         tolerations: gw.spec.link.tolerations.clone(),
+        affinity: gw.spec.link.affinity.clone(),
+        image_pull_secrets: gw.spec.link.image_pull_secrets.clone(),
     }
 }
 
