@@ -713,3 +713,119 @@ async fn the_chart_grants_exactly_what_the_operator_uses() {
         "granted but never used: {unused:#?}\nused: {used:#?}"
     );
 }
+
+/// Issue 20, part 4: DNS records end to end on the real API server with external-dns's
+/// CRD: the DNSEndpoint carries an A record of the Gateway's public IP, follows the IP when
+/// it changes (an ephemeral address, the VM deleted out of band and recreated), and is
+/// removed when `dnsHostnames` is cleared and, through its owner, with the Gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_records_follow_the_address_and_go_with_the_names_and_the_gateway() {
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+    let e = env().await;
+    e.cp.install_crd(
+        &wgnet_tests::repo_root().join("testdata/crds/dnsendpoints.externaldns.k8s.io.yaml"),
+    )
+    .await
+    .expect("DNSEndpoint CRD");
+    apps_with_web(&e).await;
+    let gws: Api<Gateway> = Api::namespaced(e.client.clone(), "apps");
+    let mut gw = gateway("edge");
+    gw.spec.dns_hostnames = vec![
+        "edge.apps.example.test".into(),
+        "www.apps.example.test".into(),
+    ];
+    gw.spec.gcp.reserved_ip = false;
+    gws.create(&PostParams::default(), &gw)
+        .await
+        .expect("create");
+    let gvk = GroupVersionKind::gvk("externaldns.k8s.io", "v1alpha1", "DNSEndpoint");
+    let eps: Api<DynamicObject> = Api::namespaced_with(
+        e.client.clone(),
+        "apps",
+        &ApiResource::from_gvk_with_plural(&gvk, "dnsendpoints"),
+    );
+    // The records, once they name `want` (any address when `None`).
+    let records = |want: Option<String>| {
+        let eps = eps.clone();
+        let gws = gws.clone();
+        async move {
+            until(Duration::from_secs(60), || async {
+                let address = gws.get("edge").await.ok()?.status?.address?;
+                if want.as_ref().is_some_and(|w| *w == address) {
+                    return None;
+                }
+                let ep = eps.get_opt("edge").await.ok().flatten()?;
+                let endpoints = ep.data["spec"]["endpoints"].as_array()?.clone();
+                let all_point_at_it = endpoints.len() == 2
+                    && endpoints.iter().all(|r| {
+                        r["recordType"] == "A" && r["targets"] == json!([address.clone()])
+                    });
+                all_point_at_it.then_some(address)
+            })
+            .await
+        }
+    };
+    let first = records(None)
+        .await
+        .unwrap_or_else(|| panic!("no DNSEndpoint for the address\n{}", e.cp.describe()));
+
+    // The VM is deleted out of band: recreated with a new ephemeral address, and the
+    // records follow it.
+    let g = gws.get("edge").await.expect("gateway");
+    let instance = g
+        .status
+        .and_then(|s| s.gcp)
+        .and_then(|g| g.instance)
+        .expect("instance recorded");
+    assert!(
+        e.emu
+            .remove_resource("instance", PROJECT, "us-central1-a", &instance)
+    );
+    let second = records(Some(first.clone()))
+        .await
+        .unwrap_or_else(|| panic!("the records never followed the new address from {first}"));
+    assert_ne!(first, second);
+
+    // No names: the record goes.
+    gws.patch(
+        "edge",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"dnsHostnames": []}})),
+    )
+    .await
+    .expect("edit");
+    let gone = until(Duration::from_secs(60), || async {
+        eps.get_opt("edge")
+            .await
+            .ok()
+            .and_then(|x| x.is_none().then_some(()))
+    })
+    .await;
+    assert!(
+        gone.is_some(),
+        "the DNSEndpoint is removed when the names are"
+    );
+
+    // Names again, then the Gateway goes: its record goes with it.
+    gws.patch(
+        "edge",
+        &PatchParams::default(),
+        &Patch::Merge(
+            json!({"spec": {"dnsHostnames": ["edge.apps.example.test", "www.apps.example.test"]}}),
+        ),
+    )
+    .await
+    .expect("edit");
+    records(None).await.expect("published again");
+    gws.delete("edge", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let gone = until(Duration::from_secs(90), || async {
+        let ep = eps.get_opt("edge").await.ok()?;
+        let gw = gws.get_opt("edge").await.ok()?;
+        (ep.is_none() && gw.is_none()).then_some(())
+    })
+    .await;
+    assert!(gone.is_some(), "the DNSEndpoint goes with the Gateway");
+    assert!(e.emu.inventory().is_empty(), "{}", inventory_of(&e.emu));
+}
