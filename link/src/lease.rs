@@ -44,7 +44,13 @@ pub struct Elector {
     identity: String,
     timing: Timing,
     stopping: AtomicBool,
+    /// Annotations the holder writes with every renewal (the last handshake's time), so the
+    /// operator learns them from the Lease it already reads, at no extra request.
+    annotations: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
 }
+
+/// The Lease annotation carrying the time of the tunnel's last handshake (RFC 3339).
+pub const LAST_HANDSHAKE_ANNOTATION: &str = "wgnet.dev/last-handshake";
 
 enum Step {
     Holding,
@@ -70,7 +76,37 @@ impl Elector {
             identity: identity.to_owned(),
             timing,
             stopping: AtomicBool::new(false),
+            annotations: std::sync::Mutex::new(std::collections::BTreeMap::new()),
         })
+    }
+
+    /// Sets (or with `None` removes) an annotation the holder writes on its next renewal.
+    pub fn annotate(&self, key: &str, value: Option<String>) {
+        let mut a = self
+            .annotations
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match value {
+            Some(v) => a.insert(key.to_owned(), v),
+            None => a.remove(key),
+        };
+    }
+
+    /// Whether [`Elector::release`] was called.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    fn write_annotations(&self, meta: &mut ObjectMeta) {
+        let a = self
+            .annotations
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !a.is_empty() {
+            meta.annotations
+                .get_or_insert_with(Default::default)
+                .extend(a.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
     }
 
     /// Runs the election, publishing leadership on `tx`, until [`Elector::release`].
@@ -116,7 +152,7 @@ impl Elector {
     ) -> Result<Step, kube::Error> {
         let duration_s = i32::try_from(self.timing.duration.as_secs().max(1)).unwrap_or(i32::MAX);
         let Some(mut lease) = self.api.get_opt(&self.name).await? else {
-            let lease = Lease {
+            let mut lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(self.name.clone()),
                     ..ObjectMeta::default()
@@ -130,6 +166,7 @@ impl Elector {
                     ..LeaseSpec::default()
                 }),
             };
+            self.write_annotations(&mut lease.metadata);
             return match self.api.create(&PostParams::default(), &lease).await {
                 Ok(_) => Ok(Step::Holding),
                 Err(kube::Error::Api(e)) if e.code == 409 => Ok(Step::Standby),
@@ -162,6 +199,7 @@ impl Elector {
         }
         spec.renew_time = Some(now());
         spec.lease_duration_seconds = Some(duration_s);
+        self.write_annotations(&mut lease.metadata);
         // The replace carries the resourceVersion we read, so two candidates racing for
         // an expired Lease cannot both win: the second gets 409.
         match self

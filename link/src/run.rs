@@ -290,6 +290,20 @@ pub fn plan_text(o: &Options) -> Result<String, RunError> {
     Ok(out)
 }
 
+/// Keeps the Lease's last-handshake annotation current (the elector writes it with each
+/// renewal) until the elector stops.
+async fn publish_handshakes(e: Arc<Elector>, status: Arc<Status>, every: Duration) {
+    while !e.is_stopping() {
+        let at = status.last_handshake().and_then(|t| {
+            k8s_openapi::jiff::Timestamp::try_from(t)
+                .ok()
+                .map(|t| t.to_string())
+        });
+        e.annotate(crate::lease::LAST_HANDSHAKE_ANNOTATION, at);
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// Runs the link until SIGTERM or SIGINT.
 pub async fn run(o: Options) -> Result<(), RunError> {
     let status = Arc::new(Status::default());
@@ -344,6 +358,11 @@ pub async fn run(o: Options) -> Result<(), RunError> {
                 .store(true, std::sync::atomic::Ordering::Relaxed);
             let e = Elector::new(c.clone(), &ns, name, &identity, o.timing);
             tokio::spawn(e.clone().run(lead_tx));
+            tokio::spawn(publish_handshakes(
+                e.clone(),
+                status.clone(),
+                o.timing.retry,
+            ));
             Some(e)
         }
         _ => {

@@ -74,6 +74,14 @@ impl Status {
         self.inner().last_error = Some(why);
     }
 
+    /// When the tunnel's last handshake happened (whole seconds), if there was one.
+    pub fn last_handshake(&self) -> Option<std::time::SystemTime> {
+        let age = self.device().and_then(|d| d.handshake_age())?;
+        let at = std::time::SystemTime::now().checked_sub(age)?;
+        let secs = at.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();
+        Some(std::time::UNIX_EPOCH + Duration::from_secs(secs))
+    }
+
     /// Records leadership.
     pub fn set_leader(&self, l: bool) {
         self.leader.store(l, Ordering::SeqCst);

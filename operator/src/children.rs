@@ -293,9 +293,9 @@ pub fn deployment(p: &LinkParams<'_>, img: &LinkImage) -> Deployment {
     .iter()
     .map(|s| (*s).to_owned())
     .collect();
-    if p.replicas > 1 || p.component == "link" {
-        args.extend(["--lease".to_owned(), p.lease_name()]);
-    }
+    // Every link holds its Lease: a Gateway's for TunnelReady and standbys, an
+    // EgressGateway's to publish its last handshake (the Lease's annotation).
+    args.extend(["--lease".to_owned(), p.lease_name()]);
     let link = Container {
         name: "link".into(),
         image: Some(img.image.clone()),

@@ -204,6 +204,23 @@ async fn egress_gateway_validates_its_secret_and_reaches_hosts_behind_the_vpn() 
         e.status.as_ref().and_then(|s| s.service_name.as_deref()),
         Some("corp")
     );
+    // Issue 20: the link publishes its last handshake on its Lease, and the status shows
+    // it (the Handshake column).
+    let e = wait_egw(&c, "lastHandshakeTime", |e| {
+        e.status
+            .as_ref()
+            .and_then(|s| s.last_handshake_time.as_ref())
+            .is_some_and(|t| {
+                let age = k8s_openapi::jiff::Timestamp::now().duration_since(t.0);
+                age.as_secs() >= -5 && age.as_secs() < 300
+            })
+    })
+    .await;
+    assert!(
+        e.status
+            .as_ref()
+            .is_some_and(|s| s.last_handshake_time.is_some())
+    );
     let svc = Api::<Service>::namespaced(c.client.clone(), "apps")
         .get("corp")
         .await

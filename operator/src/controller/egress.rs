@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, ListParams};
@@ -31,6 +32,7 @@ use crate::children::{
     self, Clients, EgressPort, LinkChildren, LinkImage, LinkInputs, LinkParams, MANAGED_SELECTOR,
     NamedPort, selector_string,
 };
+use crate::k8s::Time;
 use crate::keys::WipedSecret;
 
 const KIND: &str = "EgressGateway";
@@ -301,6 +303,18 @@ fn ready_of(
     }
 }
 
+/// The Lease's last-handshake annotation, if it holds a time.
+fn last_handshake_of(lease: &Lease) -> Option<Time> {
+    lease
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(wgnet_link::lease::LAST_HANDSHAKE_ANNOTATION)?
+        .parse::<k8s_openapi::jiff::Timestamp>()
+        .ok()
+        .map(Time)
+}
+
 async fn reconcile_egress<C: Cloud>(
     egw: &EgressGateway,
     ctx: &Context<C>,
@@ -324,7 +338,16 @@ async fn reconcile_egress<C: Cloud>(
         .await
         .map_err(|e| ObserveError::from(KubeCall::new("read link pods")(e)))?;
     let (ok, reason, message) = ready_of(problem.as_ref(), &pods.items);
+    // The link writes its last handshake on its Lease with every renewal.
+    let handshake = Api::<Lease>::namespaced(c.clone(), &ns)
+        .get_opt(&p.lease_name())
+        .await
+        .map_err(|e| ObserveError::from(KubeCall::new("read link Lease")(e)))?
+        .and_then(|l| last_handshake_of(&l));
     let mut s = egw.status.clone().unwrap_or_default();
+    if handshake.is_some() {
+        s.last_handshake_time = handshake;
+    }
     s.observed_generation = egw.metadata.generation;
     s.service_name = Some(egw.name_any());
     let was = egw.status.as_ref().and_then(|s| {
@@ -367,6 +390,24 @@ async fn reconcile_egress<C: Cloud>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_handshake_comes_from_the_lease_annotation() {
+        let lease = |a: Option<&str>| -> Lease {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "corp-link", "annotations": a.map(|v| serde_json::json!({
+                    wgnet_link::lease::LAST_HANDSHAKE_ANNOTATION: v
+                })).unwrap_or(serde_json::json!({}))}
+            }))
+            .expect("lease")
+        };
+        assert_eq!(
+            last_handshake_of(&lease(Some("2026-11-30T21:00:05Z"))).map(|t| t.0.to_string()),
+            Some("2026-11-30T21:00:05Z".to_owned())
+        );
+        assert_eq!(last_handshake_of(&lease(Some("yesterday"))), None);
+        assert_eq!(last_handshake_of(&lease(None)), None);
+    }
 
     fn egress() -> EgressGateway {
         serde_json::from_value(serde_json::json!({
