@@ -211,11 +211,30 @@ async fn resolve(host: &str) -> Result<Ipv4Addr, ResolveError> {
         })
 }
 
-/// Resolves every name `cfg` needs.
+/// Resolves every name `cfg` needs. An egress tunnel whose wg-quick file names DNS
+/// servers resolves its targets with them, through the tunnel (names only the VPN's DNS
+/// knows); the peer's endpoint, outside the tunnel, always goes to the pod's resolver.
 pub async fn resolve_names(cfg: &LinkConfig) -> Resolved {
+    let (endpoint, vpn_dns) = match cfg {
+        LinkConfig::Egress(e) => (
+            e.wg.peer.endpoint.as_ref().map(|(h, _)| h.clone()),
+            e.wg.dns.clone(),
+        ),
+        LinkConfig::Ingress(i) => (
+            i.peer
+                .as_ref()
+                .and_then(|p| p.endpoint.as_ref())
+                .map(|(h, _)| h.clone()),
+            Vec::new(),
+        ),
+    };
     let mut out = Resolved::new();
     for host in plan::names_to_resolve(cfg) {
-        let r = resolve(&host).await;
+        let r = if vpn_dns.is_empty() || endpoint.as_ref() == Some(&host) {
+            resolve(&host).await
+        } else {
+            crate::dns::lookup(&vpn_dns, &host, std::time::Duration::from_secs(2)).await
+        };
         out.insert(host, r);
     }
     out

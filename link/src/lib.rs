@@ -9,6 +9,8 @@
 
 pub mod config;
 #[cfg(feature = "dataplane")]
+pub mod dns;
+#[cfg(feature = "dataplane")]
 pub mod engine;
 #[cfg(feature = "dataplane")]
 pub mod http;

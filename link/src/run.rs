@@ -429,6 +429,16 @@ pub async fn run(o: Options) -> Result<(), RunError> {
                     tracing::warn!(error = %e, "peer endpoint unresolved; retrying");
                     retry_at = Some(tokio::time::Instant::now() + Duration::from_secs(2));
                 }
+                // Targets resolved through the VPN's DNS cannot resolve before the tunnel
+                // is up (the first apply): look again soon, until half a minute after a
+                // handshake, rather than at the next resolve interval.
+                let vpn_dns = matches!(cfg, LinkConfig::Egress(e) if !e.wg.dns.is_empty());
+                let tunnel_new = status
+                    .last_handshake()
+                    .is_none_or(|t| t.elapsed().is_ok_and(|age| age < Duration::from_secs(30)));
+                if vpn_dns && tunnel_new && !out.unresolved.is_empty() {
+                    retry_at = Some(tokio::time::Instant::now() + Duration::from_secs(2));
+                }
                 status.applied();
             }
             Err(e) => {

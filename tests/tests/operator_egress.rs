@@ -528,3 +528,84 @@ async fn allowed_ips_covering_the_cluster_capture_none_of_its_traffic() {
     );
     drop(vpn);
 }
+
+/// A DNS server for the VPN's side: `db.corp.test` is 10.0.0.5, every other name does not
+/// exist. Bounded: it answers at most 1,000 queries and gives up after 5 idle minutes.
+const VPN_DNS_PY: &str = r#"
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("10.0.0.5", 53))
+s.settimeout(300)
+for _ in range(1000):
+    q, peer = s.recvfrom(512)
+    i, labels = 12, []
+    while q[i]:
+        labels.append(q[i + 1:i + 1 + q[i]].decode().lower())
+        i += 1 + q[i]
+    question = q[12:i + 5]
+    if ".".join(labels) == "db.corp.test":
+        answer = b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04" + bytes([10, 0, 0, 5])
+        r = q[:2] + b"\x81\x80" + b"\x00\x01\x00\x01\x00\x00\x00\x00" + question + answer
+    else:
+        r = q[:2] + b"\x81\x83" + b"\x00\x01\x00\x00\x00\x00\x00\x00" + question
+    s.sendto(r, peer)
+"#;
+
+/// Issue 20, part 3: with `DNS =` in the wg-quick file, target names are resolved by the
+/// VPN's DNS server through the tunnel. `db.corp.test` exists only there (the pod's own
+/// resolver has never heard of it); the forward to it works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn targets_resolve_through_the_vpns_dns() {
+    let c = Cluster::start(LatencyProfile::instant()).await;
+    let op = operator_with(&c, Duration::from_secs(20)).await;
+    let vpn = vpn_server(&c);
+    let script = c.dir().join("vpn-dns.py");
+    std::fs::write(&script, VPN_DNS_PY).expect("dns script");
+    drop(
+        vpn._remote
+            .spawn(&format!("python3 '{}'", script.display()), &[]),
+    );
+    Api::<Namespace>::all(c.client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "apps"}})).expect("ns"),
+        )
+        .await
+        .expect("namespace");
+    let egw: EgressGateway = serde_json::from_value(json!({
+        "apiVersion": "wgnet.dev/v1alpha1", "kind": "EgressGateway",
+        "metadata": {"name": "corp"},
+        "spec": {
+            "configSecretRef": {"name": "vpn"},
+            "forwards": [{"name": "db", "port": 1433, "targetHost": "db.corp.test", "targetPort": 1433}]
+        }
+    }))
+    .expect("egw");
+    Api::<EgressGateway>::namespaced(c.client.clone(), "apps")
+        .create(&PostParams::default(), &egw)
+        .await
+        .expect("create");
+    put_secret(
+        &c,
+        &format!(
+            "[Interface]\nPrivateKey = {}\nAddress = 10.8.0.2/32\nDNS = 10.0.0.5, corp.test\n\n[Peer]\nPublicKey = {}\nEndpoint = 203.0.113.40:51820\nAllowedIPs = 10.0.0.0/24, 10.8.0.0/24\nPersistentKeepalive = 5\n",
+            vpn.link_priv, vpn.vpn_pub
+        ),
+    )
+    .await;
+    wait_egw(&c, "Ready", |e| {
+        ready(e).is_some_and(|(s, _, _)| s == "True")
+    })
+    .await;
+    let pods = c.pods();
+    let pod_ip = c.pod_ip(&pods[0].1).expect("pod ip");
+    let answer = ask_link(&c, &pod_ip, "tcp", 1433);
+    assert_eq!(
+        answer.as_deref(),
+        Some("db tcp 1433 from 10.8.0.2"),
+        "{}",
+        c.logs()
+    );
+    drop(op);
+    drop(vpn);
+}
