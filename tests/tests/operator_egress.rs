@@ -609,3 +609,71 @@ async fn targets_resolve_through_the_vpns_dns() {
     drop(op);
     drop(vpn);
 }
+
+/// Issue 20, part 3: flowgen's own example (seed 004) as written, two forwards (the second
+/// on Service port 1434 to another server's 1433), `MTU = 1420`,
+/// `PersistentKeepalive = 25`, `AllowedIPs = 10.0.0.0/8, 172.16.0.0/12`, `DNS = 1.1.1.1`
+/// (outside AllowedIPs, so never used through the tunnel; the targets are addresses).
+/// Only the tunnel address differs: the test's VPN server admits its peer as 10.8.0.2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_flowgen_example_works_as_written() {
+    let c = Cluster::start(LatencyProfile::instant()).await;
+    let op = operator_with(&c, Duration::from_secs(20)).await;
+    let vpn = vpn_server(&c);
+    vpn._remote.sh("ip addr add 10.0.0.6/24 dev eth0");
+    drop(vpn._remote.spawn(
+        &format!("python3 '{}' serve 10.0.0.6 1433 1433 db2", echo_py()),
+        &[],
+    ));
+    Api::<Namespace>::all(c.client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "apps"}})).expect("ns"),
+        )
+        .await
+        .expect("namespace");
+    let egw: EgressGateway = serde_json::from_value(json!({
+        "apiVersion": "wgnet.dev/v1alpha1", "kind": "EgressGateway",
+        "metadata": {"name": "corp"},
+        "spec": {
+            "configSecretRef": {"name": "vpn"},
+            "forwards": [
+                {"name": "mssql-a", "port": 1433, "targetHost": "10.0.0.5", "targetPort": 1433},
+                {"name": "mssql-b", "port": 1434, "servicePort": 1434, "targetHost": "10.0.0.6", "targetPort": 1433}
+            ]
+        }
+    }))
+    .expect("egw");
+    Api::<EgressGateway>::namespaced(c.client.clone(), "apps")
+        .create(&PostParams::default(), &egw)
+        .await
+        .expect("create");
+    put_secret(
+        &c,
+        &format!(
+            "[Interface]\nPrivateKey = {}\nAddress = 10.8.0.2/24\nDNS = 1.1.1.1\nMTU = 1420\n\n[Peer]\nPublicKey = {}\nEndpoint = 203.0.113.40:51820\nAllowedIPs = 10.0.0.0/8, 172.16.0.0/12\nPersistentKeepalive = 25\n",
+            vpn.link_priv, vpn.vpn_pub
+        ),
+    )
+    .await;
+    wait_egw(&c, "Ready", |e| {
+        ready(e).is_some_and(|(s, _, _)| s == "True")
+    })
+    .await;
+    let pods = c.pods();
+    let pod_ip = c.pod_ip(&pods[0].1).expect("pod ip");
+    assert_eq!(
+        ask_link(&c, &pod_ip, "tcp", 1433).as_deref(),
+        Some("db tcp 1433 from 10.8.0.2"),
+        "{}",
+        c.logs()
+    );
+    assert_eq!(
+        ask_link(&c, &pod_ip, "tcp", 1434).as_deref(),
+        Some("db2 tcp 1433 from 10.8.0.2"),
+        "{}",
+        c.logs()
+    );
+    drop(op);
+    drop(vpn);
+}
