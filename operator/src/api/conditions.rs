@@ -54,6 +54,9 @@ pub mod reasons {
     pub const POLICY_REFUSED: &str = "PolicyRefused";
     /// An EgressGateway's `configSecretRef` names a Secret that does not exist.
     pub const CONFIG_SECRET_NOT_FOUND: &str = "ConfigSecretNotFound";
+    /// An EgressGateway's tunnel had handshakes but its last one is too old: the VPN server
+    /// is unreachable or no longer accepts the key. The link pod is unready meanwhile.
+    pub const HANDSHAKE_STALE: &str = "HandshakeStale";
     /// An EgressGateway's Secret lacks the key `configSecretRef.key` names.
     pub const CONFIG_KEY_NOT_FOUND: &str = "ConfigKeyNotFound";
     /// An EgressGateway's wg-quick file is not one the link can use; the message names
@@ -77,6 +80,7 @@ pub mod reasons {
         POLICY_REFUSED,
         INVALID_SPEC,
         CONFIG_SECRET_NOT_FOUND,
+        HANDSHAKE_STALE,
         CONFIG_KEY_NOT_FOUND,
         INVALID_CONFIG,
     ];

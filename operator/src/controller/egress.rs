@@ -275,10 +275,12 @@ fn children(
     )
 }
 
-/// The Ready condition from the config check and the link pods (status step, pure).
+/// The Ready condition from the config check, the link pods and the last handshake the
+/// link published (status step, pure).
 fn ready_of(
     problem: Option<&(&'static str, String)>,
     pods: &[Pod],
+    last_handshake: Option<&Time>,
 ) -> (bool, &'static str, String) {
     match (problem, pods.iter().find(|pod| pod_ready(pod))) {
         (Some((reason, message)), _) => (false, reason, message.clone()),
@@ -294,6 +296,15 @@ fn ready_of(
             false,
             reasons::PROVISIONING,
             "waiting for the link pod".to_owned(),
+        ),
+        // The tunnel was up once: it went down, which is not provisioning.
+        (None, None) if last_handshake.is_some() => (
+            false,
+            reasons::HANDSHAKE_STALE,
+            format!(
+                "the link's last handshake with the VPN server was at {}; the server is unreachable or no longer accepts the key",
+                last_handshake.map(|t| t.0.to_string()).unwrap_or_default()
+            ),
         ),
         (None, None) => (
             false,
@@ -337,7 +348,6 @@ async fn reconcile_egress<C: Cloud>(
         .list(&ListParams::default().labels(&selector_string(&p.selector())))
         .await
         .map_err(|e| ObserveError::from(KubeCall::new("read link pods")(e)))?;
-    let (ok, reason, message) = ready_of(problem.as_ref(), &pods.items);
     // The link writes its last handshake on its Lease with every renewal.
     let handshake = Api::<Lease>::namespaced(c.clone(), &ns)
         .get_opt(&p.lease_name())
@@ -348,6 +358,11 @@ async fn reconcile_egress<C: Cloud>(
     if handshake.is_some() {
         s.last_handshake_time = handshake;
     }
+    let (ok, reason, message) = ready_of(
+        problem.as_ref(),
+        &pods.items,
+        s.last_handshake_time.as_ref(),
+    );
     s.observed_generation = egw.metadata.generation;
     s.service_name = Some(egw.name_any());
     let was = egw.status.as_ref().and_then(|s| {
@@ -513,9 +528,27 @@ mod tests {
         let svc = c.service.expect("service");
         assert_eq!(svc.metadata.name.as_deref(), Some("corp"));
         assert!(c.key.is_none() && c.pdb.is_none());
-        let (ok, reason, _) = ready_of(None, &[]);
+        let (ok, reason, _) = ready_of(None, &[], None);
         assert!(!ok && reason == reasons::PROVISIONING);
         let problem = (reasons::INVALID_CONFIG, "line 2".to_owned());
-        assert_eq!(ready_of(Some(&problem), &[]).1, reasons::INVALID_CONFIG);
+        assert_eq!(
+            ready_of(Some(&problem), &[], None).1,
+            reasons::INVALID_CONFIG
+        );
+        // An unready link whose tunnel had handshakes: the tunnel went down.
+        let unready: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "corp-link-0"},
+            "status": {"conditions": [{"type": "Ready", "status": "False"}]}
+        }))
+        .expect("pod");
+        let t = Time("2026-11-30T21:00:05Z".parse().expect("time"));
+        let (ok, reason, message) = ready_of(None, std::slice::from_ref(&unready), Some(&t));
+        assert!(!ok && reason == reasons::HANDSHAKE_STALE, "{message}");
+        assert!(message.contains("2026-11-30T21:00:05Z"), "{message}");
+        assert_eq!(
+            ready_of(None, &[unready], None).1,
+            reasons::PROVISIONING,
+            "never up: still provisioning"
+        );
     }
 }
