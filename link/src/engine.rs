@@ -212,8 +212,9 @@ async fn resolve(host: &str) -> Result<Ipv4Addr, ResolveError> {
 }
 
 /// Resolves every name `cfg` needs. An egress tunnel whose wg-quick file names DNS
-/// servers resolves its targets with them, through the tunnel (names only the VPN's DNS
-/// knows); the peer's endpoint, outside the tunnel, always goes to the pod's resolver.
+/// servers resolves its targets with them first, through the tunnel (names only the VPN's
+/// DNS knows), then with the pod's resolver; the peer's endpoint, outside the tunnel,
+/// always goes to the pod's resolver.
 pub async fn resolve_names(cfg: &LinkConfig) -> Resolved {
     let (endpoint, vpn_dns) = match cfg {
         LinkConfig::Egress(e) => (
@@ -233,7 +234,13 @@ pub async fn resolve_names(cfg: &LinkConfig) -> Resolved {
         let r = if vpn_dns.is_empty() || endpoint.as_ref() == Some(&host) {
             resolve(&host).await
         } else {
-            crate::dns::lookup(&vpn_dns, &host, std::time::Duration::from_secs(2)).await
+            // The VPN's servers first; a name they do not answer for (or while they are
+            // unreachable) falls back to the pod's resolver, so names outside the VPN's
+            // zones still resolve. A failure reports the VPN's answer.
+            match crate::dns::lookup(&vpn_dns, &host, std::time::Duration::from_secs(2)).await {
+                Ok(ip) => Ok(ip),
+                Err(vpn) => resolve(&host).await.map_err(|_| vpn),
+            }
         };
         out.insert(host, r);
     }
