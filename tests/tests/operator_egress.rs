@@ -529,6 +529,35 @@ async fn allowed_ips_covering_the_cluster_capture_none_of_its_traffic() {
     drop(vpn);
 }
 
+/// EgressGateway `apps/corp` with `forwards`, its wg-quick Secret `conf`, Ready: the link
+/// pod's IP.
+async fn ready_egress(c: &Cluster, forwards: serde_json::Value, conf: &str) -> String {
+    Api::<Namespace>::all(c.client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "apps"}})).expect("ns"),
+        )
+        .await
+        .expect("namespace");
+    let egw: EgressGateway = serde_json::from_value(json!({
+        "apiVersion": "wgnet.dev/v1alpha1", "kind": "EgressGateway",
+        "metadata": {"name": "corp"},
+        "spec": {"configSecretRef": {"name": "vpn"}, "forwards": forwards}
+    }))
+    .expect("egw");
+    Api::<EgressGateway>::namespaced(c.client.clone(), "apps")
+        .create(&PostParams::default(), &egw)
+        .await
+        .expect("create");
+    put_secret(c, conf).await;
+    wait_egw(c, "Ready", |e| {
+        ready(e).is_some_and(|(s, _, _)| s == "True")
+    })
+    .await;
+    let pods = c.pods();
+    c.pod_ip(&pods[0].1).expect("pod ip")
+}
+
 /// A DNS server for the VPN's side: `db.corp.test` is 10.0.0.5, every other name does not
 /// exist. Bounded: it answers at most 1,000 queries and gives up after 5 idle minutes.
 const VPN_DNS_PY: &str = r#"
@@ -565,40 +594,15 @@ async fn targets_resolve_through_the_vpns_dns() {
         vpn._remote
             .spawn(&format!("python3 '{}'", script.display()), &[]),
     );
-    Api::<Namespace>::all(c.client.clone())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": "apps"}})).expect("ns"),
-        )
-        .await
-        .expect("namespace");
-    let egw: EgressGateway = serde_json::from_value(json!({
-        "apiVersion": "wgnet.dev/v1alpha1", "kind": "EgressGateway",
-        "metadata": {"name": "corp"},
-        "spec": {
-            "configSecretRef": {"name": "vpn"},
-            "forwards": [{"name": "db", "port": 1433, "targetHost": "db.corp.test", "targetPort": 1433}]
-        }
-    }))
-    .expect("egw");
-    Api::<EgressGateway>::namespaced(c.client.clone(), "apps")
-        .create(&PostParams::default(), &egw)
-        .await
-        .expect("create");
-    put_secret(
+    let pod_ip = ready_egress(
         &c,
+        json!([{"name": "db", "port": 1433, "targetHost": "db.corp.test", "targetPort": 1433}]),
         &format!(
             "[Interface]\nPrivateKey = {}\nAddress = 10.8.0.2/32\nDNS = 10.0.0.5, corp.test\n\n[Peer]\nPublicKey = {}\nEndpoint = 203.0.113.40:51820\nAllowedIPs = 10.0.0.0/24, 10.8.0.0/24\nPersistentKeepalive = 5\n",
             vpn.link_priv, vpn.vpn_pub
         ),
     )
     .await;
-    wait_egw(&c, "Ready", |e| {
-        ready(e).is_some_and(|(s, _, _)| s == "True")
-    })
-    .await;
-    let pods = c.pods();
-    let pod_ip = c.pod_ip(&pods[0].1).expect("pod ip");
     let answer = ask_link(&c, &pod_ip, "tcp", 1433);
     assert_eq!(
         answer.as_deref(),
@@ -625,43 +629,18 @@ async fn the_flowgen_example_works_as_written() {
         &format!("python3 '{}' serve 10.0.0.6 1433 1433 db2", echo_py()),
         &[],
     ));
-    Api::<Namespace>::all(c.client.clone())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": "apps"}})).expect("ns"),
-        )
-        .await
-        .expect("namespace");
-    let egw: EgressGateway = serde_json::from_value(json!({
-        "apiVersion": "wgnet.dev/v1alpha1", "kind": "EgressGateway",
-        "metadata": {"name": "corp"},
-        "spec": {
-            "configSecretRef": {"name": "vpn"},
-            "forwards": [
-                {"name": "mssql-a", "port": 1433, "targetHost": "10.0.0.5", "targetPort": 1433},
-                {"name": "mssql-b", "port": 1434, "servicePort": 1434, "targetHost": "10.0.0.6", "targetPort": 1433}
-            ]
-        }
-    }))
-    .expect("egw");
-    Api::<EgressGateway>::namespaced(c.client.clone(), "apps")
-        .create(&PostParams::default(), &egw)
-        .await
-        .expect("create");
-    put_secret(
+    let pod_ip = ready_egress(
         &c,
+        json!([
+            {"name": "mssql-a", "port": 1433, "targetHost": "10.0.0.5", "targetPort": 1433},
+            {"name": "mssql-b", "port": 1434, "servicePort": 1434, "targetHost": "10.0.0.6", "targetPort": 1433}
+        ]),
         &format!(
             "[Interface]\nPrivateKey = {}\nAddress = 10.8.0.2/24\nDNS = 1.1.1.1\nMTU = 1420\n\n[Peer]\nPublicKey = {}\nEndpoint = 203.0.113.40:51820\nAllowedIPs = 10.0.0.0/8, 172.16.0.0/12\nPersistentKeepalive = 25\n",
             vpn.link_priv, vpn.vpn_pub
         ),
     )
     .await;
-    wait_egw(&c, "Ready", |e| {
-        ready(e).is_some_and(|(s, _, _)| s == "True")
-    })
-    .await;
-    let pods = c.pods();
-    let pod_ip = c.pod_ip(&pods[0].1).expect("pod ip");
     assert_eq!(
         ask_link(&c, &pod_ip, "tcp", 1433).as_deref(),
         Some("db tcp 1433 from 10.8.0.2"),
