@@ -35,6 +35,14 @@ Policy (what a Gateway may ask for; anything else is refused with PolicyRefused)
                             * for all); when set, other names are refused (default: no check)
   --install NAME            install label on GCP resources (default wgnet)
   --network NAME            shared VPC network name (default wgnet)
+LoadBalancer Services (spec.loadBalancerClass: wgnet.dev/gateway):
+  --lb-project ID           default GCP project of their Gateways (annotation wgnet.dev/project)
+  --lb-region REGION        default region (annotation wgnet.dev/region)
+  --lb-zone ZONE            default zone, used when it lies in the region (annotation
+                            wgnet.dev/zone; default: the region's zone a)
+  --lb-machine-type TYPE    default machine type (annotation wgnet.dev/machine-type)
+  --lb-claim-unclassed      serve LoadBalancer Services that name no class too (off: the
+                            cluster's own load balancer controller keeps those)
 Cluster:
   --cluster-id ID           this cluster's id in GCP names (default: the kube-system namespace uid)
   --link-image IMAGE        wgnet-link image for link pods (required)
@@ -78,6 +86,8 @@ pub struct Options {
     pub privileged_init: bool,
     /// Resync period.
     pub resync: Duration,
+    /// LoadBalancer Services.
+    pub load_balancer: crate::controller::loadbalancer::LoadBalancerSettings,
     /// Metrics address.
     pub metrics_addr: SocketAddr,
     /// Health address.
@@ -142,6 +152,11 @@ const KNOWN: &[&str] = &[
     "--allowed-dns-suffixes",
     "--install",
     "--network",
+    "--lb-project",
+    "--lb-region",
+    "--lb-zone",
+    "--lb-machine-type",
+    "--lb-claim-unclassed",
     "--cluster-id",
     "--link-image",
     "--link-pull-policy",
@@ -170,7 +185,9 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Op
     while let Some(a) = it.next() {
         match a.as_str() {
             "-h" | "--help" => return Err(CliError::Help),
-            "--no-privileged-init" | "--leader-elect" => given.push((a.clone(), None)),
+            "--no-privileged-init" | "--leader-elect" | "--lb-claim-unclassed" => {
+                given.push((a.clone(), None))
+            }
             f if f.starts_with("--") => {
                 let (flag, value) = match f.split_once('=') {
                     Some((k, v)) => (k.to_owned(), v.to_owned()),
@@ -295,6 +312,13 @@ pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Op
         link_pull_policy: pull,
         privileged_init: !flag_on("--no-privileged-init")?,
         resync,
+        load_balancer: crate::controller::loadbalancer::LoadBalancerSettings {
+            claim_unclassed: flag_on("--lb-claim-unclassed")?,
+            project: get("--lb-project"),
+            region: get("--lb-region"),
+            zone: get("--lb-zone"),
+            machine_type: get("--lb-machine-type"),
+        },
         metrics_addr: addr("--metrics-addr", "0.0.0.0:8080")?,
         health_addr: addr("--health-addr", "0.0.0.0:8081")?,
         leader_elect: flag_on("--leader-elect")?,

@@ -204,6 +204,7 @@ async fn run(o: cli::Options) -> Result<(), StartError> {
         sweep_projects: o.policy.projects.named().to_vec(),
         policy: o.policy.clone(),
         sweep_min_age: controller::DEFAULT_SWEEP_MIN_AGE,
+        load_balancer: o.load_balancer.clone(),
     };
     let ctx = Arc::new(Context::new(client, cloud, settings, metrics, pod));
     let mut terminate = Box::pin(async {

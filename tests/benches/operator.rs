@@ -94,6 +94,7 @@ async fn main() {
         ])),
         sweep_projects: vec![],
         sweep_min_age: Duration::ZERO,
+        load_balancer: Default::default(),
     };
     let ctx = Arc::new(Context::new(
         c.operator_client().await,

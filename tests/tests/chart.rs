@@ -245,9 +245,14 @@ fn defaults_render_a_restricted_single_replica_operator_with_ambient_credentials
         "gateways/status",
         Some("apps")
     )));
+    // Deleting Gateways is granted for those serving LoadBalancer Services; RBAC cannot
+    // scope it further, so the operator deletes only Gateways whose controlling owner is
+    // the Service it releases (operator_reconcile's
+    // `a_load_balancer_service_never_takes_or_deletes_a_gateway_it_does_not_own`).
+    assert!(g.allows(&access("delete", "wgnet.dev", "gateways", Some("apps"))));
     assert!(
-        !g.allows(&access("delete", "wgnet.dev", "gateways", Some("apps"))),
-        "the operator never deletes users' Gateways"
+        !g.allows(&access("update", "wgnet.dev", "gateways", Some("apps"))),
+        "Gateways are applied (patch), never replaced"
     );
     // The chart's CRDs are the generated ones, byte for byte (make check-generated too).
     for f in ["gateways.wgnet.dev.yaml", "egressgateways.wgnet.dev.yaml"] {

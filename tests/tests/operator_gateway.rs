@@ -101,17 +101,37 @@ async fn wait_gw(
     what: &str,
     f: impl Fn(&Gateway) -> bool,
 ) -> Gateway {
-    let api: Api<Gateway> = Api::namespaced(c.client.clone(), ns);
+    wait_obj(c, ns, name, timeout, what, f, |gw| &gw.status).await
+}
+
+/// Polls object `name` until `f` holds (bounded); the last object. A panic shows its
+/// status (`status_of`) and the cluster's logs.
+async fn wait_obj<K, S: serde::Serialize>(
+    c: &Cluster,
+    ns: &str,
+    name: &str,
+    timeout: Duration,
+    what: &str,
+    f: impl Fn(&K) -> bool,
+    status_of: impl Fn(&K) -> &S,
+) -> K
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(c.client.clone(), ns);
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let gw = api.get(name).await.expect("get gateway");
-        if f(&gw) {
-            return gw;
+        let obj = api.get(name).await.expect("get");
+        if f(&obj) {
+            return obj;
         }
         if tokio::time::Instant::now() > deadline {
             panic!(
                 "{what}: not reached within {timeout:?}; status: {}\n{}",
-                serde_json::to_string_pretty(&gw.status).unwrap_or_default(),
+                serde_json::to_string_pretty(status_of(&obj)).unwrap_or_default(),
                 c.logs()
             );
         }
@@ -1371,4 +1391,223 @@ async fn source_ranges_restrict_the_clients_never_the_tunnel() {
     );
     delete_and_wait(&c, &gws, "office", Duration::from_secs(90)).await;
     assert!(c.emu.inventory().is_empty(), "{:?}", c.emu.inventory());
+}
+
+/// Runs the control plane's kubectl as the admin; (success, stdout + stderr).
+async fn kubectl(c: &Cluster, args: &[&str]) -> (bool, String) {
+    let kubeconfig = c.cp.admin_kubeconfig();
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(
+            wgnet_tests::controlplane::binary("kubectl").unwrap_or_else(|e| panic!("{e}")),
+        )
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .arg("--request-timeout=20s")
+        .args(&args)
+        .output()
+    })
+    .await
+    .expect("kubectl task joins")
+    .expect("kubectl runs");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Polls Service `name` in `apps` until `f` holds (bounded, 120 s); the last object.
+async fn wait_svc(c: &Cluster, name: &str, what: &str, f: impl Fn(&Service) -> bool) -> Service {
+    let timeout = Duration::from_secs(120);
+    wait_obj(c, "apps", name, timeout, what, f, |s: &Service| &s.status).await
+}
+
+/// The published ports of a Service's first ingress, as `port/PROTO`.
+fn lb_ports(svc: &Service) -> Vec<String> {
+    svc.status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|l| l.ingress.as_ref())
+        .and_then(|i| i.first())
+        .and_then(|i| i.ports.clone())
+        .unwrap_or_default()
+        .iter()
+        .map(|p| format!("{}/{}", p.port, p.protocol))
+        .collect()
+}
+
+/// Issue 20, part 1: `kubectl expose --type=LoadBalancer` with the operator's class gets a
+/// public IP in `status.loadBalancer` (ipMode Proxy) from a Gateway the operator manages;
+/// a client on the internet reaches the pod through it; a port added to the Service
+/// follows live; Events on the Service say what happened; deleting the Service removes
+/// the Gateway and every GCP resource before the Service goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_load_balancer_service_gets_a_public_ip_follows_port_edits_and_releases_everything() {
+    let c = Cluster::start(LatencyProfile::instant()).await;
+    let _op = operator(&c).await;
+    namespace(&c.client, "apps", &[]).await;
+    c.backend("apps", "web", "80", "53", "web").await;
+    let pod = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(c.client.clone(), "apps")
+        .list(&ListParams::default().labels("app=web"))
+        .await
+        .expect("pods")
+        .items
+        .first()
+        .map(|p| p.name_any())
+        .expect("the backend pod");
+    let (ok, out) = kubectl(
+        &c,
+        &[
+            "-n",
+            "apps",
+            "expose",
+            "pod",
+            &pod,
+            "--name=web",
+            "--type=LoadBalancer",
+            "--port=8080",
+            "--target-port=80",
+            r#"--overrides={"apiVersion":"v1","spec":{"loadBalancerClass":"wgnet.dev/gateway"}}"#,
+        ],
+    )
+    .await;
+    assert!(ok, "kubectl expose: {out}");
+
+    let ingress_ip = |s: &Service| {
+        s.status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|l| l.ingress.as_ref())
+            .and_then(|i| i.first())
+            .and_then(|i| i.ip.clone())
+    };
+    let svc = wait_svc(&c, "web", "a public IP in status", |s| {
+        ingress_ip(s).is_some()
+    })
+    .await;
+    let ip = ingress_ip(&svc).expect("ip");
+    assert!(ip.starts_with("203.0.113."), "{ip}");
+    let ing = &svc
+        .status
+        .as_ref()
+        .expect("status")
+        .load_balancer
+        .as_ref()
+        .expect("lb")
+        .ingress
+        .as_ref()
+        .expect("ingress")[0];
+    assert_eq!(ing.ip_mode.as_deref(), Some("Proxy"));
+    assert_eq!(lb_ports(&svc), vec!["8080/TCP"]);
+    assert!(
+        svc.finalizers()
+            .iter()
+            .any(|f| f == "wgnet.dev/loadbalancer")
+    );
+    let cond = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "wgnet.dev/GatewayReady"))
+        .expect("the GatewayReady condition");
+    assert_eq!(
+        (cond.status.as_str(), cond.reason.as_str()),
+        ("True", "Ready")
+    );
+
+    // The Gateway is an ordinary one: listed by kubectl, owned by the Service, same IP.
+    let (ok, out) = kubectl(&c, &["-n", "apps", "get", "gw"]).await;
+    assert!(
+        ok && out.contains("web") && out.contains(&ip),
+        "kubectl get gw: {out}"
+    );
+    let gw = Api::<Gateway>::namespaced(c.client.clone(), "apps")
+        .get("web")
+        .await
+        .expect("the Service's Gateway");
+    assert_eq!(address_of(&gw), ip);
+    let owner = gw.owner_references().first().cloned().expect("owner");
+    assert_eq!(
+        (owner.kind.as_str(), owner.uid.as_str()),
+        ("Service", svc.uid().unwrap_or_default().as_str())
+    );
+
+    let tcp = c
+        .request("tcp", &ip, 8080, Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("TCP 8080 unanswered\n{}", c.logs()));
+    assert!(tcp.starts_with("web tcp 80 from "), "{tcp}");
+    assert!(!c.answers("udp", &ip, 5353), "no UDP port yet");
+
+    // A port edit follows live, on the same address.
+    Api::<Service>::namespaced(c.client.clone(), "apps")
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"ports": [
+                {"name": "http", "port": 8080, "targetPort": 80, "protocol": "TCP"},
+                {"name": "dns", "port": 5353, "targetPort": 53, "protocol": "UDP"}
+            ]}})),
+        )
+        .await
+        .expect("add a port");
+    let svc = wait_svc(&c, "web", "the new port published", |s| {
+        lb_ports(s) == ["8080/TCP", "5353/UDP"]
+    })
+    .await;
+    assert_eq!(ingress_ip(&svc).as_deref(), Some(ip.as_str()));
+    let udp = c
+        .request("udp", &ip, 5353, Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("UDP 5353 unanswered after the edit\n{}", c.logs()));
+    assert!(udp.starts_with("web udp 53 from "), "{udp}");
+    assert!(
+        c.request("tcp", &ip, 8080, Duration::from_secs(20))
+            .is_some()
+    );
+
+    let events = serde_json::to_string(
+        &Api::<k8s_openapi::api::events::v1::Event>::namespaced(c.client.clone(), "apps")
+            .list(&ListParams::default())
+            .await
+            .expect("events")
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("Service"))
+            .collect::<Vec<_>>(),
+    )
+    .expect("events body");
+    for reason in ["Claimed", "Ready", "PortsChanged"] {
+        assert!(
+            events.contains(&format!("\"reason\":\"{reason}\"")),
+            "a {reason} event on the Service: {events}"
+        );
+    }
+
+    // Deleting the Service holds it until the Gateway and its GCP resources are gone.
+    let (ok, out) = kubectl(
+        &c,
+        &["-n", "apps", "delete", "service", "web", "--timeout=110s"],
+    )
+    .await;
+    assert!(ok, "kubectl delete service: {out}\n{}", c.logs());
+    assert!(
+        Api::<Gateway>::namespaced(c.client.clone(), "apps")
+            .get_opt("web")
+            .await
+            .expect("get")
+            .is_none(),
+        "the Gateway goes before the Service"
+    );
+    let left: Vec<_> = c
+        .emu
+        .inventory()
+        .into_iter()
+        .filter(|i| !i.name.starts_with("wgnet-operator@"))
+        .map(|i| format!("{} {}", i.kind, i.name))
+        .collect();
+    assert!(left.is_empty(), "GCP resources left behind: {left:?}");
+    assert!(!c.answers("tcp", &ip, 8080), "the address stops answering");
 }

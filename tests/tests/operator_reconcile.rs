@@ -77,6 +77,11 @@ async fn env_with(policy: Policy) -> Env {
         policy,
         sweep_projects: vec![PROJECT.into()],
         sweep_min_age: Duration::ZERO,
+        load_balancer: controller::loadbalancer::LoadBalancerSettings {
+            project: Some(PROJECT.into()),
+            region: Some("us-central1".into()),
+            ..Default::default()
+        },
     };
     let operator = cp
         .service_account_client(OPERATOR_NAMESPACE, OPERATOR_SA)
@@ -654,6 +659,73 @@ async fn the_chart_grants_exactly_what_the_operator_uses() {
         )
     );
 
+    // Issue 20, part 1: a LoadBalancer Service of the operator's class gets a Gateway (a
+    // server-side apply that creates it), a condition in its status and a finalizer; a
+    // type change releases it: the Gateway is deleted, then the finalizer and the status.
+    let lb: Service = serde_json::from_value(json!({
+        "metadata": {"name": "lb", "namespace": "other"},
+        "spec": {"type": "LoadBalancer", "loadBalancerClass": "wgnet.dev/gateway",
+                 "selector": {"app": "lb"}, "ports": [{"port": 443}]}
+    }))
+    .expect("service");
+    let others: Api<Service> = Api::namespaced(e.client.clone(), "other");
+    others
+        .create(&PostParams::default(), &lb)
+        .await
+        .expect("create the LoadBalancer Service");
+    let lb_condition = |s: &Service| {
+        s.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == "wgnet.dev/GatewayReady"))
+            .map(|c| (c.status.clone(), c.reason.clone()))
+    };
+    let other_gws: Api<Gateway> = Api::namespaced(e.client.clone(), "other");
+    let served = until(Duration::from_secs(60), || async {
+        let svc = others.get("lb").await.ok()?;
+        let gw = other_gws.get_opt("lb").await.ok()??;
+        (svc.finalizers()
+            .iter()
+            .any(|f| f == "wgnet.dev/loadbalancer")
+            && lb_condition(&svc).is_some()
+            && gw.spec.forwards.len() == 1)
+            .then_some(lb_condition(&svc))
+    })
+    .await;
+    assert_eq!(
+        served.flatten(),
+        Some(("False".to_owned(), "Provisioning".to_owned())),
+        "the Service is claimed and says its Gateway is provisioning"
+    );
+    others
+        .patch(
+            "lb",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"spec": {"type": "ClusterIP", "loadBalancerClass": null,
+                "externalTrafficPolicy": null, "allocateLoadBalancerNodePorts": null}}),
+            ),
+        )
+        .await
+        .expect("change the type");
+    let released = until(Duration::from_secs(90), || async {
+        let svc = others.get("lb").await.ok()?;
+        let gone = other_gws.get_opt("lb").await.ok()?.is_none();
+        (gone
+            && !svc
+                .finalizers()
+                .iter()
+                .any(|f| f == "wgnet.dev/loadbalancer")
+            && lb_condition(&svc).is_none())
+        .then_some(())
+    })
+    .await;
+    assert!(
+        released.is_some(),
+        "a type change deletes the Gateway and releases the Service:\n{}",
+        inventory_of(&e.emu)
+    );
+
     egws.delete("corp", &DeleteParams::default())
         .await
         .expect("delete egw");
@@ -828,4 +900,65 @@ async fn dns_records_follow_the_address_and_go_with_the_names_and_the_gateway() 
     .await;
     assert!(gone.is_some(), "the DNSEndpoint goes with the Gateway");
     assert!(e.emu.inventory().is_empty(), "{}", inventory_of(&e.emu));
+}
+
+/// Issue 20, part 1, against a hostile or careless neighbour: a LoadBalancer Service named
+/// like an existing Gateway never takes that Gateway over (`NameCollision` on the Service,
+/// the Gateway untouched) and, when the Service is deleted, never deletes it. The operator
+/// may delete Gateways (RBAC cannot scope it to its own), so this is the guarantee.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_balancer_service_never_takes_or_deletes_a_gateway_it_does_not_own() {
+    let e = env().await;
+    apps_with_web(&e).await;
+    let gws: Api<Gateway> = Api::namespaced(e.client.clone(), "apps");
+    gws.create(&PostParams::default(), &gateway("edge"))
+        .await
+        .expect("the user's Gateway");
+    let before = wait_gw(&e, "the user's Gateway provisioning", |g| {
+        g.status.is_some()
+    })
+    .await;
+    let svcs: Api<Service> = Api::namespaced(e.client.clone(), "apps");
+    let lb: Service = serde_json::from_value(json!({
+        "metadata": {"name": "edge"},
+        "spec": {"type": "LoadBalancer", "loadBalancerClass": "wgnet.dev/gateway",
+                 "selector": {"app": "edge"}, "ports": [{"name": "a", "port": 443}, {"name": "b", "port": 444}]}
+    }))
+    .expect("service");
+    svcs.create(&PostParams::default(), &lb)
+        .await
+        .expect("the LoadBalancer Service");
+    let refused = until(Duration::from_secs(60), || async {
+        let svc = svcs.get("edge").await.ok()?;
+        let c = svc
+            .status?
+            .conditions?
+            .into_iter()
+            .find(|c| c.type_ == "wgnet.dev/GatewayReady")?;
+        (c.reason == "NameCollision").then_some(c.message)
+    })
+    .await
+    .unwrap_or_else(|| panic!("no NameCollision on the Service\n{}", e.cp.describe()));
+    assert!(refused.contains("Gateway named \"edge\""), "{refused}");
+    let after = gws.get("edge").await.expect("the user's Gateway");
+    assert_eq!(after.spec, before.spec, "the Gateway's spec is untouched");
+    assert!(after.owner_references().is_empty(), "no owner was added");
+    assert!(after.labels().get("wgnet.dev/service").is_none());
+
+    svcs.delete("edge", &DeleteParams::default())
+        .await
+        .expect("delete the Service");
+    let gone = until(Duration::from_secs(60), || async {
+        svcs.get_opt("edge")
+            .await
+            .ok()
+            .and_then(|s| s.is_none().then_some(()))
+    })
+    .await;
+    assert!(gone.is_some(), "the Service is released");
+    let kept = gws.get("edge").await.expect("the user's Gateway survives");
+    assert!(
+        kept.metadata.deletion_timestamp.is_none(),
+        "and is not being deleted"
+    );
 }

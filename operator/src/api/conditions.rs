@@ -63,6 +63,13 @@ pub mod reasons {
     /// the line and why, never its content.
     pub const INVALID_CONFIG: &str = "InvalidConfig";
 
+    /// A LoadBalancer Service names no GCP project or region, neither by annotation nor
+    /// by the operator's defaults; no Gateway is created for it.
+    pub const PLACEMENT_MISSING: &str = "PlacementMissing";
+    /// A LoadBalancer Service has a port a Gateway cannot forward (SCTP, or more than 64
+    /// ports); no Gateway is created, and an existing one keeps its last ports.
+    pub const UNSUPPORTED_SERVICE_PORT: &str = "UnsupportedServicePort";
+
     /// Every reason above, for exhaustive checks in tests and docs.
     pub const ALL: &[&str] = &[
         READY,
@@ -83,6 +90,8 @@ pub mod reasons {
         HANDSHAKE_STALE,
         CONFIG_KEY_NOT_FOUND,
         INVALID_CONFIG,
+        PLACEMENT_MISSING,
+        UNSUPPORTED_SERVICE_PORT,
     ];
 }
 

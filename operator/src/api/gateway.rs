@@ -161,6 +161,22 @@ pub struct GcpSpec {
     pub spot: bool,
 }
 
+impl GcpSpec {
+    /// A VM in `project`, `region` and `zone` with every other field at its default.
+    pub fn new(project_id: String, region: String, zone: String) -> Self {
+        Self {
+            project_id,
+            region,
+            zone,
+            machine_type: default_machine_type(),
+            image: default_image(),
+            disk_size_gb: default_disk_size(),
+            reserved_ip: true,
+            spot: false,
+        }
+    }
+}
+
 fn default_machine_type() -> String {
     "e2-small".to_owned()
 }

@@ -1,5 +1,6 @@
 //! The controllers: [`gateway`] reconciles Gateways (GCP through the [`Cloud`] trait, the
-//! link's objects through the API server), [`egress`] reconciles EgressGateways.
+//! link's objects through the API server), [`egress`] reconciles EgressGateways,
+//! [`loadbalancer`] serves LoadBalancer Services through Gateways it manages.
 //!
 //! I/O boundary: the Kubernetes API through `kube::Client` and GCP through the `Cloud`
 //! implementation handed in; the decisions in between (forward classification, key sets,
@@ -8,6 +9,7 @@
 pub mod egress;
 pub mod error;
 pub mod gateway;
+pub mod loadbalancer;
 #[cfg(test)]
 pub(crate) mod testing;
 
@@ -45,6 +47,8 @@ pub struct Settings {
     pub sweep_projects: Vec<String>,
     /// Resources younger than this are never swept (their Gateway may be being created).
     pub sweep_min_age: Duration,
+    /// Which LoadBalancer Services are served, and where their Gateways go by default.
+    pub load_balancer: loadbalancer::LoadBalancerSettings,
 }
 
 /// The default of [`Settings::sweep_min_age`].
@@ -147,12 +151,13 @@ pub async fn run<C: Cloud + 'static>(
     };
     let gw = gateway::run(ctx.clone(), wait(rx.clone()));
     let egw = egress::run(ctx.clone(), wait(rx.clone()));
+    let lb = loadbalancer::run(ctx.clone(), wait(rx.clone()));
     let sweep = gateway::sweep_loop(ctx.clone(), wait(rx));
     tokio::spawn(async move {
         shutdown.await;
         let _ = tx.send(true);
     });
-    tokio::join!(gw, egw, sweep);
+    tokio::join!(gw, egw, lb, sweep);
 }
 
 /// Server-side applies `obj` under the operator's field manager. When `obj` names a

@@ -53,6 +53,7 @@ pub fn settings(allowed: &[&str]) -> Settings {
         policy: Policy::new(projects),
         sweep_projects: vec![],
         sweep_min_age: Duration::ZERO,
+        load_balancer: Default::default(),
     }
 }
 

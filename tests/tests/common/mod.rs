@@ -44,6 +44,7 @@ pub async fn operator_with(c: &Cluster, resync: Duration) -> Operator {
         ])),
         sweep_projects: vec![PROJECT.into()],
         sweep_min_age: Duration::ZERO,
+        load_balancer: load_balancer_defaults(),
     };
     // The operator acts as the chart's ServiceAccount: the chart's RBAC authorizes it.
     let ctx = Arc::new(Context::new(
@@ -77,5 +78,16 @@ where
             c.logs()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The operator's LoadBalancer defaults in the tests: Gateways for LoadBalancer Services
+/// go to the test project, in the emulator's region.
+pub fn load_balancer_defaults() -> controller::loadbalancer::LoadBalancerSettings {
+    controller::loadbalancer::LoadBalancerSettings {
+        project: Some(PROJECT.into()),
+        region: Some("us-central1".into()),
+        zone: Some("us-central1-a".into()),
+        ..Default::default()
     }
 }
