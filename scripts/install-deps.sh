@@ -11,7 +11,8 @@ set -eu
 # ethtool: a link test turns off a veth's checksum offload so the kernel computes the
 # checksums of the link's coalesced packets as a real NIC path would.
 # iperf3: `make bench` only, but small enough to install with the rest.
-PACKAGES="gcc libc6-dev pkg-config ca-certificates python3 openssl iproute2 nftables wireguard-tools wireguard-go curl shellcheck libnftnl-dev libmnl-dev ethtool iperf3"
+# haproxy and nginx: PROXY-protocol-aware backends in the tests (never started as services).
+PACKAGES="gcc libc6-dev pkg-config ca-certificates python3 openssl iproute2 nftables wireguard-tools wireguard-go curl shellcheck libnftnl-dev libmnl-dev ethtool iperf3 haproxy nginx"
 python3 -m pip --version >/dev/null 2>&1 || PACKAGES="$PACKAGES python3-pip"
 
 missing=""
@@ -33,6 +34,8 @@ else
 fi
 echo "install-deps: installing$missing"
 $SUDO apt-get update -qq
+# RUNLEVEL=1: invoke-rc.d starts no service the packages ship (nginx, haproxy); the tests
+# run their own instances in network namespaces.
 # shellcheck disable=SC2086 # word splitting of the package list is intended
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing
+$SUDO env RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing
 exec "$here/install-kube-tools.sh"

@@ -173,6 +173,9 @@ public_iface() {
     ip -4 route show default | awk '{for (i = 1; i < NF; i++) if ($i == "dev") { print $(i + 1); exit }}'
 }
 
+# No masquerade into the tunnel: clients keep their own addresses through wg0 (the link
+# routes the replies back by connection mark), so the link can name them to PROXY-protocol
+# backends. Replies come back from the link's tunnel address, which conntrack maps back.
 render_nft() {
     clamp=$((MTU - 40))
     cat <<EOF
@@ -183,10 +186,6 @@ table ip $TABLE {
         type nat hook prerouting priority dstnat; policy accept;
         iifname "$PUB" meta l4proto tcp dnat to $LINKADDR
         iifname "$PUB" udp dport != $LISTEN dnat to $LINKADDR
-    }
-    chain postrouting {
-        type nat hook postrouting priority srcnat; policy accept;
-        oifname "$IFACE" ct status dnat masquerade
     }
     chain forward {
         type filter hook forward priority filter; policy drop;

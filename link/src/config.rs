@@ -107,7 +107,8 @@ pub struct PeerDocument {
     /// Keepalive in seconds (0 = off).
     #[serde(default = "default_keepalive")]
     pub persistent_keepalive: u16,
-    /// Source prefixes accepted from the tunnel; empty = the tunnel's own prefix.
+    /// Source prefixes accepted from the tunnel; empty = any: the VM forwards clients'
+    /// packets with their own addresses.
     #[serde(default, rename = "allowedIPs")]
     pub allowed_ips: Vec<String>,
 }
@@ -150,6 +151,18 @@ pub struct IngressForward {
     pub cluster_ip: Ipv4Addr,
     /// The Service port.
     pub target_port: u16,
+    /// `v2`: the link accepts the connections itself and sends each to the Service behind
+    /// a PROXY protocol v2 header naming the client (TCP only). Absent: kernel DNAT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<ProxyProtocol>,
+}
+
+/// A PROXY protocol version a forward may ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum ProxyProtocol {
+    /// Version 2, the binary header (HAProxy's `accept-proxy`, nginx's `proxy_protocol`).
+    #[serde(rename = "v2")]
+    V2,
 }
 
 /// One egress forward: traffic to the link on `port` goes to `targetHost:targetPort`
@@ -311,8 +324,8 @@ pub fn parse(raw: &Raw) -> Result<LinkConfig, ConfigError> {
                 };
                 let allowed_ips = if d.peer.allowed_ips.is_empty() {
                     vec![Ipv4Net {
-                        addr: address.network(),
-                        prefix: address.prefix,
+                        addr: std::net::Ipv4Addr::UNSPECIFIED,
+                        prefix: 0,
                     }]
                 } else {
                     d.peer
@@ -333,6 +346,16 @@ pub fn parse(raw: &Raw) -> Result<LinkConfig, ConfigError> {
             let mut forwards = d.forwards;
             forwards.sort();
             check_ports(forwards.iter().map(|f| (f.port, f.protocol, f.target_port)))?;
+            if let Some(f) = forwards
+                .iter()
+                .find(|f| f.proxy_protocol.is_some() && f.protocol != Protocol::Tcp)
+            {
+                return Err(ConfigError(format!(
+                    "forward {}/{}: the PROXY protocol is relayed for TCP only",
+                    f.port,
+                    f.protocol.name()
+                )));
+            }
             Ok(LinkConfig::Ingress(Ingress {
                 private_key,
                 address,
@@ -393,6 +416,24 @@ mod tests {
         }
     }
 
+    fn json_has_no_proxy_field_for_plain_forwards(f: &IngressForward) -> bool {
+        !serde_json::to_string(f)
+            .expect("serializes")
+            .contains("proxyProtocol")
+    }
+
+    #[test]
+    fn the_proxy_protocol_is_refused_on_udp() {
+        let e = parse(&raw(
+            serde_json::json!({"mode": "ingress", "address": "10.99.0.2/29", "peer": {},
+                "forwards": [{"port": 53, "protocol": "UDP", "clusterIP": "10.96.0.11",
+                              "targetPort": 53, "proxyProtocol": "v2"}]}),
+            PRIV,
+        ))
+        .expect_err("UDP");
+        assert!(e.to_string().contains("forward 53/udp"), "{e}");
+    }
+
     /// The document the operator builds is exactly what the link reads back: every field
     /// survives JSON, and the validated config carries the values (the resync period
     /// included, which is how a Gateway's reconcileInterval reaches the link).
@@ -407,12 +448,22 @@ mod tests {
                 persistent_keepalive: 5,
                 allowed_ips: vec!["10.99.0.0/29".into()],
             },
-            forwards: vec![IngressForward {
-                port: 8080,
-                protocol: Protocol::Tcp,
-                cluster_ip: Ipv4Addr::new(10, 96, 0, 10),
-                target_port: 80,
-            }],
+            forwards: vec![
+                IngressForward {
+                    port: 8080,
+                    protocol: Protocol::Tcp,
+                    cluster_ip: Ipv4Addr::new(10, 96, 0, 10),
+                    target_port: 80,
+                    proxy_protocol: None,
+                },
+                IngressForward {
+                    port: 443,
+                    protocol: Protocol::Tcp,
+                    cluster_ip: Ipv4Addr::new(10, 96, 0, 11),
+                    target_port: 8443,
+                    proxy_protocol: Some(ProxyProtocol::V2),
+                },
+            ],
             resync_seconds: 10,
         });
         let json = ingress.to_json();
@@ -429,7 +480,12 @@ mod tests {
         };
         assert_eq!(i.resync, Duration::from_secs(10));
         assert_eq!(i.mtu, 1400);
-        assert_eq!(i.forwards.len(), 1);
+        assert_eq!(i.forwards.len(), 2);
+        assert_eq!(i.forwards[0].proxy_protocol, Some(ProxyProtocol::V2));
+        assert!(
+            json_has_no_proxy_field_for_plain_forwards(&i.forwards[1]),
+            "a plain forward's document is what older links read"
+        );
         let peer = i.peer.expect("peer");
         assert_eq!(peer.endpoint, Some(("203.0.113.7".into(), 51820)));
         assert_eq!(peer.keepalive, Some(5));
@@ -479,7 +535,11 @@ mod tests {
         assert_eq!(i.mtu, 1380);
         let peer = i.peer.expect("peer");
         assert_eq!(peer.keepalive, Some(25));
-        assert_eq!(peer.allowed_ips, vec!["10.99.0.0/29".parse().expect("net")]);
+        assert_eq!(
+            peer.allowed_ips,
+            vec!["0.0.0.0/0".parse().expect("net")],
+            "clients' own addresses come through the tunnel"
+        );
         assert_eq!(i.forwards[0].port, 53, "sorted");
     }
 

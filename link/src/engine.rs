@@ -90,6 +90,9 @@ pub trait Interfaces {
         name: &str,
         net: Ipv4Net,
     ) -> impl Future<Output = Result<(), NetlinkError>> + Send;
+    /// Routes packets marked [`plan::REPLY_MARK`] into `name` (replies to clients whose
+    /// own addresses came through the tunnel).
+    fn route_replies(&self, name: &str) -> impl Future<Output = Result<(), NetlinkError>> + Send;
 }
 
 /// The nftables table.
@@ -176,6 +179,16 @@ impl Interfaces for Netlink {
         net: Ipv4Net,
     ) -> impl Future<Output = Result<(), NetlinkError>> + Send {
         Netlink::del_route(self, name, net)
+    }
+
+    fn route_replies(&self, name: &str) -> impl Future<Output = Result<(), NetlinkError>> + Send {
+        Netlink::route_marked(
+            self,
+            name,
+            plan::REPLY_MARK,
+            plan::REPLY_TABLE,
+            plan::REPLY_RULE_PRIORITY,
+        )
     }
 }
 
@@ -329,6 +342,9 @@ impl<T: Tunnel, I: Interfaces, F: Firewall> Engine<T, I, F> {
         let want_link = (p.address, p.mtu);
         if self.applied.link != Some(want_link) {
             self.interfaces.configure(&wg, p.address, p.mtu).await?;
+            if p.reply_routes {
+                self.interfaces.route_replies(&wg).await?;
+            }
             self.applied.link = Some(want_link);
         }
         let stale: Vec<_> = self.applied.routes.difference(&p.routes).copied().collect();
@@ -415,6 +431,10 @@ mod tests {
         }
         async fn del_route(&self, name: &str, net: Ipv4Net) -> Result<(), NetlinkError> {
             self.0.push(format!("route del {net} dev {name}"));
+            Ok(())
+        }
+        async fn route_replies(&self, name: &str) -> Result<(), NetlinkError> {
+            self.0.push(format!("replies via {name}"));
             Ok(())
         }
     }

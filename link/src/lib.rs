@@ -25,6 +25,8 @@ pub mod nft;
 pub mod offload;
 pub mod plan;
 #[cfg(feature = "dataplane")]
+pub mod relay;
+#[cfg(feature = "dataplane")]
 pub mod run;
 #[cfg(feature = "dataplane")]
 pub mod source;

@@ -126,6 +126,43 @@ impl Netlink {
         }
     }
 
+    /// Routes packets carrying `mark` into `name`: a rule (priority `priority`) sending
+    /// them to `table`, whose one route is the default through `name`. The route goes
+    /// with the device; the rule stays and is harmless while the table is empty.
+    pub async fn route_marked(
+        &self,
+        name: &str,
+        mark: u32,
+        table: u32,
+        priority: u32,
+    ) -> Result<(), NetlinkError> {
+        let index = self.index(name).await?;
+        let msg = RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+            .destination_prefix(std::net::Ipv4Addr::UNSPECIFIED, 0)
+            .output_interface(index)
+            .table_id(table)
+            .build();
+        match self.handle.route().add(msg).execute().await {
+            Err(e) if exists(&e) => {}
+            r => r.map_err(ctx(format!("routing table {table} into {name}")))?,
+        }
+        let rule = self
+            .handle
+            .rule()
+            .add()
+            .v4()
+            .fw_mark(mark)
+            .table_id(table)
+            .priority(priority)
+            .action(rtnetlink::packet_route::rule::RuleAction::ToTable);
+        match rule.execute().await {
+            Err(e) if exists(&e) => Ok(()),
+            r => r.map_err(ctx(format!(
+                "adding the rule fwmark {mark:#x} lookup {table}"
+            ))),
+        }
+    }
+
     /// Removes the route to `dst` through `name`, if present.
     pub async fn del_route(&self, name: &str, dst: Ipv4Net) -> Result<(), NetlinkError> {
         let index = self.index(name).await?;

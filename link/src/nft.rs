@@ -149,6 +149,18 @@ fn add_stmt(rule: &mut Rule<'_>, s: &Stmt) -> Result<(), NftError> {
             });
         }
         Stmt::Masquerade => rule.add_expr(&Masquerade),
+        Stmt::CtMarkSet(m) => {
+            rule.add_expr(&Immediate::new(*m, Register::Reg1));
+            rule.add_expr(&nftnl::expr::Conntrack::Mark { set: true });
+        }
+        Stmt::CtMark(m) => {
+            rule.add_expr(&nftnl::expr::Conntrack::Mark { set: false });
+            rule.add_expr(&Cmp::new(CmpOp::Eq, *m));
+        }
+        Stmt::MarkSet(m) => {
+            rule.add_expr(&Immediate::new(*m, Register::Reg1));
+            rule.add_expr(&Meta::Mark { set: true });
+        }
         Stmt::Accept => rule.add_expr(&nftnl::expr::Verdict::Accept),
         Stmt::Drop => rule.add_expr(&nftnl::expr::Verdict::Drop),
     }
@@ -183,6 +195,8 @@ pub fn apply(plan: &Plan) -> Result<(), NftError> {
             Hook::Postrouting => (nftnl::Hook::PostRouting, 100, ChainType::Nat),
             Hook::Forward => (nftnl::Hook::Forward, 0, ChainType::Filter),
             Hook::Input => (nftnl::Hook::In, 0, ChainType::Filter),
+            Hook::Mangle => (nftnl::Hook::PreRouting, -150, ChainType::Filter),
+            Hook::Reroute => (nftnl::Hook::Out, -150, ChainType::Route),
         };
         chain.set_hook(hook, prio);
         chain.set_type(kind);

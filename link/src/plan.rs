@@ -112,6 +112,9 @@ pub struct DataPlan {
     pub forwards: usize,
     /// The peer's keepalive.
     pub keepalive: Option<u16>,
+    /// Route packets marked [`REPLY_MARK`] back into wg0 (ingress: clients keep their
+    /// addresses through the VM).
+    pub reply_routes: bool,
 }
 
 fn peer_of(p: &PeerConfig, resolved: &Resolved, why: &mut Option<String>) -> Peer {
@@ -156,6 +159,7 @@ pub fn data_plan(cfg: &LinkConfig, wg: &str, resolved: &Resolved) -> DataPlan {
             endpoint_unresolved,
             forwards: i.forwards.len(),
             keepalive: cfg.keepalive(),
+            reply_routes: true,
         },
         LinkConfig::Egress(e) => {
             let allowed = &e.wg.peer.allowed_ips;
@@ -217,6 +221,7 @@ pub fn data_plan(cfg: &LinkConfig, wg: &str, resolved: &Resolved) -> DataPlan {
                 unresolved,
                 endpoint_unresolved,
                 keepalive: cfg.keepalive(),
+                reply_routes: false,
             }
         }
     }
@@ -236,7 +241,19 @@ pub enum Hook {
     Forward,
     /// Filter of packets for the pod itself.
     Input,
+    /// Marks before routing (prerouting, filter type, mangle priority).
+    Mangle,
+    /// Marks of the pod's own packets, rerouted when they change (output, route type).
+    Reroute,
 }
+
+/// The connection and packet mark of flows that came in through the tunnel: their replies
+/// are routed back into wg0 by it, since the client's address is not the tunnel's.
+pub const REPLY_MARK: u32 = 0x0057_4700;
+/// The routing table those replies use: one default route into wg0.
+pub const REPLY_TABLE: u32 = 51820;
+/// The priority of the rule sending marked packets to [`REPLY_TABLE`] (before `main`).
+pub const REPLY_RULE_PRIORITY: u32 = 1000;
 
 /// One match or statement of a rule, in evaluation order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -267,6 +284,12 @@ pub enum Stmt {
     Dnat(Ipv4Addr, u16),
     /// `masquerade`.
     Masquerade,
+    /// `ct mark set M`.
+    CtMarkSet(u32),
+    /// `ct mark M`.
+    CtMark(u32),
+    /// `meta mark set M`.
+    MarkSet(u32),
     /// `accept`.
     Accept,
     /// `drop`.
@@ -330,15 +353,24 @@ fn clamp(wg: &str, mtu: u16) -> Vec<Vec<Stmt>> {
     ]
 }
 
-fn input(wg: &str) -> Chain {
+/// What may reach the pod itself from the tunnel: replies, and the ports the PROXY
+/// protocol relay listens on.
+fn input(wg: &str, relayed: &[u16]) -> Chain {
+    let mut rules = vec![vec![Stmt::Iif(wg.into()), Stmt::Established, Stmt::Accept]];
+    for port in relayed {
+        rules.push(vec![
+            Stmt::Iif(wg.into()),
+            Stmt::L4(Protocol::Tcp),
+            Stmt::Dport(*port),
+            Stmt::Accept,
+        ]);
+    }
+    rules.push(vec![Stmt::Iif(wg.into()), Stmt::Drop]);
     Chain {
         name: "input",
         hook: Hook::Input,
         accept_by_default: true,
-        rules: vec![
-            vec![Stmt::Iif(wg.into()), Stmt::Established, Stmt::Accept],
-            vec![Stmt::Iif(wg.into()), Stmt::Drop],
-        ],
+        rules,
     }
 }
 
@@ -350,6 +382,7 @@ fn assemble(
     pre: Vec<Vec<Stmt>>,
     masquerade: Vec<Stmt>,
     admit: Vec<Vec<Stmt>>,
+    relayed: &[u16],
 ) -> Plan {
     let mut fwd = clamp(wg, mtu);
     fwd.push(vec![Stmt::Established, Stmt::Accept]);
@@ -374,13 +407,19 @@ fn assemble(
                 accept_by_default: false,
                 rules: fwd,
             },
-            input(wg),
+            input(wg, relayed),
         ],
     }
 }
 
-/// Ingress: the tunnel's ports are DNATed to the Services; only those flows may cross.
+/// Ingress: the tunnel's ports are DNATed to the Services (those with the PROXY protocol
+/// are accepted by the link's relay instead); only those flows may cross. Clients keep
+/// their own addresses through the VM, so every connection from the tunnel is marked and
+/// its replies, forwarded or the relay's own, are routed back into wg0 by the mark.
 pub fn ingress(wg: &str, mtu: u16, forwards: &[IngressForward]) -> Plan {
+    let (relayed, forwards): (Vec<&IngressForward>, Vec<&IngressForward>) =
+        forwards.iter().partition(|f| f.proxy_protocol.is_some());
+    let relayed: Vec<u16> = relayed.iter().map(|f| f.port).collect();
     let pre = forwards
         .iter()
         .map(|f| {
@@ -405,10 +444,30 @@ pub fn ingress(wg: &str, mtu: u16, forwards: &[IngressForward]) -> Plan {
             ]
         })
         .collect();
-    // The VM's tunnel address is not routable in the cluster: replies must come back to
-    // the link, so DNATed flows leave with the pod's address.
+    // Clients' addresses are not routable in the cluster: replies must come back to the
+    // link, so DNATed flows leave with the pod's address.
     let masquerade = vec![Stmt::OifNot(wg.into()), Stmt::Dnatted, Stmt::Masquerade];
-    assemble(wg, mtu, pre, masquerade, admit)
+    let mut plan = assemble(wg, mtu, pre, masquerade, admit, &relayed);
+    plan.chains.push(Chain {
+        name: "mark",
+        hook: Hook::Mangle,
+        accept_by_default: true,
+        rules: vec![
+            vec![Stmt::Iif(wg.into()), Stmt::CtMarkSet(REPLY_MARK)],
+            vec![
+                Stmt::IifNot(wg.into()),
+                Stmt::CtMark(REPLY_MARK),
+                Stmt::MarkSet(REPLY_MARK),
+            ],
+        ],
+    });
+    plan.chains.push(Chain {
+        name: "reply",
+        hook: Hook::Reroute,
+        accept_by_default: true,
+        rules: vec![vec![Stmt::CtMark(REPLY_MARK), Stmt::MarkSet(REPLY_MARK)]],
+    });
+    plan
 }
 
 /// Egress: the pod's forward ports are DNATed to the targets behind the VPN and leave
@@ -440,7 +499,7 @@ pub fn egress(wg: &str, mtu: u16, rules: &[EgressRule]) -> Plan {
         })
         .collect();
     let masquerade = vec![Stmt::Oif(wg.into()), Stmt::Dnatted, Stmt::Masquerade];
-    assemble(wg, mtu, pre, masquerade, admit)
+    assemble(wg, mtu, pre, masquerade, admit, &[])
 }
 
 impl fmt::Display for Stmt {
@@ -462,6 +521,9 @@ impl fmt::Display for Stmt {
             ),
             Self::Dnat(a, p) => write!(f, "dnat to {a}:{p}"),
             Self::Masquerade => f.write_str("masquerade"),
+            Self::CtMarkSet(m) => write!(f, "ct mark set {m:#x}"),
+            Self::CtMark(m) => write!(f, "ct mark {m:#x}"),
+            Self::MarkSet(m) => write!(f, "meta mark set {m:#x}"),
             Self::Accept => f.write_str("accept"),
             Self::Drop => f.write_str("drop"),
         }
@@ -477,6 +539,8 @@ impl fmt::Display for Plan {
                 Hook::Postrouting => ("nat", "postrouting", "srcnat"),
                 Hook::Forward => ("filter", "forward", "filter"),
                 Hook::Input => ("filter", "input", "filter"),
+                Hook::Mangle => ("filter", "prerouting", "mangle"),
+                Hook::Reroute => ("route", "output", "mangle"),
             };
             let policy = if c.accept_by_default {
                 "accept"
@@ -508,6 +572,7 @@ mod tests {
             protocol,
             cluster_ip: ip.into(),
             target_port,
+            proxy_protocol: None,
         }
     }
 
@@ -545,9 +610,53 @@ mod tests {
         iifname "wg0" ct state established,related accept
         iifname "wg0" drop
     }
+    chain mark {
+        type filter hook prerouting priority mangle; policy accept;
+        iifname "wg0" ct mark set 0x574700
+        iifname != "wg0" ct mark 0x574700 meta mark set 0x574700
+    }
+    chain reply {
+        type route hook output priority mangle; policy accept;
+        ct mark 0x574700 meta mark set 0x574700
+    }
 }
 "#;
         assert_eq!(text, want);
+    }
+
+    #[test]
+    fn a_proxy_protocol_forward_goes_to_the_relay_not_to_dnat() {
+        let mut relayed = fwd(443, Protocol::Tcp, [10, 96, 0, 12], 8443);
+        relayed.proxy_protocol = Some(crate::config::ProxyProtocol::V2);
+        let p = ingress(
+            "wg0",
+            1380,
+            &[fwd(8080, Protocol::Tcp, [10, 96, 0, 10], 80), relayed],
+        );
+        let text = p.to_string();
+        assert!(
+            text.contains("th dport 8080 dnat to 10.96.0.10:80"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("10.96.0.12"),
+            "no DNAT or admit for it: {text}"
+        );
+        let input = &p.chains[3];
+        assert_eq!(
+            input.rules[1],
+            vec![
+                Stmt::Iif("wg0".into()),
+                Stmt::L4(Protocol::Tcp),
+                Stmt::Dport(443),
+                Stmt::Accept
+            ],
+            "the relay's port is open from the tunnel, before the drop"
+        );
+        assert_eq!(
+            input.rules.last(),
+            Some(&vec![Stmt::Iif("wg0".into()), Stmt::Drop])
+        );
     }
 
     #[test]

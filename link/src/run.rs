@@ -373,6 +373,7 @@ pub async fn run(o: Options) -> Result<(), RunError> {
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(RunError::Signal)?;
+    let mut relays = crate::relay::Relays::default();
     let mut current: Option<LinkConfig> = None;
     let mut retry_at: Option<tokio::time::Instant> = None;
     let mut leading = false;
@@ -404,6 +405,7 @@ pub async fn run(o: Options) -> Result<(), RunError> {
                 if leading {
                     dirty = true;
                 } else if engine.active() {
+                    relays.clear();
                     if let Err(e) = engine.fence() { tracing::error!(error = %e, "fencing failed"); }
                     tracing::info!("lost the lease: wg0 and the table removed");
                 }
@@ -439,6 +441,12 @@ pub async fn run(o: Options) -> Result<(), RunError> {
                 if vpn_dns && tunnel_new && !out.unresolved.is_empty() {
                     retry_at = Some(tokio::time::Instant::now() + Duration::from_secs(2));
                 }
+                if let Err(e) = relays.set(&crate::relay::specs(cfg)) {
+                    tracing::error!(error = %e, "the PROXY protocol relay cannot listen; retrying");
+                    status.failed(e.to_string());
+                    retry_at = Some(tokio::time::Instant::now() + Duration::from_secs(2));
+                    continue;
+                }
                 status.applied();
             }
             Err(e) => {
@@ -450,6 +458,7 @@ pub async fn run(o: Options) -> Result<(), RunError> {
     }
     tracing::info!("stopping: fencing before releasing the lease");
     status.set_leader(false);
+    relays.clear();
     if let Err(e) = engine.fence() {
         tracing::error!(error = %e, "fencing failed");
     }

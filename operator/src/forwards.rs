@@ -22,6 +22,8 @@ pub struct Resolved {
     pub cluster_ip: std::net::Ipv4Addr,
     /// The Service port.
     pub target_port: u16,
+    /// Relayed behind a PROXY protocol header.
+    pub proxy_protocol: Option<crate::api::ProxyProtocol>,
 }
 
 /// Why a forward cannot be served.
@@ -141,6 +143,7 @@ fn classify_one(
             protocol: f.protocol,
             cluster_ip: ip,
             target_port,
+            proxy_protocol: f.proxy_protocol,
         }),
         _ => invalid(
             reasons::TARGET_PORT_NOT_LISTENING,
@@ -190,6 +193,7 @@ mod tests {
             service: svc.into(),
             namespace: ns.map(Into::into),
             target_port: target,
+            proxy_protocol: None,
         }
     }
 

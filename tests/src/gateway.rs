@@ -320,7 +320,18 @@ impl Gw {
     /// The link's ingress `config.json` for this VM, with forwards as
     /// (port, protocol, clusterIP, targetPort).
     pub fn link_config(&self, forwards: &[(u16, &str, &str, u16)]) -> String {
-        crate::link::ingress_config(
+        self.link_config_with(
+            forwards
+                .iter()
+                .copied()
+                .map(crate::link::ingress_forward)
+                .collect(),
+        )
+    }
+
+    /// As [`Gw::link_config`] with forwards as the link reads them.
+    pub fn link_config_with(&self, forwards: Vec<wgnet_link::config::IngressForward>) -> String {
+        crate::link::ingress_config_with(
             &format!("{}/29", self.cfg.link_address),
             self.cfg.mtu,
             &format!("{}:{}", self.ip, self.cfg.listen_port),
@@ -333,10 +344,25 @@ impl Gw {
     /// Writes the link's directory (its key and [`Gw::link_config`]) and starts a link in
     /// the cluster namespace, waiting until it is ready. Returns the link and the directory.
     pub fn start_link(&self, forwards: &[(u16, &str, &str, u16)]) -> (Link, PathBuf) {
+        self.start_link_with(
+            forwards
+                .iter()
+                .copied()
+                .map(crate::link::ingress_forward)
+                .collect(),
+        )
+    }
+
+    /// As [`Gw::start_link`] with forwards as the link reads them.
+    pub fn start_link_with(
+        &self,
+        forwards: Vec<wgnet_link::config::IngressForward>,
+    ) -> (Link, PathBuf) {
         let dir = self.dir.0.join("link");
         std::fs::create_dir_all(&dir).expect("link dir");
         std::fs::copy(self.dir.0.join("link.key"), dir.join("private-key")).expect("link key");
-        std::fs::write(dir.join("config.json"), self.link_config(forwards)).expect("link config");
+        std::fs::write(dir.join("config.json"), self.link_config_with(forwards))
+            .expect("link config");
         let link = Link::start(&self.cluster, &dir, &[]);
         link.wait_ready(Duration::from_secs(20));
         (link, dir)

@@ -18,6 +18,7 @@ pub mod gcp;
 pub mod kubelet;
 pub mod link;
 pub mod netns;
+pub mod proxied;
 pub mod rbac;
 pub mod serve;
 

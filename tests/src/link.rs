@@ -19,6 +19,7 @@ pub fn ingress_forward(
         protocol: protocol(proto),
         cluster_ip: ip.parse().expect("a test's ClusterIP is an IPv4 address"),
         target_port: target,
+        proxy_protocol: None,
     }
 }
 
@@ -51,6 +52,26 @@ pub fn ingress_config(
     keepalive: u16,
     forwards: &[(u16, &str, &str, u16)],
 ) -> String {
+    ingress_config_with(
+        address,
+        mtu,
+        endpoint,
+        vm_public_key,
+        keepalive,
+        forwards.iter().copied().map(ingress_forward).collect(),
+    )
+}
+
+/// An ingress `config.json` with forwards as the link reads them (PROXY protocol ones
+/// included).
+pub fn ingress_config_with(
+    address: &str,
+    mtu: u16,
+    endpoint: &str,
+    vm_public_key: &str,
+    keepalive: u16,
+    forwards: Vec<wgnet_link::config::IngressForward>,
+) -> String {
     use wgnet_link::config::{IngressDocument, LinkDocument, PeerDocument};
     LinkDocument::Ingress(IngressDocument {
         address: address.into(),
@@ -61,7 +82,7 @@ pub fn ingress_config(
             persistent_keepalive: keepalive,
             allowed_ips: vec![],
         },
-        forwards: forwards.iter().copied().map(ingress_forward).collect(),
+        forwards,
         resync_seconds: 30,
     })
     .to_json()

@@ -236,3 +236,93 @@ async fn a_bad_config_is_refused_and_the_last_good_one_keeps_serving_and_ready()
         "the private key reached the log"
     );
 }
+
+/// Issue 20, part 2: clients keep their own addresses through the VM (it no longer
+/// masquerades into the tunnel) and the link routes the replies back into wg0; forwards
+/// with the PROXY protocol are relayed by the link behind a v2 header, so HAProxy
+/// (`accept-proxy`) and nginx (`listen ... proxy_protocol`), both from Debian's packages,
+/// answer and log the test client's own address. A plain forward next to them keeps
+/// working as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_forwards_hand_haproxy_and_nginx_the_clients_address() {
+    use wgnet_link::config::ProxyProtocol;
+    use wgnet_tests::proxied;
+    let gw = gateway().await;
+    gw.boot();
+    gw.wait_state("ready", Duration::from_secs(30));
+    let backend = gw.backend();
+    drop(backend.spawn(
+        &format!("python3 '{}' serve 10.96.0.10 80 53", echo_py()),
+        &[],
+    ));
+    let dir = gw.dir.0.join("proxied");
+    std::fs::create_dir_all(&dir).expect("backend dir");
+    std::fs::write(
+        dir.join("haproxy.cfg"),
+        proxied::haproxy_config("10.96.0.10:8081"),
+    )
+    .expect("haproxy config");
+    std::fs::write(
+        dir.join("nginx.conf"),
+        proxied::nginx_config("10.96.0.10:8082", &dir),
+    )
+    .expect("nginx config");
+    let (haproxy_log, nginx_log) = (dir.join("haproxy.log"), dir.join("nginx.log"));
+    drop(backend.spawn(
+        &proxied::haproxy_command(&dir.join("haproxy.cfg"), &haproxy_log),
+        &[],
+    ));
+    drop(backend.spawn(
+        &proxied::nginx_command(&dir.join("nginx.conf"), &nginx_log),
+        &[],
+    ));
+    let proxied = |port, target| {
+        let mut f = wgnet_tests::link::ingress_forward((port, "TCP", "10.96.0.10", target));
+        f.proxy_protocol = Some(ProxyProtocol::V2);
+        f
+    };
+    let (link, _dir) = gw.start_link_with(vec![
+        wgnet_tests::link::ingress_forward((8080, "TCP", "10.96.0.10", 80)),
+        proxied(8443, 8081),
+        proxied(9443, 8082),
+    ]);
+
+    let get = |port: u16| {
+        wait_for(Duration::from_secs(15), || {
+            let (ok, out, _) = gw
+                .client
+                .try_sh(&format!("curl -s --max-time 3 http://{}:{port}/", gw.ip));
+            (ok && !out.is_empty()).then(|| out.trim().to_owned())
+        })
+    };
+    for (port, server, log) in [(8443, "haproxy", &haproxy_log), (9443, "nginx", &nginx_log)] {
+        let answer = get(port).unwrap_or_else(|| {
+            panic!(
+                "{server} through {port} unanswered\n{}\n{}",
+                std::fs::read_to_string(log).unwrap_or_default(),
+                link.logs()
+            )
+        });
+        assert!(
+            answer.starts_with(&format!("{server} saw 203.0.113.20:")),
+            "{server} must see the client's own address: {answer}"
+        );
+        let logged = wait_for(Duration::from_secs(5), || {
+            std::fs::read_to_string(log)
+                .ok()
+                .filter(|l| l.contains(&format!("{server} logged 203.0.113.20:")))
+        });
+        assert!(
+            logged.is_some(),
+            "{server} logs the client's address: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+    }
+    // The plain forward: kernel DNAT, the backend sees the link (masquerade) as before.
+    assert_eq!(
+        gw.request("tcp", 8080).as_deref(),
+        Some("tcp 80 from 10.96.0.1"),
+        "{}",
+        link.logs()
+    );
+}

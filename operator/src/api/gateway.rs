@@ -52,6 +52,9 @@ pub const MAX_DNS_HOSTNAMES: usize = 16;
     validation = Rule::new(
         "!has(self.forwards) || self.forwards.all(f, !(f.protocol == 'UDP' && f.port == self.wireguard.listenPort))"
     ).message("a UDP forward must not use the WireGuard listen port (spec.wireguard.listenPort)"),
+    validation = Rule::new(
+        "!has(self.forwards) || self.forwards.all(f, !has(f.proxyProtocol) || f.protocol == 'TCP')"
+    ).message("proxyProtocol is relayed for TCP forwards only"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct GatewaySpec {
@@ -407,6 +410,14 @@ pub struct Forward {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
     pub target_port: Option<i32>,
+
+    /// `v2`: the link accepts this port's TCP connections itself and opens each to the
+    /// Service behind a PROXY protocol v2 header carrying the client's address and port, so
+    /// a PROXY-aware backend (HAProxy `accept-proxy`, nginx `proxy_protocol`) sees the real
+    /// client. TCP only. The backend must expect the header: anything else reads it as
+    /// garbage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<super::ProxyProtocol>,
 }
 
 impl Forward {
@@ -590,6 +601,7 @@ mod tests {
             service: "web".into(),
             namespace: None,
             target_port: Some(8080),
+            proxy_protocol: None,
         };
         assert_eq!(GatewaySpec::forward_namespace(&f, "apps"), "apps");
         f.namespace = Some("other".into());

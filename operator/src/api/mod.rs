@@ -54,6 +54,15 @@ impl Protocol {
     }
 }
 
+/// A PROXY protocol version a forward may send its Service.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq, Hash)]
+pub enum ProxyProtocol {
+    /// Version 2, the binary header: HAProxy's `accept-proxy`, nginx's
+    /// `listen ... proxy_protocol`, Traefik's and Envoy's PROXY listeners.
+    #[serde(rename = "v2")]
+    V2,
+}
+
 impl std::fmt::Display for Protocol {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

@@ -271,6 +271,7 @@ pub fn gateway_for(svc: &Service, s: &LoadBalancerSettings) -> Result<Gateway, U
             service: name.clone(),
             namespace: None,
             target_port: None,
+            proxy_protocol: None,
         });
     }
     let mut source_ranges = Vec::new();

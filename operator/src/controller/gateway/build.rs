@@ -75,6 +75,9 @@ pub fn link_config(v: &ValidatedGateway, keys: &KeySet, address: Option<&str>) -
             protocol: link_protocol(r.protocol),
             cluster_ip: r.cluster_ip,
             target_port: r.target_port,
+            proxy_protocol: r
+                .proxy_protocol
+                .map(|crate::api::ProxyProtocol::V2| wgnet_link::config::ProxyProtocol::V2),
         })
         .collect();
     LinkDocument::Ingress(IngressDocument {
@@ -86,7 +89,8 @@ pub fn link_config(v: &ValidatedGateway, keys: &KeySet, address: Option<&str>) -
                 .unwrap_or_default(),
             public_key: keys.vm.public.clone(),
             persistent_keepalive: wg.keepalive,
-            allowed_ips: vec![wg.subnet.clone()],
+            // Clients' packets keep their own addresses through the VM.
+            allowed_ips: vec!["0.0.0.0/0".into()],
         },
         forwards,
         resync_seconds: wg.resync_seconds,

@@ -268,6 +268,7 @@ mod tests {
                 protocol: crate::api::Protocol::Tcp,
                 cluster_ip: Ipv4Addr::new(10, 96, 0, 10),
                 target_port: 80,
+                proxy_protocol: None,
             }),
         }]
     }
