@@ -7,7 +7,9 @@
 //! - wgnet-link ↔ wgnet-link (egress link → ingress link, so the path also crosses two
 //!   DNAT/forward hops the others do not),
 //! - the whole ingress path: client → gateway VM (real startup script, wireguard-go) →
-//!   wgnet-link → backend.
+//!   wgnet-link → backend,
+//! - that path into HAProxy (TCP mode, in front of iperf3 and the echo server) through the
+//!   link's kernel DNAT and through its PROXY protocol v2 relay, and their ratio.
 //!
 //! Single-stream TCP with iperf3 (5 s) and 1-byte TCP request/response round trips. For
 //! the links also peak RSS (VmHWM) and CPU seconds per Gbit. Also the crypto limit: what
@@ -39,12 +41,26 @@ struct Row {
 }
 
 fn iperf(client: &Netns, server: &Netns, server_ip: &str, connect_ip: &str) -> f64 {
+    iperf_via(client, server, server_ip, connect_ip, 5201)
+}
+
+/// As [`iperf`], the client dialling `connect_port` (a forward or proxy in front of the
+/// server's 5201).
+fn iperf_via(
+    client: &Netns,
+    server: &Netns,
+    server_ip: &str,
+    connect_ip: &str,
+    connect_port: u16,
+) -> f64 {
     drop(server.spawn(&format!("iperf3 -s -1 -B {server_ip} >/dev/null 2>&1"), &[]));
     let ok = wait_for(Duration::from_secs(5), || {
         server.try_sh("ss -ltn | grep -q ':5201 '").0.then_some(())
     });
     assert!(ok.is_some(), "iperf3 server did not start");
-    let out = client.sh(&format!("iperf3 -c {connect_ip} -t {SECONDS} -J"));
+    let out = client.sh(&format!(
+        "iperf3 -c {connect_ip} -p {connect_port} -t {SECONDS} -J"
+    ));
     let v: serde_json::Value = serde_json::from_str(&out).expect("iperf3 JSON");
     v["end"]["sum_received"]["bits_per_second"]
         .as_f64()
@@ -58,6 +74,11 @@ fn rr(client: &Netns, server: &Netns, server_ip: &str, connect_ip: &str, port: u
         &[],
     ));
     std::thread::sleep(Duration::from_millis(300));
+    rr_via(client, connect_ip, port)
+}
+
+/// The round-trip percentiles (p50, p99 µs) of the echo server behind `connect_ip:port`.
+fn rr_via(client: &Netns, connect_ip: &str, port: u16) -> (f64, f64) {
     let out = wait_for(Duration::from_secs(10), || {
         let (ok, out, _) = client.try_sh(&format!(
             "python3 '{}' rr {connect_ip} {port} {ROUND_TRIPS}",
@@ -312,6 +333,80 @@ async fn ingress_path() -> Row {
     }
 }
 
+/// The ingress path into a PROXY-aware backend, HAProxy in TCP mode in front of iperf3 and
+/// the echo server, once through the link's kernel DNAT and once through its PROXY v2
+/// relay (issue 20): the relay's cost against the plain path, everything else equal.
+async fn ingress_relay_rows() -> Vec<Row> {
+    let gw = gateway().await;
+    gw.boot();
+    gw.wait_state("ready", Duration::from_secs(30));
+    let backend = gw.backend();
+    let dir = gw.dir.0.join("haproxy");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let cfg = dir.join("haproxy.cfg");
+    std::fs::write(
+        &cfg,
+        "defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+frontend plain_bulk
+    bind 10.96.0.10:6201
+    default_backend bulk
+frontend proxied_bulk
+    bind 10.96.0.10:6202 accept-proxy
+    default_backend bulk
+frontend plain_rr
+    bind 10.96.0.10:7101
+    default_backend echo
+frontend proxied_rr
+    bind 10.96.0.10:7102 accept-proxy
+    default_backend echo
+backend bulk
+    server iperf 10.96.0.10:5201
+backend echo
+    server echo 10.96.0.10:7000
+",
+    )
+    .expect("haproxy config");
+    drop(backend.spawn(
+        &wgnet_tests::proxied::haproxy_command(&cfg, &dir.join("haproxy.log")),
+        &[],
+    ));
+    drop(backend.spawn(
+        &format!("python3 '{}' serve 10.96.0.10 7000 ''", echo_py()),
+        &[],
+    ));
+    let relayed = |port| {
+        let mut f = wgnet_tests::link::ingress_forward((port, "TCP", "10.96.0.10", port));
+        f.proxy_protocol = Some(wgnet_link::config::ProxyProtocol::V2);
+        f
+    };
+    let (_link, _) = gw.start_link_with(vec![
+        wgnet_tests::link::ingress_forward((6201, "TCP", "10.96.0.10", 6201)),
+        relayed(6202),
+        wgnet_tests::link::ingress_forward((7101, "TCP", "10.96.0.10", 7101)),
+        relayed(7102),
+    ]);
+    let mut rows = Vec::new();
+    for (label, bulk, echo) in [
+        ("ingress path → HAProxy, plain DNAT", 6201, 7101),
+        ("ingress path → HAProxy, PROXY v2 relay", 6202, 7102),
+    ] {
+        let gbps = iperf_via(&gw.client, &backend, "10.96.0.10", &gw.ip, bulk);
+        let (p50, p99) = rr_via(&gw.client, &gw.ip, echo);
+        rows.push(Row {
+            path: label.into(),
+            gbps,
+            p50_us: p50,
+            p99_us: p99,
+            note: "HAProxy (tcp mode) in front of iperf3 and the echo server in both".into(),
+        });
+    }
+    rows
+}
+
 /// Gbit/s of plaintext one core encrypts, and decrypts, through boringtun's noise state
 /// machine alone (ring's ChaCha20-Poly1305 plus boringtun's framing), 1380-byte packets.
 fn crypto_limit() -> (f64, f64) {
@@ -422,6 +517,9 @@ fn main() {
     if want("ingress path") {
         rows.push(rt.block_on(ingress_path()));
     }
+    if want("HAProxy") {
+        rows.extend(rt.block_on(ingress_relay_rows()));
+    }
     let best_bt = rows
         .iter()
         .filter(|r| r.path.starts_with("boringtun"))
@@ -437,6 +535,18 @@ fn main() {
         println!(
             "| {} | {:.2} | {:.0} | {:.0} | {} |",
             r.path, r.gbps, r.p50_us, r.p99_us, r.note
+        );
+    }
+    let relay = |suffix: &str| {
+        rows.iter()
+            .find(|r| r.path.ends_with(suffix))
+            .map(|r| (r.gbps, r.p50_us))
+    };
+    if let (Some(plain), Some(relayed)) = (relay("plain DNAT"), relay("PROXY v2 relay")) {
+        println!(
+            "\nPROXY v2 relay / plain DNAT into the same HAProxy: throughput {:.2}x, RR p50 {:.2}x",
+            relayed.0 / plain.0,
+            relayed.1 / plain.1
         );
     }
     if let Some(l) = rows.iter().find(|r| r.path.starts_with("wgnet-link")) {

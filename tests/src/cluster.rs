@@ -348,14 +348,20 @@ impl Cluster {
     /// `app: <app>` reaches through kube-proxy), answering on `tcp` and `udp` ports (comma
     /// lists) with `tag` in every answer; returns once the pod is Ready.
     pub async fn backend(&self, namespace: &str, app: &str, tcp: &str, udp: &str, tag: &str) {
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
         let name = format!("{app}-{}", netns::unique_tag());
         let pod: Pod = serde_json::from_value(json!({
             "metadata": {"name": name, "labels": {"app": app}},
             "spec": {"containers": [{"name": "echo", "image": kubelet::ECHO_IMAGE, "args": [tcp, udp, tag]}]}
         }))
         .expect("pod");
-        pods.create(&PostParams::default(), &pod)
+        self.run_pod(namespace, &pod).await;
+    }
+
+    /// Creates `pod` in `namespace` and waits (bounded, 60 s) until it is Ready.
+    pub async fn run_pod(&self, namespace: &str, pod: &Pod) {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        pods.create(&PostParams::default(), pod)
             .await
             .expect("create backend pod");
         let deadline = Instant::now() + Duration::from_secs(60);

@@ -49,6 +49,9 @@ pub enum Image {
     /// A Python image (`python:*`): the container's `command` and `args` run with the
     /// machine's python3 (the sandbox's demo backend).
     Python,
+    /// `haproxy:*` or `nginx:*`: the container's `command` and `args` run the machine's
+    /// binary of that name (Debian's packages), which must be the command's first word.
+    Server(&'static str),
 }
 
 impl Image {
@@ -64,6 +67,10 @@ impl Image {
             Some(Self::Echo)
         } else if name == "python" {
             Some(Self::Python)
+        } else if name == "haproxy" {
+            Some(Self::Server("haproxy"))
+        } else if name == "nginx" {
+            Some(Self::Server("nginx"))
         } else {
             None
         }
@@ -923,6 +930,22 @@ fn spawn(ctx: &Ctx, p: &PodRun, c: &Container, log: &Path) -> Result<Process, St
                 return Err(format!("the python image runs python3, not {bin}"));
             }
             cmd.arg("python3").args(rest);
+        }
+        Some(Image::Server(server)) => {
+            let argv: Vec<String> = c
+                .command
+                .iter()
+                .flatten()
+                .map(|a| translate(a))
+                .chain(args)
+                .collect();
+            let Some((bin, rest)) = argv.split_first() else {
+                return Err(format!("a {server} container needs a command"));
+            };
+            if bin != server {
+                return Err(format!("the {server} image runs {server}, not {bin}"));
+            }
+            cmd.arg(server).args(rest);
         }
         None => return Err(format!("image {image} is not one this stand-in can run")),
     }

@@ -1611,3 +1611,99 @@ async fn a_load_balancer_service_gets_a_public_ip_follows_port_edits_and_release
     assert!(left.is_empty(), "GCP resources left behind: {left:?}");
     assert!(!c.answers("tcp", &ip, 8080), "the address stops answering");
 }
+
+/// Issue 20, part 2, inside the test cluster: a Gateway whose forwards ask for the PROXY
+/// protocol hands HAProxy (`accept-proxy`) and nginx (`listen ... proxy_protocol`) pods,
+/// both Debian's packages run by the kubelet stand-in, the internet client's own address
+/// and port: they answer with it and log it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn proxy_protocol_forwards_give_haproxy_and_nginx_pods_the_clients_address() {
+    use wgnet_tests::proxied;
+    let c = Cluster::start(LatencyProfile::instant()).await;
+    let _op = operator(&c).await;
+    namespace(&c.client, "apps", &[]).await;
+    let nginx_dir = c.dir().join("nginx");
+    std::fs::create_dir_all(&nginx_dir).expect("nginx dir");
+    let cm: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "proxied"},
+        "data": {
+            "haproxy.cfg": proxied::haproxy_config("*:8081"),
+            "nginx.conf": proxied::nginx_config("8082", &nginx_dir),
+        }
+    }))
+    .expect("configmap");
+    Api::<ConfigMap>::namespaced(c.client.clone(), "apps")
+        .create(&PostParams::default(), &cm)
+        .await
+        .expect("create configmap");
+    for (app, image, command) in [
+        (
+            "haproxy",
+            "haproxy:2.6",
+            json!(["haproxy", "-db", "-f", "/etc/proxied/haproxy.cfg"]),
+        ),
+        (
+            "nginx",
+            "nginx:1.22",
+            json!(["nginx", "-e", "stderr", "-c", "/etc/proxied/nginx.conf"]),
+        ),
+    ] {
+        let pod = serde_json::from_value(json!({
+            "metadata": {"name": app, "labels": {"app": app}},
+            "spec": {
+                "containers": [{"name": app, "image": image, "command": command,
+                                "volumeMounts": [{"name": "config", "mountPath": "/etc/proxied"}]}],
+                "volumes": [{"name": "config", "configMap": {"name": "proxied"}}]
+            }
+        }))
+        .expect("pod");
+        c.run_pod("apps", &pod).await;
+    }
+    service(&c.client, "apps", "haproxy", &[(8081, "TCP")]).await;
+    service(&c.client, "apps", "nginx", &[(8082, "TCP")]).await;
+    create(
+        &c,
+        &gateway(
+            "edge",
+            json!([
+                {"port": 8443, "service": "haproxy", "targetPort": 8081, "proxyProtocol": "v2"},
+                {"port": 9443, "service": "nginx", "targetPort": 8082, "proxyProtocol": "v2"}
+            ]),
+        ),
+    )
+    .await;
+    let gw = wait_gw(
+        &c,
+        "apps",
+        "edge",
+        Duration::from_secs(120),
+        "Ready",
+        is_ready,
+    )
+    .await;
+    let addr = address_of(&gw);
+    for (port, server) in [(8443, "haproxy"), (9443, "nginx")] {
+        let answer = wgnet_tests::netns::wait_for(Duration::from_secs(20), || {
+            let (ok, out, _) = c
+                .client_ns
+                .try_sh(&format!("curl -s --max-time 3 http://{addr}:{port}/"));
+            (ok && !out.is_empty()).then(|| out.trim().to_owned())
+        })
+        .unwrap_or_else(|| panic!("{server} through {port} unanswered\n{}", c.logs()));
+        assert!(
+            answer.starts_with(&format!("{server} saw 203.0.113.20:")),
+            "{server} must see the client's own address: {answer}"
+        );
+        let logged = wgnet_tests::netns::wait_for(Duration::from_secs(5), || {
+            c.kubelet
+                .logs()
+                .contains(&format!("{server} logged 203.0.113.20:"))
+                .then_some(())
+        });
+        assert!(
+            logged.is_some(),
+            "{server} logs the client's address\n{}",
+            c.kubelet.logs()
+        );
+    }
+}

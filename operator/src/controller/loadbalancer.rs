@@ -58,6 +58,9 @@ pub const REGION_ANNOTATION: &str = "wgnet.dev/region";
 pub const ZONE_ANNOTATION: &str = "wgnet.dev/zone";
 /// Per-Service placement: the VM's machine type.
 pub const MACHINE_TYPE_ANNOTATION: &str = "wgnet.dev/machine-type";
+/// `v2`: every TCP port of the Service is relayed behind a PROXY protocol v2 header (the
+/// client's address for ingress-nginx, HAProxy, Traefik behind this Service).
+pub const PROXY_PROTOCOL_ANNOTATION: &str = "wgnet.dev/proxy-protocol";
 /// How often a Service whose Gateway is being deleted is looked at again (its removal also
 /// wakes this controller through the Gateway watch).
 const RELEASE_POLL: Duration = Duration::from_secs(2);
@@ -114,6 +117,9 @@ pub enum Unservable {
         "spec.loadBalancerSourceRanges[{0}] is not an IPv4 range: the gateway's firewall takes IPv4 ranges only"
     )]
     SourceRange(usize),
+    /// A `wgnet.dev/proxy-protocol` value other than `v2`.
+    #[error("the annotation {PROXY_PROTOCOL_ANNOTATION} must be v2 (the only version relayed)")]
+    ProxyProtocol,
     /// The Gateway is named after the Service, and Gateway names are shorter.
     #[error(
         "the Service's name has {0} characters: the Gateway serving it is named after it, and Gateway names are limited to {MAX_NAME_LENGTH}"
@@ -127,7 +133,9 @@ impl Unservable {
         match self {
             Self::NoProject | Self::NoRegion => reasons::PLACEMENT_MISSING,
             Self::Protocol { .. } | Self::TooManyPorts(_) => reasons::UNSUPPORTED_SERVICE_PORT,
-            Self::SourceRange(_) | Self::NameTooLong(_) => reasons::INVALID_SPEC,
+            Self::SourceRange(_) | Self::NameTooLong(_) | Self::ProxyProtocol => {
+                reasons::INVALID_SPEC
+            }
         }
     }
 }
@@ -252,6 +260,11 @@ pub fn gateway_for(svc: &Service, s: &LoadBalancerSettings) -> Result<Gateway, U
     if ports.len() > MAX_FORWARDS {
         return Err(Unservable::TooManyPorts(ports.len()));
     }
+    let proxy = match annotation(svc, PROXY_PROTOCOL_ANNOTATION) {
+        None => None,
+        Some("v2") => Some(crate::api::ProxyProtocol::V2),
+        Some(_) => return Err(Unservable::ProxyProtocol),
+    };
     let mut forwards = Vec::with_capacity(ports.len());
     for (index, p) in ports.iter().enumerate() {
         let protocol = match p.protocol.as_deref().unwrap_or("TCP") {
@@ -271,7 +284,8 @@ pub fn gateway_for(svc: &Service, s: &LoadBalancerSettings) -> Result<Gateway, U
             service: name.clone(),
             namespace: None,
             target_port: None,
-            proxy_protocol: None,
+            // The header is TCP's; UDP ports of the same Service stay plain.
+            proxy_protocol: proxy.filter(|_| protocol == Protocol::Tcp),
         });
     }
     let mut source_ranges = Vec::new();
@@ -408,6 +422,7 @@ fn trigger(svc: &Service) -> Option<u64> {
         REGION_ANNOTATION,
         ZONE_ANNOTATION,
         MACHINE_TYPE_ANNOTATION,
+        PROXY_PROTOCOL_ANNOTATION,
     ] {
         annotation(svc, key).hash(&mut h);
     }
@@ -878,6 +893,33 @@ mod tests {
         assert_eq!(
             gateway_for(&s, &defaults()).err(),
             Some(Unservable::TooManyPorts(65))
+        );
+    }
+
+    #[test]
+    fn the_proxy_protocol_annotation_applies_to_tcp_ports_only() {
+        let s = lb(
+            json!([{"name": "h", "port": 443}, {"name": "q", "port": 443, "protocol": "UDP"}]),
+            json!({PROXY_PROTOCOL_ANNOTATION: "v2"}),
+        );
+        let gw = gateway_for(&s, &defaults()).expect("served");
+        let pp: Vec<_> = gw
+            .spec
+            .forwards
+            .iter()
+            .map(|f| (f.protocol, f.proxy_protocol))
+            .collect();
+        assert_eq!(
+            pp,
+            vec![
+                (Protocol::Tcp, Some(crate::api::ProxyProtocol::V2)),
+                (Protocol::Udp, None)
+            ]
+        );
+        let s = lb(json!([{"port": 443}]), json!({PROXY_PROTOCOL_ANNOTATION: "v1"}));
+        assert_eq!(
+            gateway_for(&s, &defaults()).err(),
+            Some(Unservable::ProxyProtocol)
         );
     }
 
