@@ -24,19 +24,20 @@ async fn tcp_and_udp_reach_the_peer_through_the_vm() {
     assert_eq!(gw.guest("public-key").as_deref(), Some(gw.vm_pub.as_str()));
     gw.peer_up(51820);
 
-    // Forwarded traffic arrives at the peer from the gateway address (masquerade into wg0).
+    // Forwarded traffic arrives at the peer with the client's own address (the VM does not
+    // masquerade into wg0), and the replies find their way back through the tunnel.
     assert_eq!(
         gw.request("tcp", 8080).as_deref(),
-        Some("tcp 8080 from 10.99.0.1")
+        Some("tcp 8080 from 203.0.113.20")
     );
     assert_eq!(
         gw.request("udp", 5353).as_deref(),
-        Some("udp 5353 from 10.99.0.1")
+        Some("udp 5353 from 203.0.113.20")
     );
     // TCP on the WireGuard port is forwarded too; only UDP on it is WireGuard's.
     assert_eq!(
         gw.request("tcp", 51820).as_deref(),
-        Some("tcp 51820 from 10.99.0.1")
+        Some("tcp 51820 from 203.0.113.20")
     );
 
     // Nothing reaches the VM's own services from outside: a listener on the VM stays
@@ -157,7 +158,7 @@ async fn the_watcher_applies_metadata_changes_live() {
     ));
     assert_eq!(
         gw.request("udp", 5353).as_deref(),
-        Some("udp 5353 from 10.99.0.1")
+        Some("udp 5353 from 203.0.113.20")
     );
 
     // The link's key: the VM accepts only the new one.
@@ -176,7 +177,7 @@ async fn the_watcher_applies_metadata_changes_live() {
     ));
     assert_eq!(
         gw.request("tcp", 8080).as_deref(),
-        Some("tcp 8080 from 10.99.0.1")
+        Some("tcp 8080 from 203.0.113.20")
     );
 
     // A new VM key version: the VM fetches the key again and presents the new identity.
@@ -190,7 +191,7 @@ async fn the_watcher_applies_metadata_changes_live() {
     });
     assert!(rotated.is_some(), "new key version not fetched");
     gw.cluster.sh(&format!(
-        "wg set {p} peer {old} remove && wg set {p} peer {new} endpoint {ip}:51821 allowed-ips 10.99.0.0/29 persistent-keepalive 1",
+        "wg set {p} peer {old} remove && wg set {p} peer {new} endpoint {ip}:51821 allowed-ips 0.0.0.0/0 persistent-keepalive 1",
         p = gw.peer_if,
         old = gw.vm_pub,
         new = vm_pub2,
@@ -198,7 +199,7 @@ async fn the_watcher_applies_metadata_changes_live() {
     ));
     assert_eq!(
         gw.request("tcp", 8080).as_deref(),
-        Some("tcp 8080 from 10.99.0.1")
+        Some("tcp 8080 from 203.0.113.20")
     );
     assert_eq!(gw.guest("public-key").as_deref(), Some(vm_pub2.as_str()));
 }
@@ -256,7 +257,7 @@ async fn a_late_secret_is_waited_for_and_a_reboot_restores_everything() {
     let got = gw.request_within("tcp", 8080, Duration::from_secs(30));
     assert_eq!(
         got.as_deref(),
-        Some("tcp 8080 from 10.99.0.1"),
+        Some("tcp 8080 from 203.0.113.20"),
         "peer: {}\nvm: {}\n{}",
         gw.cluster.try_sh("wg show all").1,
         gw.vm.try_sh("wg show all; ip addr; nft list ruleset").1,
@@ -264,7 +265,7 @@ async fn a_late_secret_is_waited_for_and_a_reboot_restores_everything() {
     );
     assert_eq!(
         gw.request("udp", 5353).as_deref(),
-        Some("udp 5353 from 10.99.0.1")
+        Some("udp 5353 from 203.0.113.20")
     );
 }
 

@@ -259,9 +259,12 @@ impl Gw {
     }
 
     /// A wg-quick peer in the cluster namespace standing in for the link, with an echo server.
+    /// As the link does, it accepts clients' own addresses from the VM (AllowedIPs any) and
+    /// routes its replies back into the tunnel (a rule for its tunnel address; `Table = off`
+    /// keeps wg-quick from routing everything else there).
     pub fn peer_up(&self, endpoint_port: u16) {
         let conf = format!(
-            "[Interface]\nPrivateKey = {}\nAddress = 10.99.0.2/29\nMTU = {}\n\n[Peer]\nPublicKey = {}\nEndpoint = {}:{endpoint_port}\nAllowedIPs = 10.99.0.0/29\nPersistentKeepalive = 1\n",
+            "[Interface]\nPrivateKey = {}\nAddress = 10.99.0.2/29\nMTU = {}\nTable = off\n\n[Peer]\nPublicKey = {}\nEndpoint = {}:{endpoint_port}\nAllowedIPs = 0.0.0.0/0\nPersistentKeepalive = 1\n",
             std::fs::read_to_string(self.dir.0.join("link.key"))
                 .expect("link key")
                 .trim(),
@@ -274,6 +277,10 @@ impl Gw {
         self.cluster.sh(&format!(
             "WG_QUICK_USERSPACE_IMPLEMENTATION=wireguard-go wg-quick up '{}' 2>&1",
             path.display()
+        ));
+        self.cluster.sh(&format!(
+            "ip route replace default dev {} table 51820 && (ip rule show | grep -q 'from 10.99.0.2 lookup 51820' || ip rule add from 10.99.0.2 lookup 51820 pref 1000)",
+            self.peer_if
         ));
         drop(self.cluster.spawn(
             &format!(

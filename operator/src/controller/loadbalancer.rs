@@ -916,7 +916,10 @@ mod tests {
                 (Protocol::Udp, None)
             ]
         );
-        let s = lb(json!([{"port": 443}]), json!({PROXY_PROTOCOL_ANNOTATION: "v1"}));
+        let s = lb(
+            json!([{"port": 443}]),
+            json!({PROXY_PROTOCOL_ANNOTATION: "v1"}),
+        );
         assert_eq!(
             gateway_for(&s, &defaults()).err(),
             Some(Unservable::ProxyProtocol)
