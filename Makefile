@@ -76,6 +76,7 @@ test: k8s-bins
 # Benchmarks (figures for the issue notes).
 bench: k8s-bins
 	@command -v boringtun-cli >/dev/null || $(CARGO) install --locked boringtun-cli
+	@command -v gotatun >/dev/null || $(CARGO) install --locked gotatun-cli@0.10.2
 	$(CARGO) bench --locked -p wgnet-cloud --bench provision
 	$(CARGO) bench --locked -p wgnet-tests --bench dataplane
 	$(CARGO) bench --locked -p wgnet-tests --bench operator

@@ -1127,3 +1127,47 @@ async fn a_failed_key_upload_never_reaches_the_vm_metadata() {
     );
     teardown(&e.cloud, &d.target, rec, 20).await;
 }
+
+/// Issue 23, goal 2 (the shared network): ten gateways of one project provisioned together
+/// read the network they share once, not once per gateway per pass; a failed pass forgets
+/// it, so a network deleted out of band is still found and recreated (see
+/// `drift_of_the_account_secret_grant_and_network_is_repaired`).
+#[tokio::test]
+async fn gateways_of_one_project_read_their_shared_network_once() {
+    use futures_util::future::join_all;
+    let e = env(LatencyProfile::instant()).await;
+    let key = e._dir.0.join("key.json");
+    let mut cloud = cloud_for(&e.emu, key, INSTALL, "wgnet").await;
+    cloud.set_verify_every(Duration::from_secs(300));
+    let ds: Vec<_> = (0..10)
+        .map(|i| {
+            desired(
+                &format!("net{i}"),
+                &format!("uid-net{i}"),
+                &[(443, Protocol::Tcp)],
+            )
+        })
+        .collect();
+    let recs = join_all(
+        ds.iter()
+            .map(|d| async { converge(&cloud, d, Recorded::default(), 200).await.0 }),
+    )
+    .await;
+    assert!(recs.iter().all(|r| r.instance.is_some()), "all converged");
+    let reads = e
+        .emu
+        .request_log()
+        .iter()
+        .filter(|c| c.method == "GET" && c.path.ends_with("/global/networks/wgnet"))
+        .count();
+    let passes = e
+        .emu
+        .request_log()
+        .iter()
+        .filter(|c| c.method == "GET" && c.path.contains("/instances/"))
+        .count();
+    assert_eq!(
+        reads, 1,
+        "one read of the shared network for ten gateways ({passes} instance reads)"
+    );
+}

@@ -3,7 +3,10 @@
 //!
 //! - bare veth (the ceiling),
 //! - boringtun-cli ↔ boringtun-cli (default threads, and WG_THREADS=1),
-//! - wireguard-go ↔ wireguard-go,
+//! - GotaTun ↔ GotaTun (Mullvad's boringtun fork, `gotatun-cli`),
+//! - wireguard-go ↔ wireguard-go: Debian 12's (2022, no offloads) and the current one built
+//!   from the Go module proxy (TUN offloads, UDP GSO/GRO; scripts/wireguard-go.sh), which
+//!   also stands in for the VM's kernel WireGuard in the ingress rows,
 //! - wgnet-link ↔ wgnet-link (egress link → ingress link, so the path also crosses two
 //!   DNAT/forward hops the others do not),
 //! - the whole ingress path: client → gateway VM (real startup script, wireguard-go) →
@@ -11,7 +14,8 @@
 //! - that path into HAProxy (TCP mode, in front of iperf3 and the echo server) through the
 //!   link's kernel DNAT and through its PROXY protocol v2 relay, and their ratio.
 //!
-//! Single-stream TCP with iperf3 (5 s) and 1-byte TCP request/response round trips. For
+//! TCP with iperf3 (5 s, one stream and four) and 1-byte TCP request/response round trips;
+//! the link's ratio against the best anchor. For
 //! the links also peak RSS (VmHWM) and CPU seconds per Gbit. Also the crypto limit: what
 //! one core encrypts and decrypts through boringtun alone, 1380-byte packets, no I/O.
 //! Needs root, iperf3 and boringtun-cli (the Makefile installs them). Prints a Markdown
@@ -35,6 +39,8 @@ const ROUND_TRIPS: u32 = 2000;
 struct Row {
     path: String,
     gbps: f64,
+    /// Four parallel TCP streams (NaN where not measured).
+    gbps4: f64,
     p50_us: f64,
     p99_us: f64,
     note: String,
@@ -42,6 +48,22 @@ struct Row {
 
 fn iperf(client: &Netns, server: &Netns, server_ip: &str, connect_ip: &str) -> f64 {
     iperf_via(client, server, server_ip, connect_ip, 5201)
+}
+
+/// One stream, then four, against a fresh server each time: (Gbit/s, Gbit/s).
+fn iperf_1_and_4(client: &Netns, server: &Netns, server_ip: &str, connect_ip: &str) -> (f64, f64) {
+    let one = iperf(client, server, server_ip, connect_ip);
+    (one, iperf4(client, server, server_ip, connect_ip))
+}
+
+/// Four parallel streams against a fresh server: Gbit/s.
+fn iperf4(client: &Netns, server: &Netns, server_ip: &str, connect_ip: &str) -> f64 {
+    drop(server.spawn(&format!("iperf3 -s -1 -B {server_ip} >/dev/null 2>&1"), &[]));
+    let ok = wait_for(Duration::from_secs(5), || {
+        server.try_sh("ss -ltn | grep -q ':5201 '").0.then_some(())
+    });
+    assert!(ok.is_some(), "iperf3 server did not start");
+    iperf_run(client, connect_ip, 5201, 4)
 }
 
 /// As [`iperf`], the client dialling `connect_port` (a forward or proxy in front of the
@@ -58,8 +80,14 @@ fn iperf_via(
         server.try_sh("ss -ltn | grep -q ':5201 '").0.then_some(())
     });
     assert!(ok.is_some(), "iperf3 server did not start");
+    iperf_run(client, connect_ip, connect_port, 1)
+}
+
+/// Gbit/s received in one iperf3 run of `streams` parallel TCP streams against a server
+/// already listening.
+fn iperf_run(client: &Netns, connect_ip: &str, connect_port: u16, streams: u32) -> f64 {
     let out = client.sh(&format!(
-        "iperf3 -c {connect_ip} -p {connect_port} -t {SECONDS} -J"
+        "iperf3 -c {connect_ip} -p {connect_port} -t {SECONDS} -P {streams} -J"
     ));
     let v: serde_json::Value = serde_json::from_str(&out).expect("iperf3 JSON");
     v["end"]["sum_received"]["bits_per_second"]
@@ -149,6 +177,7 @@ fn bare() -> Row {
     Row {
         path: "bare veth".into(),
         gbps,
+        gbps4: f64::NAN,
         p50_us: p50,
         p99_us: p99,
         note: "the ceiling".into(),
@@ -181,7 +210,7 @@ fn userspace_pair(label: &str, start: &str, env: &str) -> Row {
             peer.1
         ));
     }
-    let gbps = iperf(&a, &b, "10.99.0.2", "10.99.0.2");
+    let (gbps, gbps4) = iperf_1_and_4(&a, &b, "10.99.0.2", "10.99.0.2");
     let (p50, p99) = rr(&a, &b, "10.99.0.2", "10.99.0.2", 7000);
     for ns in [&a, &b] {
         ns.kill_all();
@@ -192,6 +221,7 @@ fn userspace_pair(label: &str, start: &str, env: &str) -> Row {
     Row {
         path: label.into(),
         gbps,
+        gbps4,
         p50_us: p50,
         p99_us: p99,
         note: String::new(),
@@ -241,7 +271,7 @@ fn link_pair() -> Row {
     std::fs::write(db.join("private-key"), &kb.0).expect("key");
     std::fs::write(
         db.join("config.json"),
-        // The peer's AllowedIPs default to the tunnel's prefix (10.99.0.0/24).
+        // The peer's AllowedIPs default to any source (clients keep their addresses).
         wgnet_tests::link::ingress_config(
             "10.99.0.2/24",
             1420,
@@ -295,10 +325,12 @@ fn link_pair() -> Row {
     let (ca1, ra) = cpu_and_rss(pa);
     let (cb1, rb) = cpu_and_rss(pb);
     let gbit = gbps * f64::from(SECONDS);
+    let gbps4 = iperf4(&client, &server, "10.96.0.10", "10.244.1.1");
     let (p50, p99) = rr(&client, &server, "10.96.0.10", "10.244.1.1", 7000);
     Row {
         path: "wgnet-link ↔ wgnet-link".into(),
         gbps,
+        gbps4,
         p50_us: p50,
         p99_us: p99,
         note: format!(
@@ -312,10 +344,30 @@ fn link_pair() -> Row {
     }
 }
 
-/// client → VM (startup script, wireguard-go, nftables) → link → backend.
-async fn ingress_path() -> Row {
+/// The current wireguard-go, built from the Go module proxy into the cache
+/// (scripts/wireguard-go.sh): its path.
+fn modern_wireguard_go() -> String {
+    let out = Command::new("sh")
+        .arg(wgnet_tests::repo_root().join("scripts/wireguard-go.sh"))
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("scripts/wireguard-go.sh runs");
+    assert!(
+        out.status.success(),
+        "scripts/wireguard-go.sh failed (it needs Go and the Go module proxy)"
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .map(str::to_owned)
+        .expect("scripts/wireguard-go.sh prints the binary's path")
+}
+
+/// client → VM (startup script, the current wireguard-go standing in for GCP's kernel
+/// WireGuard, nftables) → link → backend.
+async fn ingress_path(vm_wireguard: &str) -> Row {
     let gw = gateway().await;
-    gw.boot();
+    gw.boot_userspace(vm_wireguard, &[]);
     gw.wait_state("ready", Duration::from_secs(30));
     let backend = gw.backend();
     let (_link, _) = gw.start_link(&[
@@ -325,8 +377,9 @@ async fn ingress_path() -> Row {
     let gbps = iperf(&gw.client, &backend, "10.96.0.10", &gw.ip);
     let (p50, p99) = rr(&gw.client, &backend, "10.96.0.10", &gw.ip, 7000);
     Row {
-        path: "ingress path (VM wireguard-go → link)".into(),
+        path: "ingress path (VM: current wireguard-go → link)".into(),
         gbps,
+        gbps4: f64::NAN,
         p50_us: p50,
         p99_us: p99,
         note: "the VM uses kernel WireGuard on GCP".into(),
@@ -336,9 +389,9 @@ async fn ingress_path() -> Row {
 /// The ingress path into a PROXY-aware backend, HAProxy in TCP mode in front of iperf3 and
 /// the echo server, once through the link's kernel DNAT and once through its PROXY v2
 /// relay (issue 20): the relay's cost against the plain path, everything else equal.
-async fn ingress_relay_rows() -> Vec<Row> {
+async fn ingress_relay_rows(vm_wireguard: &str) -> Vec<Row> {
     let gw = gateway().await;
-    gw.boot();
+    gw.boot_userspace(vm_wireguard, &[]);
     gw.wait_state("ready", Duration::from_secs(30));
     let backend = gw.backend();
     let dir = gw.dir.0.join("haproxy");
@@ -399,6 +452,7 @@ backend echo
         rows.push(Row {
             path: label.into(),
             gbps,
+            gbps4: f64::NAN,
             p50_us: p50,
             p99_us: p99,
             note: "HAProxy (tcp mode) in front of iperf3 and the echo server in both".into(),
@@ -466,7 +520,7 @@ fn crypto_limit() -> (f64, f64) {
 
 fn main() {
     netns::require_root();
-    for bin in ["iperf3", "boringtun-cli", "wireguard-go"] {
+    for bin in ["iperf3", "boringtun-cli", "gotatun", "wireguard-go"] {
         let ok = Command::new("sh")
             .args(["-c", &format!("command -v {bin}")])
             .output()
@@ -504,10 +558,27 @@ fn main() {
             ));
         }
     }
-    if want("wireguard-go ↔ wireguard-go") {
+    if want("gotatun") {
         rows.push(userspace_pair(
-            "wireguard-go ↔ wireguard-go",
+            "gotatun ↔ gotatun (GotaTun 0.10.2)",
+            "gotatun --disable-drop-privileges",
+            "",
+        ));
+    }
+    if want("wireguard-go ↔ wireguard-go (Debian") {
+        rows.push(userspace_pair(
+            "wireguard-go ↔ wireguard-go (Debian 12, no offloads)",
             "wireguard-go",
+            "",
+        ));
+    }
+    // The current wireguard-go (TUN offloads, UDP GSO/GRO): the strongest userspace
+    // anchor, and the VM stand-in of the ingress path (GCP runs kernel WireGuard).
+    let modern = modern_wireguard_go();
+    if want("wireguard-go ↔ wireguard-go (current") {
+        rows.push(userspace_pair(
+            "wireguard-go ↔ wireguard-go (current, offloads)",
+            &modern,
             "",
         ));
     }
@@ -515,26 +586,28 @@ fn main() {
         rows.push(link_pair());
     }
     if want("ingress path") {
-        rows.push(rt.block_on(ingress_path()));
+        rows.push(rt.block_on(ingress_path(&modern)));
     }
     if want("HAProxy") {
-        rows.extend(rt.block_on(ingress_relay_rows()));
+        rows.extend(rt.block_on(ingress_relay_rows(&modern)));
     }
-    let best_bt = rows
+    // The best anchor: the fastest other implementation, by single-stream throughput.
+    let best = rows
         .iter()
-        .filter(|r| r.path.starts_with("boringtun"))
-        .map(|r| r.gbps)
-        .fold(0.0, f64::max);
-    let wg_go = rows
-        .iter()
-        .find(|r| r.path.starts_with("wireguard-go"))
-        .map_or(f64::NAN, |r| r.gbps);
+        .filter(|r| {
+            ["boringtun", "gotatun", "wireguard-go"]
+                .iter()
+                .any(|a| r.path.starts_with(a))
+        })
+        .max_by(|a, b| a.gbps.total_cmp(&b.gbps));
     let (enc, dec) = crypto_limit();
-    println!("\n| path | TCP Gbit/s | RR p50 µs | RR p99 µs | notes |\n|---|---|---|---|---|");
+    println!(
+        "\n| path | TCP Gbit/s, 1 stream | 4 streams | RR p50 µs | RR p99 µs | notes |\n|---|---|---|---|---|---|"
+    );
     for r in &rows {
         println!(
-            "| {} | {:.2} | {:.0} | {:.0} | {} |",
-            r.path, r.gbps, r.p50_us, r.p99_us, r.note
+            "| {} | {:.2} | {:.2} | {:.0} | {:.0} | {} |",
+            r.path, r.gbps, r.gbps4, r.p50_us, r.p99_us, r.note
         );
     }
     let relay = |suffix: &str| {
@@ -550,11 +623,14 @@ fn main() {
         );
     }
     if let Some(l) = rows.iter().find(|r| r.path.starts_with("wgnet-link")) {
-        println!(
-            "\nlink / best boringtun-cli: {:.2}x; link / wireguard-go: {:.2}x",
-            l.gbps / best_bt,
-            l.gbps / wg_go
-        );
+        if let Some(b) = best {
+            println!(
+                "\nlink / best anchor ({}): {:.2}x single stream, {:.2}x four streams",
+                b.path,
+                l.gbps / b.gbps,
+                l.gbps4 / b.gbps4
+            );
+        }
         println!(
             "crypto limit of one core (boringtun, 1380-byte packets, no I/O): encrypt {enc:.2} Gbit/s, decrypt {dec:.2} Gbit/s; link / slower of the two: {:.2}x",
             l.gbps / enc.min(dec)

@@ -80,6 +80,9 @@ async fn main() {
             "wgnet-link:bench",
             "--allowed-projects",
             PROJECT,
+            // Every Gateway of the bench is in one namespace: no per-namespace cap.
+            "--max-gateways-per-namespace",
+            "0",
             "--cluster-id",
             "bench",
             "--resync",

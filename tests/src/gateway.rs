@@ -197,8 +197,13 @@ impl Gw {
 
     /// Environment that points the startup script at the emulator and userspace WireGuard.
     pub fn script_env(&self) -> String {
+        self.script_env_with("wireguard-go")
+    }
+
+    /// As [`Gw::script_env`] with another userspace WireGuard binary for the VM.
+    pub fn script_env_with(&self, userspace: &str) -> String {
         format!(
-            "WGNET_METADATA_URL='{}' WGNET_SECRETS_URL='{}' WGNET_USERSPACE=wireguard-go WGNET_IFACE={} WGNET_STATE_DIR='{}' WGNET_NO_SYSTEMD=1 WGNET_MAX_BACKOFF=1",
+            "WGNET_METADATA_URL='{}' WGNET_SECRETS_URL='{}' WGNET_USERSPACE='{userspace}' WGNET_IFACE={} WGNET_STATE_DIR='{}' WGNET_NO_SYSTEMD=1 WGNET_MAX_BACKOFF=1",
             self.md_url,
             self.sm_url,
             self.wg_if,
@@ -214,6 +219,11 @@ impl Gw {
 
     /// As [`Gw::boot`], with extra environment for the script (for example a PATH).
     pub fn boot_with(&self, env: &[(&str, String)]) {
+        self.boot_userspace("wireguard-go", env);
+    }
+
+    /// As [`Gw::boot_with`], the VM running `userspace` as its WireGuard.
+    pub fn boot_userspace(&self, userspace: &str, env: &[(&str, String)]) {
         let inst = self
             .emu
             .get("instance", PROJECT, ZONE, &self.name())
@@ -230,7 +240,7 @@ impl Gw {
         drop(self.vm.spawn(
             &format!(
                 "{} sh '{}' boot >'{}' 2>&1",
-                self.script_env(),
+                self.script_env_with(userspace),
                 path.display(),
                 log.display()
             ),

@@ -103,6 +103,13 @@ pub struct GcpCloud {
     /// When each gateway (by uid) last had a pass that read every resource back and found
     /// it whole. In memory: a restarted operator verifies everything on its first pass.
     verified: Mutex<HashMap<String, Instant>>,
+    /// When the shared network was last read back and found ours, by project. Every
+    /// gateway of a project shares it, so one read per project per `verify_every` stands
+    /// for all of them (issue 23: calls that do not grow with the number of Gateways).
+    networks_seen: Mutex<HashMap<String, Instant>>,
+    /// One network read at a time per project: gateways passing together wait for the
+    /// first one's answer instead of each asking.
+    network_reads: Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// Outcome of one resource's step in a pass.
@@ -293,6 +300,8 @@ impl GcpCloud {
             network: config.network,
             verify_every: config.verify_every,
             verified: Mutex::new(HashMap::new()),
+            networks_seen: Mutex::new(HashMap::new()),
+            network_reads: Mutex::new(HashMap::new()),
         })
     }
 
@@ -322,6 +331,40 @@ impl GcpCloud {
             verified.insert(uid.to_owned(), Instant::now());
         } else {
             verified.remove(uid);
+        }
+    }
+
+    /// Whether some pass read the shared network of `project` back within `verify_every`.
+    fn network_seen(&self, project: &str) -> bool {
+        let seen = self
+            .networks_seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        seen.get(project)
+            .is_some_and(|at| at.elapsed() < self.verify_every)
+    }
+
+    /// The lock serialising network reads in `project`.
+    fn network_read_lock(&self, project: &str) -> std::sync::Arc<tokio::sync::Mutex<()>> {
+        self.network_reads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(project.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Records that the network of `project` was read back and is ours (`true`), or
+    /// forgets that (`false`: a pass failed, and the network may be why).
+    fn note_network(&self, project: &str, seen: bool) {
+        let mut s = self
+            .networks_seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if seen {
+            s.insert(project.to_owned(), Instant::now());
+        } else {
+            s.remove(project);
         }
     }
 
@@ -546,6 +589,10 @@ impl Cloud for GcpCloud {
             recorded.address = None;
         }
         recorded.pending = pending;
+        if !errors.is_empty() {
+            // A deleted network makes the firewall and VM steps fail: read it next pass.
+            self.note_network(&d.target.project, false);
+        }
         let ready = all && errors.is_empty() && vm_status.as_deref() == Some("RUNNING");
         if p.verify {
             self.note_verified(&d.target.id.uid, true);

@@ -24,7 +24,12 @@ impl GcpCloud {
             && p.rec.network.as_deref() == Some(self.network.as_str())
             && p.rec.firewall.is_some()
             && p.rec.instance.is_some();
-        if steady {
+        if steady || self.network_seen(p.project()) {
+            return (Step::Ready(()), ops);
+        }
+        let lock = self.network_read_lock(p.project());
+        let _one_at_a_time = lock.lock().await;
+        if self.network_seen(p.project()) {
             return (Step::Ready(()), ops);
         }
         let marker = names::network_marker(&self.install);
@@ -38,7 +43,10 @@ impl GcpCloud {
             .await
         {
             Err(e) => Step::Failed(e),
-            Ok(Some(v)) if v.description == marker => Step::Ready(()),
+            Ok(Some(v)) if v.description == marker => {
+                self.note_network(p.project(), true);
+                Step::Ready(())
+            }
             Ok(Some(v)) => Step::Failed(collision("network", &self.network, &v.description)),
             Ok(None) => {
                 let body = Network {
@@ -65,7 +73,11 @@ impl GcpCloud {
                         &rid,
                     )
                     .await;
-                Self::finish_op(r, (), &mut ops)
+                let step = Self::finish_op(r, (), &mut ops);
+                if matches!(step, Step::Ready(())) {
+                    self.note_network(p.project(), true);
+                }
+                step
             }
         };
         (step, ops)
