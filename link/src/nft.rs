@@ -115,6 +115,11 @@ fn add_stmt(rule: &mut Rule<'_>, s: &Stmt) -> Result<(), NftError> {
             rule.add_expr(&Bitwise::new(bits, 0u32));
             rule.add_expr(&Cmp::new(CmpOp::Neq, 0u32));
         }
+        Stmt::New => {
+            rule.add_expr(&nftnl::expr::Conntrack::State);
+            rule.add_expr(&Bitwise::new(States::NEW.bits(), 0u32));
+            rule.add_expr(&Cmp::new(CmpOp::Neq, 0u32));
+        }
         Stmt::Dnatted => {
             rule.add_expr(&nftnl::expr::Conntrack::Status);
             rule.add_expr(&Bitwise::new(ConntrackStatus::DST_NAT.bits(), 0u32));

@@ -274,6 +274,8 @@ pub enum Stmt {
     Daddr(Ipv4Addr),
     /// `ct state established,related`.
     Established,
+    /// `ct state new`.
+    New,
     /// `ct status dnat`.
     Dnatted,
     /// `tcp flags syn` (SYN set, RST clear), requires a preceding `L4(Tcp)`.
@@ -453,7 +455,8 @@ pub fn ingress(wg: &str, mtu: u16, forwards: &[IngressForward]) -> Plan {
         hook: Hook::Mangle,
         accept_by_default: true,
         rules: vec![
-            vec![Stmt::Iif(wg.into()), Stmt::CtMarkSet(REPLY_MARK)],
+            // Once per connection: conntrack keeps the mark.
+            vec![Stmt::Iif(wg.into()), Stmt::New, Stmt::CtMarkSet(REPLY_MARK)],
             vec![
                 Stmt::IifNot(wg.into()),
                 Stmt::CtMark(REPLY_MARK),
@@ -513,6 +516,7 @@ impl fmt::Display for Stmt {
             Self::Dport(p) => write!(f, "th dport {p}"),
             Self::Daddr(a) => write!(f, "ip daddr {a}"),
             Self::Established => f.write_str("ct state established,related"),
+            Self::New => f.write_str("ct state new"),
             Self::Dnatted => f.write_str("ct status dnat"),
             Self::Syn => f.write_str("tcp flags & (syn|rst) == syn"),
             Self::ClampMss(m) => write!(
@@ -612,7 +616,7 @@ mod tests {
     }
     chain mark {
         type filter hook prerouting priority mangle; policy accept;
-        iifname "wg0" ct mark set 0x574700
+        iifname "wg0" ct state new ct mark set 0x574700
         iifname != "wg0" ct mark 0x574700 meta mark set 0x574700
     }
     chain reply {
