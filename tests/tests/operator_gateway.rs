@@ -177,6 +177,18 @@ fn firewall_ports(c: &Cluster, gw: &Gateway) -> Vec<String> {
     out
 }
 
+/// Panics naming what GCP still holds, besides the operator's own service account.
+fn assert_gcp_holds_nothing(c: &Cluster) {
+    let left: Vec<_> = c
+        .emu
+        .inventory()
+        .into_iter()
+        .filter(|i| !i.name.starts_with("wgnet-operator@"))
+        .map(|i| format!("{} {}", i.kind, i.name))
+        .collect();
+    assert!(left.is_empty(), "GCP resources left behind: {left:?}");
+}
+
 async fn managed_children(client: &Client, ns: &str) -> usize {
     let lp = ListParams::default().labels("app.kubernetes.io/managed-by=wgnet-operator");
     Api::<Deployment>::namespaced(client.clone(), ns)
@@ -317,14 +329,7 @@ async fn gateway_serves_tcp_and_udp_and_delete_leaves_nothing() {
 
     // Delete: the finalizer holds the object until GCP is empty; children go by owner refs.
     delete_and_wait(&c, &gws, "edge", Duration::from_secs(90)).await;
-    let left: Vec<_> = c
-        .emu
-        .inventory()
-        .into_iter()
-        .filter(|i| !i.name.starts_with("wgnet-operator@"))
-        .map(|i| format!("{} {}", i.kind, i.name))
-        .collect();
-    assert!(left.is_empty(), "GCP resources left behind: {left:?}");
+    assert_gcp_holds_nothing(&c);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while managed_children(&c.client, "apps").await > 0 {
         assert!(
@@ -1601,14 +1606,7 @@ async fn a_load_balancer_service_gets_a_public_ip_follows_port_edits_and_release
             .is_none(),
         "the Gateway goes before the Service"
     );
-    let left: Vec<_> = c
-        .emu
-        .inventory()
-        .into_iter()
-        .filter(|i| !i.name.starts_with("wgnet-operator@"))
-        .map(|i| format!("{} {}", i.kind, i.name))
-        .collect();
-    assert!(left.is_empty(), "GCP resources left behind: {left:?}");
+    assert_gcp_holds_nothing(&c);
     assert!(!c.answers("tcp", &ip, 8080), "the address stops answering");
 }
 
