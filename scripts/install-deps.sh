@@ -34,8 +34,22 @@ else
 fi
 echo "install-deps: installing$missing"
 $SUDO apt-get update -qq
-# RUNLEVEL=1: invoke-rc.d starts no service the packages ship (nginx, haproxy); the tests
-# run their own instances in network namespaces.
+# Debian starts the services a package ships as it installs it (nginx on port 80, haproxy).
+# The tests run their own instances in network namespaces, so during this install a
+# policy-rc.d answers 101 ("action forbidden") to every start, unless the machine already
+# has a policy of its own, which is then left to decide.
+policy=/usr/sbin/policy-rc.d
+own_policy=
+if [ ! -e "$policy" ]; then
+    $SUDO sh -c "printf '#!/bin/sh\nexit 101\n' >'$policy' && chmod 755 '$policy'"
+    own_policy=1
+fi
+drop_policy() {
+    if [ -n "$own_policy" ]; then $SUDO rm -f "$policy"; fi
+    own_policy=
+}
+trap drop_policy EXIT
 # shellcheck disable=SC2086 # word splitting of the package list is intended
-$SUDO env RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing
+$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing
+drop_policy
 exec "$here/install-kube-tools.sh"
