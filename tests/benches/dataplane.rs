@@ -14,7 +14,8 @@
 //! - that path into HAProxy (TCP mode, in front of iperf3 and the echo server) through the
 //!   link's kernel DNAT and through its PROXY protocol v2 relay, and their ratio.
 //!
-//! TCP with iperf3 (5 s, one stream and four) and 1-byte TCP request/response round trips;
+//! TCP with iperf3 (5 s, one stream and four), UDP at the sender's maximum rate (received
+//! rate and loss) and 1-byte TCP request/response round trips;
 //! the link's ratio against the best anchor. For
 //! the links also peak RSS (VmHWM) and CPU seconds per Gbit. Also the crypto limit: what
 //! one core encrypts and decrypts through boringtun alone, 1380-byte packets, no I/O.
@@ -41,6 +42,8 @@ struct Row {
     gbps: f64,
     /// Four parallel TCP streams (NaN where not measured).
     gbps4: f64,
+    /// UDP at the sender's maximum rate: Gbit/s received and % lost (NaN: not measured).
+    udp: (f64, f64),
     p50_us: f64,
     p99_us: f64,
     note: String,
@@ -54,6 +57,27 @@ fn iperf(client: &Netns, server: &Netns, server_ip: &str, connect_ip: &str) -> f
 fn iperf_1_and_4(client: &Netns, server: &Netns, server_ip: &str, connect_ip: &str) -> (f64, f64) {
     let one = iperf(client, server, server_ip, connect_ip);
     (one, iperf4(client, server, server_ip, connect_ip))
+}
+
+/// UDP at the sender's maximum rate (1300-byte datagrams, one stream, 5 s) against a fresh
+/// server: (Gbit/s received, % of datagrams lost).
+fn iperf_udp(client: &Netns, server: &Netns, server_ip: &str, connect_ip: &str) -> (f64, f64) {
+    drop(server.spawn(&format!("iperf3 -s -1 -B {server_ip} >/dev/null 2>&1"), &[]));
+    let ok = wait_for(Duration::from_secs(5), || {
+        server.try_sh("ss -ltn | grep -q ':5201 '").0.then_some(())
+    });
+    assert!(ok.is_some(), "iperf3 server did not start");
+    let out = client.sh(&format!(
+        "iperf3 -c {connect_ip} -u -b 0 -l 1300 -t {SECONDS} -J"
+    ));
+    let v: serde_json::Value = serde_json::from_str(&out).expect("iperf3 JSON");
+    (
+        v["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .unwrap_or(f64::NAN)
+            / 1e9,
+        v["end"]["sum"]["lost_percent"].as_f64().unwrap_or(f64::NAN),
+    )
 }
 
 /// Four parallel streams against a fresh server: Gbit/s.
@@ -178,6 +202,7 @@ fn bare() -> Row {
         path: "bare veth".into(),
         gbps,
         gbps4: f64::NAN,
+        udp: (f64::NAN, f64::NAN),
         p50_us: p50,
         p99_us: p99,
         note: "the ceiling".into(),
@@ -211,6 +236,7 @@ fn userspace_pair(label: &str, start: &str, env: &str) -> Row {
         ));
     }
     let (gbps, gbps4) = iperf_1_and_4(&a, &b, "10.99.0.2", "10.99.0.2");
+    let udp = iperf_udp(&a, &b, "10.99.0.2", "10.99.0.2");
     let (p50, p99) = rr(&a, &b, "10.99.0.2", "10.99.0.2", 7000);
     for ns in [&a, &b] {
         ns.kill_all();
@@ -222,6 +248,7 @@ fn userspace_pair(label: &str, start: &str, env: &str) -> Row {
         path: label.into(),
         gbps,
         gbps4,
+        udp,
         p50_us: p50,
         p99_us: p99,
         note: String::new(),
@@ -263,6 +290,7 @@ fn link_pair() -> Row {
             30,
             &[
                 ("iperf", 5201, "TCP", "10.99.0.2", 5201),
+                ("iperf-udp", 5201, "UDP", "10.99.0.2", 5201),
                 ("rr", 7000, "TCP", "10.99.0.2", 7000),
             ],
         ),
@@ -280,6 +308,7 @@ fn link_pair() -> Row {
             25,
             &[
                 (5201, "TCP", "10.96.0.10", 5201),
+                (5201, "UDP", "10.96.0.10", 5201),
                 (7000, "TCP", "10.96.0.10", 7000),
             ],
         ),
@@ -326,11 +355,13 @@ fn link_pair() -> Row {
     let (cb1, rb) = cpu_and_rss(pb);
     let gbit = gbps * f64::from(SECONDS);
     let gbps4 = iperf4(&client, &server, "10.96.0.10", "10.244.1.1");
+    let udp = iperf_udp(&client, &server, "10.96.0.10", "10.244.1.1");
     let (p50, p99) = rr(&client, &server, "10.96.0.10", "10.244.1.1", 7000);
     Row {
         path: "wgnet-link ↔ wgnet-link".into(),
         gbps,
         gbps4,
+        udp,
         p50_us: p50,
         p99_us: p99,
         note: format!(
@@ -380,6 +411,7 @@ async fn ingress_path(vm_wireguard: &str) -> Row {
         path: "ingress path (VM: current wireguard-go → link)".into(),
         gbps,
         gbps4: f64::NAN,
+        udp: (f64::NAN, f64::NAN),
         p50_us: p50,
         p99_us: p99,
         note: "the VM uses kernel WireGuard on GCP".into(),
@@ -453,6 +485,7 @@ backend echo
             path: label.into(),
             gbps,
             gbps4: f64::NAN,
+            udp: (f64::NAN, f64::NAN),
             p50_us: p50,
             p99_us: p99,
             note: "HAProxy (tcp mode) in front of iperf3 and the echo server in both".into(),
@@ -602,12 +635,12 @@ fn main() {
         .max_by(|a, b| a.gbps.total_cmp(&b.gbps));
     let (enc, dec) = crypto_limit();
     println!(
-        "\n| path | TCP Gbit/s, 1 stream | 4 streams | RR p50 µs | RR p99 µs | notes |\n|---|---|---|---|---|---|"
+        "\n| path | TCP Gbit/s, 1 stream | 4 streams | UDP Gbit/s (lost) | RR p50 µs | RR p99 µs | notes |\n|---|---|---|---|---|---|---|"
     );
     for r in &rows {
         println!(
-            "| {} | {:.2} | {:.2} | {:.0} | {:.0} | {} |",
-            r.path, r.gbps, r.gbps4, r.p50_us, r.p99_us, r.note
+            "| {} | {:.2} | {:.2} | {:.2} ({:.0}%) | {:.0} | {:.0} | {} |",
+            r.path, r.gbps, r.gbps4, r.udp.0, r.udp.1, r.p50_us, r.p99_us, r.note
         );
     }
     let relay = |suffix: &str| {
@@ -630,6 +663,21 @@ fn main() {
                 l.gbps / b.gbps,
                 l.gbps4 / b.gbps4
             );
+            let best_udp = rows
+                .iter()
+                .filter(|r| {
+                    ["boringtun", "gotatun", "wireguard-go"]
+                        .iter()
+                        .any(|a| r.path.starts_with(a))
+                })
+                .max_by(|a, b| a.udp.0.total_cmp(&b.udp.0));
+            if let Some(u) = best_udp {
+                println!(
+                    "link / best anchor for UDP ({}): {:.2}x received",
+                    u.path,
+                    l.udp.0 / u.udp.0
+                );
+            }
         }
         println!(
             "crypto limit of one core (boringtun, 1380-byte packets, no I/O): encrypt {enc:.2} Gbit/s, decrypt {dec:.2} Gbit/s; link / slower of the two: {:.2}x",
