@@ -163,6 +163,9 @@ async fn serve(listener: TcpListener, spec: RelaySpec) {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(listen = %spec.listen, error = %e, "accept failed");
+                // accept fails when the process is out of descriptors or memory; the
+                // listener stays readable, so without a pause this loop would spin on the
+                // same error. A short fixed pause lets connections close meanwhile.
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
