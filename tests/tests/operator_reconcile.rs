@@ -725,6 +725,22 @@ async fn the_chart_grants_exactly_what_the_operator_uses() {
         "a type change deletes the Gateway and releases the Service:\n{}",
         inventory_of(&e.emu)
     );
+    // Releasing clears the status and then the finalizer, each write on the object the
+    // previous one returned: no write of the operator is refused as a conflict.
+    let conflicts: Vec<String> =
+        e.cp.audit()
+            .iter()
+            .filter(|r| {
+                r.user == format!("system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SA}")
+                    && r.resource.ends_with("services")
+                    && r.code == 409
+            })
+            .map(|r| format!("{} {}", r.verb, r.resource))
+            .collect();
+    assert!(
+        conflicts.is_empty(),
+        "Service writes refused as conflicts: {conflicts:?}"
+    );
 
     egws.delete("corp", &DeleteParams::default())
         .await

@@ -535,9 +535,7 @@ async fn serve<C: Cloud>(svc: &Service, ctx: &Context<C>) -> Result<Action, Load
         }
     };
     if !svc.finalizers().iter().any(|f| f == FINALIZER) {
-        let mut fs = svc.finalizers().to_vec();
-        fs.push(FINALIZER.into());
-        set_finalizers(ctx, svc, fs).await?;
+        hold(ctx, svc, true).await?;
         publish(
             &ctx.recorder,
             svc,
@@ -613,13 +611,7 @@ async fn release<C: Cloud>(svc: &Service, ctx: &Context<C>) -> Result<Action, Lo
     if svc.metadata.deletion_timestamp.is_none() {
         write_status(ctx, svc, Vec::new(), None).await?;
     }
-    let fs: Vec<String> = svc
-        .finalizers()
-        .iter()
-        .filter(|f| *f != FINALIZER)
-        .cloned()
-        .collect();
-    set_finalizers(ctx, svc, fs).await?;
+    hold(ctx, svc, false).await?;
     publish(
         &ctx.recorder,
         svc,
@@ -632,19 +624,40 @@ async fn release<C: Cloud>(svc: &Service, ctx: &Context<C>) -> Result<Action, Lo
     Ok(Action::await_change())
 }
 
-/// Replaces the finalizer list, guarded by the resourceVersion the decision was made on (a
-/// concurrent edit makes the patch fail and the pass retry on the fresh object).
-async fn set_finalizers<C: Cloud>(
+/// Adds (`held`) or removes this controller's finalizer. The list is read from the Service
+/// as the API server has it now, not as the pass saw it: the pass's own status write, or
+/// a watch event still on its way, makes that copy stale. The patch names the version it
+/// read, so an edit in between is a conflict the next pass retries, never a lost
+/// finalizer of someone else.
+async fn hold<C: Cloud>(
     ctx: &Context<C>,
     svc: &Service,
-    finalizers: Vec<String>,
+    held: bool,
 ) -> Result<(), LoadBalancerError> {
     let api: Api<Service> =
         Api::namespaced(ctx.client.clone(), &svc.namespace().unwrap_or_default());
-    // A merge patch naming the resourceVersion is refused with a conflict when the
-    // Service changed since.
+    let call = |what| move |e| LoadBalancerError::Finalizer(KubeCall::new(what)(e));
+    let Some(fresh) = api
+        .get_opt(&svc.name_any())
+        .await
+        .map_err(call("read Service for its finalizers"))?
+    else {
+        return Ok(());
+    };
+    let mut finalizers: Vec<String> = fresh
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
+    if held {
+        finalizers.push(FINALIZER.into());
+    }
+    if finalizers.as_slice() == fresh.finalizers() {
+        return Ok(());
+    }
     let patch = json!({"metadata": {
-        "resourceVersion": svc.resource_version(),
+        "resourceVersion": fresh.resource_version(),
         "finalizers": finalizers,
     }});
     api.patch(
@@ -653,7 +666,7 @@ async fn set_finalizers<C: Cloud>(
         &Patch::Merge(patch),
     )
     .await
-    .map_err(|e| LoadBalancerError::Finalizer(KubeCall::new("patch Service finalizers")(e)))?;
+    .map_err(call("patch Service finalizers"))?;
     Ok(())
 }
 
