@@ -49,6 +49,22 @@ struct Row {
     note: String,
 }
 
+/// Starts a one-shot iperf3 server on `server_ip:5201` and waits (bounded) until it listens.
+fn iperf_server(server: &Netns, server_ip: &str) {
+    drop(server.spawn(&format!("iperf3 -s -1 -B {server_ip} >/dev/null 2>&1"), &[]));
+    let ok = wait_for(Duration::from_secs(5), || {
+        server.try_sh("ss -ltn | grep -q ':5201 '").0.then_some(())
+    });
+    assert!(ok.is_some(), "iperf3 server did not start");
+}
+
+/// Whether `r` is one of the other implementations the link is compared with.
+fn is_anchor(r: &Row) -> bool {
+    ["boringtun", "gotatun", "wireguard-go"]
+        .iter()
+        .any(|a| r.path.starts_with(a))
+}
+
 fn iperf(client: &Netns, server: &Netns, server_ip: &str, connect_ip: &str) -> f64 {
     iperf_via(client, server, server_ip, connect_ip, 5201)
 }
@@ -62,11 +78,7 @@ fn iperf_1_and_4(client: &Netns, server: &Netns, server_ip: &str, connect_ip: &s
 /// UDP at the sender's maximum rate (1300-byte datagrams, one stream, 5 s) against a fresh
 /// server: (Gbit/s received, % of datagrams lost).
 fn iperf_udp(client: &Netns, server: &Netns, server_ip: &str, connect_ip: &str) -> (f64, f64) {
-    drop(server.spawn(&format!("iperf3 -s -1 -B {server_ip} >/dev/null 2>&1"), &[]));
-    let ok = wait_for(Duration::from_secs(5), || {
-        server.try_sh("ss -ltn | grep -q ':5201 '").0.then_some(())
-    });
-    assert!(ok.is_some(), "iperf3 server did not start");
+    iperf_server(server, server_ip);
     let out = client.sh(&format!(
         "iperf3 -c {connect_ip} -u -b 0 -l 1300 -t {SECONDS} -J"
     ));
@@ -82,11 +94,7 @@ fn iperf_udp(client: &Netns, server: &Netns, server_ip: &str, connect_ip: &str) 
 
 /// Four parallel streams against a fresh server: Gbit/s.
 fn iperf4(client: &Netns, server: &Netns, server_ip: &str, connect_ip: &str) -> f64 {
-    drop(server.spawn(&format!("iperf3 -s -1 -B {server_ip} >/dev/null 2>&1"), &[]));
-    let ok = wait_for(Duration::from_secs(5), || {
-        server.try_sh("ss -ltn | grep -q ':5201 '").0.then_some(())
-    });
-    assert!(ok.is_some(), "iperf3 server did not start");
+    iperf_server(server, server_ip);
     iperf_run(client, connect_ip, 5201, 4)
 }
 
@@ -99,11 +107,7 @@ fn iperf_via(
     connect_ip: &str,
     connect_port: u16,
 ) -> f64 {
-    drop(server.spawn(&format!("iperf3 -s -1 -B {server_ip} >/dev/null 2>&1"), &[]));
-    let ok = wait_for(Duration::from_secs(5), || {
-        server.try_sh("ss -ltn | grep -q ':5201 '").0.then_some(())
-    });
-    assert!(ok.is_some(), "iperf3 server did not start");
+    iperf_server(server, server_ip);
     iperf_run(client, connect_ip, connect_port, 1)
 }
 
@@ -627,11 +631,7 @@ fn main() {
     // The best anchor: the fastest other implementation, by single-stream throughput.
     let best = rows
         .iter()
-        .filter(|r| {
-            ["boringtun", "gotatun", "wireguard-go"]
-                .iter()
-                .any(|a| r.path.starts_with(a))
-        })
+        .filter(|r| is_anchor(r))
         .max_by(|a, b| a.gbps.total_cmp(&b.gbps));
     let (enc, dec) = crypto_limit();
     println!(
@@ -665,11 +665,7 @@ fn main() {
             );
             let best_udp = rows
                 .iter()
-                .filter(|r| {
-                    ["boringtun", "gotatun", "wireguard-go"]
-                        .iter()
-                        .any(|a| r.path.starts_with(a))
-                })
+                .filter(|r| is_anchor(r))
                 .max_by(|a, b| a.udp.0.total_cmp(&b.udp.0));
             if let Some(u) = best_udp {
                 println!(
