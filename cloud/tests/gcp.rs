@@ -119,14 +119,19 @@ async fn lifecycle_create_resync_change_delete() {
         e.emu.request_log()
     );
 
-    // An unchanged resync writes nothing and reads at most three resources.
+    // An unchanged resync writes nothing and makes at most four reads: one list per kind
+    // for the whole project (issue 23), and nothing more while that snapshot is current.
     e.emu.clear_request_log();
     let again = e.cloud.ensure(&d, &rec).await;
     assert!(again.ready, "{:?}", again.errors);
     assert_eq!(again.writes, 0);
     let log = e.emu.request_log();
     assert!(log.iter().all(|c| !c.is_write()), "{log:?}");
-    assert!(log.len() <= 3, "{log:?}");
+    assert!(log.len() <= 4, "{log:?}");
+    e.emu.clear_request_log();
+    let quiet = e.cloud.ensure(&d, &again.recorded).await;
+    assert!(quiet.ready && quiet.writes == 0);
+    assert!(e.emu.request_log().is_empty(), "{:?}", e.emu.request_log());
 
     // Changing forwards patches the firewall only: same VM, same IP.
     let mut d2 = d.clone();
@@ -303,6 +308,10 @@ async fn the_custom_role_holds_exactly_the_permissions_the_crate_uses() {
     d.target.id.uid = "uid-role-2".into();
     let (rec, _, _) = converge(&e.cloud, &d, Recorded::default(), 40).await;
     e.cloud.list_owned(PROJECT).await.expect("sweep listing");
+    // A steady resync reads the project's snapshot (lists of every kind).
+    e.cloud.set_verify_every(Duration::from_secs(300));
+    let steady = e.cloud.ensure(&d, &rec).await;
+    assert!(steady.ready, "{:?}", steady.errors);
     teardown(&e.cloud, &d.target, rec, 40).await;
 
     let mut used = BTreeSet::new();
@@ -949,7 +958,9 @@ async fn env_with_install(e: &Env, install: &str) -> wgnet_cloud::gcp::GcpCloud 
 #[tokio::test]
 async fn tokens_come_from_the_key_file_and_are_refreshed() {
     // gcp_auth renews tokens 20 s before expiry, so a 21 s lifetime renews after about 1 s.
-    let e = env_with(LatencyProfile::instant(), Duration::from_secs(21)).await;
+    let mut e = env_with(LatencyProfile::instant(), Duration::from_secs(21)).await;
+    // Every pass reads, so the passes below keep calling GCP.
+    e.cloud.set_verify_every(Duration::ZERO);
     let d = desired("tok", "uid-8", &[]);
     let (rec, _, _) = converge(&e.cloud, &d, Recorded::default(), 20).await;
     let before = e.emu.tokens_issued();
@@ -1170,4 +1181,161 @@ async fn gateways_of_one_project_read_their_shared_network_once() {
         reads, 1,
         "one read of the shared network for ten gateways ({passes} instance reads)"
     );
+}
+
+/// Issue 23, goal 2: a resync of steady gateways reads each kind of resource with one list
+/// per project, not one read per gateway; drift it shows is repaired, and what it cannot
+/// show (an absent resource) is read one by one.
+#[tokio::test]
+async fn a_resync_of_steady_gateways_lists_each_kind_once_per_project() {
+    use futures_util::future::join_all;
+    let e = env(LatencyProfile::instant()).await;
+    let key = e._dir.0.join("key.json");
+    let mut cloud = cloud_for(&e.emu, key.clone(), INSTALL, "wgnet").await;
+    cloud.set_verify_every(Duration::from_secs(300));
+    let ds: Vec<_> = (0..10)
+        .map(|i| {
+            desired(
+                &format!("snap{i}"),
+                &format!("uid-snap{i}"),
+                &[(443, Protocol::Tcp)],
+            )
+        })
+        .collect();
+    let recs = join_all(
+        ds.iter()
+            .map(|d| async { converge(&cloud, d, Recorded::default(), 200).await.0 }),
+    )
+    .await;
+    assert!(recs.iter().all(|r| r.instance.is_some()), "all converged");
+    let names: Vec<String> = ds.iter().map(|d| d.target.id.resource_name()).collect();
+
+    // Out of band, before the next snapshot: one gateway's rule opened to SSH, another's
+    // tunnel rule deleted, a third VM's metadata edited (the snapshot keeps only a digest
+    // of it).
+    assert!(e.emu.edit_firewall(
+        PROJECT,
+        &names[3],
+        "allowed",
+        json!([{"IPProtocol": "tcp", "ports": ["22"]}])
+    ));
+    assert!(
+        e.emu
+            .remove_resource("firewall", PROJECT, "global", &format!("{}-wg", names[7]))
+    );
+
+    assert!(e.emu.edit_instance_metadata(
+        PROJECT,
+        "us-central1-a",
+        &names[5],
+        "wgnet-listen-port",
+        "22"
+    ));
+
+    // A restarted operator's first resync: every gateway's pass is a verifying one.
+    let mut restarted = cloud_for(&e.emu, key, INSTALL, "wgnet").await;
+    restarted.set_verify_every(Duration::from_secs(300));
+    e.emu.clear_request_log();
+    let passes = join_all(ds.iter().zip(&recs).map(|(d, r)| restarted.ensure(d, r))).await;
+    let log: Vec<_> = e
+        .emu
+        .request_log()
+        .into_iter()
+        .filter(|c| c.api != "oauth")
+        .collect();
+    let lists: Vec<&str> = log
+        .iter()
+        .filter(|c| c.method == "GET")
+        .map(|c| c.path.split('?').next().unwrap_or_default())
+        .filter(|p| {
+            [
+                "/firewalls",
+                "/aggregated/instances",
+                "/serviceAccounts",
+                "/secrets",
+            ]
+            .iter()
+            .any(|k| p.ends_with(k))
+        })
+        .collect();
+    assert_eq!(lists.len(), 4, "one list per kind: {lists:?}");
+    // Only the two drifted gateways read or wrote their own resources.
+    for (i, n) in names.iter().enumerate() {
+        let own: Vec<String> = log
+            .iter()
+            .filter(|c| c.path.contains(n.as_str()))
+            .map(|c| format!("{} {}", c.method, c.path))
+            .collect();
+        match i {
+            3 => assert!(
+                own.iter()
+                    .all(|c| c.starts_with("PATCH ") && !c.contains("-wg")),
+                "{own:?}"
+            ),
+            7 => assert!(
+                own.iter().all(|c| c.contains("-wg")) && !own.is_empty(),
+                "{own:?}"
+            ),
+            5 => assert!(own.iter().any(|c| c.contains("/setMetadata")), "{own:?}"),
+            _ => assert!(
+                own.is_empty(),
+                "gateway {i} read its own resources: {own:?}"
+            ),
+        }
+    }
+    assert_eq!(passes.iter().map(|p| p.writes).sum::<usize>(), 3);
+    assert!(
+        log.len() <= 4 + 1 + 6,
+        "4 lists, the shared network, and the three repairs: {:?}",
+        log.iter()
+            .map(|c| format!("{} {}", c.method, c.path))
+            .collect::<Vec<_>>()
+    );
+
+    // Both repairs converge; the next pass of every gateway then calls nothing at all
+    // (within the window, the record and the snapshot stand).
+    let mut recs2 = Vec::new();
+    for (d, p) in ds.iter().zip(passes) {
+        recs2.push(converge(&restarted, d, p.recorded, 20).await.0);
+    }
+    let fw = e
+        .emu
+        .get("firewall", PROJECT, "global", &names[3])
+        .expect("firewall");
+    assert_eq!(
+        fw["allowed"],
+        json!([{"IPProtocol": "udp", "ports": ["51820"]}, {"IPProtocol": "tcp", "ports": ["443"]}])
+    );
+    assert!(
+        e.emu
+            .get("firewall", PROJECT, "global", &format!("{}-wg", names[7]))
+            .is_some()
+    );
+    let vm = e
+        .emu
+        .get("instance", PROJECT, "us-central1-a", &names[5])
+        .expect("instance");
+    let port = vm["metadata"]["items"]
+        .as_array()
+        .and_then(|items| items.iter().find(|i| i["key"] == "wgnet-listen-port"))
+        .map(|i| i["value"].clone());
+    assert_eq!(port, Some(json!("51820")));
+    e.emu.clear_request_log();
+    let quiet = join_all(
+        ds.iter()
+            .zip(&recs2)
+            .enumerate()
+            .filter(|(i, _)| ![3, 5, 7].contains(i))
+            .map(|(_, (d, r))| restarted.ensure(d, r)),
+    )
+    .await;
+    assert!(quiet.iter().all(|p| p.ready && p.writes == 0));
+    let calls: Vec<_> = e
+        .emu
+        .request_log()
+        .into_iter()
+        .filter(|c| c.api != "oauth")
+        .map(|c| format!("{} {}", c.method, c.path))
+        .collect();
+    assert!(calls.is_empty(), "{calls:?}");
 }

@@ -173,6 +173,7 @@ fn iam_and_secret_manager_bodies_match_the_discovery_schemas() {
         &sm,
         "Secret",
         &Secret {
+            name: "projects/123/secrets/wg-x".into(),
             labels: labels(),
             replication: Some(Replication::default()),
             create_time: Some("2026-11-30T20:00:00Z".into()),

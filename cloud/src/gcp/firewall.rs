@@ -154,9 +154,13 @@ impl GcpCloud {
         }
         let name = want.name.clone();
         let path = path(p.project(), &name);
-        let found = self
-            .get_opt::<Firewall>(Service::Compute, &path, "get firewall", &name)
-            .await;
+        let found = match p.snap.as_ref().and_then(|s| s.firewall(&name)) {
+            Some(v) => Ok(Some(v.clone())),
+            None => {
+                self.get_opt::<Firewall>(Service::Compute, &path, "get firewall", &name)
+                    .await
+            }
+        };
         let (method, path, op, rid) = match found {
             Err(e) => return (Step::Failed(e), ops),
             Ok(Some(v)) if !marker_ours(&v.description, &self.install, p.id()) => {

@@ -38,6 +38,9 @@ impl GcpCloud {
                 Step::Failed(collision("service account", &email, &v.description))
             }
         };
+        if let Some(v) = p.snap.as_ref().and_then(|s| s.account(&email)) {
+            return check(v);
+        }
         match self
             .get_opt::<ServiceAccount>(Service::Iam, &path, "get service account", &email)
             .await
@@ -55,6 +58,9 @@ impl GcpCloud {
             },
         };
         p.wrote();
+        // A new account of the same email does not inherit the old one's grant.
+        p.recreated
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let created = self
             .send::<_, ServiceAccount>(
                 Service::Iam,
@@ -87,7 +93,12 @@ impl GcpCloud {
     /// Grants the account read access to the secret: read-modify-write with the etag; a
     /// concurrent change (409 ABORTED) re-reads.
     pub(super) async fn ensure_binding(&self, p: &Pass<'_>, email: &str, id: &str) -> Step<()> {
-        if !p.verify && p.rec.iam_bound && p.rec.service_account_email.as_deref() == Some(email) {
+        let recreated = p.recreated.load(std::sync::atomic::Ordering::Relaxed);
+        if !p.deep
+            && !recreated
+            && p.rec.iam_bound
+            && p.rec.service_account_email.as_deref() == Some(email)
+        {
             return Step::Ready(());
         }
         let path = secret::path(p.project(), id);

@@ -128,10 +128,17 @@ impl GcpCloud {
             what: &p.name,
             scope: ResourceKind::Instance.scope(t),
         };
-        let v = match self
-            .get_opt::<Instance>(Service::Compute, &path, "get instance", &p.name)
-            .await
-        {
+        // From a snapshot: the instance without its metadata's entries, and their digest.
+        let seen = p.snap.as_ref().and_then(|s| s.instance(&t.zone, &p.name));
+        let seen_digest = seen.map(|s| s.metadata_digest);
+        let found = match seen {
+            Some(s) => Ok(Some(s.instance.clone())),
+            None => {
+                self.get_opt::<Instance>(Service::Compute, &path, "get instance", &p.name)
+                    .await
+            }
+        };
+        let v = match found {
             Err(e) => return (Step::Failed(e), ops),
             Ok(Some(v)) => v,
             Ok(None) => {
@@ -185,7 +192,11 @@ impl GcpCloud {
         }
         let want = Self::desired_metadata(p, key_version);
         let current = v.metadata.clone().unwrap_or_default();
-        if current.to_map() != want {
+        let same = match seen_digest {
+            Some(d) => d == super::snapshot::metadata_digest(&want),
+            None => current.to_map() == want,
+        };
+        if !same {
             let body = Metadata::from_map(current.fingerprint, &want);
             let rid = p.request_id("instance-metadata");
             let m = Mutation {

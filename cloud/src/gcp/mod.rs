@@ -29,6 +29,7 @@ mod instance;
 mod network;
 mod ops;
 mod secret;
+mod snapshot;
 mod sweep;
 pub mod wire;
 
@@ -110,7 +111,17 @@ pub struct GcpCloud {
     /// One network read at a time per project: gateways passing together wait for the
     /// first one's answer instead of each asking.
     network_reads: Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
+    /// What each project holds, listed once per `verify_every` (see [`snapshot`]).
+    snapshots: snapshot::Snapshots,
+    /// When each gateway (by uid) last had a deep pass: one that also read its IAM grant
+    /// and its secret's latest version, which no list shows.
+    deep_verified: Mutex<HashMap<String, Instant>>,
 }
+
+/// A deep pass (the IAM grant and the secret's latest version, one read each per
+/// gateway) comes every this many verify windows: hourly at the default resync. Those
+/// two matter when the VM next boots or the key rotates, and both of those read them anyway.
+const DEEP_EVERY: u32 = 12;
 
 /// Outcome of one resource's step in a pass.
 #[derive(Debug)]
@@ -172,6 +183,12 @@ struct Pass<'a> {
     issued: AtomicU64,
     /// Read back what the record says is done (see [`GcpConfig::verify_every`]).
     verify: bool,
+    /// Read the IAM grant and the secret's latest version back too (see [`DEEP_EVERY`]).
+    deep: bool,
+    /// The project's snapshot, when this gateway may trust it.
+    snap: Option<std::sync::Arc<snapshot::Snapshot>>,
+    /// The service account or the secret was created this pass: the grant is made anew.
+    recreated: std::sync::atomic::AtomicBool,
 }
 
 impl Pass<'_> {
@@ -302,6 +319,8 @@ impl GcpCloud {
             verified: Mutex::new(HashMap::new()),
             networks_seen: Mutex::new(HashMap::new()),
             network_reads: Mutex::new(HashMap::new()),
+            snapshots: snapshot::Snapshots::default(),
+            deep_verified: Mutex::new(HashMap::new()),
         })
     }
 
@@ -323,14 +342,43 @@ impl GcpCloud {
             .is_none_or(|at| at.elapsed() >= self.verify_every)
     }
 
+    /// Whether this pass over gateway `uid` is a deep one (see [`DEEP_EVERY`]). A gateway
+    /// first seen starts its clock instead: a restarted operator serving thousands of
+    /// gateways does not read two things of each at once, and a new one makes its grant
+    /// and key version in its first passes anyway.
+    fn deep_due(&self, uid: &str) -> bool {
+        if self.verify_every.is_zero() {
+            return true;
+        }
+        let mut deep = self
+            .deep_verified
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match deep.get(uid) {
+            Some(at) => at.elapsed() >= self.verify_every * DEEP_EVERY,
+            None => {
+                deep.insert(uid.to_owned(), Instant::now());
+                false
+            }
+        }
+    }
+
     /// Records that a pass over `uid` read everything back (`true`), so the record is
     /// trusted until the next verification is due; or forgets the gateway (`false`).
-    fn note_verified(&self, uid: &str, read_back: bool) {
+    fn note_verified(&self, uid: &str, read_back: bool, deep: bool) {
         let mut verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut deep_verified = self
+            .deep_verified
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if read_back {
             verified.insert(uid.to_owned(), Instant::now());
+            if deep {
+                deep_verified.insert(uid.to_owned(), Instant::now());
+            }
         } else {
             verified.remove(uid);
+            deep_verified.remove(uid);
         }
     }
 
@@ -469,14 +517,29 @@ fn own_operations(rec: &Recorded, target: &Target) -> Recorded {
 impl Cloud for GcpCloud {
     async fn ensure(&self, d: &Desired, rec: &Recorded) -> Progress {
         let rec = &own_operations(rec, &d.target);
+        let name = d.target.id.resource_name();
+        let project = d.target.project.as_str();
+        // Only a gateway whose resources the record says exist, with nothing in flight,
+        // reads them from the project's snapshot: a new one would find nothing there, and
+        // one whose operation just ended would find the state before it.
+        let steady = rec.pending.is_empty() && rec.firewall.is_some() && rec.instance.is_some();
+        let snap = if steady {
+            self.snapshot_for(project, &name).await
+        } else {
+            None
+        };
+        let verify = self.verify_due(&d.target.id.uid);
         let p = Pass {
             d,
             rec,
-            name: d.target.id.resource_name(),
+            name,
             writes: AtomicUsize::new(0),
             salt: pass_salt(),
             issued: AtomicU64::new(0),
-            verify: self.verify_due(&d.target.id.uid),
+            verify,
+            deep: verify && self.deep_due(&d.target.id.uid),
+            snap,
+            recreated: std::sync::atomic::AtomicBool::new(false),
         };
         let mut waiting = Vec::new();
         let mut errors = Vec::new();
@@ -595,7 +658,13 @@ impl Cloud for GcpCloud {
         }
         let ready = all && errors.is_empty() && vm_status.as_deref() == Some("RUNNING");
         if p.verify {
-            self.note_verified(&d.target.id.uid, true);
+            self.note_verified(&d.target.id.uid, true, p.deep);
+        }
+        if p.writes.load(Ordering::Relaxed) > 0
+            || !recorded.pending.is_empty()
+            || !rec.pending.is_empty()
+        {
+            self.touch(project, &p.name);
         }
         Progress {
             ready,
@@ -609,9 +678,11 @@ impl Cloud for GcpCloud {
     }
 
     async fn delete(&self, target: &Target, rec: &Recorded) -> DeleteProgress {
-        self.note_verified(&target.id.uid, false);
+        self.note_verified(&target.id.uid, false, false);
         let rec = &own_operations(rec, target);
         let name = target.id.resource_name();
+        // A Gateway recreated under this name must not find these resources in a snapshot.
+        self.touch(&target.project, &name);
         let project = target.project.as_str();
         let mut waiting = Vec::new();
         let mut errors = Vec::new();

@@ -440,6 +440,9 @@ pub struct Replication {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Secret {
+    /// `projects/<number>/secrets/<id>` (answers only).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub name: String,
     /// Ownership labels.
     pub labels: BTreeMap<String, String>,
     /// Where it is stored.
@@ -460,12 +463,47 @@ pub struct SecretList {
     pub next_page_token: Option<String>,
 }
 
+/// Compute `InstanceAggregatedList`: every zone's instances, keyed `zones/<zone>`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct InstanceAggregatedList {
+    /// The instances of each scope (a scope without any carries only a warning).
+    pub items: BTreeMap<String, InstancesScopedList>,
+    /// Set when more pages follow.
+    pub next_page_token: Option<String>,
+}
+
+/// One scope of an [`InstanceAggregatedList`].
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct InstancesScopedList {
+    /// The scope's instances.
+    pub instances: Vec<Instance>,
+}
+
 /// A list answer: one page of items and the token of the next.
 pub trait Page: serde::de::DeserializeOwned {
     /// What the list holds.
     type Item;
     /// The page's items and the next page's token (none or empty: the last page).
     fn into_parts(self) -> (Vec<Self::Item>, Option<String>);
+}
+
+impl Page for InstanceAggregatedList {
+    /// (zone, instance).
+    type Item = (String, Instance);
+    fn into_parts(self) -> (Vec<(String, Instance)>, Option<String>) {
+        let items = self
+            .items
+            .into_iter()
+            .filter_map(|(scope, list)| {
+                let zone = scope.strip_prefix("zones/")?.to_owned();
+                Some(list.instances.into_iter().map(move |i| (zone.clone(), i)))
+            })
+            .flatten()
+            .collect();
+        (items, self.next_page_token)
+    }
 }
 
 impl Page for FirewallList {

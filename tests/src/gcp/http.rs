@@ -98,12 +98,17 @@ pub struct Controls {
     pub rng: u64,
     /// Added latency per API call.
     pub latency: Duration,
-    /// Calls per quota group per period (a minute unless set).
+    /// Calls per quota group per period (a minute unless set), for every group.
     pub quota: Option<u32>,
+    /// Per-group limits that replace `quota` for their group (GCP's defaults differ).
+    pub quota_limits: HashMap<&'static str, u32>,
     /// The quota's period; `None` is GCP's minute.
     pub quota_period: Option<Duration>,
-    /// Start of the current quota minute and the calls counted in it.
-    pub quota_window: Option<(Instant, HashMap<&'static str, u32>)>,
+    /// Start of the current quota minute and the calls counted in it, per project and
+    /// group (GCP's rate quotas are per project).
+    pub quota_window: Option<(Instant, HashMap<(String, &'static str), u32>)>,
+    /// Calls refused for a rate quota since the start.
+    pub quota_refusals: u64,
     /// Every request served.
     pub log: Vec<LoggedCall>,
 }
@@ -401,6 +406,28 @@ fn metadata_delay(shared: &Shared, method: &str, path: &str) -> Option<Duration>
     chosen
 }
 
+/// A page of a flat aggregated list grouped as GCP answers it: `items` becomes a map from
+/// scope to `{"instances": […]}`.
+fn by_scope(mut v: Value) -> Value {
+    let flat = v
+        .get_mut("items")
+        .and_then(Value::as_array_mut)
+        .map(std::mem::take)
+        .unwrap_or_default();
+    let mut scopes = serde_json::Map::new();
+    for item in flat {
+        let scope = item["scope"].as_str().unwrap_or_default().to_owned();
+        let entry = scopes
+            .entry(scope)
+            .or_insert_with(|| json!({"instances": []}));
+        if let Some(list) = entry["instances"].as_array_mut() {
+            list.push(item["instance"].clone());
+        }
+    }
+    v["items"] = Value::Object(scopes);
+    v
+}
+
 /// Page sizes (default, largest) as Google documents them: Compute's `maxResults`, IAM's
 /// `pageSize` for service accounts, Secret Manager's `pageSize`.
 const COMPUTE_PAGE: (usize, usize) = (500, 500);
@@ -509,17 +536,27 @@ fn quota_exceeded(
     path: &str,
 ) -> Option<GcpError> {
     let mut c = lock(&shared.controls);
-    let limit = c.quota?;
-    let now = Instant::now();
     let group = quota_group(api, method, path);
+    let limit = c.quota_limits.get(group).copied().or(c.quota)?;
+    let now = Instant::now();
+    let project = path
+        .split('/')
+        .skip_while(|s| *s != "projects")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
     let period = c.quota_period.unwrap_or(Duration::from_secs(60));
     let window = c.quota_window.get_or_insert_with(|| (now, HashMap::new()));
     if now.duration_since(window.0) >= period {
         *window = (now, HashMap::new());
     }
-    let n = window.1.entry(group).or_insert(0);
+    let n = window.1.entry((project, group)).or_insert(0);
     *n += 1;
-    (*n > limit).then(|| {
+    let refused = *n > limit;
+    if refused {
+        c.quota_refusals += 1;
+    }
+    refused.then(|| {
         if api == "compute" {
             GcpError::new(
                 403,
@@ -840,6 +877,10 @@ async fn compute(
             check("Instance", &v)?;
             w.insert_instance(now, p, z, v, caller, rid)
         }
+        ("GET", ["projects", p, "aggregated", "instances"]) => w
+            .aggregated_instances(p, filter.as_deref())
+            .and_then(|v| paged(v, "items", query, COMPUTE_PAGE, w.page_cap))
+            .map(by_scope),
         ("GET", ["projects", p, "zones", z, "instances"]) => w
             .list("instances", p, Some(z), filter.as_deref())
             .and_then(|v| paged(v, "items", query, COMPUTE_PAGE, w.page_cap)),

@@ -388,8 +388,43 @@ impl GcpEmulator {
     pub fn set_quota(&self, limit: Option<u32>, period: Duration) {
         let mut c = lock(&self.shared.controls);
         c.quota = limit;
+        c.quota_limits.clear();
         c.quota_period = Some(period);
         c.quota_window = None;
+    }
+
+    /// GCP's default per-project rate quotas, per group and per minute: Compute's
+    /// documented 1,500 requests a minute for each of its groups (mutations, reads, lists,
+    /// operation reads), and 600 a minute for IAM and for Secret Manager reads and writes
+    /// each (the lower of their defaults, so a bench passing here passes there).
+    pub fn set_gcp_default_quotas(&self) {
+        let mut c = lock(&self.shared.controls);
+        c.quota = None;
+        c.quota_limits = [
+            ("compute-mutations", 1500),
+            ("compute-reads", 1500),
+            ("compute-lists", 1500),
+            ("compute-operation-reads", 1500),
+            ("iam", 600),
+            ("secretmanager-reads", 600),
+            ("secretmanager-writes", 600),
+        ]
+        .into_iter()
+        .collect();
+        c.quota_period = Some(Duration::from_secs(60));
+        c.quota_window = None;
+    }
+
+    /// Static addresses come from the benchmarking range 198.18.0.0/15 (131,072 of them)
+    /// instead of the 480 documentation addresses: for scale benches, whose addresses are
+    /// never routed.
+    pub fn use_benchmark_addresses(&self) {
+        lock(&self.shared.world).benchmark_addresses = true;
+    }
+
+    /// Calls refused for a rate quota so far.
+    pub fn quota_refusals(&self) -> u64 {
+        lock(&self.shared.controls).quota_refusals
     }
 
     /// Replaces the latency profile.

@@ -21,7 +21,7 @@ pub fn permissions_of(call: &LoggedCall) -> Result<BTreeSet<&'static str>, Strin
                 return unknown();
             };
             let (collection, tail) = match rest {
-                ["global", c, tail @ ..] => (*c, tail),
+                ["global" | "aggregated", c, tail @ ..] => (*c, tail),
                 ["regions" | "zones", _, c, tail @ ..] => (*c, tail),
                 _ => return unknown(),
             };

@@ -90,6 +90,8 @@ pub struct World {
     secrets: BTreeMap<GKey, Secret>,
     counter: u64,
     next_static: u32,
+    /// Static addresses from 198.18.0.0/15 (see `GcpEmulator::use_benchmark_addresses`).
+    pub benchmark_addresses: bool,
     next_ephemeral: u32,
     next_internal: u32,
 }
@@ -237,6 +239,7 @@ impl World {
             secrets: BTreeMap::new(),
             counter: 0,
             next_static: 0,
+            benchmark_addresses: false,
             next_ephemeral: 130,
             next_internal: 2,
         }
@@ -901,25 +904,31 @@ impl World {
             .values()
             .filter_map(|a| a["address"].as_str())
             .collect();
+        // A scale bench draws from the benchmarking range 198.18.0.0/15 instead (131,072
+        // addresses; nothing is routed to them).
+        let wide = self.benchmark_addresses;
         let pool = |n: u32| -> Ipv4Addr {
+            if wide {
+                return Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + n);
+            }
             let (base, first, n) = match n {
                 0..240 => (Ipv4Addr::new(203, 0, 113, 0), 10, n),
                 _ => (Ipv4Addr::new(192, 0, 2, 0), 10, n - 240),
             };
             Ipv4Addr::from(u32::from(base) + first + n)
         };
-        const POOL: u32 = 480;
-        let Some(n) = (0..POOL)
-            .map(|i| (self.next_static + i) % POOL)
+        let size: u32 = if wide { 1 << 17 } else { 480 };
+        let Some(n) = (0..size)
+            .map(|i| (self.next_static + i) % size)
             .find(|n| !in_use.contains(pool(*n).to_string().as_str()))
         else {
             return Err(GcpError::new(
                 403,
                 "quotaExceeded",
-                format!("Quota 'STATIC_ADDRESSES' exceeded.  Limit: {POOL}.0 in region {region}."),
+                format!("Quota 'STATIC_ADDRESSES' exceeded.  Limit: {size}.0 in region {region}."),
             ));
         };
-        self.next_static = (n + 1) % POOL;
+        self.next_static = (n + 1) % size;
         let ip = pool(n);
         let id = self.next_id();
         let region_link = self.link(&format!("projects/{project}/regions/{region}"));
@@ -1564,6 +1573,32 @@ impl World {
             out["items"] = json!(items);
         }
         Ok(out)
+    }
+
+    /// `instances.aggregatedList`, flat: `items` holds `{"scope": "zones/<z>", "instance": …}`
+    /// in a stable order, for the caller to page and then group by scope.
+    pub fn aggregated_instances(
+        &self,
+        project: &str,
+        filter: Option<&str>,
+    ) -> Result<Value, GcpError> {
+        let f = filter.map(Filter::parse).transpose()?;
+        let mut items: Vec<(&String, &String, &Value)> = self
+            .instances
+            .iter()
+            .filter(|((p, _, _), i)| p == project && f.as_ref().is_none_or(|f| f.matches(&i.value)))
+            .map(|((_, z, n), i)| (z, n, &i.value))
+            .collect();
+        items.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        let flat: Vec<Value> = items
+            .into_iter()
+            .map(|(z, _, v)| json!({"scope": format!("zones/{z}"), "instance": v}))
+            .collect();
+        Ok(json!({
+            "kind": "compute#instanceAggregatedList",
+            "id": format!("projects/{project}/aggregated/instances"),
+            "items": flat,
+        }))
     }
 
     // ---------------------------------------------------------------- IAM
