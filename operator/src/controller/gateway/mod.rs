@@ -317,11 +317,6 @@ async fn reconcile_gateway<C: Cloud>(gw: &Gateway, ctx: &Context<C>) -> Result<A
         .address
         .clone()
         .or_else(|| gw.status.as_ref().and_then(|s| s.address.clone()));
-    let report = if progress.vm_status.as_deref() == Some("RUNNING") {
-        ctx.cloud.vm_report(&target).await.ok()
-    } else {
-        None
-    };
     // Pure, then I/O: the link's objects, pruned to what the spec needs.
     let children = build::link_children(
         gw,
@@ -335,6 +330,15 @@ async fn reconcile_gateway<C: Cloud>(gw: &Gateway, ctx: &Context<C>) -> Result<A
     let dns = apply::dns(ctx, gw, address.as_deref()).await?;
     // I/O: the Lease, its holder's pod, the Deployment.
     let link = observe::link(&ctx.client, gw).await?;
+    let tunnel = status::tunnel_of(&link);
+    // I/O: the VM's guest attributes, unless a settled Gateway keeps its last report.
+    let report = match status::settled_report(gw, &progress, &tunnel) {
+        Some(kept) => Some(kept),
+        None if progress.vm_status.as_deref() == Some("RUNNING") => {
+            ctx.cloud.vm_report(&target).await.ok()
+        }
+        None => None,
+    };
     // Pure.
     let status = status::status_of(
         gw,
@@ -342,7 +346,7 @@ async fn reconcile_gateway<C: Cloud>(gw: &Gateway, ctx: &Context<C>) -> Result<A
         &progress,
         report.as_ref(),
         address,
-        &status::tunnel_of(&link),
+        &tunnel,
         dns,
     );
     let was = gw.status.as_ref().and_then(|s| {
