@@ -29,8 +29,14 @@ const OVERHEAD: usize = 32;
 /// handshake once the last one is this old, so its handshake age is an honest health
 /// signal and a rebooted VM (which lost the session silently) is rejoined within this.
 pub const REHANDSHAKE_AFTER: Duration = Duration::from_secs(60);
-/// WireGuard's REKEY_TIMEOUT: do not start handshakes more often than this.
+/// WireGuard's REKEY_TIMEOUT: do not start handshakes more often than this once a
+/// session has existed.
 const REKEY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Before the first session, knock every second instead: the VM's WireGuard comes up at
+/// an unknown moment while the link already waits, and with REKEY_TIMEOUT the tunnel
+/// followed it by 2.5 s on average, most of the operator's apply → Ready overhead (issue
+/// 23). An initiation costs the peer one handshake computation; one a second is nothing.
+const FIRST_HANDSHAKE_RETRY: Duration = Duration::from_secs(1);
 /// Poll granularity of the worker threads, so they notice a stop promptly.
 const TICK_MS: i32 = 100;
 
@@ -546,11 +552,15 @@ fn timer_loop(s: &Shared, _tun: &Tun, udp: &UdpSocket) {
         if let TunnResult::WriteToNetwork(p) = t.update_timers(&mut out) {
             send(udp, p, to);
         }
-        let stale = t
-            .time_since_last_handshake()
-            .is_none_or(|age| age >= REHANDSHAKE_AFTER);
+        let age = t.time_since_last_handshake();
+        let stale = age.is_none_or(|age| age >= REHANDSHAKE_AFTER);
+        let retry = if age.is_none() {
+            FIRST_HANDSHAKE_RETRY
+        } else {
+            REKEY_TIMEOUT
+        };
         let mut last = lock(&s.last_initiation);
-        let due = last.is_none_or(|at| at.elapsed() >= REKEY_TIMEOUT);
+        let due = last.is_none_or(|at| at.elapsed() >= retry);
         if stale && due {
             *last = Some(Instant::now());
             if let TunnResult::WriteToNetwork(p) = t.format_handshake_initiation(&mut out, true) {

@@ -319,7 +319,10 @@ pub fn deployment(p: &LinkParams<'_>, img: &LinkImage) -> Deployment {
             protocol: Some("TCP".into()),
             ..ContainerPort::default()
         }]),
-        readiness_probe: Some(probe("/readyz", 5)),
+        // Every second: readiness is how the operator learns of the first handshake (a
+        // watch on the pod), so the probe period is most of what Ready lags behind the
+        // tunnel (issue 23); the probe is one local HTTP request.
+        readiness_probe: Some(probe("/readyz", 1)),
         liveness_probe: Some(probe("/healthz", 10)),
         resources: p.resources.clone(),
         security_context: Some(SecurityContext {
