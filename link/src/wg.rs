@@ -37,6 +37,9 @@ const REKEY_TIMEOUT: Duration = Duration::from_secs(5);
 /// followed it by 2.5 s on average, most of the operator's apply → Ready overhead (issue
 /// 23). An initiation costs the peer one handshake computation; one a second is nothing.
 const FIRST_HANDSHAKE_RETRY: Duration = Duration::from_secs(1);
+/// How long after a peer is configured the fast knocks go on; a peer still silent after
+/// that (a VPN server that is down) hears from the link at WireGuard's own pace again.
+const FIRST_HANDSHAKE_PERIOD: Duration = Duration::from_secs(180);
 /// Poll granularity of the worker threads, so they notice a stop promptly.
 const TICK_MS: i32 = 100;
 
@@ -114,6 +117,8 @@ struct Shared {
     counters: Counters,
     stop: AtomicBool,
     last_initiation: Mutex<Option<Instant>>,
+    /// When the current peer was configured: the fast first knocks last only so long.
+    peer_since: Mutex<Instant>,
     started: Instant,
 }
 
@@ -150,6 +155,7 @@ impl Device {
             counters: Counters::default(),
             stop: AtomicBool::new(false),
             last_initiation: Mutex::new(None),
+            peer_since: Mutex::new(Instant::now()),
             started: Instant::now(),
         });
         let mut threads = Vec::new();
@@ -235,6 +241,7 @@ impl Device {
         drop(tunn);
         drop(identity);
         *lock(&self.shared.last_initiation) = None;
+        *lock(&self.shared.peer_since) = Instant::now();
     }
 
     /// Time since the current session's handshake, if there is one.
@@ -554,7 +561,8 @@ fn timer_loop(s: &Shared, _tun: &Tun, udp: &UdpSocket) {
         }
         let age = t.time_since_last_handshake();
         let stale = age.is_none_or(|age| age >= REHANDSHAKE_AFTER);
-        let retry = if age.is_none() {
+        let new_peer = lock(&s.peer_since).elapsed() < FIRST_HANDSHAKE_PERIOD;
+        let retry = if age.is_none() && new_peer {
             FIRST_HANDSHAKE_RETRY
         } else {
             REKEY_TIMEOUT
