@@ -27,7 +27,10 @@ impl GcpCloud {
         if let Some(s) = self.check_pending(p, ResourceKind::Address, &mut ops).await {
             return (s, ops);
         }
-        if p.rec.address_name.as_deref() == Some(p.name.as_str())
+        // Between verifications the record stands; a verifying pass reads it back (from
+        // the project's snapshot when there is one).
+        if !p.verify
+            && p.rec.address_name.as_deref() == Some(p.name.as_str())
             && p.rec.instance.is_some()
             && let Some(ip) = &p.rec.address
         {
@@ -48,10 +51,14 @@ impl GcpCloud {
                 )),
             }
         };
-        match self
-            .get_opt::<Address>(Service::Compute, &path, "get address", &p.name)
-            .await
-        {
+        let found = match p.snap.as_ref().and_then(|s| s.address(&t.region, &p.name)) {
+            Some(v) => Ok(Some(v.clone())),
+            None => {
+                self.get_opt::<Address>(Service::Compute, &path, "get address", &p.name)
+                    .await
+            }
+        };
+        match found {
             Err(e) => (Step::Failed(e), ops),
             Ok(Some(v)) => (observe(&v), ops),
             Ok(None) => {

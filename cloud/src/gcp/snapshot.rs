@@ -1,7 +1,7 @@
 //! Per-project snapshots (issue 23, goal 2): what a project holds of this install's
-//! firewalls, instances, service accounts and secrets, read with one paged list per kind
+//! firewalls, instances, addresses, service accounts and secrets, read with one paged list per kind
 //! and shared by every gateway of the project for [`GcpConfig::verify_every`], so that a
-//! resync of N steady gateways costs four lists instead of N times four reads.
+//! resync of N steady gateways costs five lists instead of N times five reads.
 //!
 //! A snapshot only ever answers "this resource exists and looks like this". An absent
 //! entry proves nothing (the list may predate a creation, or a zone may have been
@@ -20,8 +20,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::wire::{
-    Firewall, FirewallList, Instance, InstanceAggregatedList, Secret, SecretList, ServiceAccount,
-    ServiceAccountList,
+    Address, AddressAggregatedList, Firewall, FirewallList, Instance, InstanceAggregatedList,
+    Secret, SecretList, ServiceAccount, ServiceAccountList,
 };
 use super::{GcpCloud, encode};
 use crate::api::Service;
@@ -31,7 +31,7 @@ use crate::names;
 /// 500 would be about 7 MB of JSON held at once.
 const INSTANCE_PAGE: usize = 100;
 
-/// One project's resources as four lists saw them. A kind whose list failed is `None`:
+/// One project's resources as five lists saw them. A kind whose list failed is `None`:
 /// its resources are read one by one until the next snapshot.
 #[derive(Debug, Default)]
 pub(super) struct Snapshot {
@@ -40,6 +40,8 @@ pub(super) struct Snapshot {
     firewalls: Option<HashMap<String, Firewall>>,
     /// By (zone, name).
     instances: Option<HashMap<(String, String), SeenInstance>>,
+    /// By (region, name).
+    addresses: Option<HashMap<(String, String), Address>>,
     /// By email.
     accounts: Option<HashMap<String, ServiceAccount>>,
     /// By secret id.
@@ -55,6 +57,12 @@ impl Snapshot {
         self.instances
             .as_ref()?
             .get(&(zone.to_owned(), name.to_owned()))
+    }
+
+    pub(super) fn address(&self, region: &str, name: &str) -> Option<&Address> {
+        self.addresses
+            .as_ref()?
+            .get(&(region.to_owned(), name.to_owned()))
     }
 
     pub(super) fn account(&self, email: &str) -> Option<&ServiceAccount> {
@@ -197,7 +205,7 @@ impl GcpCloud {
         self.snapshots.touch(project, name);
     }
 
-    /// Four paged lists, in parallel. A failed list leaves its kind out (logged: an older
+    /// Five paged lists, in parallel. A failed list leaves its kind out (logged: an older
     /// custom role may lack a `list` permission, and the pass then reads one by one).
     async fn take_snapshot(&self, project: &str) -> Snapshot {
         let started = Instant::now();
@@ -208,7 +216,18 @@ impl GcpCloud {
         // Every gateway resource is named `wg-…` (see `GatewayId::resource_name`); firewalls
         // carry no labels, so the name is what narrows their list.
         let firewall_filter = "name eq \"wg-.*\"";
-        let (fw, inst, sa, sec) = futures_util::future::join4(
+        let addresses_path = format!(
+            "projects/{project}/aggregated/addresses?filter={}&returnPartialSuccess=true",
+            encode(&by_install)
+        );
+        let addrs = self.list_all::<AddressAggregatedList>(
+            Service::Compute,
+            &addresses_path,
+            "list addresses",
+            project,
+        );
+        let ((fw, inst, sa, sec), addrs) = futures_util::future::join(
+            futures_util::future::join4(
             self.list_all::<FirewallList>(
                 Service::Compute,
                 &format!(
@@ -242,6 +261,8 @@ impl GcpCloud {
                 "list secrets",
                 project,
             ),
+            ),
+            addrs,
         )
         .await;
         fn kept<T>(project: &str, what: &str, r: Result<T, crate::CloudError>) -> Option<T> {
@@ -260,6 +281,11 @@ impl GcpCloud {
                 .map(|(zone, i)| ((zone, i.name.clone()), SeenInstance::new(i)))
                 .collect()
         });
+        let addresses = kept(project, "addresses", addrs).map(|v: Vec<(String, Address)>| {
+            v.into_iter()
+                .map(|(region, a)| ((region, a.name.clone()), a))
+                .collect()
+        });
         let accounts = kept(project, "service accounts", sa).map(|v: Vec<ServiceAccount>| {
             v.into_iter()
                 .filter_map(|a| Some((a.email.clone()?, a)))
@@ -276,6 +302,7 @@ impl GcpCloud {
             started: Some(started),
             firewalls,
             instances,
+            addresses,
             accounts,
             secrets,
         }

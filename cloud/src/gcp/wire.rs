@@ -473,6 +473,41 @@ pub struct InstanceAggregatedList {
     pub next_page_token: Option<String>,
 }
 
+/// Compute `AddressAggregatedList`: every region's addresses, keyed `regions/<region>`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct AddressAggregatedList {
+    /// The addresses of each scope.
+    pub items: BTreeMap<String, AddressesScopedList>,
+    /// Set when more pages follow.
+    pub next_page_token: Option<String>,
+}
+
+/// One scope of an [`AddressAggregatedList`].
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct AddressesScopedList {
+    /// The scope's addresses.
+    pub addresses: Vec<Address>,
+}
+
+impl Page for AddressAggregatedList {
+    /// (region, address).
+    type Item = (String, Address);
+    fn into_parts(self) -> (Vec<(String, Address)>, Option<String>) {
+        let items = self
+            .items
+            .into_iter()
+            .filter_map(|(scope, list)| {
+                let region = scope.strip_prefix("regions/")?.to_owned();
+                Some(list.addresses.into_iter().map(move |a| (region.clone(), a)))
+            })
+            .flatten()
+            .collect();
+        (items, self.next_page_token)
+    }
+}
+
 /// One scope of an [`InstanceAggregatedList`].
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default)]

@@ -60,6 +60,7 @@ pub async fn run<C: Cloud + 'static>(
         Api::<DeserializeGuard<EgressGateway>>::all(client.clone()),
         watcher::Config::default().any_semantic(),
     )
+    .with_config(super::controller_config())
     .owns(Api::<Deployment>::all(client.clone()), managed.clone())
     .owns(Api::<Service>::all(client.clone()), managed)
     .watches(Api::<Pod>::all(client), pods, |pod: Pod| owner_of_pod(&pod))

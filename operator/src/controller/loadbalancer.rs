@@ -447,6 +447,7 @@ pub async fn run<C: Cloud + 'static>(
     .applied_objects()
     .predicate_filter(trigger, kube::runtime::PredicateConfig::default());
     Controller::for_stream(services, store)
+        .with_config(super::controller_config())
         .owns(
             Api::<DeserializeGuard<Gateway>>::all(client),
             watcher::Config::default().labels(SERVICE_LABEL),

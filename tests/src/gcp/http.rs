@@ -407,8 +407,8 @@ fn metadata_delay(shared: &Shared, method: &str, path: &str) -> Option<Duration>
 }
 
 /// A page of a flat aggregated list grouped as GCP answers it: `items` becomes a map from
-/// scope to `{"instances": […]}`.
-fn by_scope(mut v: Value) -> Value {
+/// scope to `{"<kind>": […]}`.
+fn by_scope(mut v: Value, kind: &str) -> Value {
     let flat = v
         .get_mut("items")
         .and_then(Value::as_array_mut)
@@ -417,11 +417,9 @@ fn by_scope(mut v: Value) -> Value {
     let mut scopes = serde_json::Map::new();
     for item in flat {
         let scope = item["scope"].as_str().unwrap_or_default().to_owned();
-        let entry = scopes
-            .entry(scope)
-            .or_insert_with(|| json!({"instances": []}));
-        if let Some(list) = entry["instances"].as_array_mut() {
-            list.push(item["instance"].clone());
+        let entry = scopes.entry(scope).or_insert_with(|| json!({ kind: [] }));
+        if let Some(list) = entry[kind].as_array_mut() {
+            list.push(item["item"].clone());
         }
     }
     v["items"] = Value::Object(scopes);
@@ -877,10 +875,18 @@ async fn compute(
             check("Instance", &v)?;
             w.insert_instance(now, p, z, v, caller, rid)
         }
-        ("GET", ["projects", p, "aggregated", "instances"]) => w
-            .aggregated_instances(p, filter.as_deref())
+        (
+            "GET",
+            [
+                "projects",
+                p,
+                "aggregated",
+                kind @ ("instances" | "addresses"),
+            ],
+        ) => w
+            .aggregated(kind, p, filter.as_deref())
             .and_then(|v| paged(v, "items", query, COMPUTE_PAGE, w.page_cap))
-            .map(by_scope),
+            .map(|v| by_scope(v, kind)),
         ("GET", ["projects", p, "zones", z, "instances"]) => w
             .list("instances", p, Some(z), filter.as_deref())
             .and_then(|v| paged(v, "items", query, COMPUTE_PAGE, w.page_cap)),

@@ -1575,28 +1575,44 @@ impl World {
         Ok(out)
     }
 
-    /// `instances.aggregatedList`, flat: `items` holds `{"scope": "zones/<z>", "instance": …}`
-    /// in a stable order, for the caller to page and then group by scope.
-    pub fn aggregated_instances(
+    /// `instances.aggregatedList` or `addresses.aggregatedList`, flat: `items` holds
+    /// `{"scope": "zones/<z>" or "regions/<r>", "item": …}` in a stable order, for the
+    /// caller to page and then group by scope.
+    pub fn aggregated(
         &self,
+        kind: &str,
         project: &str,
         filter: Option<&str>,
     ) -> Result<Value, GcpError> {
         let f = filter.map(Filter::parse).transpose()?;
-        let mut items: Vec<(&String, &String, &Value)> = self
-            .instances
-            .iter()
-            .filter(|((p, _, _), i)| p == project && f.as_ref().is_none_or(|f| f.matches(&i.value)))
-            .map(|((_, z, n), i)| (z, n, &i.value))
-            .collect();
-        items.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        let keep = |p: &String, v: &Value| p == project && f.as_ref().is_none_or(|f| f.matches(v));
+        let mut items: Vec<(String, &String, &Value)> = match kind {
+            "addresses" => self
+                .addresses
+                .iter()
+                .filter(|((p, _, _), v)| keep(p, v))
+                .map(|((_, r, n), v)| (format!("regions/{r}"), n, v))
+                .collect(),
+            _ => self
+                .instances
+                .iter()
+                .filter(|((p, _, _), i)| keep(p, &i.value))
+                .map(|((_, z, n), i)| (format!("zones/{z}"), n, &i.value))
+                .collect(),
+        };
+        items.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
         let flat: Vec<Value> = items
             .into_iter()
-            .map(|(z, _, v)| json!({"scope": format!("zones/{z}"), "instance": v}))
+            .map(|(scope, _, v)| json!({"scope": scope, "item": v}))
             .collect();
+        let singular = if kind == "addresses" {
+            "address"
+        } else {
+            "instance"
+        };
         Ok(json!({
-            "kind": "compute#instanceAggregatedList",
-            "id": format!("projects/{project}/aggregated/instances"),
+            "kind": format!("compute#{singular}AggregatedList"),
+            "id": format!("projects/{project}/aggregated/{kind}"),
             "items": flat,
         }))
     }

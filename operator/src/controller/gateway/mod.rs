@@ -36,7 +36,8 @@ use wgnet_cloud::{Cloud, GatewayId, Target};
 
 use super::error::{Error, backoff};
 use super::{
-    Context, condition, owner_of_pod, publish, report_invalid, set_condition, write_status,
+    Context, condition, controller_config, owner_of_pod, publish, report_invalid, set_condition,
+    write_status,
 };
 use crate::api::conditions::{self, reasons};
 use crate::api::{FINALIZER, Gateway};
@@ -100,7 +101,7 @@ pub async fn run<C: Cloud + 'static>(
     .reflect(writer)
     .applied_objects()
     .predicate_filter(trigger, kube::runtime::PredicateConfig::default());
-    let ctrl = Controller::for_stream(gateways, store.clone());
+    let ctrl = Controller::for_stream(gateways, store.clone()).with_config(controller_config());
     let (s1, s2) = (store.clone(), store);
     let managed = watcher::Config::default().labels(MANAGED_SELECTOR);
     let link_pods = watcher::Config::default().labels(&format!(

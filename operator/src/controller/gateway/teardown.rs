@@ -40,7 +40,7 @@ async fn release<C: Cloud>(
 pub async fn teardown<C: Cloud>(gw: &Gateway, ctx: &Context<C>) -> Result<Action, Error> {
     let key = format!("{}/{}", gw.namespace().unwrap_or_default(), gw.name_any());
     let target = target_of(gw, &ctx.settings.cluster_id);
-    let recorded = recorded_of(gw.status.as_ref().and_then(|s| s.gcp.as_ref()));
+    let recorded = recorded_of(gw.status.as_ref());
     let project = &gw.spec.gcp.project_id;
     if gw
         .annotations()

@@ -56,7 +56,7 @@ pub fn validate(
     Ok(ValidatedGateway {
         classified: forwards::classify(ns, &gw.spec.forwards, &observed.forwards),
         wireguard: wireguard(gw)?,
-        recorded: recorded_of(gw.status.as_ref().and_then(|s| s.gcp.as_ref())),
+        recorded: recorded_of(gw.status.as_ref()),
     })
 }
 
