@@ -2,20 +2,31 @@
 //! chart's ServiceAccount, against a real control plane (chart installed with helm) and the
 //! GCP emulator (`gcp-typical` x0.05) with N Gateways (first
 //! argument, default 500): time until every Gateway's cloud resources exist, the process's
-//! peak and final RSS, and GCP calls per Gateway. No VM boots and no link runs here, so the
-//! Gateways stay un-Ready and keep being polled at the operator's growing patience.
+//! peak and final RSS, and GCP calls per Gateway while they are un-Ready and polled at the
+//! operator's growing patience. Then every Gateway is made Ready the way a booted VM and a
+//! handshaking link make it (no VM boots and no link runs here: the VM's guest attribute
+//! is written in the emulator, each link pod is marked Ready and given the Lease), and the
+//! GCP calls of one resync period of that steady state are counted, in total.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, ListParams, PostParams};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use kube::ResourceExt as _;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
+use wgnet_cloud::GatewayId;
 use wgnet_operator::api::Gateway;
+use wgnet_operator::children;
+use wgnet_operator::controller::gateway::link_name;
 use wgnet_tests::cluster::{OPERATOR_NAMESPACE, OPERATOR_SA, helm_install};
 use wgnet_tests::controlplane::{self, ControlPlane};
 use wgnet_tests::fixtures::{PROJECT, TempDir};
 use wgnet_tests::gcp::{self, GcpEmulator, LatencyProfile};
+
+/// The operator's resync period here: short enough to measure one in the bench.
+const RESYNC: Duration = Duration::from_secs(120);
 
 fn rss_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -29,21 +40,48 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
 #[allow(clippy::print_stdout)]
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let n: usize = std::env::args()
+    // Arguments: Gateways (default 500), projects they are spread over (default 1), and
+    // the percentage of them whose VM never reports ready (default 0).
+    let args: Vec<usize> = std::env::args()
         .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(500);
-    let bin = std::env::current_exe()
-        .ok()
-        .and_then(|p| Some(p.parent()?.parent()?.join("wgnet-operator")))
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let n = args.first().copied().unwrap_or(500);
+    let project_count = args.get(1).copied().unwrap_or(1).max(1);
+    let stuck_percent = args.get(2).copied().unwrap_or(0).min(100);
+    let projects: Vec<String> = (0..project_count)
+        .map(|i| {
+            if i == 0 {
+                PROJECT.to_owned()
+            } else {
+                format!("wgnet-bench-{i}")
+            }
+        })
+        .collect();
+    // Gateway i lives in project i % P; every `1 / stuck` of them never gets a VM report.
+    let stuck = |i: usize| stuck_percent > 0 && i % 100 < stuck_percent;
+    // WGNET_OPERATOR_BIN runs another build (an earlier commit's) under the same bench.
+    let bin = std::env::var_os("WGNET_OPERATOR_BIN")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|p| Some(p.parent()?.parent()?.join("wgnet-operator")))
+        })
         .filter(|p| p.exists())
-        .expect("target/<profile>/wgnet-operator: run `cargo build --release -p wgnet-operator` first (make bench does)");
+        .expect("target/<profile>/wgnet-operator: run `cargo build --release -p wgnet-operator` first (make bench does), or set WGNET_OPERATOR_BIN");
     let emu = GcpEmulator::start(gcp::Config {
         profile: LatencyProfile::gcp_typical().scaled_by(0.05),
+        projects: projects.clone(),
         ..gcp::Config::default()
     })
     .await
     .expect("emulator");
+    // GCP's own per-project rate quotas: a refused call here would be one there.
+    emu.set_gcp_default_quotas();
+    if n > 400 {
+        emu.use_benchmark_addresses();
+    }
     let mut cp = ControlPlane::start(controlplane::Options {
         controllers: false,
         ..controlplane::Options::default()
@@ -65,6 +103,17 @@ async fn main() {
         )
         .await
         .expect("namespace");
+    // The Service every Gateway forwards to (no pod backs it; a forward needs only its
+    // ClusterIP).
+    let web: Service = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {"ports": [{"port": 443}]}
+    }))
+    .expect("service");
+    Api::<Service>::namespaced(client.clone(), "apps")
+        .create(&PostParams::default(), &web)
+        .await
+        .expect("service");
     let dir = TempDir::new();
     let key = dir.0.join("key.json");
     emu.write_key_file("op@wgnet-test.iam.gserviceaccount.com", &key)
@@ -79,14 +128,14 @@ async fn main() {
             "--link-image",
             "wgnet-link:bench",
             "--allowed-projects",
-            PROJECT,
+            &projects.join(","),
             // Every Gateway of the bench is in one namespace: no per-namespace cap.
             "--max-gateways-per-namespace",
             "0",
             "--cluster-id",
             "bench",
             "--resync",
-            "300",
+            &RESYNC.as_secs().to_string(),
         ])
         .args([
             "--metrics-addr",
@@ -122,7 +171,7 @@ async fn main() {
             "apiVersion": "wgnet.dev/v1alpha1", "kind": "Gateway",
             "metadata": {"name": format!("gw-{i}")},
             "spec": {
-                "gcp": {"projectID": "wgnet-test", "region": "us-central1", "zone": "us-central1-a"},
+                "gcp": {"projectID": projects[i % project_count], "region": "us-central1", "zone": "us-central1-a"},
                 "forwards": [{"port": 443, "service": "web"}]
             }
         }))
@@ -131,7 +180,7 @@ async fn main() {
             .await
             .expect("create");
     }
-    let deadline = Instant::now() + Duration::from_secs(900);
+    let deadline = Instant::now() + Duration::from_secs(3600);
     let mut done = 0;
     while Instant::now() < deadline {
         let list = gws.list(&ListParams::default()).await.expect("list");
@@ -163,7 +212,7 @@ async fn main() {
         .filter(|c| c.api != "oauth" && c.api != "metadata")
         .count();
     println!(
-        "# operator at scale: {n} Gateways, emulator gcp-typical x0.05, operator binary {}",
+        "# operator at scale: {n} Gateways over {project_count} project(s), {stuck_percent}% never Ready, emulator gcp-typical x0.05 with GCP's default rate quotas, operator binary {}",
         bin.display()
     );
     println!(
@@ -180,9 +229,182 @@ async fn main() {
         rss_kib(pid, "VmRSS:") as f64 / 1024.0,
         rss_kib(pid, "VmHWM:") as f64 / 1024.0
     );
-    // Where the calls went: the ten largest groups by API, method, resource kind and status.
+    print_top(&emu.request_log(), 10);
+
+    // Every Gateway Ready, as a booted VM and a handshaking link make it: the VM reports
+    // ready in its guest attributes, and each Gateway's own link pod (made by the
+    // Deployment the operator created; no kubelet runs here) is marked Ready and holds the
+    // link's Lease. Then one resync period of steady state.
+    for i in (0..n).filter(|i| !stuck(*i)) {
+        let id = GatewayId {
+            cluster: "bench".into(),
+            namespace: "apps".into(),
+            name: format!("gw-{i}"),
+            uid: String::new(),
+        };
+        emu.put_guest_attribute_for_test(
+            &projects[i % project_count],
+            "us-central1-a",
+            &id.resource_name(),
+            "wgnet/state",
+            "ready",
+        );
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "apps");
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "apps");
+    let mut held = std::collections::BTreeSet::new();
+    let t1 = Instant::now();
+    let deadline = t1 + Duration::from_secs(900);
+    let mut ready = 0;
+    let want_ready = (0..n).filter(|i| !stuck(*i)).count();
+    while Instant::now() < deadline {
+        let list = pods
+            .list(&ListParams::default().labels(&format!("{}=link", children::COMPONENT_LABEL)))
+            .await
+            .expect("pods");
+        for pod in list.items {
+            let Some(gw) = pod.labels().get(children::INSTANCE_LABEL).cloned() else {
+                continue;
+            };
+            if held.contains(&gw) {
+                continue;
+            }
+            let name = pod.name_any();
+            let status = json!({"status": {"phase": "Running", "conditions": [
+                {"type": "Ready", "status": "True"}, {"type": "ContainersReady", "status": "True"}
+            ]}});
+            pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+                .await
+                .expect("pod status");
+            let lease: Lease = serde_json::from_value(json!({
+                "metadata": {"name": link_name(&gw)},
+                "spec": {"holderIdentity": name, "leaseDurationSeconds": 3600}
+            }))
+            .expect("lease");
+            match leases.create(&PostParams::default(), &lease).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => panic!("lease: {e}"),
+            }
+            held.insert(gw);
+        }
+        ready = gws
+            .list(&ListParams::default())
+            .await
+            .expect("list")
+            .items
+            .iter()
+            .filter(|g| {
+                g.status.as_ref().is_some_and(|s| {
+                    s.conditions
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.status == "True")
+                })
+            })
+            .count();
+        if ready == want_ready {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(if n > 1000 { 5 } else { 1 })).await;
+    }
+    println!(
+        "{ready}/{want_ready} Gateways Ready {:?} after the VMs and links were ({} stuck un-Ready)",
+        t1.elapsed(),
+        n - want_ready
+    );
+    let before = emu.request_log().len();
+    tokio::time::sleep(RESYNC).await;
+    let window: Vec<_> = emu.request_log().into_iter().skip(before).collect();
+    let gcp: Vec<_> = window
+        .iter()
+        .filter(|c| c.api != "oauth" && c.api != "metadata")
+        .cloned()
+        .collect();
+    println!(
+        "GCP calls in one resync period ({}s) with every Gateway Ready: {} in total ({:.2} per Gateway)",
+        RESYNC.as_secs(),
+        gcp.len(),
+        gcp.len() as f64 / n as f64
+    );
+    print_top(&gcp, 10);
+
+    // Reconcile latency: 50 spec changes, one every 200 ms, each timed until the status
+    // says that generation was reconciled.
+    let mut latencies = Vec::new();
+    let mut changed = Vec::new();
+    for k in 0..50usize {
+        let i = (k * 7919) % n;
+        let name = format!("gw-{i}");
+        let g = gws
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"sourceRanges": [format!("198.51.100.{k}/32")]}})),
+            )
+            .await
+            .expect("patch");
+        changed.push((
+            name,
+            g.metadata.generation.unwrap_or_default(),
+            Instant::now(),
+        ));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !changed.is_empty() && Instant::now() < deadline {
+        let mut left = Vec::new();
+        for (name, generation, at) in changed {
+            let seen = gws
+                .get(&name)
+                .await
+                .ok()
+                .and_then(|g| g.status?.observed_generation)
+                .unwrap_or_default();
+            if seen >= generation {
+                latencies.push(at.elapsed());
+            } else {
+                left.push((name, generation, at));
+            }
+        }
+        changed = left;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    latencies.sort();
+    let pct = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    println!(
+        "spec change -> reconciled (status.observedGeneration), {} changes: p50 {:?}, p99 {:?}{}",
+        latencies.len(),
+        pct(0.5),
+        pct(0.99),
+        if changed.is_empty() {
+            ""
+        } else {
+            " (some never)"
+        }
+    );
+    println!(
+        "rate-limit refusals by the emulator's GCP default quotas over the whole run: {}",
+        emu.quota_refusals()
+    );
+    println!(
+        "operator RSS at the end: {:.1} MiB, peak {:.1} MiB",
+        rss_kib(pid, "VmRSS:") as f64 / 1024.0,
+        rss_kib(pid, "VmHWM:") as f64 / 1024.0
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// The `top` largest groups of `calls` by API, method, resource kind and status.
+#[allow(clippy::print_stdout)]
+fn print_top(calls: &[wgnet_tests::gcp::LoggedCall], top: usize) {
     let mut groups: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
-    for c in emu.request_log() {
+    for c in calls {
         let kind = c
             .path
             .split('/')
@@ -195,11 +417,9 @@ async fn main() {
             .entry(format!("{} {} {kind} {}", c.api, c.method, c.status))
             .or_default() += 1;
     }
-    let mut top: Vec<_> = groups.into_iter().collect();
-    top.sort_by_key(|g| std::cmp::Reverse(g.1));
-    for (g, count) in top.into_iter().take(10) {
+    let mut sorted: Vec<_> = groups.into_iter().collect();
+    sorted.sort_by_key(|g| std::cmp::Reverse(g.1));
+    for (g, count) in sorted.into_iter().take(top) {
         println!("  {count:>8}  {g}");
     }
-    let _ = child.kill();
-    let _ = child.wait();
 }
