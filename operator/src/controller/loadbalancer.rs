@@ -443,6 +443,8 @@ pub async fn run<C: Cloud + 'static>(
         watcher::Config::default(),
     )
     .default_backoff()
+    // Every Service of the cluster is cached; their managedFields are never read.
+    .modify(|s| s.managed_fields_mut().clear())
     .reflect(writer)
     .applied_objects()
     .predicate_filter(trigger, kube::runtime::PredicateConfig::default());

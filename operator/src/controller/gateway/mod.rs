@@ -98,6 +98,9 @@ pub async fn run<C: Cloud + 'static>(
         watcher::Config::default().any_semantic(),
     )
     .default_backoff()
+    // The cache holds every Gateway; their managedFields (about half of each object)
+    // are never read, and at thousands of Gateways they were most of the operator's memory.
+    .modify(|g| g.managed_fields_mut().clear())
     .reflect(writer)
     .applied_objects()
     .predicate_filter(trigger, kube::runtime::PredicateConfig::default());
