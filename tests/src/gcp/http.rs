@@ -106,7 +106,7 @@ pub struct Controls {
     pub quota_period: Option<Duration>,
     /// Start of the current quota minute and the calls counted in it, per project and
     /// group (GCP's rate quotas are per project).
-    pub quota_window: Option<(Instant, HashMap<(String, &'static str), u32>)>,
+    pub quota_window: Option<(Instant, QuotaCounts)>,
     /// Calls refused for a rate quota since the start.
     pub quota_refusals: u64,
     /// Every request served.
@@ -265,6 +265,9 @@ fn quota_group(api: &'static str, method: &str, path: &str) -> &'static str {
         _ => "secretmanager-writes",
     }
 }
+
+/// Calls counted in the current quota window, by (project, quota group).
+pub type QuotaCounts = HashMap<(String, &'static str), u32>;
 
 /// Serves one request. An `Err` drops the connection without an answer.
 pub async fn handle(
