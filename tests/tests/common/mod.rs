@@ -27,9 +27,12 @@ impl Drop for Operator {
     }
 }
 
-/// Starts both controllers with `resync`.
+/// Starts both controllers with `resync`, wired as `wgnet-operator` wires them: GCP is
+/// read back (and the project's snapshot retaken) once per resync, so a test's short
+/// resync also shortens how soon out-of-band changes are seen.
 pub async fn operator_with(c: &Cluster, resync: Duration) -> Operator {
-    let cloud = fixtures::cloud_for(&c.emu, c.key.clone(), INSTALL, "wgnet").await;
+    let mut cloud = fixtures::cloud_for(&c.emu, c.key.clone(), INSTALL, "wgnet").await;
+    cloud.set_verify_every(resync);
     let metrics = Arc::new(Metrics::default());
     let settings = Settings {
         link: LinkImage {
