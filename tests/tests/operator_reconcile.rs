@@ -65,7 +65,10 @@ async fn env_with(policy: Policy) -> Env {
     let key = dir.0.join("key.json");
     emu.write_key_file("wgnet-operator@wgnet-test.iam.gserviceaccount.com", &key)
         .expect("key file");
-    let cloud = fixtures::cloud_for(&emu, key, INSTALL, "wgnet").await;
+    let resync = Duration::from_secs(5);
+    let mut cloud = fixtures::cloud_for(&emu, key, INSTALL, "wgnet").await;
+    // As wgnet-operator wires it: GCP is read back once per resync.
+    cloud.set_verify_every(resync);
     let settings = Settings {
         link: LinkImage {
             image: "ghcr.io/wgnet-dev/wgnet-link:test".into(),
@@ -73,7 +76,7 @@ async fn env_with(policy: Policy) -> Env {
             privileged_init: false,
         },
         cluster_id: CLUSTER.into(),
-        resync: Duration::from_secs(5),
+        resync,
         policy,
         sweep_projects: vec![PROJECT.into()],
         sweep_min_age: Duration::ZERO,
