@@ -40,6 +40,13 @@ const FIRST_HANDSHAKE_RETRY: Duration = Duration::from_secs(1);
 /// How long after a peer is configured the fast knocks go on; a peer still silent after
 /// that (a VPN server that is down) hears from the link at WireGuard's own pace again.
 const FIRST_HANDSHAKE_PERIOD: Duration = Duration::from_secs(180);
+/// Between those knocks, the same initiation is sent again this often. A fresh initiation
+/// replaces the handshake state the last one began, so knocking faster with fresh ones
+/// would strand every answer that takes longer than the interval (a VM 300 ms away would
+/// never get through); the same bytes again cannot: the peer accepts an initiation's
+/// timestamp once and drops repeats as replays, and the one it accepts is the one the
+/// link waits on. The VM's WireGuard is followed by 0.2 s instead of 1 s at worst.
+const FIRST_HANDSHAKE_ECHO: Duration = Duration::from_millis(200);
 /// Poll granularity of the worker threads, so they notice a stop promptly.
 const TICK_MS: i32 = 100;
 
@@ -116,10 +123,47 @@ struct Shared {
     route: RwLock<Route>,
     counters: Counters,
     stop: AtomicBool,
-    last_initiation: Mutex<Option<Instant>>,
+    last_initiation: Mutex<Option<Knock>>,
     /// When the current peer was configured: the fast first knocks last only so long.
     peer_since: Mutex<Instant>,
     started: Instant,
+}
+
+/// The last handshake initiation sent, kept to send again (see [`FIRST_HANDSHAKE_ECHO`]).
+struct Knock {
+    at: Instant,
+    echoed: Instant,
+    packet: Vec<u8>,
+}
+
+/// What the timer sends towards the peer this tick.
+#[derive(Debug, PartialEq, Eq)]
+enum KnockStep {
+    Nothing,
+    /// A fresh initiation.
+    Initiate,
+    /// The last initiation's bytes again.
+    Echo,
+}
+
+/// Decides the tick's knock: `stale` when the session needs a handshake, `first` while no
+/// session has existed with a newly configured peer, `last` the ages of the last
+/// initiation and of its last echo.
+fn knock_step(stale: bool, first: bool, last: Option<(Duration, Duration)>) -> KnockStep {
+    if !stale {
+        return KnockStep::Nothing;
+    }
+    let retry = if first {
+        FIRST_HANDSHAKE_RETRY
+    } else {
+        REKEY_TIMEOUT
+    };
+    match last {
+        None => KnockStep::Initiate,
+        Some((sent, _)) if sent >= retry => KnockStep::Initiate,
+        Some((_, echoed)) if first && echoed >= FIRST_HANDSHAKE_ECHO => KnockStep::Echo,
+        Some(_) => KnockStep::Nothing,
+    }
 }
 
 /// A running WireGuard interface.
@@ -561,18 +605,33 @@ fn timer_loop(s: &Shared, _tun: &Tun, udp: &UdpSocket) {
         }
         let age = t.time_since_last_handshake();
         let stale = age.is_none_or(|age| age >= REHANDSHAKE_AFTER);
-        let new_peer = lock(&s.peer_since).elapsed() < FIRST_HANDSHAKE_PERIOD;
-        let retry = if age.is_none() && new_peer {
-            FIRST_HANDSHAKE_RETRY
-        } else {
-            REKEY_TIMEOUT
-        };
+        let first = age.is_none() && lock(&s.peer_since).elapsed() < FIRST_HANDSHAKE_PERIOD;
         let mut last = lock(&s.last_initiation);
-        let due = last.is_none_or(|at| at.elapsed() >= retry);
-        if stale && due {
-            *last = Some(Instant::now());
-            if let TunnResult::WriteToNetwork(p) = t.format_handshake_initiation(&mut out, true) {
-                send(udp, p, to);
+        let ages = last.as_ref().map(|k| (k.at.elapsed(), k.echoed.elapsed()));
+        match knock_step(stale, first, ages) {
+            KnockStep::Nothing => {}
+            KnockStep::Initiate => {
+                // Recorded even when nothing was written, so a refusal is not retried
+                // every tick; an empty packet is never echoed.
+                let packet = match t.format_handshake_initiation(&mut out, true) {
+                    TunnResult::WriteToNetwork(p) => {
+                        send(udp, p, to);
+                        p.to_vec()
+                    }
+                    _ => Vec::new(),
+                };
+                let now = Instant::now();
+                *last = Some(Knock {
+                    at: now,
+                    echoed: now,
+                    packet,
+                });
+            }
+            KnockStep::Echo => {
+                if let Some(k) = last.as_mut().filter(|k| !k.packet.is_empty()) {
+                    send(udp, &k.packet, to);
+                    k.echoed = Instant::now();
+                }
             }
         }
     }
@@ -580,8 +639,54 @@ fn timer_loop(s: &Shared, _tun: &Tun, udp: &UdpSocket) {
 
 #[cfg(test)]
 mod tests {
-    use super::next_endpoint;
+    use super::{
+        FIRST_HANDSHAKE_ECHO, FIRST_HANDSHAKE_RETRY, KnockStep, REKEY_TIMEOUT, knock_step,
+        next_endpoint,
+    };
     use std::net::SocketAddr;
+    use std::time::Duration;
+
+    /// Before the first session the link knocks with a fresh initiation every second and
+    /// repeats it in between; once a session has existed, only WireGuard's own pace.
+    #[test]
+    fn first_knocks_repeat_the_same_initiation_between_fresh_ones() {
+        let ms = Duration::from_millis;
+        assert_eq!(
+            knock_step(false, true, None),
+            KnockStep::Nothing,
+            "a live session"
+        );
+        assert_eq!(knock_step(true, true, None), KnockStep::Initiate);
+        assert_eq!(
+            knock_step(true, true, Some((ms(100), ms(100)))),
+            KnockStep::Nothing
+        );
+        assert_eq!(
+            knock_step(
+                true,
+                true,
+                Some((FIRST_HANDSHAKE_ECHO, FIRST_HANDSHAKE_ECHO))
+            ),
+            KnockStep::Echo
+        );
+        assert_eq!(
+            knock_step(true, true, Some((FIRST_HANDSHAKE_RETRY, ms(0)))),
+            KnockStep::Initiate
+        );
+        // Later handshakes: no repeats, a fresh initiation per REKEY_TIMEOUT.
+        assert_eq!(
+            knock_step(
+                true,
+                false,
+                Some((FIRST_HANDSHAKE_RETRY, FIRST_HANDSHAKE_RETRY))
+            ),
+            KnockStep::Nothing
+        );
+        assert_eq!(
+            knock_step(true, false, Some((REKEY_TIMEOUT, ms(0)))),
+            KnockStep::Initiate
+        );
+    }
 
     fn addr(s: &str) -> Option<SocketAddr> {
         Some(s.parse().expect("a test address"))

@@ -326,3 +326,55 @@ async fn proxy_protocol_forwards_hand_haproxy_and_nginx_the_clients_address() {
         link.logs()
     );
 }
+
+/// A VM 600 ms away (a relay holding each datagram 300 ms each way) still gets a tunnel.
+/// Until the first session the link repeats its initiation every 200 ms; the repeats reach
+/// the VM after the original and are dropped there as replays, so the answer to the
+/// original still matches. Were each repeat a fresh initiation, it would replace the
+/// handshake the answer belongs to, and no answer slower than 200 ms would ever match.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_far_away_gets_a_tunnel_while_the_first_knocks_repeat() {
+    let gw = gateway().await;
+    gw.boot();
+    gw.wait_state("ready", Duration::from_secs(30));
+    let backend = gw.backend();
+    drop(backend.spawn(
+        &format!("python3 '{}' serve 10.96.0.10 80 53", echo_py()),
+        &[],
+    ));
+    let relay = wgnet_tests::repo_root().join("tests/netns/udp_delay.py");
+    drop(gw.cluster.spawn(
+        &format!(
+            "python3 '{}' 127.0.0.1 41820 {} {} 300",
+            relay.display(),
+            gw.ip,
+            gw.cfg.listen_port
+        ),
+        &[],
+    ));
+    let dir = gw.dir.0.join("link");
+    std::fs::create_dir_all(&dir).expect("link dir");
+    std::fs::copy(gw.dir.0.join("link.key"), dir.join("private-key")).expect("link key");
+    let config = wgnet_tests::link::ingress_config_with(
+        &format!("{}/29", gw.cfg.link_address),
+        gw.cfg.mtu,
+        "127.0.0.1:41820",
+        &gw.vm_pub,
+        5,
+        vec![wgnet_tests::link::ingress_forward((
+            8080,
+            "tcp",
+            "10.96.0.10",
+            80,
+        ))],
+    );
+    std::fs::write(dir.join("config.json"), config).expect("link config");
+    let link = Link::start(&gw.cluster, &dir, &[]);
+    link.wait_ready(Duration::from_secs(30));
+    let answer = gw.request("tcp", 8080);
+    assert!(
+        answer.as_deref().is_some_and(|a| a.starts_with("tcp 80")),
+        "no answer through the far-away tunnel: {answer:?}\n{}",
+        link.logs()
+    );
+}

@@ -52,9 +52,9 @@ pub struct Settings {
 }
 
 /// Reconciles each controller runs at once. Unbounded, every Gateway waiting on its
-/// project's request budget held a pass in memory (its desired state with the startup
-/// script, its API connections): 93 MiB at 500 Gateways being created. The budget, not
-/// this, paces GCP calls: 128 passes keep ten projects' budgets busy at GCP's latencies.
+/// project's request budget holds a pass (its desired state with the startup script) for
+/// as long as it waits; bounded, the rest wait as keys in the queue. The budget, not this,
+/// paces GCP calls: 128 passes keep ten projects' budgets busy at GCP's latencies.
 pub fn controller_config() -> kube::runtime::controller::Config {
     kube::runtime::controller::Config::default().concurrency(128)
 }
