@@ -1232,10 +1232,15 @@ async fn a_resync_of_steady_gateways_lists_each_kind_once_per_project() {
         "22"
     ));
 
-    // A restarted operator's first resync: every gateway's pass is a verifying one.
+    // A restarted operator's first resync: the orphan sweep, then every gateway's pass, a
+    // verifying one. The sweep's lists are the snapshot the passes read (it listed
+    // secrets, firewalls and service accounts again, at IAM's default page of 20: most
+    // of the calls of a steady resync at 300 gateways).
     let mut restarted = cloud_for(&e.emu, key, INSTALL, "wgnet").await;
     restarted.set_verify_every(Duration::from_secs(300));
     e.emu.clear_request_log();
+    let owned = restarted.list_owned(PROJECT).await.expect("sweep");
+    assert_eq!(owned.len(), 10, "every gateway's resources are found");
     let passes = join_all(ds.iter().zip(&recs).map(|(d, r)| restarted.ensure(d, r))).await;
     let log: Vec<_> = e
         .emu

@@ -400,19 +400,46 @@ async fn main() {
     let _ = child.wait();
 }
 
+/// What a call's path names: `list K` for a GET of a collection (one page of a list), `K`
+/// for one resource of kind K or a POST to its collection, `K verb` for a custom method or an operation's wait.
+fn call_kind(method: &str, path: &str) -> String {
+    const KINDS: [&str; 9] = [
+        "instances",
+        "firewalls",
+        "addresses",
+        "networks",
+        "serviceAccounts",
+        "secrets",
+        "versions",
+        "operations",
+        "guestAttributes",
+    ];
+    let path = path.split('?').next().unwrap_or(path);
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let Some(i) = segs.iter().rposition(|s| {
+        let base = s.split(':').next().unwrap_or(s);
+        KINDS.contains(&base)
+    }) else {
+        return "?".into();
+    };
+    let kind = segs[i].split(':').next().unwrap_or(segs[i]);
+    let verb = segs
+        .last()
+        .and_then(|l| l.split_once(':').map(|(_, v)| v.to_owned()))
+        .or_else(|| (segs.len() > i + 2).then(|| segs[segs.len() - 1].to_owned()));
+    match (i + 1 == segs.len(), verb) {
+        (true, _) if !segs[i].contains(':') && method == "GET" => format!("list {kind}"),
+        (_, Some(v)) => format!("{kind} {v}"),
+        _ => kind.to_owned(),
+    }
+}
+
 /// The `top` largest groups of `calls` by API, method, resource kind and status.
 #[allow(clippy::print_stdout)]
 fn print_top(calls: &[wgnet_tests::gcp::LoggedCall], top: usize) {
     let mut groups: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
     for c in calls {
-        let kind = c
-            .path
-            .split('/')
-            .filter(|s| !s.is_empty())
-            .rev()
-            .find(|s| s.chars().all(|ch| ch.is_ascii_lowercase()) && s.len() > 3)
-            .unwrap_or("?")
-            .to_owned();
+        let kind = call_kind(&c.method, &c.path);
         *groups
             .entry(format!("{} {} {kind} {}", c.api, c.method, c.status))
             .or_default() += 1;

@@ -72,6 +72,21 @@ impl Snapshot {
     pub(super) fn secret(&self, id: &str) -> Option<&Secret> {
         self.secrets.as_ref()?.get(id)
     }
+
+    /// Every firewall listed (named `wg-…`), unless that list failed.
+    pub(super) fn all_firewalls(&self) -> Option<impl Iterator<Item = &Firewall>> {
+        self.firewalls.as_ref().map(HashMap::values)
+    }
+
+    /// Every service account of the project, unless that list failed.
+    pub(super) fn all_accounts(&self) -> Option<impl Iterator<Item = &ServiceAccount>> {
+        self.accounts.as_ref().map(HashMap::values)
+    }
+
+    /// Every secret with this install's and cluster's labels, unless that list failed.
+    pub(super) fn all_secrets(&self) -> Option<impl Iterator<Item = &Secret>> {
+        self.secrets.as_ref().map(HashMap::values)
+    }
 }
 
 /// An instance as a snapshot keeps it: everything but its metadata's entries, which hold
@@ -174,30 +189,50 @@ impl GcpCloud {
     /// now when none is), unless snapshots are off (a zero window) or the gateway was
     /// touched since it began.
     pub(super) async fn snapshot_for(&self, project: &str, name: &str) -> Option<Arc<Snapshot>> {
+        let snap = self.project_snapshot(project).await?;
+        let started = snap.started?;
+        (!self.snapshots.touched_since(project, name, started)).then_some(snap)
+    }
+
+    /// The project's current snapshot (taken now when none is), or `None` when snapshots
+    /// are off (a zero window).
+    async fn project_snapshot(&self, project: &str) -> Option<Arc<Snapshot>> {
         if self.verify_every.is_zero() {
             return None;
         }
-        let snap = match self.snapshots.current(project, self.verify_every) {
-            Some(s) => s,
-            None => {
-                let lock = self.snapshots.taking_lock(project);
-                let _one_at_a_time = lock.lock().await;
-                match self.snapshots.current(project, self.verify_every) {
-                    Some(s) => s,
-                    None => {
-                        let s = Arc::new(self.take_snapshot(project).await);
-                        self.snapshots
-                            .by_project
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .insert(project.to_owned(), s.clone());
-                        s
-                    }
-                }
-            }
-        };
-        let started = snap.started?;
-        (!self.snapshots.touched_since(project, name, started)).then_some(snap)
+        if let Some(s) = self.snapshots.current(project, self.verify_every) {
+            return Some(s);
+        }
+        let lock = self.snapshots.taking_lock(project);
+        let _one_at_a_time = lock.lock().await;
+        if let Some(s) = self.snapshots.current(project, self.verify_every) {
+            return Some(s);
+        }
+        Some(self.install_snapshot(project).await)
+    }
+
+    /// A snapshot taken now, which becomes the project's current one, or `None` when
+    /// snapshots are off. The orphan sweep needs what the project holds now (it looks for
+    /// what a deletion left behind); its lists then serve the gateways' passes too.
+    pub(super) async fn fresh_snapshot(&self, project: &str) -> Option<Arc<Snapshot>> {
+        if self.verify_every.is_zero() {
+            return None;
+        }
+        let lock = self.snapshots.taking_lock(project);
+        let _one_at_a_time = lock.lock().await;
+        Some(self.install_snapshot(project).await)
+    }
+
+    /// Takes a snapshot and makes it the project's current one (the caller holds the
+    /// project's taking lock).
+    async fn install_snapshot(&self, project: &str) -> Arc<Snapshot> {
+        let s = Arc::new(self.take_snapshot(project).await);
+        self.snapshots
+            .by_project
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(project.to_owned(), s.clone());
+        s
     }
 
     /// Records that a pass wrote, waited or deleted for gateway `name`.

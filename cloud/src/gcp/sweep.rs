@@ -1,11 +1,14 @@
 //! What an install owns in a project, for the orphan sweep: secrets by label, firewalls and
 //! service accounts by description marker, grouped by the gateway they name, with the
 //! creation time of the newest. Nothing without this install's and cluster's marks is
-//! listed. I/O (reads only).
+//! listed. I/O (reads only): a fresh snapshot of the project, which the steady gateways'
+//! passes of the same resync then read too, so a resync lists each kind once; with
+//! snapshots off, one list per kind of its own.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::wire::{FirewallList, SecretList, ServiceAccountList};
+use super::snapshot::Snapshot;
+use super::wire::{Firewall, FirewallList, Secret, SecretList, ServiceAccount, ServiceAccountList};
 use super::{GcpCloud, encode};
 use crate::api::Service;
 use crate::error::CloudError;
@@ -38,14 +41,23 @@ impl GcpCloud {
             names::LABEL_INSTALL,
             names::LABEL_CLUSTER
         );
-        let secrets = self
-            .list_all::<SecretList>(
-                Service::Secrets,
-                &format!("projects/{project}/secrets?filter={}", encode(&filter)),
-                "list secrets",
-                project,
-            )
-            .await?;
+        let snap = self.fresh_snapshot(project).await;
+        let snap = snap.as_deref();
+        let listed_secrets;
+        let secrets: Vec<&Secret> = match snap.and_then(Snapshot::all_secrets) {
+            Some(all) => all.collect(),
+            None => {
+                listed_secrets = self
+                    .list_all::<SecretList>(
+                        Service::Secrets,
+                        &format!("projects/{project}/secrets?filter={}", encode(&filter)),
+                        "list secrets",
+                        project,
+                    )
+                    .await?;
+                listed_secrets.iter().collect()
+            }
+        };
         for s in &secrets {
             let get = |k: &str| s.labels.get(k).cloned().unwrap_or_default();
             let key = TargetKey {
@@ -74,25 +86,39 @@ impl GcpCloud {
                 found.add(key, kind, created);
             }
         };
-        let fws = self
-            .list_all::<FirewallList>(
-                Service::Compute,
-                &format!("projects/{project}/global/firewalls"),
-                "list firewalls",
-                project,
-            )
-            .await?;
+        let listed_fws;
+        let fws: Vec<&Firewall> = match snap.and_then(Snapshot::all_firewalls) {
+            Some(all) => all.collect(),
+            None => {
+                listed_fws = self
+                    .list_all::<FirewallList>(
+                        Service::Compute,
+                        &format!("projects/{project}/global/firewalls"),
+                        "list firewalls",
+                        project,
+                    )
+                    .await?;
+                listed_fws.iter().collect()
+            }
+        };
         for f in &fws {
             add_marker(&f.description, "firewall", f.creation_timestamp.as_ref());
         }
-        let sas = self
-            .list_all::<ServiceAccountList>(
-                Service::Iam,
-                &format!("projects/{project}/serviceAccounts"),
-                "list service accounts",
-                project,
-            )
-            .await?;
+        let listed_sas;
+        let sas: Vec<&ServiceAccount> = match snap.and_then(Snapshot::all_accounts) {
+            Some(all) => all.collect(),
+            None => {
+                listed_sas = self
+                    .list_all::<ServiceAccountList>(
+                        Service::Iam,
+                        &format!("projects/{project}/serviceAccounts?pageSize=100"),
+                        "list service accounts",
+                        project,
+                    )
+                    .await?;
+                listed_sas.iter().collect()
+            }
+        };
         for a in &sas {
             add_marker(&a.description, "serviceAccount", None);
         }
