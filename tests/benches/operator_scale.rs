@@ -123,6 +123,10 @@ async fn main() {
         .await
         .expect("operator token");
     std::fs::write(&kubeconfig, cp.kubeconfig_for_token(cp.url(), &token)).expect("kubeconfig");
+    // A port the operator's health endpoint can take: the idle RSS is read once it is ready.
+    let health = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
     let mut child = Command::new(&bin)
         .args([
             "--link-image",
@@ -141,7 +145,7 @@ async fn main() {
             "--metrics-addr",
             "127.0.0.1:0",
             "--health-addr",
-            "127.0.0.1:0",
+            &health.to_string(),
         ])
         .arg("--gcp-credentials")
         .arg(&key)
@@ -161,7 +165,20 @@ async fn main() {
         .spawn()
         .expect("operator");
     let pid = child.id();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let http = reqwest::Client::new();
+    let ready_by = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ready = http
+            .get(format!("http://{health}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if ready {
+            break;
+        }
+        assert!(Instant::now() < ready_by, "the operator never became ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let idle = rss_kib(pid, "VmRSS:");
 
     let gws: Api<Gateway> = Api::namespaced(client.clone(), "apps");

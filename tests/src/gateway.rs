@@ -348,10 +348,19 @@ impl Gw {
 
     /// As [`Gw::link_config`] with forwards as the link reads them.
     pub fn link_config_with(&self, forwards: Vec<wgnet_link::config::IngressForward>) -> String {
+        self.link_config_via(&format!("{}:{}", self.ip, self.cfg.listen_port), forwards)
+    }
+
+    /// As [`Gw::link_config_with`] with the VM reached at `endpoint` (a relay, say).
+    pub fn link_config_via(
+        &self,
+        endpoint: &str,
+        forwards: Vec<wgnet_link::config::IngressForward>,
+    ) -> String {
         crate::link::ingress_config_with(
             &format!("{}/29", self.cfg.link_address),
             self.cfg.mtu,
-            &format!("{}:{}", self.ip, self.cfg.listen_port),
+            endpoint,
             &self.vm_pub,
             5,
             forwards,
@@ -375,11 +384,15 @@ impl Gw {
         &self,
         forwards: Vec<wgnet_link::config::IngressForward>,
     ) -> (Link, PathBuf) {
+        self.start_link_config(&self.link_config_with(forwards))
+    }
+
+    /// As [`Gw::start_link`] with the link's whole config document.
+    pub fn start_link_config(&self, config: &str) -> (Link, PathBuf) {
         let dir = self.dir.0.join("link");
         std::fs::create_dir_all(&dir).expect("link dir");
         std::fs::copy(self.dir.0.join("link.key"), dir.join("private-key")).expect("link key");
-        std::fs::write(dir.join("config.json"), self.link_config_with(forwards))
-            .expect("link config");
+        std::fs::write(dir.join("config.json"), config).expect("link config");
         let link = Link::start(&self.cluster, &dir, &[]);
         link.wait_ready(Duration::from_secs(20));
         (link, dir)

@@ -352,15 +352,8 @@ async fn a_vm_far_away_gets_a_tunnel_while_the_first_knocks_repeat() {
         ),
         &[],
     ));
-    let dir = gw.dir.0.join("link");
-    std::fs::create_dir_all(&dir).expect("link dir");
-    std::fs::copy(gw.dir.0.join("link.key"), dir.join("private-key")).expect("link key");
-    let config = wgnet_tests::link::ingress_config_with(
-        &format!("{}/29", gw.cfg.link_address),
-        gw.cfg.mtu,
+    let config = gw.link_config_via(
         "127.0.0.1:41820",
-        &gw.vm_pub,
-        5,
         vec![wgnet_tests::link::ingress_forward((
             8080,
             "tcp",
@@ -368,9 +361,7 @@ async fn a_vm_far_away_gets_a_tunnel_while_the_first_knocks_repeat() {
             80,
         ))],
     );
-    std::fs::write(dir.join("config.json"), config).expect("link config");
-    let link = Link::start(&gw.cluster, &dir, &[]);
-    link.wait_ready(Duration::from_secs(30));
+    let (link, _dir) = gw.start_link_config(&config);
     let answer = gw.request("tcp", 8080);
     assert!(
         answer.as_deref().is_some_and(|a| a.starts_with("tcp 80")),
