@@ -243,7 +243,11 @@ apply() {
         ip link show "$IFACE" >/dev/null 2>&1 && nft list table ip "$TABLE" >/dev/null 2>&1; then
         return 0
     fi
-    if [ ! -s "$STATE/private.key" ] || [ "$(cat "$STATE/key-version" 2>/dev/null)" != "$KEYSV" ]; then
+    # The held key is used only while it is the published one: a new public key under the
+    # same secret version fetches again (and is refused when the secret does not hold it),
+    # instead of reporting ready with a key the link does not expect.
+    if [ ! -s "$STATE/private.key" ] || [ "$(cat "$STATE/key-version" 2>/dev/null)" != "$KEYSV" ] ||
+        [ "$(wg pubkey <"$STATE/private.key")" != "$PUBKEY" ]; then
         fetch_key || return 1
     fi
     configure_wg || return 1

@@ -529,6 +529,27 @@ async fn a_key_that_does_not_match_the_published_public_key_is_refused() {
     );
 }
 
+/// The VM reports ready only with the key the metadata publishes. Metadata that names a new
+/// public key but the same secret version (the operator always changes both; a hand edit or a
+/// half-applied rotation need not) used to leave wg0 on the old key while the VM reported
+/// ready, so the link, configured with the published key, never got a handshake and nothing
+/// said why. The key is fetched again and refused, and the VM says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_published_key_the_held_key_does_not_match_is_reported_not_ready() {
+    let mut gw = gateway().await;
+    gw.boot();
+    gw.wait_state("ready", Duration::from_secs(30));
+    let (_, other_pub) = netns::wg_keypair();
+    gw.cfg.vm_public_key = other_pub;
+    gw.update().await;
+    gw.wait_state("error", Duration::from_secs(30));
+    let error = gw.guest("error").unwrap_or_default();
+    assert!(
+        error.starts_with("key: ") && error.contains("does not match wgnet-public-key"),
+        "{error}"
+    );
+}
+
 /// Issue 19, item 15: the boot-time apply and the watcher (systemd starts both at every
 /// boot) never apply at once. While another holder has the apply lock, the watcher that saw
 /// a metadata change waits for it (its `flock` is seen waiting, and wg0 keeps its MTU);
