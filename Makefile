@@ -5,7 +5,7 @@ CARGO ?= cargo
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 
-.PHONY: help deps k8s-bins build release images demo sandbox e2e-kind fmt fmt-check lint test bench fuzz generate check-generated ci
+.PHONY: help deps deps-vm test-vm guest-image k8s-bins build release images demo sandbox e2e-kind fmt fmt-check lint test bench fuzz generate check-generated ci
 
 OPERATOR_IMAGE ?= ghcr.io/wgnet-dev/wgnet-operator:0.1.0
 LINK_IMAGE ?= ghcr.io/wgnet-dev/wgnet-link:0.1.0
@@ -18,6 +18,15 @@ help:
 deps:
 	@./scripts/install-deps.sh
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust with rustup (see README)" >&2; exit 1; }
+
+# Install also what the VM tier needs (qemu, debootstrap).
+deps-vm:
+	@./scripts/install-deps.sh --vm
+	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust with rustup (see README)" >&2; exit 1; }
+
+# Build the Debian 12 guest image of the VM tier (cached in ~/.cache/wgnet/guest; needs root).
+guest-image: deps-vm
+	@./scripts/guest-image.sh >/dev/null
 
 # K8S_VERSION=v1.Y.Z selects another release; a no-op once built.
 # Build the Kubernetes control plane the tests run (from source, cached in ~/.cache/wgnet).
@@ -70,6 +79,10 @@ test: k8s-bins
 	$(MAKE) --no-print-directory check-generated
 	shellcheck scripts/*.sh
 
+# The VM tier: the gateway VM as a Debian 12 guest with kernel WireGuard under qemu (root).
+test-vm: guest-image
+	$(CARGO) test --locked -p wgnet-tests --test vm_guest -- --ignored --test-threads=1
+
 # Data-plane throughput and latency against boringtun-cli and wireguard-go in network
 # namespaces, control-plane time to Ready, GCP calls and RSS against the GCP emulator's
 # gcp-typical profile (needs root; not part of test).
@@ -103,4 +116,4 @@ check-generated: deps
 	$(CARGO) run --quiet --locked -p wgnet-operator --bin crdgen -- --check crds charts/wireguard-gateway-operator/crds
 
 # What CI runs.
-ci: fmt-check lint test
+ci: fmt-check lint test test-vm

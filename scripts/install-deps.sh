@@ -14,6 +14,12 @@ set -eu
 # haproxy and nginx: PROXY-protocol-aware backends in the tests (never started as services).
 PACKAGES="gcc libc6-dev pkg-config ca-certificates python3 openssl iproute2 nftables wireguard-tools wireguard-go curl shellcheck libnftnl-dev libmnl-dev ethtool iperf3 haproxy nginx"
 python3 -m pip --version >/dev/null 2>&1 || PACKAGES="$PACKAGES python3-pip"
+# --vm: the VM tier (make test-vm) also boots a Debian guest under qemu from an image built
+# by debootstrap (scripts/guest-image.sh): qemu, qemu-img, debootstrap, dpkg-scanpackages
+# for the guest's apt repository, mkfs.ext4 -d for its root filesystem.
+if [ "${1:-}" = --vm ]; then
+    PACKAGES="$PACKAGES qemu-system-x86 qemu-utils debootstrap dpkg-dev e2fsprogs"
+fi
 
 missing=""
 for p in $PACKAGES; do

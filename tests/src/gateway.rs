@@ -59,9 +59,29 @@ fn private_dir() -> TempDir {
     d
 }
 
+/// Where the gateway VM runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmKind {
+    /// The startup script in the VM namespace, with userspace WireGuard (the fast tier).
+    Namespace,
+    /// A Debian 12 guest under qemu attached to the VM namespace by a tap device, owning
+    /// the public address itself (the VM tier, [`Gw::boot_guest`]).
+    Guest,
+}
+
+/// The tap device a guest's NIC is attached to, in the VM namespace.
+const GUEST_TAP: &str = "tapg";
+
 /// Provisions a gateway in the emulator (VM not yet booted) and wires the namespaces:
 /// the "internet" bridge with the VM, a client and the cluster side.
 pub async fn gateway() -> Gw {
+    gateway_with(VmKind::Namespace).await
+}
+
+/// As [`gateway`], for a VM of `kind`. For a guest, the VM namespace is the host side: a
+/// bridge joins the guest's tap to the internet, and holds the metadata address the
+/// guest reaches on its link, as on GCE.
+pub async fn gateway_with(kind: VmKind) -> Gw {
     netns::require_root();
     let tag = netns::unique_tag();
     // The metadata link lives in the root namespace: its addresses come from the one
@@ -149,11 +169,24 @@ pub async fn gateway() -> Gw {
         net.sh(&format!(
             "ip link set {port} master br0 && ip link set {port} up"
         ));
-        ns.sh(&format!(
-            "ip addr add {addr} dev {ifname} && ip link set {ifname} up"
-        ));
+        if port == "pvm" && kind == VmKind::Guest {
+            ns.sh(&format!("ip link set {ifname} up"));
+        } else {
+            ns.sh(&format!(
+                "ip addr add {addr} dev {ifname} && ip link set {ifname} up"
+            ));
+        }
     }
-    vm.sh("ip route add default via 203.0.113.1");
+    match kind {
+        VmKind::Namespace => vm.sh("ip route add default via 203.0.113.1"),
+        VmKind::Guest => vm.sh(&format!(
+            "ip link add brg type bridge && ip link set ens4 master brg && \
+             ip tuntap add dev {GUEST_TAP} mode tap && ip link set {GUEST_TAP} master brg && \
+             ip link set {GUEST_TAP} up && ip addr add {}/32 dev brg && ip link set brg up && \
+             ip route add 203.0.113.0/24 dev brg",
+            crate::guest::METADATA_ADDR
+        )),
+    };
 
     let base = emu.url();
     let gw = Gw {
@@ -246,6 +279,25 @@ impl Gw {
             ),
             env,
         ));
+    }
+
+    /// Boots the instance as a qemu guest (the gateway must come from
+    /// `gateway_with(VmKind::Guest)`): it reads its startup-script from metadata itself, and
+    /// follows the instance's status (stopped through the Compute API, it powers off;
+    /// started, it boots again).
+    pub fn boot_guest(&self) -> crate::guest::Guest {
+        let mut guest = crate::guest::Guest::start(
+            &self.vm,
+            crate::guest::GuestSpec {
+                address: format!("{}/24", self.ip),
+                gateway: "203.0.113.1".into(),
+                metadata_root: self.md_url.clone(),
+                api_root: self.emu.url(),
+                tap: GUEST_TAP.into(),
+            },
+        );
+        guest.follow(self.emu.instance_status_reader(PROJECT, ZONE, &self.name()));
+        guest
     }
 
     /// A guest attribute under `wgnet/`.

@@ -15,6 +15,7 @@ pub mod crd_schema;
 pub mod fixtures;
 pub mod gateway;
 pub mod gcp;
+pub mod guest;
 pub mod kubelet;
 pub mod link;
 pub mod netns;

@@ -449,6 +449,24 @@ impl GcpEmulator {
         w.inventory()
     }
 
+    /// Reads one instance's status (`RUNNING`, `TERMINATED`, ...; `None` once deleted) from
+    /// any thread: what a hypervisor stand-in follows to power its guest off and on.
+    pub fn instance_status_reader(
+        &self,
+        project: &str,
+        zone: &str,
+        name: &str,
+    ) -> impl Fn() -> Option<String> + Send + 'static {
+        let shared = Arc::clone(&self.shared);
+        let (project, zone, name) = (project.to_owned(), zone.to_owned(), name.to_owned());
+        move || {
+            let mut w = lock(&shared.world);
+            w.tick(std::time::Instant::now());
+            let inst = w.get_instance(&project, &zone, &name).ok()?;
+            inst["status"].as_str().map(str::to_owned)
+        }
+    }
+
     /// Stops an instance at once, like a Spot preemption.
     pub fn preempt_instance(&self, project: &str, zone: &str, name: &str) -> bool {
         lock(&self.shared.world).preempt(project, zone, name)
