@@ -80,7 +80,7 @@ test: k8s-bins
 	shellcheck scripts/*.sh
 
 # The VM tier: the gateway VM as a Debian 12 guest with kernel WireGuard under qemu (root).
-test-vm: guest-image
+test-vm: k8s-bins guest-image
 	$(CARGO) test --locked -p wgnet-tests --test vm_guest -- --ignored --test-threads=1
 
 # Data-plane throughput and latency against boringtun-cli and wireguard-go in network

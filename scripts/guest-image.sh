@@ -175,8 +175,14 @@ cat >"$root/usr/local/sbin/wgnet-guest-shell" <<'EOF'
 #!/bin/sh
 port=/dev/virtio-ports/wgnet.shell
 [ -e "$port" ] || exit 1
+# The port stays open: closing it discards what the host sent meanwhile. While no host is
+# connected a read ends at once (end of file), so it is retried after a pause.
 exec 3<>"$port"
-while IFS= read -r line <&3; do
+while :; do
+    if ! IFS= read -r line <&3; then
+        sleep 0.2
+        continue
+    fi
     nonce=${line%% *}
     out=$(sh -c "${line#* }" 2>&1 </dev/null)
     rc=$?

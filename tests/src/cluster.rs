@@ -10,17 +10,19 @@
 //!   scheduler binds to the node as a real process in a pod namespace routed from the node
 //!   (pods in 10.244.0.0/24, Services in 10.96.0.0/12, both only inside these namespaces);
 //! - a VM booter that "boots" every RUNNING emulator instance by running its own
-//!   startup-script (from its metadata) in a namespace owning the instance's public IP,
-//!   and tears it down when the instance stops or disappears.
+//!   startup-script (from its metadata) in a namespace owning the instance's public IP
+//!   (or, with [`VmKind::Guest`], as a Debian guest under qemu that runs it itself), and
+//!   tears it down when the instance stops or disappears.
 //!
 //! Everything runs on TEST-NET and private test addresses with no route off the machine,
 //! and is removed on drop. I/O boundary: `ip`/`nft`/`helm`/processes, the servers, and
 //! background threads driving the kubelet and booter loops.
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::Child;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,8 +33,9 @@ use serde_json::{Value, json};
 
 use crate::controlplane::{self, ControlPlane};
 use crate::fixtures::TempDir;
-use crate::gateway::echo_py;
+use crate::gateway::{VmKind, echo_py};
 use crate::gcp::{Config, GcpEmulator, LatencyProfile};
+use crate::guest::{Guest, GuestSpec};
 use crate::kubelet::{self, Kubelet};
 use crate::netns::{self, Netns, RootLink, wait_for};
 
@@ -45,6 +48,9 @@ pub const OPERATOR_SA: &str = "wgnet-wireguard-gateway-operator";
 
 /// One booted VM.
 struct VmRun {
+    /// The qemu guest when the cluster boots guests; dropped (powered off) before its
+    /// namespace.
+    guest: Option<Guest>,
     id: String,
     iface: String,
     ns: Netns,
@@ -93,6 +99,15 @@ fn sh(ns: &Netns, cmd: &str) {
 /// Attaches a new veth end named `ifname` (address `addr`) in `ns` to `bridge` in the
 /// namespace named `host`.
 fn attach(host: &str, bridge: &str, ns: &Netns, ifname: &str, addr: &str) {
+    attach_port(host, bridge, ns, ifname);
+    sh(
+        ns,
+        &format!("ip addr add {addr} dev {ifname} && ip link set {ifname} up"),
+    );
+}
+
+/// As [`attach`] without an address: a port for a bridge in `ns` (a guest's host side).
+fn attach_port(host: &str, bridge: &str, ns: &Netns, ifname: &str) {
     let tag = netns::unique_tag();
     let (a, b) = (format!("ca{tag}"), format!("cb{tag}"));
     netns::ip(&["link", "add", &a, "type", "veth", "peer", "name", &b]);
@@ -100,10 +115,6 @@ fn attach(host: &str, bridge: &str, ns: &Netns, ifname: &str, addr: &str) {
     netns::ip(&["link", "set", &b, "netns", &ns.name, "name", ifname]);
     netns::ip(&["-n", host, "link", "set", &a, "master", bridge]);
     netns::ip(&["-n", host, "link", "set", &a, "up"]);
-    sh(
-        ns,
-        &format!("ip addr add {addr} dev {ifname} && ip link set {ifname} up"),
-    );
 }
 
 /// `helm install` of the chart into the control plane (CRDs from the chart's `crds/`).
@@ -174,6 +185,16 @@ impl Cluster {
 
     /// As [`Cluster::start`], choosing who runs the operator.
     pub async fn start_with(profile: LatencyProfile, operator: OperatorRun) -> Self {
+        Self::start_with_vms(profile, operator, VmKind::Namespace).await
+    }
+
+    /// As [`Cluster::start_with`], choosing how instances boot: their startup-script in a
+    /// namespace (fast) or a Debian guest under qemu (the VM tier: kernel WireGuard).
+    pub async fn start_with_vms(
+        profile: LatencyProfile,
+        operator: OperatorRun,
+        vms: VmKind,
+    ) -> Self {
         netns::require_root();
         // The link and operator binaries are built (when stale) before anything runs, so
         // the build never lands inside a pod start or a measured window.
@@ -273,6 +294,9 @@ impl Cluster {
         let env = Env {
             emu: emu.clone(),
             net: net.name.clone(),
+            vms,
+            root_ip,
+            hosts: AtomicU32::new(0),
         };
         let thread = {
             let (world, stop) = (world.clone(), stop.clone());
@@ -453,6 +477,16 @@ impl Cluster {
         self.kubelet.crash(name);
     }
 
+    /// Runs `cmd` inside the booted guest of instance `name` (see [`crate::guest::Guest::sh`]);
+    /// `None` when the instance runs no guest or the guest does not answer within `timeout`.
+    pub fn guest_sh(&self, name: &str, cmd: &str, timeout: Duration) -> Option<(i32, String)> {
+        let w = self
+            .world
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        w.vms.get(name)?.guest.as_ref()?.sh(cmd, timeout)
+    }
+
     /// Instances booted now.
     pub fn vms(&self) -> Vec<String> {
         let w = self
@@ -568,6 +602,11 @@ fn start_kube_proxy(cp: &ControlPlane, node: &Netns, dir: &std::path::Path) -> C
 struct Env {
     emu: Arc<GcpEmulator>,
     net: String,
+    vms: VmKind,
+    /// Where the emulator listens (the root namespace's end of the internet's link).
+    root_ip: Ipv4Addr,
+    /// Guests booted so far: each guest's host side gets its own management link.
+    hosts: AtomicU32,
 }
 
 fn booter(env: Env, world: Arc<Mutex<World>>, stop: Arc<AtomicBool>) {
@@ -585,7 +624,7 @@ fn booter(env: Env, world: Arc<Mutex<World>>, stop: Arc<AtomicBool>) {
 /// network, aimed at one of its tags (or at every instance), allows the protocol and port
 /// from the source. Established flows and everything the VM sends are allowed, as in GCP.
 /// Pure.
-fn gcp_firewall(inst: &Value, firewalls: &[Value]) -> String {
+fn gcp_firewall(inst: &Value, firewalls: &[Value], not_inbound: &str) -> String {
     let last = |v: &Value| {
         v.as_str()
             .and_then(|s| s.rsplit('/').next())
@@ -634,7 +673,7 @@ fn gcp_firewall(inst: &Value, firewalls: &[Value]) -> String {
         }
     }
     format!(
-        "table ip gcp_firewall\ndelete table ip gcp_firewall\ntable ip gcp_firewall {{\n  chain ingress {{\n    type filter hook prerouting priority -150; policy accept;\n    iifname != \"ens4\" accept\n    ct state established,related accept\n{}\n    drop\n  }}\n}}\n",
+        "table ip gcp_firewall\ndelete table ip gcp_firewall\ntable ip gcp_firewall {{\n  chain ingress {{\n    type filter hook prerouting priority -150; policy accept;\n    {not_inbound} accept\n    ct state established,related accept\n{}\n    drop\n  }}\n}}\n",
         rules.join("\n")
     )
 }
@@ -699,6 +738,7 @@ fn boot_tick(env: &Env, world: &Mutex<World>) {
             .remove(&name);
         if let Some(vm) = vm {
             let _ = std::fs::remove_file(format!("/run/wireguard/{}.sock", vm.iface));
+            drop(vm.guest);
             drop(vm.ns);
             note(world, format!("VM {name} shut down"));
         }
@@ -711,7 +751,19 @@ fn boot_tick(env: &Env, world: &Mutex<World>) {
         .filter_map(|i| env.emu.get("firewall", &i.project, &i.scope, &i.name))
         .collect();
     for (name, (project, zone, id, inst)) in live {
-        let rules = gcp_firewall(&inst, &firewalls);
+        let Some(ip) = inst["networkInterfaces"][0]["accessConfigs"][0]["natIP"]
+            .as_str()
+            .map(str::to_owned)
+        else {
+            continue;
+        };
+        // New inbound flows: those arriving on the VM's NIC; for a guest (its host side
+        // bridges), those addressed to it.
+        let not_inbound = match env.vms {
+            VmKind::Namespace => "iifname != \"ens4\"".to_owned(),
+            VmKind::Guest => format!("ip daddr != {ip}"),
+        };
+        let rules = gcp_firewall(&inst, &firewalls, &not_inbound);
         {
             let mut w = world
                 .lock()
@@ -724,37 +776,18 @@ fn boot_tick(env: &Env, world: &Mutex<World>) {
                 continue;
             }
         }
-        let Some(ip) = inst["networkInterfaces"][0]["accessConfigs"][0]["natIP"]
-            .as_str()
-            .map(str::to_owned)
-        else {
-            continue;
-        };
-        let script = inst["metadata"]["items"]
-            .as_array()
-            .and_then(|items| items.iter().find(|i| i["key"] == "startup-script"))
-            .and_then(|i| i["value"].as_str())
-            .unwrap_or_default()
-            .to_owned();
         let tag = netns::unique_tag();
         let ns = Netns::new("vm", &tag);
-        attach(&env.net, "br0", &ns, "ens4", &format!("{ip}/24"));
-        sh(&ns, "ip route add default via 203.0.113.1");
         let dir = TempDir::new();
-        load_firewall(&ns, &dir, &rules);
-        std::fs::create_dir_all(dir.0.join("state")).expect("state dir");
-        let path = dir.0.join("startup.sh");
-        std::fs::write(&path, script).expect("script");
         let iface = format!("wg{tag}");
         let md = env.emu.metadata_url(&project, &zone, &name);
-        let sm = format!("{}/v1", env.emu.url());
-        let cmd = format!(
-            "WGNET_METADATA_URL='{md}' WGNET_SECRETS_URL='{sm}' WGNET_USERSPACE=wireguard-go WGNET_IFACE={iface} WGNET_STATE_DIR='{}' WGNET_NO_SYSTEMD=1 WGNET_MAX_BACKOFF=1 sh '{}' boot >'{}' 2>&1",
-            dir.0.join("state").display(),
-            path.display(),
-            dir.0.join("boot.log").display()
-        );
-        drop(ns.spawn(&cmd, &[]));
+        let guest = match env.vms {
+            VmKind::Namespace => {
+                boot_in_namespace(env, &ns, &dir, &inst, &ip, &iface, &md, &rules);
+                None
+            }
+            VmKind::Guest => Some(boot_guest(env, &ns, &dir, &ip, md, &rules)),
+        };
         note(world, format!("booted VM {name} at {ip}"));
         world
             .lock()
@@ -763,6 +796,7 @@ fn boot_tick(env: &Env, world: &Mutex<World>) {
             .insert(
                 name,
                 VmRun {
+                    guest,
                     id,
                     iface,
                     ns,
@@ -771,4 +805,87 @@ fn boot_tick(env: &Env, world: &Mutex<World>) {
                 },
             );
     }
+}
+
+/// Boots an instance the fast way: its startup-script in `ns`, which owns the public IP,
+/// with wireguard-go for WireGuard.
+#[allow(clippy::too_many_arguments)]
+fn boot_in_namespace(
+    env: &Env,
+    ns: &Netns,
+    dir: &TempDir,
+    inst: &Value,
+    ip: &str,
+    iface: &str,
+    md: &str,
+    rules: &str,
+) {
+    let script = inst["metadata"]["items"]
+        .as_array()
+        .and_then(|items| items.iter().find(|i| i["key"] == "startup-script"))
+        .and_then(|i| i["value"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    attach(&env.net, "br0", ns, "ens4", &format!("{ip}/24"));
+    sh(ns, "ip route add default via 203.0.113.1");
+    load_firewall(ns, dir, rules);
+    std::fs::create_dir_all(dir.0.join("state")).expect("state dir");
+    let path = dir.0.join("startup.sh");
+    std::fs::write(&path, script).expect("script");
+    let sm = format!("{}/v1", env.emu.url());
+    let cmd = format!(
+        "WGNET_METADATA_URL='{md}' WGNET_SECRETS_URL='{sm}' WGNET_USERSPACE=wireguard-go WGNET_IFACE={iface} WGNET_STATE_DIR='{}' WGNET_NO_SYSTEMD=1 WGNET_MAX_BACKOFF=1 sh '{}' boot >'{}' 2>&1",
+        dir.0.join("state").display(),
+        path.display(),
+        dir.0.join("boot.log").display()
+    );
+    drop(ns.spawn(&cmd, &[]));
+}
+
+/// Boots an instance as a Debian guest under qemu (see [`crate::guest`]): `ns` is its host
+/// side, bridged to the internet, with GCP's firewall applied to what the bridge forwards
+/// (the kernel passes bridged IPv4 through the ip hooks) and a management link of its own
+/// (198.51.100.4n/30, TEST-NET-2) through which the metadata relay reaches the emulator.
+fn boot_guest(env: &Env, ns: &Netns, dir: &TempDir, ip: &str, md: String, rules: &str) -> Guest {
+    let n = env.hosts.fetch_add(1, Ordering::SeqCst);
+    assert!(n < 64, "the management range holds 64 guests per cluster");
+    let (net_side, host_side) = (
+        Ipv4Addr::new(198, 51, 100, (4 * n + 1) as u8),
+        Ipv4Addr::new(198, 51, 100, (4 * n + 2) as u8),
+    );
+    let tag = netns::unique_tag();
+    let (a, b) = (format!("ma{tag}"), format!("mb{tag}"));
+    netns::ip(&["link", "add", &a, "type", "veth", "peer", "name", &b]);
+    netns::ip(&["link", "set", &a, "netns", &env.net]);
+    netns::ip(&["link", "set", &b, "netns", &ns.name, "name", "mgmt0"]);
+    netns::ip(&[
+        "-n",
+        &env.net,
+        "addr",
+        "add",
+        &format!("{net_side}/30"),
+        "dev",
+        &a,
+    ]);
+    netns::ip(&["-n", &env.net, "link", "set", &a, "up"]);
+    sh(
+        ns,
+        &format!(
+            "ip addr add {host_side}/30 dev mgmt0 && ip link set mgmt0 up && ip route add {}/32 via {net_side} && sysctl -qw net.bridge.bridge-nf-call-iptables=1",
+            env.root_ip
+        ),
+    );
+    attach_port(&env.net, "br0", ns, "ens4");
+    crate::guest::wire_host_side(ns, "ens4", "tapg", "203.0.113.0/24");
+    load_firewall(ns, dir, rules);
+    Guest::start(
+        ns,
+        GuestSpec {
+            address: format!("{ip}/24"),
+            gateway: "203.0.113.1".into(),
+            metadata_root: md,
+            api_root: env.emu.url(),
+            tap: "tapg".into(),
+        },
+    )
 }

@@ -169,24 +169,21 @@ pub async fn gateway_with(kind: VmKind) -> Gw {
         net.sh(&format!(
             "ip link set {port} master br0 && ip link set {port} up"
         ));
-        if port == "pvm" && kind == VmKind::Guest {
-            ns.sh(&format!("ip link set {ifname} up"));
-        } else {
+        // A guest owns its address itself; its namespace only bridges (wire_host_side).
+        if !(port == "pvm" && kind == VmKind::Guest) {
             ns.sh(&format!(
                 "ip addr add {addr} dev {ifname} && ip link set {ifname} up"
             ));
         }
     }
     match kind {
-        VmKind::Namespace => vm.sh("ip route add default via 203.0.113.1"),
-        VmKind::Guest => vm.sh(&format!(
-            "ip link add brg type bridge && ip link set ens4 master brg && \
-             ip tuntap add dev {GUEST_TAP} mode tap && ip link set {GUEST_TAP} master brg && \
-             ip link set {GUEST_TAP} up && ip addr add {}/32 dev brg && ip link set brg up && \
-             ip route add 203.0.113.0/24 dev brg",
-            crate::guest::METADATA_ADDR
-        )),
-    };
+        VmKind::Namespace => {
+            vm.sh("ip route add default via 203.0.113.1");
+        }
+        VmKind::Guest => {
+            crate::guest::wire_host_side(&vm, "ens4", GUEST_TAP, "203.0.113.0/24");
+        }
+    }
 
     let base = emu.url();
     let gw = Gw {

@@ -5,13 +5,27 @@
 //! namespace handshakes with it; a client on the emulated internet reaches Services
 //! through it. Needs root, qemu-system-x86, qemu-utils and debootstrap (`make deps`).
 //!
+//! The last test runs the whole product on it: the operator (in-process, as the chart's
+//! ServiceAccount) against the real control plane provisions a Gateway whose instance the
+//! cluster's booter starts as a guest.
+//!
 //! Ignored by `make test` (a guest boots in tens of seconds under emulation, each scenario
 //! takes minutes); `make test-vm` runs them, one at a time.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Service;
+use kube::Api;
+use kube::api::{DeleteParams, PostParams};
+use serde_json::json;
 use wgnet_cloud::SecretBytes;
+use wgnet_operator::api::{Gateway, conditions};
+use wgnet_tests::cluster::{Cluster, OperatorRun};
+use wgnet_tests::gcp::LatencyProfile;
+
+mod common;
+use common::operator_with;
 use wgnet_tests::fixtures::PROJECT;
 use wgnet_tests::gateway::{Gw, VmKind, ZONE, echo_py, gateway_with};
 use wgnet_tests::guest::Guest;
@@ -291,4 +305,113 @@ async fn a_reset_and_a_stop_start_restore_the_gateway_from_metadata_alone() {
         "no new boot after the start"
     );
     assert_served(&vm, &link, "after the stop and start");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "VM tier: run by make test-vm"]
+async fn a_gateway_the_operator_provisions_serves_through_a_guest_with_kernel_wireguard() {
+    let c = Cluster::start_with_vms(
+        LatencyProfile::instant(),
+        OperatorRun::ByTheTest,
+        VmKind::Guest,
+    )
+    .await;
+    let _op = operator_with(&c, Duration::from_secs(20)).await;
+    c.namespace("apps", &[]).await;
+    let svc: Service = serde_json::from_value(json!({
+        "metadata": {"name": "web", "namespace": "apps"},
+        "spec": {"selector": {"app": "web"}, "ports": [
+            {"name": "tcp-80", "port": 80, "protocol": "TCP"},
+            {"name": "udp-53", "port": 53, "protocol": "UDP"}
+        ]}
+    }))
+    .expect("service");
+    Api::<Service>::namespaced(c.client.clone(), "apps")
+        .create(&PostParams::default(), &svc)
+        .await
+        .expect("create service");
+    c.backend("apps", "web", "80", "53", "web").await;
+    let gw: Gateway = serde_json::from_value(json!({
+        "apiVersion": "wgnet.dev/v1alpha1",
+        "kind": "Gateway",
+        "metadata": {"name": "edge"},
+        "spec": {
+            "gcp": {"projectID": PROJECT, "region": "us-central1", "zone": ZONE},
+            "wireguard": {"keepalive": 5},
+            "forwards": [
+                {"port": 8080, "service": "web", "targetPort": 80},
+                {"port": 5353, "protocol": "UDP", "service": "web", "targetPort": 53}
+            ]
+        }
+    }))
+    .expect("gateway");
+    let gws: Api<Gateway> = Api::namespaced(c.client.clone(), "apps");
+    gws.create(&PostParams::default(), &gw)
+        .await
+        .expect("create gateway");
+
+    let ready = |g: &Gateway| {
+        g.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == conditions::READY && c.status == "True")
+        })
+    };
+    let got = wgnet_tests::until(BOOTED, || async {
+        gws.get("edge").await.ok().filter(|g| ready(g))
+    })
+    .await;
+    let gw = got.unwrap_or_else(|| panic!("the Gateway never became Ready\n{}", c.logs()));
+    let addr = gw
+        .status
+        .as_ref()
+        .and_then(|s| s.address.clone())
+        .expect("address");
+
+    let tcp = c
+        .request("tcp", &addr, 8080, Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("TCP 8080 unanswered\n{}", c.logs()));
+    assert!(tcp.starts_with("web tcp 80 from 10.244.0."), "{tcp}");
+    let udp = c
+        .request("udp", &addr, 5353, Duration::from_secs(30))
+        .expect("UDP 5353");
+    assert!(udp.starts_with("web udp 53 from 10.244.0."), "{udp}");
+    // GCP's firewall, applied at the guest's host side, lets only the forwarded ports and
+    // WireGuard in: the guest's ruleset would send TCP 9999 to the link, the firewall never
+    // lets it reach the guest.
+    assert!(!c.answers("tcp", &addr, 9999), "an unlisted port answered");
+
+    let vms = c.vms();
+    assert_eq!(vms.len(), 1, "{vms:?}");
+    let (rc, kind) = c
+        .guest_sh(&vms[0], "ip -d link show wg0", Duration::from_secs(60))
+        .expect("the guest answers");
+    assert_eq!(rc, 0, "{kind}");
+    assert!(
+        kind.contains("wireguard"),
+        "wg0 is not kernel WireGuard: {kind}"
+    );
+
+    // Delete: the operator removes the instance, and the guest powers off with it.
+    gws.delete("edge", &DeleteParams::default())
+        .await
+        .expect("delete gateway");
+    let gone = wgnet_tests::until(Duration::from_secs(120), || async {
+        (gws.get_opt("edge").await.ok().flatten().is_none() && c.vms().is_empty()).then_some(())
+    })
+    .await;
+    assert!(
+        gone.is_some(),
+        "the Gateway or its guest outlived the delete\n{}",
+        c.logs()
+    );
+    // The operator's own service account (the emulator's identity) is not the Gateway's.
+    let left: Vec<String> = c
+        .emu
+        .inventory()
+        .into_iter()
+        .filter(|i| !i.name.starts_with("wgnet-operator@"))
+        .map(|i| format!("{} {}", i.kind, i.name))
+        .collect();
+    assert!(left.is_empty(), "cloud resources left: {left:?}");
 }

@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 
 use kube::Api;
 use serde_json::Value;
-use wgnet_tests::cluster::{Cluster, OPERATOR_NAMESPACE, OPERATOR_SA};
+use wgnet_tests::cluster::{Cluster, OPERATOR_NAMESPACE, OPERATOR_SA, OperatorRun};
 use wgnet_tests::controlplane::{self, ControlPlane};
+use wgnet_tests::gateway::VmKind;
 use wgnet_tests::gcp::LatencyProfile;
 use wgnet_tests::link::workspace_binary;
 
@@ -42,7 +43,7 @@ fn step(line: &str) {
     say(&format!("\n==> {line}"));
 }
 
-const USAGE: &str = "usage: wgnet-sandbox [--keep]
+const USAGE: &str = "usage: wgnet-sandbox [--keep] [--vm namespace|qemu]
 
 Runs the whole product locally as root: a real Kubernetes control plane, the GCP emulator,
 the real operator and link, and a client on an emulated internet. It applies
@@ -52,6 +53,12 @@ examples/demo/, waits until the Gateway is Ready and fetches a page through its 
   --keep     then prints a kubeconfig and keeps everything running until Ctrl-C, so you can
              try kubectl get gw, kubectl explain gateway.spec, kubectl describe gw, edit
              forwards live and delete; Ctrl-C cleans up and exits 0 (make sandbox)
+  --vm qemu  boots each gateway VM as a Debian 12 guest with its own kernel (kernel
+             WireGuard) under qemu, as make test-vm does (needs make deps-vm; the image is
+             built once, about a minute; the guest boots and installs in about a minute)
+  --vm namespace
+             (default) runs each VM's startup script in a network namespace, with
+             wireguard-go for the kernel module
   -h, --help this text
 
 Environment: WGNET_SANDBOX_TIMEOUT (seconds to wait for Ready, default 300),
@@ -312,9 +319,19 @@ async fn demo(c: &Cluster, kubeconfig: &std::path::Path, keep: bool) -> Result<(
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> std::process::ExitCode {
     let mut keep = false;
-    for arg in std::env::args().skip(1) {
+    let mut vms = VmKind::Namespace;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
         match arg.as_str() {
             "--keep" => keep = true,
+            "--vm" => match args.next().as_deref() {
+                Some("qemu") => vms = VmKind::Guest,
+                Some("namespace") => vms = VmKind::Namespace,
+                _ => {
+                    eprintln!("wgnet-sandbox: --vm takes namespace or qemu\n{USAGE}");
+                    return std::process::ExitCode::from(2);
+                }
+            },
             "-h" | "--help" => {
                 say(USAGE);
                 return std::process::ExitCode::SUCCESS;
@@ -333,7 +350,16 @@ async fn main() -> std::process::ExitCode {
     }
     say("wireguard-gateway-operator sandbox");
     say("  real:     wgnet-operator, wgnet-link (WireGuard in userspace, nftables, routes),");
-    say("            the VM's own startup script (wireguard-go stands in for the kernel module),");
+    if vms == VmKind::Guest {
+        say("            the VM: a Debian 12 guest with its own kernel under qemu, running its");
+        say(
+            "            startup script from metadata (kernel WireGuard, nftables installed by apt),",
+        );
+    } else {
+        say(
+            "            the VM's own startup script (wireguard-go stands in for the kernel module),",
+        );
+    }
     say("            the Kubernetes control plane (etcd, kube-apiserver, controller manager,");
     say("            scheduler, kube-proxy in nftables mode), helm, kubectl,");
     say("            TCP from an internet client to the public address");
@@ -342,7 +368,12 @@ async fn main() -> std::process::ExitCode {
     say(
         "            the internet (TEST-NET addresses in network namespaces, no route off this machine)",
     );
-    let c = Cluster::start(LatencyProfile::gcp_typical().scaled_by(0.05)).await;
+    let c = Cluster::start_with_vms(
+        LatencyProfile::gcp_typical().scaled_by(0.05),
+        OperatorRun::ByTheTest,
+        vms,
+    )
+    .await;
     let kubeconfig = c.cp.admin_kubeconfig();
     say(&format!(
         "  control plane ready in {:.1} s; kubeconfig while it runs: {} (GCP latencies: typical x0.05)",
