@@ -49,13 +49,14 @@ images:
 	$$engine build --target link -t $(LINK_IMAGE) .
 
 # It applies examples/demo/, fetches a page through the gateway, deletes it and exits.
+# VM=qemu boots the gateway VM as a Debian 12 guest under qemu (demo and sandbox).
 # The local sandbox (as root): a real control plane, emulated GCP, real operator, link, VM.
-demo: k8s-bins
-	$(CARGO) run --quiet --locked -p wgnet-tests --bin wgnet-sandbox
+demo: k8s-bins $(if $(filter qemu,$(VM)),guest-image)
+	$(CARGO) run --quiet --locked -p wgnet-tests --bin wgnet-sandbox -- $(if $(VM),--vm $(VM))
 
 # As demo, but keeps running with a kubeconfig printed until Ctrl-C (exits 0 and cleans up).
-sandbox: k8s-bins
-	$(CARGO) run --quiet --locked -p wgnet-tests --bin wgnet-sandbox -- --keep
+sandbox: k8s-bins $(if $(filter qemu,$(VM)),guest-image)
+	$(CARGO) run --quiet --locked -p wgnet-tests --bin wgnet-sandbox -- --keep $(if $(VM),--vm $(VM))
 
 # Real cluster (kind), real GCP: see scripts/e2e-kind.sh for what it needs. Not part of test.
 e2e-kind:

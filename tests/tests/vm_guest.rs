@@ -177,17 +177,28 @@ async fn the_guest_installs_its_tools_and_serves_through_kernel_wireguard() {
         !banner.contains("SSH-"),
         "the guest's sshd answered from outside: {banner}"
     );
-    // Nor the metadata server, through the guest as a router.
-    vm.gw
-        .client
-        .sh(&format!("ip route add 169.254.169.254/32 via {}", vm.gw.ip));
-    let (ok, out, _) = vm.gw.client.try_sh(
-        "curl -fsS -m 5 -H 'Metadata-Flavor: Google' http://169.254.169.254/computeMetadata/v1/instance/attributes/",
+    // The guest reaches its metadata server by GCE's name; nobody outside reaches it, neither
+    // through the guest as a router nor as a neighbour on the guest's network (any HTTP
+    // status at all would count as reaching it).
+    let (rc, port) = g.run(
+        "curl -fsS -H 'Metadata-Flavor: Google' http://metadata.google.internal/computeMetadata/v1/instance/attributes/wgnet-listen-port",
     );
-    assert!(
-        !ok,
-        "the metadata server answered a client through the guest: {out}"
-    );
+    assert_eq!((rc, port.trim()), (0, "51820"), "the guest's own metadata");
+    let probe = "curl -s -m 5 -o /dev/null -w '%{http_code}' -H 'Metadata-Flavor: Google' http://169.254.169.254/computeMetadata/v1/instance/attributes/wgnet-listen-port";
+    for (route, what) in [
+        (format!("via {}", vm.gw.ip), "through the guest"),
+        ("dev eth0".to_owned(), "as the guest's neighbour"),
+    ] {
+        vm.gw
+            .client
+            .sh(&format!("ip route replace 169.254.169.254/32 {route}"));
+        let (_, code, _) = vm.gw.client.try_sh(probe);
+        assert_eq!(
+            code.trim(),
+            "000",
+            "a client {what} got an answer from the metadata server"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
