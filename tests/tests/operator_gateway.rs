@@ -17,7 +17,10 @@ use wgnet_tests::fixtures::{CLUSTER, PROJECT};
 use wgnet_tests::gcp::LatencyProfile;
 
 mod common;
-use common::{Operator, delete_and_wait, operator_with};
+use common::{
+    Operator, assert_gcp_holds_nothing, assert_serves_web, delete_and_wait, gateway, operator_with,
+    service,
+};
 
 async fn operator(c: &Cluster) -> Operator {
     operator_with(c, Duration::from_secs(20)).await
@@ -32,38 +35,6 @@ async fn namespace(client: &Client, name: &str, labels: &[(&str, &str)]) {
         .create(&PostParams::default(), &ns)
         .await
         .expect("create namespace");
-}
-
-/// Creates a Service and returns its ClusterIP.
-async fn service(client: &Client, ns: &str, name: &str, ports: &[(i32, &str)]) -> String {
-    let ports: Vec<_> = ports
-        .iter()
-        .map(|(p, proto)| json!({"name": format!("{}-{p}", proto.to_lowercase()), "port": p, "protocol": proto}))
-        .collect();
-    let svc: Service = serde_json::from_value(json!({
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {"selector": {"app": name}, "ports": ports}
-    }))
-    .expect("service");
-    let svc = Api::<Service>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &svc)
-        .await
-        .expect("create service");
-    svc.spec.and_then(|s| s.cluster_ip).expect("cluster IP")
-}
-
-fn gateway(name: &str, forwards: serde_json::Value) -> Gateway {
-    serde_json::from_value(json!({
-        "apiVersion": "wgnet.dev/v1alpha1",
-        "kind": "Gateway",
-        "metadata": {"name": name},
-        "spec": {
-            "gcp": {"projectID": PROJECT, "region": "us-central1", "zone": "us-central1-a"},
-            "wireguard": {"keepalive": 5},
-            "forwards": forwards
-        }
-    }))
-    .expect("gateway")
 }
 
 /// Creates `gw` in `apps`; the Gateways API of that namespace.
@@ -177,18 +148,6 @@ fn firewall_ports(c: &Cluster, gw: &Gateway) -> Vec<String> {
     out
 }
 
-/// Panics naming what GCP still holds, besides the operator's own service account.
-fn assert_gcp_holds_nothing(c: &Cluster) {
-    let left: Vec<_> = c
-        .emu
-        .inventory()
-        .into_iter()
-        .filter(|i| !i.name.starts_with("wgnet-operator@"))
-        .map(|i| format!("{} {}", i.kind, i.name))
-        .collect();
-    assert!(left.is_empty(), "GCP resources left behind: {left:?}");
-}
-
 async fn managed_children(client: &Client, ns: &str) -> usize {
     let lp = ListParams::default().labels("app.kubernetes.io/managed-by=wgnet-operator");
     Api::<Deployment>::namespaced(client.clone(), ns)
@@ -260,18 +219,7 @@ async fn gateway_serves_tcp_and_udp_and_delete_leaves_nothing() {
             .any(|f| f == "wgnet.dev/gateway-teardown")
     );
 
-    let tcp = c
-        .request("tcp", &addr, 8080, Duration::from_secs(20))
-        .unwrap_or_else(|| panic!("TCP 8080 unanswered\n{}", c.logs()));
-    assert!(tcp.starts_with("web tcp 80 from 10.244.0."), "{tcp}");
-    let udp = c
-        .request("udp", &addr, 5353, Duration::from_secs(20))
-        .expect("UDP 5353");
-    assert!(udp.starts_with("web udp 53 from 10.244.0."), "{udp}");
-    assert!(
-        !c.answers("tcp", &addr, 9999),
-        "an unlisted port must not answer"
-    );
+    assert_serves_web(&c, &addr, Duration::from_secs(20));
     assert_eq!(
         firewall_ports(&c, &gw),
         vec!["tcp/8080", "udp/51820", "udp/5353"]

@@ -15,7 +15,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Service;
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
 use serde_json::json;
@@ -25,7 +24,7 @@ use wgnet_tests::cluster::{Cluster, OperatorRun};
 use wgnet_tests::gcp::LatencyProfile;
 
 mod common;
-use common::operator_with;
+use common::{assert_gcp_holds_nothing, assert_serves_web, gateway, operator_with, service};
 use wgnet_tests::fixtures::PROJECT;
 use wgnet_tests::gateway::{Gw, VmKind, ZONE, echo_py, gateway_with};
 use wgnet_tests::guest::Guest;
@@ -329,33 +328,15 @@ async fn a_gateway_the_operator_provisions_serves_through_a_guest_with_kernel_wi
     .await;
     let _op = operator_with(&c, Duration::from_secs(20)).await;
     c.namespace("apps", &[]).await;
-    let svc: Service = serde_json::from_value(json!({
-        "metadata": {"name": "web", "namespace": "apps"},
-        "spec": {"selector": {"app": "web"}, "ports": [
-            {"name": "tcp-80", "port": 80, "protocol": "TCP"},
-            {"name": "udp-53", "port": 53, "protocol": "UDP"}
-        ]}
-    }))
-    .expect("service");
-    Api::<Service>::namespaced(c.client.clone(), "apps")
-        .create(&PostParams::default(), &svc)
-        .await
-        .expect("create service");
+    service(&c.client, "apps", "web", &[(80, "TCP"), (53, "UDP")]).await;
     c.backend("apps", "web", "80", "53", "web").await;
-    let gw: Gateway = serde_json::from_value(json!({
-        "apiVersion": "wgnet.dev/v1alpha1",
-        "kind": "Gateway",
-        "metadata": {"name": "edge"},
-        "spec": {
-            "gcp": {"projectID": PROJECT, "region": "us-central1", "zone": ZONE},
-            "wireguard": {"keepalive": 5},
-            "forwards": [
-                {"port": 8080, "service": "web", "targetPort": 80},
-                {"port": 5353, "protocol": "UDP", "service": "web", "targetPort": 53}
-            ]
-        }
-    }))
-    .expect("gateway");
+    let gw = gateway(
+        "edge",
+        json!([
+            {"port": 8080, "service": "web", "targetPort": 80},
+            {"port": 5353, "protocol": "UDP", "service": "web", "targetPort": 53}
+        ]),
+    );
     let gws: Api<Gateway> = Api::namespaced(c.client.clone(), "apps");
     gws.create(&PostParams::default(), &gw)
         .await
@@ -379,18 +360,9 @@ async fn a_gateway_the_operator_provisions_serves_through_a_guest_with_kernel_wi
         .and_then(|s| s.address.clone())
         .expect("address");
 
-    let tcp = c
-        .request("tcp", &addr, 8080, Duration::from_secs(60))
-        .unwrap_or_else(|| panic!("TCP 8080 unanswered\n{}", c.logs()));
-    assert!(tcp.starts_with("web tcp 80 from 10.244.0."), "{tcp}");
-    let udp = c
-        .request("udp", &addr, 5353, Duration::from_secs(30))
-        .expect("UDP 5353");
-    assert!(udp.starts_with("web udp 53 from 10.244.0."), "{udp}");
     // GCP's firewall, applied at the guest's host side, lets only the forwarded ports and
-    // WireGuard in: the guest's ruleset would send TCP 9999 to the link, the firewall never
-    // lets it reach the guest.
-    assert!(!c.answers("tcp", &addr, 9999), "an unlisted port answered");
+    // WireGuard in (the guest's own ruleset would send an unlisted TCP port to the link).
+    assert_serves_web(&c, &addr, Duration::from_secs(60));
 
     let vms = c.vms();
     assert_eq!(vms.len(), 1, "{vms:?}");
@@ -416,13 +388,5 @@ async fn a_gateway_the_operator_provisions_serves_through_a_guest_with_kernel_wi
         "the Gateway or its guest outlived the delete\n{}",
         c.logs()
     );
-    // The operator's own service account (the emulator's identity) is not the Gateway's.
-    let left: Vec<String> = c
-        .emu
-        .inventory()
-        .into_iter()
-        .filter(|i| !i.name.starts_with("wgnet-operator@"))
-        .map(|i| format!("{} {}", i.kind, i.name))
-        .collect();
-    assert!(left.is_empty(), "cloud resources left: {left:?}");
+    assert_gcp_holds_nothing(&c);
 }

@@ -4,9 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::Api;
-use kube::api::DeleteParams;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{DeleteParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
 use tokio::sync::watch;
+use wgnet_operator::api::Gateway;
 use wgnet_operator::children::LinkImage;
 use wgnet_operator::controller::{self, Context, Settings};
 use wgnet_operator::metrics::Metrics;
@@ -93,4 +96,69 @@ pub fn load_balancer_defaults() -> controller::loadbalancer::LoadBalancerSetting
         zone: Some("us-central1-a".into()),
         ..Default::default()
     }
+}
+
+/// Creates a Service and returns its ClusterIP.
+#[allow(dead_code)] // used by the Gateway tests only
+pub async fn service(client: &Client, ns: &str, name: &str, ports: &[(i32, &str)]) -> String {
+    let ports: Vec<_> = ports
+        .iter()
+        .map(|(p, proto)| json!({"name": format!("{}-{p}", proto.to_lowercase()), "port": p, "protocol": proto}))
+        .collect();
+    let svc: Service = serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"selector": {"app": name}, "ports": ports}
+    }))
+    .expect("service");
+    let svc = Api::<Service>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &svc)
+        .await
+        .expect("create service");
+    svc.spec.and_then(|s| s.cluster_ip).expect("cluster IP")
+}
+
+/// A Gateway `name` in the tests' project and zone, keepalive 5 s, with `forwards`.
+#[allow(dead_code)] // used by the Gateway tests only
+pub fn gateway(name: &str, forwards: serde_json::Value) -> Gateway {
+    serde_json::from_value(json!({
+        "apiVersion": "wgnet.dev/v1alpha1",
+        "kind": "Gateway",
+        "metadata": {"name": name},
+        "spec": {
+            "gcp": {"projectID": PROJECT, "region": "us-central1", "zone": "us-central1-a"},
+            "wireguard": {"keepalive": 5},
+            "forwards": forwards
+        }
+    }))
+    .expect("gateway")
+}
+
+/// Clients on the internet reach the `web` backend (TCP 80, UDP 53, behind Service `web`)
+/// through `addr`'s forwards 8080 and 5353 within `timeout` each, and an unlisted port does
+/// not answer.
+#[allow(dead_code)] // used by the Gateway tests only
+pub fn assert_serves_web(c: &Cluster, addr: &str, timeout: Duration) {
+    let tcp = c
+        .request("tcp", addr, 8080, timeout)
+        .unwrap_or_else(|| panic!("TCP 8080 unanswered\n{}", c.logs()));
+    assert!(tcp.starts_with("web tcp 80 from 10.244.0."), "{tcp}");
+    let udp = c.request("udp", addr, 5353, timeout).expect("UDP 5353");
+    assert!(udp.starts_with("web udp 53 from 10.244.0."), "{udp}");
+    assert!(
+        !c.answers("tcp", addr, 9999),
+        "an unlisted port must not answer"
+    );
+}
+
+/// Panics naming what GCP still holds, besides the operator's own service account.
+#[allow(dead_code)] // used by the Gateway tests only
+pub fn assert_gcp_holds_nothing(c: &Cluster) {
+    let left: Vec<_> = c
+        .emu
+        .inventory()
+        .into_iter()
+        .filter(|i| !i.name.starts_with("wgnet-operator@"))
+        .map(|i| format!("{} {}", i.kind, i.name))
+        .collect();
+    assert!(left.is_empty(), "GCP resources left behind: {left:?}");
 }
