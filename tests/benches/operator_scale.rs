@@ -199,6 +199,9 @@ async fn main() {
     }
     let deadline = Instant::now() + Duration::from_secs(3600);
     let mut done = 0;
+    // Progress on stderr once a minute: at thousands of Gateways this phase runs for tens of
+    // minutes, and a run cut short should still say how far it got.
+    let mut next_progress = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         let list = gws.list(&ListParams::default()).await.expect("list");
         done = list
@@ -213,6 +216,21 @@ async fn main() {
             .count();
         if done == n {
             break;
+        }
+        if Instant::now() >= next_progress {
+            next_progress += Duration::from_secs(60);
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!(
+                    "  {:>5.0} s: cloud resources of {done}/{n} Gateways; {} GCP calls; RSS {:.1} MiB",
+                    t0.elapsed().as_secs_f64(),
+                    emu.request_log()
+                        .iter()
+                        .filter(|c| c.api != "oauth" && c.api != "metadata")
+                        .count(),
+                    rss_kib(pid, "VmRSS:") as f64 / 1024.0
+                );
+            }
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
