@@ -290,6 +290,8 @@ impl Guest {
                     Some("STOPPING" | "TERMINATED" | "SUSPENDED") | None => power_off(&power),
                     _ => {}
                 }
+                // A poll, as the cluster's booter does: the emulator has no change feed to
+                // wait on, and 200 ms keeps a power change well inside the tests' bounds.
                 std::thread::sleep(Duration::from_millis(200));
             }
         }));
