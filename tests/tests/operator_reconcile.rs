@@ -46,6 +46,10 @@ async fn env() -> Env {
 }
 
 async fn env_with(policy: Policy) -> Env {
+    env_with_resync(policy, Duration::from_secs(5)).await
+}
+
+async fn env_with_resync(policy: Policy, resync: Duration) -> Env {
     let mut cp = ControlPlane::start(controlplane::Options {
         bind: std::net::Ipv4Addr::LOCALHOST,
         controllers: false,
@@ -65,7 +69,6 @@ async fn env_with(policy: Policy) -> Env {
     let key = dir.0.join("key.json");
     emu.write_key_file("wgnet-operator@wgnet-test.iam.gserviceaccount.com", &key)
         .expect("key file");
-    let resync = Duration::from_secs(5);
     let mut cloud = fixtures::cloud_for(&emu, key, INSTALL, "wgnet").await;
     // As wgnet-operator wires it: GCP is read back once per resync.
     cloud.set_verify_every(resync);
@@ -303,6 +306,84 @@ async fn the_reconciler_provisions_builds_prunes_and_deletes_without_a_node() {
         .map(|i| format!("{} {}", i.kind, i.name))
         .collect();
     assert!(left.is_empty(), "left in GCP: {left:?}");
+}
+
+/// Issue 23, goal 5: a pass whose link objects have not changed applies none of them (at
+/// thousands of Gateways, a dozen passes each, those applies saturated the API server); an
+/// object someone else edits is still applied again by the pass the edit starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unchanged_link_objects_are_not_applied_again_and_edited_ones_are_repaired() {
+    // A resync longer than the test: only the passes of an un-Ready Gateway (every 2 s at
+    // first) and those the edits start run.
+    let e = env_with_resync(
+        Policy::new(Projects::Only(vec![PROJECT.into()])),
+        Duration::from_secs(600),
+    )
+    .await;
+    apps_with_web(&e).await;
+    Api::<Gateway>::namespaced(e.client.clone(), "apps")
+        .create(&PostParams::default(), &gateway("edge"))
+        .await
+        .expect("create");
+    wait_gw(&e, "every GCP resource exists", |g| {
+        g.status
+            .as_ref()
+            .and_then(|s| s.gcp.as_ref())
+            .is_some_and(|s| s.instance.is_some() && s.pending_operations.is_empty())
+    })
+    .await;
+    let user = format!("system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SA}");
+    // Each pass reads the link's Lease once; applies are patches in the Gateway's namespace.
+    let count = |verb: &str, resource: &str| {
+        e.cp.audit()
+            .iter()
+            .filter(|r| {
+                r.user == user
+                    && r.verb == verb
+                    && r.namespace == "apps"
+                    && resource_is(r, resource)
+            })
+            .count()
+    };
+    // `*`: the link's objects, that is anything but the Gateway and Events.
+    fn resource_is(r: &wgnet_tests::controlplane::Audited, resource: &str) -> bool {
+        match resource {
+            "*" => !r.resource.starts_with("wgnet.dev/") && !r.resource.starts_with("events."),
+            _ => r.resource == resource,
+        }
+    }
+    let passes = count("get", "coordination.k8s.io/leases");
+    let applies = count("patch", "*");
+    let later = until(Duration::from_secs(60), || async {
+        (count("get", "coordination.k8s.io/leases") >= passes + 3).then_some(())
+    })
+    .await;
+    assert!(later.is_some(), "three more passes never ran");
+    assert_eq!(
+        count("patch", "*"),
+        applies,
+        "passes over unchanged link objects applied them again"
+    );
+
+    // Someone edits the link's config: the watch sees it, and the pass it starts puts the
+    // operator's document back.
+    let cms = Api::<ConfigMap>::namespaced(e.client.clone(), "apps");
+    let doc = |cm: ConfigMap| cm.data.and_then(|d| d.get("config.json").cloned());
+    let want = doc(cms.get("edge-link").await.expect("config map"));
+    assert!(want.is_some());
+    cms.patch(
+        "edge-link",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"config.json": "{}"}})),
+    )
+    .await
+    .expect("edit");
+    let repaired = until(Duration::from_secs(30), || async {
+        let now = doc(cms.get("edge-link").await.ok()?);
+        (now == want).then_some(())
+    })
+    .await;
+    assert!(repaired.is_some(), "the edited config was never repaired");
 }
 
 /// A Gateway of `apps` named `name` forwarding 8080 to `web`.

@@ -51,7 +51,6 @@ pub async fn run<C: Cloud + 'static>(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
-    let managed = watcher::Config::default().labels(MANAGED_SELECTOR);
     let pods = watcher::Config::default().labels(&format!(
         "{MANAGED_SELECTOR},{}=egress-link",
         children::COMPONENT_LABEL
@@ -61,8 +60,9 @@ pub async fn run<C: Cloud + 'static>(
         watcher::Config::default().any_semantic(),
     )
     .with_config(super::controller_config())
-    .owns(Api::<Deployment>::all(client.clone()), managed.clone())
-    .owns(Api::<Service>::all(client.clone()), managed)
+    // Metadata is all a trigger needs; the watches also keep `ctx.applied` honest.
+    .owns_stream(super::children_watch::<Deployment, C>(&ctx))
+    .owns_stream(super::children_watch::<Service, C>(&ctx))
     .watches(Api::<Pod>::all(client), pods, |pod: Pod| owner_of_pod(&pod))
     .graceful_shutdown_on(shutdown)
     .run(reconcile, error_policy, ctx)
@@ -343,7 +343,7 @@ async fn reconcile_egress<C: Cloud>(
     let problem = checked.err();
     let p = params(egw);
     let objects = children(egw, &p, &ctx.settings.link, endpoint_port);
-    apply_children(c, &p, &objects).await?;
+    apply_children(c, &ctx.applied, &p, &objects).await?;
 
     let pods = Api::<Pod>::namespaced(c.clone(), &ns)
         .list(&ListParams::default().labels(&selector_string(&p.selector())))

@@ -15,7 +15,7 @@ pub(crate) mod testing;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
@@ -29,6 +29,7 @@ use wgnet_cloud::Cloud;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 
 use self::error::{ChildrenError, Error, KubeCall};
+use crate::applied::Applied;
 use crate::children::{FIELD_MANAGER, LinkChildren, LinkImage, LinkParams};
 use crate::metrics::Metrics;
 
@@ -74,6 +75,8 @@ pub struct Context<C> {
     pub metrics: Arc<Metrics>,
     /// Publishes events.k8s.io/v1 Events.
     pub recorder: Recorder,
+    /// What this process last applied, so unchanged children are not applied again.
+    pub applied: crate::applied::Applied,
 }
 
 impl<C: Cloud> Context<C> {
@@ -93,6 +96,7 @@ impl<C: Cloud> Context<C> {
             },
         );
         Self {
+            applied: crate::applied::Applied::new(settings.resync),
             client,
             cloud,
             settings,
@@ -168,6 +172,37 @@ pub async fn run<C: Cloud + 'static>(
     tokio::join!(gw, egw, lb, sweep);
 }
 
+/// A metadata-only watch of the `K` objects carrying this operator's labels, for a
+/// controller's `owns_stream`: every change it sees goes to [`Applied::observed`] first, so
+/// the pass it starts applies again what someone else changed or deleted.
+pub fn children_watch<K, C>(
+    ctx: &Arc<Context<C>>,
+) -> impl futures_util::Stream<
+    Item = Result<kube::core::PartialObjectMeta<K>, kube::runtime::watcher::Error>,
+> + Send
++ 'static
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    C: Cloud + 'static,
+{
+    use futures_util::TryStreamExt as _;
+    use kube::runtime::WatchStreamExt as _;
+    let ctx = ctx.clone();
+    kube::runtime::watcher(
+        Api::<kube::core::PartialObjectMeta<K>>::all(ctx.client.clone()),
+        kube::runtime::watcher::Config::default().labels(crate::children::MANAGED_SELECTOR),
+    )
+    .default_backoff()
+    .touched_objects()
+    .inspect_ok(move |o| ctx.applied.observed(o))
+}
+
 /// Server-side applies `obj` under the operator's field manager. When `obj` names a
 /// controlling owner, an existing object of the same name that lacks that owner is never
 /// taken over (a forced apply would adopt it, and the garbage collector would later delete
@@ -221,32 +256,79 @@ where
 /// Applies every object of a link in the order of [`LinkChildren`]'s fields: identity and
 /// rights, key, config, network policy, pods, budget, then the Service that sends traffic
 /// to them. What the spec no longer needs (a budget after scaling to one replica) is
-/// pruned by the owner's labels.
+/// pruned by the owner's labels. An object `applied` says is current is not sent again.
 pub async fn apply_children(
     client: &Client,
+    applied: &Applied,
     p: &LinkParams<'_>,
     c: &LinkChildren,
 ) -> Result<(), ChildrenError> {
     let ns = p.namespace;
-    apply(client, ns, &c.service_account).await?;
-    apply(client, ns, &c.role).await?;
-    apply(client, ns, &c.role_binding).await?;
+    apply_unless_current(client, applied, ns, &c.service_account).await?;
+    apply_unless_current(client, applied, ns, &c.role).await?;
+    apply_unless_current(client, applied, ns, &c.role_binding).await?;
     if let Some(key) = &c.key {
-        apply(client, ns, key).await?;
+        apply_unless_current(client, applied, ns, key).await?;
     }
-    apply(client, ns, &c.config_map).await?;
-    apply(client, ns, &c.network_policy).await?;
-    apply(client, ns, &c.deployment).await?;
+    apply_unless_current(client, applied, ns, &c.config_map).await?;
+    apply_unless_current(client, applied, ns, &c.network_policy).await?;
+    apply_unless_current(client, applied, ns, &c.deployment).await?;
+    // The budgets of this link, pruned as one: keyed by their selector.
+    let pruned =
+        applied.key::<PodDisruptionBudget>(ns, &crate::children::selector_string(&p.labels()));
     match &c.pdb {
         Some(pdb) => {
-            apply(client, ns, pdb).await?;
+            applied.forget(pruned);
+            apply_unless_current(client, applied, ns, pdb).await?;
         }
-        None => prune::<PodDisruptionBudget>(client, p, None).await?,
+        None => {
+            let now = Instant::now();
+            if !applied.is_current(pruned, applied.absent(), now) {
+                prune::<PodDisruptionBudget>(client, p, None).await?;
+                applied.record(pruned, applied.absent(), None, now);
+            }
+        }
     }
     if let Some(svc) = &c.service {
-        apply(client, ns, svc).await?;
+        apply_unless_current(client, applied, ns, svc).await?;
     }
     Ok(())
+}
+
+/// [`apply`], unless `applied` says this very object was applied within the resync period
+/// and no watch has seen it change since.
+async fn apply_unless_current<K>(
+    client: &Client,
+    applied: &Applied,
+    ns: &str,
+    obj: &K,
+) -> Result<(), ChildrenError>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug,
+{
+    let key = applied.key::<K>(ns, obj.meta().name.as_deref().unwrap_or_default());
+    let digest = applied.digest(obj);
+    // Taken before the write: an entry never claims more than it knows.
+    let now = Instant::now();
+    if digest.is_some_and(|d| applied.is_current(key, d, now)) {
+        return Ok(());
+    }
+    match apply(client, ns, obj).await {
+        Ok(done) => {
+            if let Some(d) = digest {
+                applied.record(key, d, done.meta().resource_version.as_deref(), now);
+            }
+            Ok(())
+        }
+        Err(e) => {
+            applied.forget(key);
+            Err(e)
+        }
+    }
 }
 
 /// Deletes the objects of kind `K` carrying the link's labels, except `keep`.

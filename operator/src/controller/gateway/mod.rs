@@ -36,8 +36,8 @@ use wgnet_cloud::{Cloud, GatewayId, Target};
 
 use super::error::{Error, backoff};
 use super::{
-    Context, condition, controller_config, owner_of_pod, publish, report_invalid, set_condition,
-    write_status,
+    Context, children_watch, condition, controller_config, owner_of_pod, publish, report_invalid,
+    set_condition, write_status,
 };
 use crate::api::conditions::{self, reasons};
 use crate::api::{FINALIZER, Gateway};
@@ -106,14 +106,14 @@ pub async fn run<C: Cloud + 'static>(
     .predicate_filter(trigger, kube::runtime::PredicateConfig::default());
     let ctrl = Controller::for_stream(gateways, store.clone()).with_config(controller_config());
     let (s1, s2) = (store.clone(), store);
-    let managed = watcher::Config::default().labels(MANAGED_SELECTOR);
     let link_pods = watcher::Config::default().labels(&format!(
         "{MANAGED_SELECTOR},{}=link",
         children::COMPONENT_LABEL
     ));
-    ctrl.owns(Api::<Deployment>::all(client.clone()), managed.clone())
-        .owns(Api::<ConfigMap>::all(client.clone()), managed.clone())
-        .owns(Api::<Secret>::all(client.clone()), managed)
+    // Metadata is all a trigger needs; the watches also keep `ctx.applied` honest.
+    ctrl.owns_stream(children_watch::<Deployment, C>(&ctx))
+        .owns_stream(children_watch::<ConfigMap, C>(&ctx))
+        .owns_stream(children_watch::<Secret, C>(&ctx))
         .watches(Api::<Pod>::all(client.clone()), link_pods, |pod: Pod| {
             owner_of_pod(&pod)
         })
@@ -330,7 +330,13 @@ async fn reconcile_gateway<C: Cloud>(gw: &Gateway, ctx: &Context<C>) -> Result<A
         address.as_deref(),
         &ctx.settings,
     );
-    apply::children(&ctx.client, &children.params, &children.objects).await?;
+    apply::children(
+        &ctx.client,
+        &ctx.applied,
+        &children.params,
+        &children.objects,
+    )
+    .await?;
     let dns = apply::dns(ctx, gw, address.as_deref()).await?;
     // I/O: the Lease, its holder's pod, the Deployment.
     let link = observe::link(&ctx.client, gw).await?;
