@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable as _};
 use reqwest::Method;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::error::CloudError;
@@ -189,9 +190,11 @@ impl Api {
         format!("{}{}", base.trim_end_matches('/'), format_args!("/{path}"))
     }
 
-    /// One JSON call with retries. `what` names the resource for error messages.
+    /// One JSON call with retries, its answer read as a `T` straight from the bytes (no
+    /// intermediate `Value`: a page of a hundred instances is megabytes of JSON, and a
+    /// `Value` tree of it several times that). `what` names the resource for error messages.
     #[allow(clippy::too_many_arguments)]
-    pub async fn call(
+    pub async fn call<T: DeserializeOwned>(
         &self,
         service: Service,
         method: Method,
@@ -200,7 +203,7 @@ impl Api {
         op: &'static str,
         what: &str,
         retry: Retry,
-    ) -> Result<Value, CloudError> {
+    ) -> Result<T, CloudError> {
         let backoff = ExponentialBuilder::default()
             .with_min_delay(self.retry.min_delay)
             .with_max_delay(self.retry.max_delay)
@@ -222,7 +225,7 @@ impl Api {
             .await
     }
 
-    async fn once(
+    async fn once<T: DeserializeOwned>(
         &self,
         service: Service,
         method: Method,
@@ -230,7 +233,7 @@ impl Api {
         body: Option<&Value>,
         op: &'static str,
         what: &str,
-    ) -> Result<Value, CloudError> {
+    ) -> Result<T, CloudError> {
         // Every attempt, retries included, spends from its project's budget.
         if let Some(project) = crate::budget::project_of(path) {
             self.budget.acquire(project).await;
@@ -270,17 +273,9 @@ impl Api {
                 match bytes {
                     Err(e) => (0, Err(e)),
                     Ok(bytes) if (200..300).contains(&status) => {
-                        let v = if bytes.is_empty() {
-                            Ok(Value::Object(Default::default()))
-                        } else {
-                            serde_json::from_slice(&bytes).map_err(|e| {
-                                CloudError::Protocol(format!(
-                                    "{} {op} {what}: unreadable answer: {e}",
-                                    service.name()
-                                ))
-                            })
-                        };
-                        (status, v)
+                        // An empty answer (a DELETE's) reads as an empty object.
+                        let json: &[u8] = if bytes.is_empty() { b"{}" } else { &bytes };
+                        (status, decode_answer(json, service, op, what))
                     }
                     Ok(bytes) => (status, Err(api_error(service, op, what, status, &bytes))),
                 }
@@ -297,6 +292,33 @@ impl Api {
         }
         outcome
     }
+}
+
+/// An answer as a `T`: unreadable JSON and JSON of another shape are both protocol errors,
+/// named by the call and where the error is. serde's message for a value of the wrong type
+/// quotes the value, and a Secret Manager answer holds key material: never shown.
+fn decode_answer<T: DeserializeOwned>(
+    json: &[u8],
+    service: Service,
+    op: &str,
+    what: &str,
+) -> Result<T, CloudError> {
+    serde_json::from_slice(json).map_err(|e| {
+        let api = service.name();
+        CloudError::Protocol(match e.classify() {
+            serde_json::error::Category::Data => format!(
+                "{api} {op} {what}: GCP's answer does not have the expected shape (at line {}, column {})",
+                e.line(),
+                e.column()
+            ),
+            _ => format!(
+                "{api} {op} {what}: unreadable answer ({:?} error at line {}, column {})",
+                e.classify(),
+                e.line(),
+                e.column()
+            ),
+        })
+    })
 }
 
 fn transport_message(e: &reqwest::Error) -> String {
@@ -407,5 +429,35 @@ mod tests {
             reason("<html>bad gateway</html>"),
             (String::new(), "<html>bad gateway</html>".into())
         );
+    }
+
+    /// An answer of the wrong shape (a Secret Manager payload where a number was expected)
+    /// or cut short is an error that says where, never what: serde's own message would
+    /// quote the value.
+    #[test]
+    fn answers_that_do_not_read_are_errors_that_never_quote_them() {
+        #[derive(Debug, serde::Deserialize)]
+        struct Shape {
+            data: u64,
+        }
+        for body in [
+            r#"{"data": "c2VjcmV0LWtleS1tYXRlcmlhbA=="}"#,
+            r#"{"data": 1, "#,
+        ] {
+            let e = decode_answer::<Shape>(
+                body.as_bytes(),
+                Service::Secrets,
+                "access secret version",
+                "wg-x",
+            )
+            .expect_err("not a Shape");
+            let msg = e.to_string();
+            assert!(!msg.contains("c2VjcmV0"), "{msg}");
+            assert!(msg.contains("access secret version wg-x"), "{msg}");
+            assert!(msg.contains("line 1"), "{msg}");
+        }
+        let ok: Shape =
+            decode_answer(b"{\"data\": 7}", Service::Compute, "get", "x").expect("reads");
+        assert_eq!(ok.data, 7);
     }
 }

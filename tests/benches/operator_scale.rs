@@ -199,9 +199,14 @@ async fn main() {
     }
     let deadline = Instant::now() + Duration::from_secs(3600);
     let mut done = 0;
+    // Listing every Gateway with its status costs the API server (this machine's two
+    // cores serve it, the operator and the emulator): a second a thousand Gateways between
+    // lists, so the bench does not slow what it measures.
+    let poll = Duration::from_secs((n as u64).div_ceil(1000).max(1));
     // Progress on stderr once a minute: at thousands of Gateways this phase runs for tens of
     // minutes, and a run cut short should still say how far it got.
     let mut next_progress = Instant::now() + Duration::from_secs(60);
+    let mut logged = 0;
     while Instant::now() < deadline {
         let list = gws.list(&ListParams::default()).await.expect("list");
         done = list
@@ -230,9 +235,14 @@ async fn main() {
                         .count(),
                     rss_kib(pid, "VmRSS:") as f64 / 1024.0
                 );
+                // What the last minute's calls were, for a run cut short.
+                let log = emu.request_log();
+                let minute: Vec<_> = log.into_iter().skip(logged).collect();
+                logged += minute.len();
+                eprint!("{}", top_lines(&minute, 8));
             }
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(poll).await;
     }
     let all = t0.elapsed();
     let calls = emu
@@ -340,7 +350,7 @@ async fn main() {
         if ready == want_ready {
             break;
         }
-        tokio::time::sleep(Duration::from_secs(if n > 1000 { 5 } else { 1 })).await;
+        tokio::time::sleep(poll).await;
     }
     println!(
         "{ready}/{want_ready} Gateways Ready {:?} after the VMs and links were ({} stuck un-Ready)",
@@ -472,6 +482,11 @@ fn call_kind(method: &str, path: &str) -> String {
 /// The `top` largest groups of `calls` by API, method, resource kind and status.
 #[allow(clippy::print_stdout)]
 fn print_top(calls: &[wgnet_tests::gcp::LoggedCall], top: usize) {
+    print!("{}", top_lines(calls, top));
+}
+
+/// [`print_top`]'s lines.
+fn top_lines(calls: &[wgnet_tests::gcp::LoggedCall], top: usize) -> String {
     let mut groups: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
     for c in calls {
         let kind = call_kind(&c.method, &c.path);
@@ -481,7 +496,9 @@ fn print_top(calls: &[wgnet_tests::gcp::LoggedCall], top: usize) {
     }
     let mut sorted: Vec<_> = groups.into_iter().collect();
     sorted.sort_by_key(|g| std::cmp::Reverse(g.1));
-    for (g, count) in sorted.into_iter().take(top) {
-        println!("  {count:>8}  {g}");
-    }
+    sorted
+        .into_iter()
+        .take(top)
+        .map(|(g, count)| format!("  {count:>8}  {g}\n"))
+        .collect()
 }

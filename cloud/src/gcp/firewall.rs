@@ -127,6 +127,15 @@ impl GcpCloud {
 
     /// Both rules; ready when both are as wanted.
     pub(super) async fn ensure_firewall(&self, p: &Pass<'_>) -> (Step<()>, Vec<PendingOp>) {
+        // Between verifications of the same desired state, rules a pass found as wanted
+        // stand (another desired state, a spec edit, verifies at once).
+        if !p.verify
+            && p.rec.firewall.as_deref() == Some(p.name.as_str())
+            && p.pending(ResourceKind::Firewall).is_none()
+            && p.pending(ResourceKind::TunnelFirewall).is_none()
+        {
+            return (Step::Ready(()), Vec::new());
+        }
         let ((fwd, mut ops), (tun, tun_ops)) = futures_util::future::join(
             self.ensure_rule(p, ResourceKind::Firewall, self.forwards_rule(p)),
             self.ensure_rule(p, ResourceKind::TunnelFirewall, self.tunnel_rule(p)),

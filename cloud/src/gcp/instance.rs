@@ -117,6 +117,15 @@ impl GcpCloud {
         {
             return (s, ops);
         }
+        // Between verifications of the same desired state, the VM a pass found RUNNING
+        // and as wanted stands for a while (see `RUNNING_TRUSTED`).
+        if p.rec.instance.as_deref() == Some(p.name.as_str())
+            && let Some(nat) = self.running_as_last_read(p)
+        {
+            p.vm_as_last_read
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            return (Step::Ready(("RUNNING".to_owned(), nat)), ops);
+        }
         let t = &p.d.target;
         let path = path(p.project(), &t.zone, &p.name);
         let mutation = |method, path, op| Mutation::<'_, Instance> {

@@ -101,9 +101,13 @@ pub struct GcpCloud {
     cluster: String,
     network: String,
     verify_every: Duration,
-    /// When each gateway (by uid) last had a pass that read every resource back and found
-    /// it whole. In memory: a restarted operator verifies everything on its first pass.
-    verified: Mutex<HashMap<String, Instant>>,
+    /// When each gateway (by uid) last had a pass that read every resource back, for which
+    /// desired state, and how it last saw the VM. In memory: a restarted operator verifies
+    /// everything on its first pass.
+    verified: Mutex<HashMap<String, Verified>>,
+    /// Hashes desired states for [`Verified::desired`] (random keys: nothing a tenant's
+    /// spec could aim a collision at).
+    hasher: std::hash::RandomState,
     /// When the shared network was last read back and found ours, by project. Every
     /// gateway of a project shares it, so one read per project per `verify_every` stands
     /// for all of them (issue 23: calls that do not grow with the number of Gateways).
@@ -117,6 +121,24 @@ pub struct GcpCloud {
     /// and its secret's latest version, which no list shows.
     deep_verified: Mutex<HashMap<String, Instant>>,
 }
+
+/// What the last verifying pass over a gateway knew.
+#[derive(Debug)]
+struct Verified {
+    at: Instant,
+    /// [`GcpCloud::desired_digest`] of what that pass converged to: another desired state
+    /// (a spec edit, a new key) is verified at once, whatever the time.
+    desired: u64,
+    /// The VM's external address and when a pass last found it RUNNING: passes within
+    /// [`RUNNING_TRUSTED`] of that report it without reading it again.
+    running: Option<(Option<String>, Instant)>,
+}
+
+/// How long a VM found RUNNING is reported so without a read, between verifications: a
+/// Gateway waiting for its VM's report polls its guest attributes every few seconds, and
+/// the VM read was half of each poll; a preempted or stopped VM is still noticed within
+/// this long by such polls.
+const RUNNING_TRUSTED: Duration = Duration::from_secs(30);
 
 /// A deep pass (the IAM grant and the secret's latest version, one read each per
 /// gateway) comes every this many verify windows: hourly at the default resync. Those
@@ -189,6 +211,8 @@ struct Pass<'a> {
     snap: Option<std::sync::Arc<snapshot::Snapshot>>,
     /// The service account or the secret was created this pass: the grant is made anew.
     recreated: std::sync::atomic::AtomicBool,
+    /// The VM was reported as the last read found it, not read.
+    vm_as_last_read: std::sync::atomic::AtomicBool,
 }
 
 impl Pass<'_> {
@@ -268,17 +292,6 @@ fn collision(kind: &'static str, name: &str, description: &str) -> CloudError {
     }
 }
 
-/// An answer in the shape `T`, or a protocol error that names the call (never the body,
-/// which may hold key material).
-fn decode<T: DeserializeOwned>(v: Value, op: &str, what: &str) -> Result<T, CloudError> {
-    serde_json::from_value(v).map_err(|e| {
-        CloudError::Protocol(format!(
-            "{op} {what}: GCP's answer does not have the expected shape ({:?} error)",
-            e.classify()
-        ))
-    })
-}
-
 /// A request body as JSON.
 fn encode_body<T: Serialize>(t: &T) -> Result<Value, CloudError> {
     serde_json::to_value(t)
@@ -317,6 +330,7 @@ impl GcpCloud {
             network: config.network,
             verify_every: config.verify_every,
             verified: Mutex::new(HashMap::new()),
+            hasher: std::hash::RandomState::new(),
             networks_seen: Mutex::new(HashMap::new()),
             network_reads: Mutex::new(HashMap::new()),
             snapshots: snapshot::Snapshots::default(),
@@ -334,12 +348,65 @@ impl GcpCloud {
         self.verify_every = every;
     }
 
-    /// Whether this pass over gateway `uid` reads its steady resources back.
-    fn verify_due(&self, uid: &str) -> bool {
+    /// Whether this pass over gateway `uid`, wanting `desired` (its digest), reads its
+    /// resources back: when none was verified within `verify_every`, or for another
+    /// desired state.
+    fn verify_due(&self, uid: &str, desired: u64) -> bool {
         let verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
         verified
             .get(uid)
-            .is_none_or(|at| at.elapsed() >= self.verify_every)
+            .is_none_or(|v| v.desired != desired || v.at.elapsed() >= self.verify_every)
+    }
+
+    /// A digest of everything in `d` a resource's shape depends on (the key itself only
+    /// through its version, which changes with it).
+    fn desired_digest(&self, d: &Desired) -> u64 {
+        use std::hash::{BuildHasher as _, Hash as _, Hasher as _};
+        let mut h = self.hasher.build_hasher();
+        let t = &d.target;
+        (&t.id, &t.project, &t.region, &t.zone).hash(&mut h);
+        (
+            &d.machine_type,
+            &d.image,
+            d.disk_size_gb,
+            d.reserved_ip,
+            d.spot,
+        )
+            .hash(&mut h);
+        (
+            d.listen_port,
+            &d.ports,
+            &d.source_ranges,
+            &d.metadata,
+            d.key_version,
+        )
+            .hash(&mut h);
+        h.finish()
+    }
+
+    /// The VM's external address as the last read found it RUNNING, when a pass between
+    /// verifications of the same desired state may report that instead of reading again.
+    fn running_as_last_read(&self, p: &Pass<'_>) -> Option<Option<String>> {
+        if p.verify {
+            return None;
+        }
+        let verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+        let (nat, at) = verified.get(&p.d.target.id.uid)?.running.clone()?;
+        (at.elapsed() < RUNNING_TRUSTED.min(self.verify_every)).then_some(nat)
+    }
+
+    /// Records how this pass left the VM: RUNNING with `nat`, or unknown (`None`: the
+    /// next pass reads it).
+    fn note_running(&self, uid: &str, running: Option<Option<String>>, read: bool) {
+        let mut verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(v) = verified.get_mut(uid) {
+            v.running = match (running, v.running.take()) {
+                (None, _) => None,
+                // Reported from the last read: that read's time stands.
+                (Some(nat), Some((_, at))) if !read => Some((nat, at)),
+                (Some(nat), _) => Some((nat, Instant::now())),
+            };
+        }
     }
 
     /// Whether this pass over gateway `uid` is a deep one (see [`DEEP_EVERY`]). A gateway
@@ -363,22 +430,33 @@ impl GcpCloud {
         }
     }
 
-    /// Records that a pass over `uid` read everything back (`true`), so the record is
-    /// trusted until the next verification is due; or forgets the gateway (`false`).
-    fn note_verified(&self, uid: &str, read_back: bool, deep: bool) {
+    /// Records that a pass over `uid` for desired state `desired` read everything back
+    /// (`Some`), so the record is trusted until the next verification is due; or forgets
+    /// the gateway (`None`).
+    fn note_verified(&self, uid: &str, read_back: Option<u64>, deep: bool) {
         let mut verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
         let mut deep_verified = self
             .deep_verified
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if read_back {
-            verified.insert(uid.to_owned(), Instant::now());
-            if deep {
-                deep_verified.insert(uid.to_owned(), Instant::now());
+        match read_back {
+            Some(desired) => {
+                verified.insert(
+                    uid.to_owned(),
+                    Verified {
+                        at: Instant::now(),
+                        desired,
+                        running: None,
+                    },
+                );
+                if deep {
+                    deep_verified.insert(uid.to_owned(), Instant::now());
+                }
             }
-        } else {
-            verified.remove(uid);
-            deep_verified.remove(uid);
+            None => {
+                verified.remove(uid);
+                deep_verified.remove(uid);
+            }
         }
     }
 
@@ -424,11 +502,9 @@ impl GcpCloud {
         op: &'static str,
         what: &str,
     ) -> Result<T, CloudError> {
-        let v = self
-            .api
+        self.api
             .call(s, Method::GET, path, None, op, what, Retry::Transient)
-            .await?;
-        decode(v, op, what)
+            .await
     }
 
     /// Every item of a paged list at `path`, following `nextPageToken` (GCP pages every
@@ -488,11 +564,9 @@ impl GcpCloud {
         retry: Retry,
     ) -> Result<T, CloudError> {
         let body = encode_body(body)?;
-        let v = self
-            .api
+        self.api
             .call(s, Method::POST, path, Some(&body), op, what, retry)
-            .await?;
-        decode(v, op, what)
+            .await
     }
 }
 
@@ -528,7 +602,8 @@ impl Cloud for GcpCloud {
         } else {
             None
         };
-        let verify = self.verify_due(&d.target.id.uid);
+        let desired = self.desired_digest(d);
+        let verify = self.verify_due(&d.target.id.uid, desired);
         let p = Pass {
             d,
             rec,
@@ -540,6 +615,7 @@ impl Cloud for GcpCloud {
             deep: verify && self.deep_due(&d.target.id.uid),
             snap,
             recreated: std::sync::atomic::AtomicBool::new(false),
+            vm_as_last_read: std::sync::atomic::AtomicBool::new(false),
         };
         let mut waiting = Vec::new();
         let mut errors = Vec::new();
@@ -630,12 +706,14 @@ impl Cloud for GcpCloud {
             None => all = false,
         }
         let mut vm_status = None;
+        let mut running = None;
         let mut address = recorded.address.clone().filter(|_| d.reserved_ip);
         match inst {
             Some((s, ops)) => {
                 pending.extend(ops);
                 match absorb(s, &mut waiting, &mut errors) {
                     Some((status, nat)) => {
+                        running = (status == "RUNNING").then(|| nat.clone());
                         recorded.instance = Some(p.name.clone());
                         vm_status = Some(status);
                         if address.is_none() {
@@ -658,8 +736,14 @@ impl Cloud for GcpCloud {
         }
         let ready = all && errors.is_empty() && vm_status.as_deref() == Some("RUNNING");
         if p.verify {
-            self.note_verified(&d.target.id.uid, true, p.deep);
+            self.note_verified(&d.target.id.uid, Some(desired), p.deep);
         }
+        // The VM as this pass left it, for the passes until the next verification.
+        self.note_running(
+            &d.target.id.uid,
+            running.filter(|_| recorded.pending.is_empty() && errors.is_empty()),
+            !p.vm_as_last_read.load(Ordering::Relaxed),
+        );
         if p.writes.load(Ordering::Relaxed) > 0
             || !recorded.pending.is_empty()
             || !rec.pending.is_empty()
@@ -678,7 +762,7 @@ impl Cloud for GcpCloud {
     }
 
     async fn delete(&self, target: &Target, rec: &Recorded) -> DeleteProgress {
-        self.note_verified(&target.id.uid, false, false);
+        self.note_verified(&target.id.uid, None, false);
         let rec = &own_operations(rec, target);
         let name = target.id.resource_name();
         // A Gateway recreated under this name must not find these resources in a snapshot.

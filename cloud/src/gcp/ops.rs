@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::wire::Operation;
-use super::{GcpCloud, Pass, Step, decode, encode_body};
+use super::{GcpCloud, Pass, Step, encode_body};
 use crate::api::{Retry, Service};
 use crate::error::CloudError;
 use crate::{PendingOp, Recorded, ResourceKind, Target, names};
@@ -93,7 +93,7 @@ impl GcpCloud {
             p.wrote();
         }
         let body = m.body.map(encode_body).transpose()?;
-        let v = self
+        let op: Operation = self
             .api
             .call(
                 Service::Compute,
@@ -105,7 +105,6 @@ impl GcpCloud {
                 Retry::Transient,
             )
             .await?;
-        let op: Operation = decode(v, m.op, m.what)?;
         op_state(&op, m.kind, &format!("{} {}", m.op, m.what), &m.scope)
     }
 
@@ -197,7 +196,16 @@ impl GcpCloud {
                         .and_then(serde_json::Value::as_str)
                         .unwrap_or_default()
                         .to_owned();
-                    decode::<T>(v, get_op, &d.name).map(|t| (id, t))
+                    // One resource, read as a tree for its id: no secret in it.
+                    serde_json::from_value::<T>(v)
+                        .map_err(|e| {
+                            CloudError::Protocol(format!(
+                                "{get_op} {}: GCP's answer does not have the expected shape ({:?} error)",
+                                d.name,
+                                e.classify()
+                            ))
+                        })
+                        .map(|t| (id, t))
                 })
                 .transpose()
             });
@@ -255,7 +263,7 @@ impl GcpCloud {
         }
         match self
             .api
-            .call(
+            .call::<serde::de::IgnoredAny>(
                 s,
                 Method::DELETE,
                 path,
@@ -288,7 +296,7 @@ impl GcpCloud {
                 Box::pin(async move {
                     let _ = self
                         .api
-                        .call(
+                        .call::<serde::de::IgnoredAny>(
                             Service::Compute,
                             Method::POST,
                             &path,
