@@ -77,6 +77,8 @@ pub struct Context<C> {
     pub recorder: Recorder,
     /// What this process last applied, so unchanged children are not applied again.
     pub applied: crate::applied::Applied,
+    /// The VM reports read recently for Gateways that wait for their VM.
+    pub vm_reports: gateway::reports::Reports,
 }
 
 impl<C: Cloud> Context<C> {
@@ -97,6 +99,7 @@ impl<C: Cloud> Context<C> {
         );
         Self {
             applied: crate::applied::Applied::new(settings.resync),
+            vm_reports: gateway::reports::Reports::default(),
             client,
             cloud,
             settings,

@@ -11,6 +11,7 @@
 pub mod apply;
 pub mod build;
 pub mod observe;
+pub mod reports;
 pub mod status;
 pub mod sweep;
 pub mod teardown;
@@ -341,11 +342,27 @@ async fn reconcile_gateway<C: Cloud>(gw: &Gateway, ctx: &Context<C>) -> Result<A
     // I/O: the Lease, its holder's pod, the Deployment.
     let link = observe::link(&ctx.client, gw).await?;
     let tunnel = status::tunnel_of(&link);
-    // I/O: the VM's guest attributes, unless a settled Gateway keeps its last report.
+    // I/O: the VM's guest attributes, unless a settled Gateway keeps its last report or a
+    // waiting one read it moments ago.
+    let uid = &target.id.uid;
     let report = match status::settled_report(gw, &progress, &tunnel) {
-        Some(kept) => Some(kept),
+        Some(kept) => {
+            ctx.vm_reports.forget(uid);
+            Some(kept)
+        }
         None if progress.vm_status.as_deref() == Some("RUNNING") => {
-            ctx.cloud.vm_report(&target).await.ok()
+            let now = Instant::now();
+            let fresh_for = patience(not_ready_for(gw.status.as_ref()), ctx.settings.resync) / 2;
+            match ctx.vm_reports.recent(uid, fresh_for, now) {
+                Some(recent) => Some(recent),
+                None => {
+                    let read = ctx.cloud.vm_report(&target).await.ok();
+                    if let Some(r) = &read {
+                        ctx.vm_reports.put(uid, r.clone(), now);
+                    }
+                    read
+                }
+            }
         }
         None => None,
     };

@@ -30,6 +30,7 @@ async fn release<C: Cloud>(
 ) -> Result<Action, Error> {
     let key = format!("{}/{}", gw.namespace().unwrap_or_default(), gw.name_any());
     ctx.metrics.gateway_state(&key, None);
+    ctx.vm_reports.forget(&gw.uid().unwrap_or_default());
     tracing::info!(gateway = %key, reason, "Released");
     publish(&ctx.recorder, gw, warning, reason, "Teardown", note).await;
     Ok(Action::await_change())
