@@ -353,7 +353,11 @@ async fn reconcile_gateway<C: Cloud>(gw: &Gateway, ctx: &Context<C>) -> Result<A
         None if progress.vm_status.as_deref() == Some("RUNNING") => {
             let now = Instant::now();
             let fresh_for = patience(not_ready_for(gw.status.as_ref()), ctx.settings.resync) / 2;
-            match ctx.vm_reports.recent(uid, fresh_for, now) {
+            // A link that holds a handshake is the news that the VM just came up: read.
+            let recent = (!tunnel.ready)
+                .then(|| ctx.vm_reports.recent(uid, fresh_for, now))
+                .flatten();
+            match recent {
                 Some(recent) => Some(recent),
                 None => {
                     let read = ctx.cloud.vm_report(&target).await.ok();

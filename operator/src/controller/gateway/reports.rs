@@ -5,9 +5,9 @@
 //! A Gateway waiting for its VM is polled with growing patience (see
 //! [`super::patience`]), but every change to its link's Deployment, pods or config also
 //! starts a pass. At 1,000 Gateways being created those passes doubled the guest-attribute
-//! reads, which were then nearly half of all GCP calls. A report younger than half the
-//! Gateway's current patience is reused instead; the scheduled poll, one patience after
-//! the last read, always reads.
+//! reads. A report younger than half the Gateway's current patience is reused instead;
+//! the scheduled poll, one patience after the last read, always reads, and so does a pass
+//! whose link holds a handshake (the VM just came up: Ready must not wait for a poll).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, PoisonError};
