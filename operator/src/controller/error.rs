@@ -51,6 +51,15 @@ pub enum ObserveError {
     /// An API read failed.
     #[error("observe: {0}")]
     Kube(#[from] KubeCall),
+    /// A paged list did not end within a sane number of pages (a server repeating its
+    /// continue token): what it listed is incomplete and is not used.
+    #[error("observe: {what}: the list did not end after {pages} pages")]
+    Unending {
+        /// What was listed.
+        what: &'static str,
+        /// Pages read.
+        pages: usize,
+    },
 }
 
 /// The object asks for something this operator will not do (validate step). Nothing is
@@ -166,6 +175,7 @@ impl Error {
             | Self::Dns(k)
             | Self::Status(k) => k.reason().to_owned(),
             Self::Keys(KeysStepError::Keys(_)) => "InvalidKeySecret".into(),
+            Self::Observe(ObserveError::Unending { .. }) => "UnendingList".into(),
             Self::Validate(_) => self.reason().into(),
             Self::Children(ChildrenError::NameCollision { .. }) => reasons::NAME_COLLISION.into(),
             Self::Finalizer(_) => "Finalizer".into(),

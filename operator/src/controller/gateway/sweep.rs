@@ -5,9 +5,8 @@
 use std::collections::BTreeSet;
 use std::future::Future;
 
-use kube::Resource;
-use kube::api::Api;
-use kube::core::DeserializeGuard;
+use kube::api::{Api, ListParams};
+use kube::core::{DeserializeGuard, PartialObjectMeta};
 use wgnet_cloud::{Cloud, GatewayId, Recorded, Target};
 
 use super::{OPERATION_WAIT, SETTLING};
@@ -36,6 +35,36 @@ pub async fn sweep_loop<C: Cloud>(
     }
 }
 
+/// Gateways listed a page at a time: a single list of thousands, each parsed twice by
+/// `DeserializeGuard`, was most of the operator's peak memory.
+const PAGE: u32 = 200;
+
+/// Calls `f` on every object `api` lists, one page of [`PAGE`] at a time.
+async fn each_page<K>(api: &Api<K>, mut f: impl FnMut(&K)) -> Result<(), Error>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    const MAX_PAGES: usize = 100_000;
+    let mut params = ListParams::default().limit(PAGE);
+    // Bounded: a server that kept answering with a continue token cannot loop the sweep.
+    for _ in 0..MAX_PAGES {
+        let page = api
+            .list(&params)
+            .await
+            .map_err(|e| Error::from(ObserveError::from(KubeCall::new("list Gateways")(e))))?;
+        page.items.iter().for_each(&mut f);
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => return Ok(()),
+        }
+    }
+    // An incomplete list of live Gateways must never lead to a deletion.
+    Err(Error::from(ObserveError::Unending {
+        what: "list Gateways",
+        pages: MAX_PAGES,
+    }))
+}
+
 /// Whether a creation time (RFC 3339) is younger than `min_age`. An unreadable or missing
 /// time counts as old: the other checks still protect what a live Gateway uses.
 fn too_young(created: Option<&str>, min_age: std::time::Duration) -> bool {
@@ -57,16 +86,14 @@ fn too_young(created: Option<&str>, min_age: std::time::Duration) -> bool {
 /// the minimum age. A project that cannot be listed is reported and the others are still
 /// swept.
 pub async fn sweep_once<C: Cloud>(ctx: &Context<C>) -> Result<usize, Error> {
-    let list = |gws: Result<kube::core::ObjectList<DeserializeGuard<Gateway>>, kube::Error>| {
-        gws.map_err(|e| Error::from(ObserveError::from(KubeCall::new("list Gateways")(e))))
-    };
-    let api = Api::<DeserializeGuard<Gateway>>::all(ctx.client.clone());
     let mut projects: BTreeSet<String> = ctx.settings.sweep_projects.iter().cloned().collect();
-    for g in &list(api.list(&Default::default()).await)?.items {
+    let api = Api::<DeserializeGuard<Gateway>>::all(ctx.client.clone());
+    each_page(&api, |g| {
         if let Ok(g) = &g.0 {
             projects.insert(g.spec.gcp.project_id.clone());
         }
-    }
+    })
+    .await?;
     let mut owned = Vec::new();
     for project in projects {
         match ctx.cloud.list_owned(&project).await {
@@ -77,11 +104,14 @@ pub async fn sweep_once<C: Cloud>(ctx: &Context<C>) -> Result<usize, Error> {
         }
     }
     // The live uids, read after GCP: a Gateway created meanwhile is in this list.
-    let live: BTreeSet<String> = list(api.list(&Default::default()).await)?
-        .items
-        .iter()
-        .filter_map(|g| g.meta().uid.clone())
-        .collect();
+    let mut live = BTreeSet::new();
+    let meta = Api::<PartialObjectMeta<Gateway>>::all(ctx.client.clone());
+    each_page(&meta, |g| {
+        if let Some(uid) = &g.metadata.uid {
+            live.insert(uid.clone());
+        }
+    })
+    .await?;
     let mut deleted = 0;
     for o in owned.into_iter().filter(|o| !live.contains(&o.target.uid)) {
         if too_young(o.newest.as_deref(), ctx.settings.sweep_min_age) {
