@@ -176,6 +176,12 @@ impl Api {
         })
     }
 
+    /// Whether `project`'s request budget has room to spare (see
+    /// [`crate::budget::RequestBudget::has_spare`]).
+    pub fn has_spare(&self, project: &str) -> bool {
+        self.budget.has_spare(project, Instant::now())
+    }
+
     /// Replaces the request budget (buckets start full again).
     pub fn set_budget(&mut self, budget: crate::budget::Budget) {
         self.budget = crate::budget::RequestBudget::new(budget);

@@ -60,6 +60,18 @@ impl RequestBudget {
         }
     }
 
+    /// Whether `project`'s bucket holds at least half its burst at `now`: calls that can
+    /// wait for another pass (a poll of a VM's progress) are sent only then, so they never
+    /// take the tokens that creating and repairing Gateways need. Takes nothing.
+    pub fn has_spare(&self, project: &str, now: Instant) -> bool {
+        let Budget { per_second, burst } = self.budget;
+        let buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        buckets.get(project).is_none_or(|(tokens, last)| {
+            let refill = now.saturating_duration_since(*last).as_secs_f64() * per_second;
+            (*tokens + refill).min(burst) >= burst / 2.0
+        })
+    }
+
     /// Waits for `project`'s next token.
     pub async fn acquire(&self, project: &str) {
         let wait = self.reserve(project, Instant::now());
@@ -101,6 +113,25 @@ mod tests {
             assert_eq!(b.reserve("p", later), Duration::ZERO);
         }
         assert!(b.reserve("p", later) > Duration::ZERO);
+    }
+
+    #[test]
+    fn spare_means_half_the_burst_left_and_takes_nothing() {
+        let b = RequestBudget::new(Budget {
+            per_second: 10.0,
+            burst: 4.0,
+        });
+        let t0 = Instant::now();
+        assert!(b.has_spare("p", t0), "a project never called has its burst");
+        b.reserve("p", t0);
+        b.reserve("p", t0);
+        assert!(b.has_spare("p", t0), "2 of 4 left");
+        assert!(b.has_spare("p", t0), "asking took nothing");
+        b.reserve("p", t0);
+        assert!(!b.has_spare("p", t0), "1 of 4 left");
+        // A fifth of a second refills two.
+        assert!(b.has_spare("p", t0 + Duration::from_millis(100)));
+        assert!(b.has_spare("q", t0));
     }
 
     #[test]

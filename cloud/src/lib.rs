@@ -377,6 +377,14 @@ pub trait Cloud: Send + Sync {
         target: &Target,
     ) -> impl Future<Output = Result<BTreeMap<String, String>, CloudError>> + Send;
 
+    /// [`Cloud::vm_report`], read only when the project's request budget has room to spare;
+    /// `None` (nothing sent) otherwise. For polls that another pass can repeat: they must
+    /// not slow the Gateways being created or repaired in the same project.
+    fn vm_report_if_spare(
+        &self,
+        target: &Target,
+    ) -> impl Future<Output = Result<Option<BTreeMap<String, String>>, CloudError>> + Send;
+
     /// Waits (bounded, server side) until one of `recorded.pending` that can be
     /// `target`'s own finishes (see [`PendingOp::belongs_to`]).
     fn wait_any(&self, target: &Target, recorded: &Recorded) -> impl Future<Output = ()> + Send;

@@ -1237,6 +1237,48 @@ async fn polls_between_verifications_read_no_resource_and_an_edit_is_applied_at_
     assert!(own().iter().any(|c| c.starts_with("PATCH ")), "{:?}", own());
 }
 
+/// Issue 23, goal 5: a poll of a VM's report is sent only while the project's request
+/// budget has room to spare, so the polls of thousands of waiting Gateways never take the
+/// calls that creating the others needs (they took over half of them at 5,000).
+#[tokio::test]
+async fn a_poll_of_a_vms_report_is_sent_only_with_budget_to_spare() {
+    let mut e = env(LatencyProfile::instant()).await;
+    // Four calls at once, then hardly any: the test never waits for a refill.
+    e.cloud.set_budget(wgnet_cloud::budget::Budget {
+        per_second: 0.001,
+        burst: 4.0,
+    });
+    let t = wgnet_tests::fixtures::target("spare", "uid-spare");
+    let reads = |e: &Env| {
+        e.emu
+            .request_log()
+            .iter()
+            .filter(|c| c.path.contains("getGuestAttributes"))
+            .count()
+    };
+    assert!(
+        e.cloud
+            .vm_report_if_spare(&t)
+            .await
+            .expect("read")
+            .is_some(),
+        "a full bucket has room"
+    );
+    for _ in 0..2 {
+        e.cloud.vm_report(&t).await.expect("read");
+    }
+    assert_eq!(reads(&e), 3);
+    // One token of four left: the poll waits for another pass; nothing is sent.
+    assert_eq!(
+        e.cloud.vm_report_if_spare(&t).await.expect("no error"),
+        None
+    );
+    assert_eq!(reads(&e), 3);
+    // A read that cannot wait still goes.
+    e.cloud.vm_report(&t).await.expect("read");
+    assert_eq!(reads(&e), 4);
+}
+
 /// Issue 23, goal 2: a resync of steady gateways reads each kind of resource with one list
 /// per project, not one read per gateway; drift it shows is repaired, and what it cannot
 /// show (an absent resource) is read one by one.

@@ -925,6 +925,16 @@ impl Cloud for GcpCloud {
         self.guest_report(target).await
     }
 
+    async fn vm_report_if_spare(
+        &self,
+        target: &Target,
+    ) -> Result<Option<BTreeMap<String, String>>, CloudError> {
+        if !self.api.has_spare(&target.project) {
+            return Ok(None);
+        }
+        self.guest_report(target).await.map(Some)
+    }
+
     async fn wait_any(&self, target: &Target, recorded: &Recorded) {
         self.wait_for_any(target, recorded).await;
     }

@@ -357,9 +357,20 @@ async fn reconcile_gateway<C: Cloud>(gw: &Gateway, ctx: &Context<C>) -> Result<A
             let recent = (!tunnel.ready)
                 .then(|| ctx.vm_reports.recent(uid, fresh_for, now))
                 .flatten();
-            match recent {
-                Some(recent) => Some(recent),
-                None => {
+            match (recent, ctx.vm_reports.last(uid)) {
+                (Some(recent), _) => Some(recent),
+                // A poll with a report to fall back on yields to the project's other calls.
+                (None, Some(last)) if !tunnel.ready => {
+                    match ctx.cloud.vm_report_if_spare(&target).await {
+                        Ok(Some(r)) => {
+                            ctx.vm_reports.put(uid, r.clone(), now);
+                            Some(r)
+                        }
+                        Ok(None) => Some(last),
+                        Err(_) => None,
+                    }
+                }
+                (None, _) => {
                     let read = ctx.cloud.vm_report(&target).await.ok();
                     if let Some(r) = &read {
                         ctx.vm_reports.put(uid, r.clone(), now);

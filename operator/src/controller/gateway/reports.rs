@@ -6,8 +6,11 @@
 //! [`super::patience`]), but every change to its link's Deployment, pods or config also
 //! starts a pass. At 1,000 Gateways being created those passes doubled the guest-attribute
 //! reads. A report younger than half the Gateway's current patience is reused instead;
-//! the scheduled poll, one patience after the last read, always reads, and so does a pass
-//! whose link holds a handshake (the VM just came up: Ready must not wait for a poll).
+//! the scheduled poll, one patience after the last read, reads, and so does a pass whose
+//! link holds a handshake (the VM just came up: Ready must not wait for a poll). A poll
+//! reads only when its project's request budget has room to spare
+//! ([`wgnet_cloud::Cloud::vm_report_if_spare`]); otherwise it keeps the last report, so
+//! thousands of waiting Gateways never slow those being created.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, PoisonError};
@@ -28,6 +31,12 @@ impl Reports {
         let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         let (at, report) = entries.get(uid)?;
         (now.saturating_duration_since(*at) < fresh_for).then(|| report.clone())
+    }
+
+    /// The last report of `uid`, however old.
+    pub fn last(&self, uid: &str) -> Option<Report> {
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries.get(uid).map(|(_, r)| r.clone())
     }
 
     /// Keeps `report`, read for `uid` at `at`.
@@ -77,6 +86,7 @@ mod tests {
             None
         );
         assert_eq!(r.recent("other", Duration::from_secs(5), t0), None);
+        assert!(r.last("u").is_some(), "the last one is kept however old");
         r.forget("u");
         assert!(r.is_empty());
     }
