@@ -158,13 +158,17 @@ impl Applied {
         }
     }
 
-    /// Whether no object has an entry.
-    #[cfg(test)]
-    fn is_empty(&self) -> bool {
+    /// How many objects have an entry.
+    pub fn len(&self) -> usize {
         self.entries
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .is_empty()
+            .len()
+    }
+
+    /// Whether no object has an entry.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 

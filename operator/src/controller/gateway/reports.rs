@@ -52,13 +52,17 @@ impl Reports {
         entries.remove(uid);
     }
 
-    /// Whether no Gateway has a report kept.
-    #[cfg(test)]
-    fn is_empty(&self) -> bool {
+    /// How many Gateways have a report kept.
+    pub fn len(&self) -> usize {
         self.entries
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .is_empty()
+            .len()
+    }
+
+    /// Whether none has.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
