@@ -14,10 +14,15 @@ pub const VNET_HDR_LEN: usize = 10;
 const F_NEEDS_CSUM: u8 = 1;
 const GSO_NONE: u8 = 0;
 const GSO_TCPV4: u8 = 1;
+/// UDP segmentation offload (`VIRTIO_NET_HDR_GSO_UDP_L4`): datagrams of `gso_size`.
+const GSO_UDP_L4: u8 = 5;
 /// Flag on `gso_type`: the flow uses ECN (segments keep CWR only on the first).
 const GSO_ECN: u8 = 0x80;
 
 const PROTO_TCP: u8 = 6;
+const PROTO_UDP: u8 = 17;
+/// The kernel's UDP_MAX_SEGMENTS: datagrams one UDP super-packet may carry.
+const MAX_UDP_SEGMENTS: usize = 64;
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
@@ -88,15 +93,34 @@ pub enum Malformed {
 
 /// Adds `data` to a ones'-complement running sum of big-endian 16-bit words. `data`
 /// must start at an even offset of the checksummed range, except for the last call.
-pub fn sum(data: &[u8], mut acc: u64) -> u64 {
-    let mut words = data.chunks_exact(4);
+///
+/// Eight bytes at a time in native order with an end-around carry: a ones'-complement
+/// sum commutes with swapping the bytes of every word (RFC 1071, 2.B), so the native sum
+/// folded to 16 bits and swapped once is the big-endian sum. The checksum of every
+/// segment the link sends passes through here.
+pub fn sum(data: &[u8], acc: u64) -> u64 {
+    let mut words = data.chunks_exact(8);
+    let (mut s, mut carries) = (0u64, 0u64);
     for w in &mut words {
-        acc += u64::from(u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
+        let (v, over) = s.overflowing_add(u64::from_ne_bytes(
+            w.try_into().expect("chunks_exact yields 8 bytes"),
+        ));
+        s = v;
+        carries += u64::from(over);
     }
+    // 2^64 is 1 modulo 2^16 - 1: each carry out of the top adds one.
+    let lanes = (s & 0xffff) + ((s >> 16) & 0xffff) + ((s >> 32) & 0xffff) + (s >> 48);
+    let native = fold(lanes + carries);
+    let mut acc = acc + u64::from(u16::from_be(native));
     let rest = words.remainder();
-    let mut tail = [0u8; 4];
-    tail[..rest.len()].copy_from_slice(rest);
-    acc + u64::from(u32::from_be_bytes(tail))
+    let mut pairs = rest.chunks_exact(2);
+    for p in &mut pairs {
+        acc += u64::from(u16::from_be_bytes([p[0], p[1]]));
+    }
+    if let [last] = pairs.remainder() {
+        acc += u64::from(u16::from_be_bytes([*last, 0]));
+    }
+    acc
 }
 
 /// Folds a running sum into 16 bits (not complemented).
@@ -143,70 +167,110 @@ fn complete_checksum(pkt: &mut [u8], start: usize, offset: usize) -> Result<(), 
 }
 
 /// Turns one packet read from the TUN (its virtio header already parsed, `pkt` the bytes
-/// after it) into packets ready for encryption: checksums completed and TCP super-packets
-/// split into `gso_size` segments, each passed to `emit` in order. `scratch` holds one
-/// segment at a time and must be at least as long as `pkt`.
-pub fn segment(
-    hdr: &VnetHdr,
+/// after it) into packets ready for encryption: checksums completed and TCP or UDP
+/// super-packets split into `gso_size` segments, each passed to `emit` in order.
+///
+/// The split happens in place: segment `i` is the headers written over the last bytes of
+/// segment `i - 1`'s payload (already emitted) followed by its own payload where it lies,
+/// so a 64 KiB super-packet costs one header copy per segment instead of a payload copy.
+/// `pkt` is left scrambled.
+pub fn segment(hdr: &VnetHdr, pkt: &mut [u8], emit: impl FnMut(&[u8])) -> Result<(), Malformed> {
+    let l4 = match (hdr.gso_type & !GSO_ECN, hdr.gso_type) {
+        (_, _) if hdr.gso_size == 0 => None,
+        (GSO_NONE, _) => None,
+        (GSO_TCPV4, _) => Some(PROTO_TCP),
+        (_, GSO_UDP_L4) => Some(PROTO_UDP),
+        _ => return Err(Malformed::GsoType(hdr.gso_type)),
+    };
+    match l4 {
+        None => {
+            let mut emit = emit;
+            if hdr.flags & F_NEEDS_CSUM != 0 {
+                complete_checksum(pkt, hdr.csum_start.into(), hdr.csum_offset.into())?;
+            }
+            emit(pkt);
+            Ok(())
+        }
+        Some(proto) => split(pkt, proto, usize::from(hdr.gso_size), hdr.flags, emit),
+    }
+}
+
+/// Longest IPv4 + TCP header (each at most 60 bytes).
+const MAX_HEADERS: usize = 120;
+
+/// Splits a TCP/IPv4 or UDP/IPv4 super-packet in place (see [`segment`]).
+fn split(
     pkt: &mut [u8],
-    scratch: &mut [u8],
+    proto: u8,
+    mss: usize,
+    flags: u8,
     mut emit: impl FnMut(&[u8]),
 ) -> Result<(), Malformed> {
-    let gso = hdr.gso_type & !GSO_ECN;
-    if gso == GSO_NONE || hdr.gso_size == 0 {
-        if hdr.flags & F_NEEDS_CSUM != 0 {
-            complete_checksum(pkt, hdr.csum_start.into(), hdr.csum_offset.into())?;
-        }
-        emit(pkt);
-        return Ok(());
-    }
-    if gso != GSO_TCPV4 {
-        return Err(Malformed::GsoType(hdr.gso_type));
-    }
     let ihl = usize::from(pkt.first().ok_or(Malformed::Bounds)? & 0x0f) * 4;
-    if pkt[0] >> 4 != 4 || ihl < 20 || pkt.len() < ihl + 20 || pkt[9] != PROTO_TCP {
+    if pkt[0] >> 4 != 4 || ihl < 20 || pkt.len() < ihl + 20 || pkt[9] != proto {
         return Err(Malformed::Bounds);
     }
-    let thl = usize::from(pkt[ihl + 12] >> 4) * 4;
-    let hlen = ihl + thl;
-    if thl < 20 || pkt.len() < hlen || scratch.len() < pkt.len() {
+    let (l4len, csum_at) = if proto == PROTO_TCP {
+        (usize::from(pkt[ihl + 12] >> 4) * 4, 16)
+    } else {
+        (8, 6)
+    };
+    let hlen = ihl + l4len;
+    if (proto == PROTO_TCP && l4len < 20) || pkt.len() < hlen {
         return Err(Malformed::Bounds);
     }
-    let mss = usize::from(hdr.gso_size);
     let payload = pkt.len() - hlen;
     if payload <= mss {
-        if hdr.flags & F_NEEDS_CSUM != 0 {
-            complete_checksum(pkt, ihl, 16)?;
+        if flags & F_NEEDS_CSUM != 0 {
+            complete_checksum(pkt, ihl, csum_at)?;
         }
         emit(pkt);
         return Ok(());
     }
-    let id = be16(pkt, 4);
-    let seq = u32::from_be_bytes([pkt[ihl + 4], pkt[ihl + 5], pkt[ihl + 6], pkt[ihl + 7]]);
-    let flags = pkt[ihl + 13];
+    let mut head = [0u8; MAX_HEADERS];
+    head[..hlen].copy_from_slice(&pkt[..hlen]);
+    let head = &head[..hlen];
+    let id = be16(head, 4);
+    // The TCP sequence number and flags (unused for UDP, whose header is shorter).
+    let (seq, tcp_flags) = if proto == PROTO_TCP {
+        let t = &head[ihl..];
+        (u32::from_be_bytes([t[4], t[5], t[6], t[7]]), t[13])
+    } else {
+        (0, 0)
+    };
     let count = payload.div_ceil(mss);
     for i in 0..count {
         let from = hlen + i * mss;
         let len = mss.min(pkt.len() - from);
-        let seg = &mut scratch[..hlen + len];
-        seg[..hlen].copy_from_slice(&pkt[..hlen]);
-        seg[hlen..].copy_from_slice(&pkt[from..from + len]);
+        let start = from - hlen;
+        if i > 0 {
+            pkt[start..from].copy_from_slice(head);
+        }
+        let seg = &mut pkt[start..from + len];
         put16(seg, 2, (hlen + len) as u16);
         put16(seg, 4, id.wrapping_add(i as u16));
         ipv4_checksum(seg, ihl);
-        let tcp = &mut seg[ihl..];
-        tcp[4..8].copy_from_slice(&seq.wrapping_add((i * mss) as u32).to_be_bytes());
-        let mut f = flags;
-        if i + 1 < count {
-            f &= !(TCP_FIN | TCP_PSH);
+        let l4 = &mut seg[ihl..];
+        if proto == PROTO_TCP {
+            l4[4..8].copy_from_slice(&seq.wrapping_add((i * mss) as u32).to_be_bytes());
+            let mut f = tcp_flags;
+            if i + 1 < count {
+                f &= !(TCP_FIN | TCP_PSH);
+            }
+            if i > 0 {
+                f &= !TCP_CWR;
+            }
+            l4[13] = f;
+        } else {
+            put16(l4, 4, (l4len + len) as u16);
         }
-        if i > 0 {
-            f &= !TCP_CWR;
-        }
-        tcp[13] = f;
-        put16(tcp, 16, 0);
-        let c = !fold(sum(tcp, pseudo(&pkt[..ihl], PROTO_TCP, thl + len)));
-        put16(tcp, 16, c);
+        put16(l4, csum_at, 0);
+        let c = match !fold(sum(l4, pseudo(head, proto, l4len + len))) {
+            // UDP sends a zero checksum as 0xffff (zero means "none"); TCP may too.
+            0 => 0xffff,
+            c => c,
+        };
+        put16(l4, csum_at, c);
         emit(seg);
     }
     Ok(())
@@ -214,20 +278,26 @@ pub fn segment(
 
 /// Merges consecutive decrypted segments of one TCP flow into one super-packet with a
 /// virtio header, the reverse of [`segment`], so the pod's stack forwards one packet per
-/// burst. Segments that do not continue the held packet are refused; the caller then
-/// writes out what is held ([`Coalescer::take`]) and offers the segment again.
+/// burst; with [`Coalescer::with_udp`], consecutive equal-sized datagrams of one UDP flow
+/// too (the kernel splits them again where they are delivered, or hands them on whole to
+/// a socket with UDP_GRO). Segments that do not continue the held packet are refused; the
+/// caller then writes out what is held ([`Coalescer::take`]) and offers the segment again.
 pub struct Coalescer {
     /// Virtio header, then the packet being built.
     buf: Vec<u8>,
     /// Bytes of packet held after the header; 0 when empty.
     len: usize,
-    /// IP + TCP header length of the held packet.
+    /// IP + transport header length of the held packet.
     hlen: usize,
     /// Payload size of its first segment: later ones may not be larger.
     gso_size: usize,
     segments: usize,
     /// A short or PSH segment ended the burst: nothing more may follow.
     closed: bool,
+    /// Protocol of the held packet.
+    proto: u8,
+    /// Whether UDP datagrams are merged (the TUN took UDP segmentation offload).
+    udp: bool,
 }
 
 impl Default for Coalescer {
@@ -239,19 +309,15 @@ impl Default for Coalescer {
             gso_size: 0,
             segments: 0,
             closed: false,
+            proto: 0,
+            udp: false,
         }
     }
 }
 
 /// The header length and payload length of a TCP/IPv4 segment that may be coalesced:
 /// no IP options or fragments, only ACK (and PSH) set, some payload.
-fn mergeable(p: &[u8]) -> Option<(usize, usize)> {
-    if p.len() < 40 || p[0] != 0x45 || p[9] != PROTO_TCP || usize::from(be16(p, 2)) != p.len() {
-        return None;
-    }
-    if be16(p, 6) & 0x3fff != 0 {
-        return None;
-    }
+fn mergeable_tcp(p: &[u8]) -> Option<(usize, usize)> {
     let thl = usize::from(p[32] >> 4) * 4;
     let flags = p[33];
     if thl < 20
@@ -264,7 +330,37 @@ fn mergeable(p: &[u8]) -> Option<(usize, usize)> {
     Some((20 + thl, p.len() - 20 - thl))
 }
 
+/// The same for a UDP/IPv4 datagram: its length field agrees, some payload.
+fn mergeable_udp(p: &[u8]) -> Option<(usize, usize)> {
+    (usize::from(be16(p, 24)) == p.len() - 20 && p.len() > 28).then(|| (28, p.len() - 28))
+}
+
+/// Protocol, header length and payload length of a packet that may be coalesced: IPv4
+/// without options or fragments, then TCP, or UDP when `udp`.
+fn mergeable(p: &[u8], udp: bool) -> Option<(u8, usize, usize)> {
+    if p.len() < 40 || p[0] != 0x45 || usize::from(be16(p, 2)) != p.len() {
+        return None;
+    }
+    if be16(p, 6) & 0x3fff != 0 {
+        return None;
+    }
+    match p[9] {
+        PROTO_TCP => mergeable_tcp(p).map(|(h, n)| (PROTO_TCP, h, n)),
+        PROTO_UDP if udp => mergeable_udp(p).map(|(h, n)| (PROTO_UDP, h, n)),
+        _ => None,
+    }
+}
+
 impl Coalescer {
+    /// A coalescer that also merges UDP datagrams when `udp` (the TUN must have taken
+    /// `TUN_F_USO4`, or it refuses the writes).
+    pub fn with_udp(udp: bool) -> Self {
+        Self {
+            udp,
+            ..Self::default()
+        }
+    }
+
     /// Whether nothing is held.
     pub fn is_empty(&self) -> bool {
         self.len == 0
@@ -278,7 +374,7 @@ impl Coalescer {
     /// Offers a decrypted packet; `true` if it was taken (started or extended the held
     /// packet), `false` if it must be written on its own or after [`Coalescer::take`].
     pub fn push(&mut self, p: &[u8]) -> bool {
-        let Some((hlen, payload)) = mergeable(p) else {
+        let Some((proto, hlen, payload)) = mergeable(p, self.udp) else {
             return false;
         };
         if self.len == 0 {
@@ -287,27 +383,33 @@ impl Coalescer {
             self.hlen = hlen;
             self.gso_size = payload;
             self.segments = 1;
-            self.closed = p[33] & TCP_PSH != 0;
+            self.proto = proto;
+            self.closed = proto == PROTO_TCP && p[33] & TCP_PSH != 0;
             return true;
         }
         let held = &self.buf[VNET_HDR_LEN..VNET_HDR_LEN + self.len];
-        let held_seq = u32::from_be_bytes([held[24], held[25], held[26], held[27]]);
-        let seq = u32::from_be_bytes([p[24], p[25], p[26], p[27]]);
-        let continues = !self.closed
+        let common = !self.closed
+            && proto == self.proto
             && hlen == self.hlen
             && payload <= self.gso_size
             && self.len + payload <= MAX_IP_PACKET
-            // TOS, DF, TTL, protocol, addresses
+            // TOS, DF, TTL, protocol, addresses, ports
             && held[1] == p[1]
             && held[6..10] == p[6..10]
-            && held[12..20] == p[12..20]
-            // ports; acknowledgement; offset; window; urgent pointer and options
-            && held[20..24] == p[20..24]
-            && held[28..33] == p[28..33]
-            && held[34..36] == p[34..36]
-            && held[38..hlen] == p[38..hlen]
-            && (held[33] & !TCP_PSH) == (p[33] & !TCP_PSH)
-            && seq == held_seq.wrapping_add((self.len - hlen) as u32);
+            && held[12..24] == p[12..24];
+        let continues = common
+            && if proto == PROTO_TCP {
+                let held_seq = u32::from_be_bytes([held[24], held[25], held[26], held[27]]);
+                let seq = u32::from_be_bytes([p[24], p[25], p[26], p[27]]);
+                // acknowledgement; offset; window; urgent pointer and options
+                held[28..33] == p[28..33]
+                    && held[34..36] == p[34..36]
+                    && held[38..hlen] == p[38..hlen]
+                    && (held[33] & !TCP_PSH) == (p[33] & !TCP_PSH)
+                    && seq == held_seq.wrapping_add((self.len - hlen) as u32)
+            } else {
+                self.segments < MAX_UDP_SEGMENTS
+            };
         if !continues {
             return false;
         }
@@ -315,7 +417,7 @@ impl Coalescer {
         self.buf[at..at + payload].copy_from_slice(&p[hlen..]);
         self.len += payload;
         self.segments += 1;
-        if p[33] & TCP_PSH != 0 {
+        if proto == PROTO_TCP && p[33] & TCP_PSH != 0 {
             self.buf[VNET_HDR_LEN + 33] |= TCP_PSH;
             self.closed = true;
         }
@@ -339,18 +441,26 @@ impl Coalescer {
         } else {
             put16(pkt, 2, len as u16);
             ipv4_checksum(pkt, 20);
+            let (gso_type, csum_offset) = if self.proto == PROTO_TCP {
+                (GSO_TCPV4, 16)
+            } else {
+                // The length of the whole, as a UDP GSO packet from a socket carries; the
+                // kernel rewrites it and the checksum per datagram.
+                put16(pkt, 24, (len - 20) as u16);
+                (GSO_UDP_L4, 6)
+            };
             // CHECKSUM_PARTIAL: the field carries the pseudo-header sum and the kernel
             // completes it. The payload was authenticated by WireGuard, so recomputing
             // loses nothing a verification would have caught.
-            let p = fold(pseudo(pkt, PROTO_TCP, len - 20));
-            put16(pkt, 36, p);
+            let p = fold(pseudo(pkt, self.proto, len - 20));
+            put16(pkt, 20 + csum_offset, p);
             VnetHdr {
                 flags: F_NEEDS_CSUM,
-                gso_type: GSO_TCPV4,
+                gso_type,
                 hdr_len: self.hlen as u16,
                 gso_size: self.gso_size as u16,
                 csum_start: 20,
-                csum_offset: 16,
+                csum_offset: csum_offset as u16,
             }
         };
         vnet.write(hdr);
@@ -399,6 +509,166 @@ mod tests {
         (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
     }
 
+    /// A UDP/IPv4 datagram with valid checksums.
+    fn udp(id: u16, payload: &[u8]) -> Vec<u8> {
+        let mut p = vec![0u8; 28];
+        p[0] = 0x45;
+        put16(&mut p, 2, (28 + payload.len()) as u16);
+        put16(&mut p, 4, id);
+        p[6] = 0x40;
+        p[8] = 64;
+        p[9] = PROTO_UDP;
+        p[12..16].copy_from_slice(&[10, 244, 1, 7]);
+        p[16..20].copy_from_slice(&[10, 0, 0, 5]);
+        put16(&mut p, 20, 40000);
+        put16(&mut p, 22, 5000);
+        put16(&mut p, 24, (8 + payload.len()) as u16);
+        p.extend_from_slice(payload);
+        ipv4_checksum(&mut p, 20);
+        let c = !fold(sum(&p[20..], pseudo(&p, PROTO_UDP, p.len() - 20)));
+        put16(&mut p, 26, if c == 0 { 0xffff } else { c });
+        p
+    }
+
+    fn valid_udp(p: &[u8]) -> bool {
+        fold(sum(&p[..20], 0)) == 0xffff
+            && usize::from(be16(p, 2)) == p.len()
+            && usize::from(be16(p, 24)) == p.len() - 20
+            && fold(sum(&p[20..], pseudo(p, PROTO_UDP, p.len() - 20))) == 0xffff
+    }
+
+    /// The checksum as RFC 1071 writes it: big-endian words, one at a time.
+    fn reference_sum(data: &[u8]) -> u16 {
+        let mut acc = 0u64;
+        for w in data.chunks(2) {
+            acc += u64::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]));
+        }
+        fold(acc)
+    }
+
+    #[test]
+    fn the_wide_sum_equals_the_word_by_word_sum() {
+        // Every length up to a few words past a full segment, bytes chosen to carry often.
+        let data: Vec<u8> = (0..1600u32).map(|i| (0xff - (i * 13) % 7) as u8).collect();
+        for len in (0..80).chain(1370..1400).chain([1600]) {
+            assert_eq!(
+                fold(sum(&data[..len], 0)),
+                reference_sum(&data[..len]),
+                "{len} bytes"
+            );
+        }
+        assert_eq!(fold(sum(&[0xff; 4096], 0)), reference_sum(&[0xff; 4096]));
+        // A running sum continues across calls that split at an even offset.
+        assert_eq!(
+            fold(sum(&data[800..1401], sum(&data[..800], 0))),
+            reference_sum(&data[..1401])
+        );
+    }
+
+    /// What the kernel hands over for a UDP GSO send: the datagrams' payload back to back
+    /// behind one IP and UDP header whose length is the whole, the checksum field holding
+    /// the pseudo-header sum.
+    fn uso_packet(data: &[u8]) -> Vec<u8> {
+        let mut p = udp(0x4321, data);
+        let ps = fold(pseudo(&p, PROTO_UDP, p.len() - 20));
+        put16(&mut p, 26, ps);
+        p
+    }
+
+    #[test]
+    fn a_udp_super_packet_splits_into_valid_datagrams() {
+        let data = payload(3 * 1200 + 500);
+        let hdr = VnetHdr {
+            flags: F_NEEDS_CSUM,
+            gso_type: GSO_UDP_L4,
+            hdr_len: 28,
+            gso_size: 1200,
+            csum_start: 20,
+            csum_offset: 6,
+        };
+        let mut dgrams = Vec::new();
+        segment(&hdr, &mut uso_packet(&data), |s| dgrams.push(s.to_vec())).expect("ok");
+        assert_eq!(dgrams.len(), 4);
+        let mut got = Vec::new();
+        for (i, d) in dgrams.iter().enumerate() {
+            assert!(valid_udp(d), "datagram {i} is not valid");
+            assert_eq!(be16(d, 4), 0x4321 + i as u16);
+            assert_eq!(&d[20..24], &[0x9c, 0x40, 0x13, 0x88], "ports");
+            got.extend_from_slice(&d[28..]);
+        }
+        assert_eq!(dgrams[3].len(), 28 + 500);
+        assert_eq!(got, data);
+        // One that fits a datagram gets its checksum completed and passes whole.
+        let mut one = Vec::new();
+        segment(&hdr, &mut uso_packet(&data[..900]), |s| {
+            one.push(s.to_vec())
+        })
+        .expect("ok");
+        assert_eq!(one.len(), 1);
+        assert!(valid_udp(&one[0]));
+    }
+
+    #[test]
+    fn datagrams_of_one_flow_coalesce_only_when_udp_is_enabled() {
+        let data = payload(70 * 1000);
+        let dgrams: Vec<Vec<u8>> = data
+            .chunks(1000)
+            .enumerate()
+            .map(|(i, c)| udp(i as u16, c))
+            .collect();
+        // Without UDP segmentation offload on the TUN, every datagram goes out alone.
+        let mut off = Coalescer::default();
+        assert!(!off.push(&dgrams[0]));
+
+        let mut c = Coalescer::with_udp(true);
+        let mut out = Vec::new();
+        for d in &dgrams {
+            if !c.push(d) {
+                out.push(c.take().expect("held").to_vec());
+                assert!(c.push(d), "an empty coalescer takes any datagram");
+            }
+        }
+        out.push(c.take().expect("held").to_vec());
+        // The kernel takes at most 64 datagrams per super-packet.
+        assert_eq!(out.len(), 2);
+        let mut again = Vec::new();
+        for o in &out {
+            let hdr = VnetHdr::parse(o).expect("header");
+            assert_eq!(
+                (hdr.gso_type, hdr.gso_size, hdr.csum_offset),
+                (GSO_UDP_L4, 1000, 6)
+            );
+            let mut pkt = o[VNET_HDR_LEN..].to_vec();
+            assert_eq!(usize::from(be16(&pkt, 24)), pkt.len() - 20);
+            // Split as the kernel would: the very datagrams, checksums valid.
+            segment(&hdr, &mut pkt, |s| again.push(s.to_vec())).expect("ok");
+        }
+        assert_eq!(again.len(), 70);
+        for (a, d) in again.iter().zip(&dgrams) {
+            assert!(valid_udp(a));
+            assert_eq!(a[20..], d[20..]);
+        }
+
+        // Another flow, a larger datagram, or anything after a shorter one: refused.
+        let mut c = Coalescer::with_udp(true);
+        assert!(c.push(&udp(1, &payload(500))));
+        let mut other = udp(2, &payload(500));
+        put16(&mut other, 20, 40001);
+        assert!(!c.push(&other));
+        assert!(!c.push(&udp(2, &payload(501))));
+        assert!(c.push(&udp(2, &payload(100))));
+        assert!(!c.push(&udp(3, &payload(100))));
+        // A TCP segment never joins a UDP burst.
+        assert!(!c.push(&tcp(0, TCP_ACK, &payload(100), &[])));
+        // A lone datagram goes out unchanged, behind an empty header.
+        let mut one = Coalescer::with_udp(true);
+        let d = udp(9, b"a datagram of its own");
+        assert!(one.push(&d));
+        let out = one.take().expect("held");
+        assert_eq!(VnetHdr::parse(out), Some(VnetHdr::default()));
+        assert_eq!(&out[VNET_HDR_LEN..], &d[..]);
+    }
+
     #[test]
     fn checksum_matches_a_known_ipv4_header() {
         // The example header from RFC 1071-style worked examples: 0xb861 is its checksum.
@@ -444,12 +714,8 @@ mod tests {
             csum_start: 20,
             csum_offset: 16,
         };
-        let mut scratch = vec![0; p.len()];
         let mut segs = Vec::new();
-        segment(&hdr, &mut p.clone(), &mut scratch, |s| {
-            segs.push(s.to_vec())
-        })
-        .expect("ok");
+        segment(&hdr, &mut p.clone(), |s| segs.push(s.to_vec())).expect("ok");
         assert_eq!(segs.len(), 4);
         let mut got = Vec::new();
         for (i, s) in segs.iter().enumerate() {
@@ -483,11 +749,11 @@ mod tests {
             ..VnetHdr::default()
         };
         let mut out = Vec::new();
-        segment(&hdr, &mut p, &mut [], |s| out = s.to_vec()).expect("ok");
+        segment(&hdr, &mut p, |s| out = s.to_vec()).expect("ok");
         assert!(valid(&out));
         // Without the flag the packet passes untouched.
         let q = tcp(1, TCP_ACK, b"x", &[]);
-        segment(&VnetHdr::default(), &mut q.clone(), &mut [], |s| {
+        segment(&VnetHdr::default(), &mut q.clone(), |s| {
             assert_eq!(s, &q[..]);
         })
         .expect("ok");
@@ -506,15 +772,14 @@ mod tests {
         let mut p = tcp(5, TCP_ACK, &payload(900), &[]);
         let ps = fold(pseudo(&p, PROTO_TCP, p.len() - 20));
         put16(&mut p, 36, ps);
-        let mut scratch = vec![0; p.len()];
         let mut out = Vec::new();
-        segment(&tso, &mut p, &mut scratch, |s| out.push(s.to_vec())).expect("ok");
+        segment(&tso, &mut p, |s| out.push(s.to_vec())).expect("ok");
         assert_eq!(out.len(), 1);
         assert!(valid(&out[0]));
         // Without NEEDS_CSUM a complete checksum is left alone.
         let whole = tcp(5, TCP_ACK, &payload(900), &[]);
         let plain = VnetHdr { flags: 0, ..tso };
-        segment(&plain, &mut whole.clone(), &mut scratch, |s| {
+        segment(&plain, &mut whole.clone(), |s| {
             assert_eq!(s, &whole[..]);
         })
         .expect("ok");
@@ -522,7 +787,6 @@ mod tests {
 
     #[test]
     fn hostile_headers_are_refused_not_panicked_on() {
-        let mut scratch = vec![0; 2000];
         let tso = VnetHdr {
             flags: F_NEEDS_CSUM,
             gso_type: GSO_TCPV4,
@@ -537,7 +801,7 @@ mod tests {
             p.truncate(50);
             p
         }] {
-            assert!(segment(&tso, &mut p, &mut scratch, |_| {}).is_err());
+            assert!(segment(&tso, &mut p, |_| {}).is_err());
         }
         let bad_csum = VnetHdr {
             flags: F_NEEDS_CSUM,
@@ -545,7 +809,7 @@ mod tests {
             ..VnetHdr::default()
         };
         assert_eq!(
-            segment(&bad_csum, &mut [0; 40], &mut scratch, |_| {}),
+            segment(&bad_csum, &mut [0; 40], |_| {}),
             Err(Malformed::Bounds)
         );
         let udp = VnetHdr {
@@ -554,12 +818,16 @@ mod tests {
             ..VnetHdr::default()
         };
         assert_eq!(
-            segment(&udp, &mut vec![0x45; 400], &mut scratch, |_| {}),
+            segment(&udp, &mut vec![0x45; 400], |_| {}),
             Err(Malformed::GsoType(3))
         );
-        // Too small a scratch buffer is refused too.
+        // A UDP super-packet whose protocol field says otherwise.
+        let uso = VnetHdr {
+            gso_type: GSO_UDP_L4,
+            ..tso
+        };
         let mut p = tcp(0, TCP_ACK, &payload(300), &[]);
-        assert!(segment(&tso, &mut p, &mut [0; 10], |_| {}).is_err());
+        assert_eq!(segment(&uso, &mut p, |_| {}), Err(Malformed::Bounds));
     }
 
     #[test]
@@ -595,8 +863,7 @@ mod tests {
         assert!(valid(&pkt));
         let mut again = Vec::new();
         let mut p2 = out[VNET_HDR_LEN..].to_vec();
-        let mut scratch = vec![0; p2.len()];
-        segment(&hdr, &mut p2, &mut scratch, |s| again.push(s.to_vec())).expect("ok");
+        segment(&hdr, &mut p2, |s| again.push(s.to_vec())).expect("ok");
         for (a, b) in again.iter().zip(&segs) {
             // The IP id is the super-packet's plus the index; the originals share one.
             assert_eq!(a[20..], b[20..]);

@@ -208,13 +208,13 @@ impl Status {
         metric(
             "wgnet_link_tx_super_packets_total",
             "counter",
-            "TCP super-packets from the pod split into segments before encryption (TSO).",
+            "TCP and UDP super-packets from the pod split into segments before encryption (TSO, USO).",
             stats.tx_super_packets.to_string(),
         );
         metric(
             "wgnet_link_rx_super_packets_total",
             "counter",
-            "Decrypted TCP segments merged into super-packets for the pod (GRO).",
+            "Decrypted TCP segments or UDP datagrams merged into super-packets for the pod (GRO).",
             stats.rx_super_packets.to_string(),
         );
         metric(

@@ -19,6 +19,12 @@ struct IfReq {
 /// which [`crate::offload`] completes and splits. No IPv6 (the tunnel is IPv4) and no ECN
 /// segmentation, so such flows arrive as ordinary packets.
 const OFFLOADS: libc::c_uint = libc::TUN_F_CSUM | libc::TUN_F_TSO4;
+/// UDP segmentation offload (Linux 6.2 and later), asked for on top of [`OFFLOADS`]: UDP
+/// super-packets from senders that use UDP_SEGMENT (QUIC stacks do) arrive whole, and the
+/// link may write bursts of datagrams back as one. The kernel takes the IPv4 and IPv6
+/// flags only together; an IPv6 super-packet would be dropped as malformed, but the
+/// tunnel routes no IPv6.
+const USO: libc::c_uint = libc::TUN_F_USO4 | libc::TUN_F_USO6;
 
 /// An open TUN device, non-blocking, every packet behind a virtio-net header
 /// ([`crate::offload::VNET_HDR_LEN`] bytes) in both directions.
@@ -26,6 +32,7 @@ pub struct Tun {
     file: File,
     name: String,
     offloads: bool,
+    uso: bool,
 }
 
 impl Tun {
@@ -61,13 +68,17 @@ impl Tun {
         // its flags by value; F_GETFL/F_SETFL take and return plain flags. The descriptor
         // is open and ours.
         #[allow(unsafe_code)]
-        let (hdr_ok, offloads, nonblocking) = unsafe {
+        let (hdr_ok, uso, offloads, nonblocking) = unsafe {
             let hdr_ok =
                 libc::ioctl(fd, libc::TUNSETVNETHDRSZ, &hdr_len as *const libc::c_int) == 0;
-            let offloads = libc::ioctl(fd, libc::TUNSETOFFLOAD, OFFLOADS as libc::c_ulong) == 0;
+            // Older kernels refuse the unknown UDP flags with EINVAL: then without them.
+            let uso = libc::ioctl(fd, libc::TUNSETOFFLOAD, (OFFLOADS | USO) as libc::c_ulong) == 0;
+            let offloads =
+                uso || libc::ioctl(fd, libc::TUNSETOFFLOAD, OFFLOADS as libc::c_ulong) == 0;
             let fl = libc::fcntl(fd, libc::F_GETFL);
             (
                 hdr_ok,
+                uso,
                 offloads,
                 fl >= 0 && libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) == 0,
             )
@@ -83,12 +94,18 @@ impl Tun {
             file,
             name: name.to_owned(),
             offloads,
+            uso,
         })
     }
 
     /// Whether the kernel hands over super-packets.
     pub fn offloads(&self) -> bool {
         self.offloads
+    }
+
+    /// Whether UDP super-packets pass in both directions.
+    pub fn uso(&self) -> bool {
+        self.uso
     }
 
     /// The interface name.

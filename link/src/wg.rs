@@ -385,7 +385,6 @@ const HANDSHAKE_ROOM: usize = 148;
 fn tx_loop(s: &Shared, tun: &Tun, udp: &UdpSocket) {
     let fd = udp.as_raw_fd();
     let mut rd = vec![0u8; VNET_HDR_LEN + BUF];
-    let mut scratch = vec![0u8; BUF];
     let mut batch = udp::Sender::new(true);
     while !s.stop.load(Ordering::Relaxed) {
         match tun::wait_readable(tun.fd(), TICK_MS) {
@@ -416,7 +415,7 @@ fn tx_loop(s: &Shared, tun: &Tun, udp: &UdpSocket) {
                 continue;
             };
             let (mut packets, mut bytes) = (0u64, 0u64);
-            let split = offload::segment(&hdr, &mut rd[VNET_HDR_LEN..n], &mut scratch, |seg| {
+            let split = offload::segment(&hdr, &mut rd[VNET_HDR_LEN..n], |seg| {
                 let need = (seg.len() + OVERHEAD).max(HANDSHAKE_ROOM);
                 if batch.room(need).is_none() {
                     flush(s, &mut batch, fd, to);
@@ -472,10 +471,15 @@ fn flush(s: &Shared, batch: &mut udp::Sender, fd: std::os::fd::RawFd, to: Socket
 fn rx_loop(s: &Shared, tun: &Tun, udp: &UdpSocket) {
     let fd = udp.as_raw_fd();
     let gro = udp::enable_gro(fd);
-    tracing::debug!(gro, tun_offloads = tun.offloads(), "data-plane offloads");
+    tracing::debug!(
+        gro,
+        tun_offloads = tun.offloads(),
+        tun_uso = tun.uso(),
+        "data-plane offloads"
+    );
     let mut rx = udp::Receiver::default();
     let mut plain = vec![0u8; VNET_HDR_LEN + BUF];
-    let mut coalescer = Coalescer::default();
+    let mut coalescer = Coalescer::with_udp(tun.uso());
     while !s.stop.load(Ordering::Relaxed) {
         match tun::wait_readable(fd, TICK_MS) {
             Ok(true) => {}

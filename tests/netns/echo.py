@@ -11,6 +11,10 @@
                                            when the server's digest matches what was sent
   echo.py rr HOST PORT N                   N one-byte request/response round trips over one
                                            TCP flow; print "p50_us p99_us"
+  echo.py udpburst HOST PORT N SIZE        N datagrams of SIZE bytes in one UDP_SEGMENT send
+                                           (one super-packet through the stack), each asking
+                                           for its digest; print "got K of N intact" for the
+                                           answers that match a datagram sent
   echo.py slow HOST PORT SECONDS [MARKER]  one TCP flow kept open SECONDS, trickling data;
                                            print the answer (proves the flow survived);
                                            creates the file MARKER once the flow is open
@@ -69,10 +73,15 @@ def handle_tcp(conn, peer, port):
 
 def serve_udp(addr, port):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
     s.bind((addr, port))
     while True:
-        _, peer = s.recvfrom(2048)
-        s.sendto(TAG + b"udp %d from %s\n" % (port, peer[0].encode()), peer)
+        data, peer = s.recvfrom(65536)
+        if data.startswith(b"SUM "):
+            # Answers of one size, so a burst of them can travel back coalesced too.
+            s.sendto(b"sum " + hashlib.sha256(data).hexdigest().encode(), peer)
+        else:
+            s.sendto(TAG + b"udp %d from %s\n" % (port, peer[0].encode()), peer)
 
 
 def checked(answer, digest):
@@ -140,6 +149,26 @@ def main():
                 rtts.append((time.perf_counter_ns() - t) / 1000)
             rtts.sort()
             print("%.1f %.1f" % (rtts[len(rtts) // 2], rtts[min(len(rtts) - 1, len(rtts) * 99 // 100)]))
+    elif mode == "udpburst":
+        n, size = int(sys.argv[4]), int(sys.argv[5])
+        c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+        c.settimeout(3)
+        # Distinct datagrams: a misplaced or corrupted byte changes the digest.
+        rng = random.Random(size)
+        grams = [b"SUM %06d " % i + rng.randbytes(size - 11) for i in range(n)]
+        want = {b"sum " + hashlib.sha256(g).hexdigest().encode() for g in grams}
+        c.setsockopt(socket.IPPROTO_UDP, 103, size)  # UDP_SEGMENT
+        c.sendto(b"".join(grams), (sys.argv[2], int(sys.argv[3])))
+        got = set()
+        try:
+            while len(got) < n:
+                answer = c.recvfrom(2048)[0]
+                if answer in want:
+                    got.add(answer)
+        except socket.timeout:
+            pass
+        print("got %d of %d intact" % (len(got), n))
     elif mode == "slow":
         seconds = float(sys.argv[4])
         steps = max(1, int(seconds * 10))
