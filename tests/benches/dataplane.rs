@@ -18,7 +18,8 @@
 //! rate and loss) and 1-byte TCP request/response round trips;
 //! the link's ratio against the best anchor. For
 //! the links also peak RSS (VmHWM) and CPU seconds per Gbit. Also the crypto limit: what
-//! one core encrypts and decrypts through boringtun alone, 1380-byte packets, no I/O.
+//! one core encrypts and decrypts through boringtun alone, 1380-byte packets, no I/O, and
+//! the same through GotaTun's noise core (the candidate replacement for boringtun's).
 //! Needs root, iperf3 and boringtun-cli (the Makefile installs them). Prints a Markdown
 //! table. `WGNET_BENCH_PERF=DIR` also records `perf` profiles of the two links during the
 //! transfer into DIR and prints where their time goes.
@@ -498,6 +499,72 @@ backend echo
     rows
 }
 
+/// The same through GotaTun's noise state machine (its own packet buffers: one allocation
+/// per encrypted packet, decryption in place), with the inputs made outside the timing as
+/// a device would have read them.
+fn crypto_limit_gotatun() -> (f64, f64) {
+    use gotatun::noise::index_table::IndexTable;
+    use gotatun::noise::rate_limiter::RateLimiter;
+    use gotatun::noise::{Tunn, TunnResult};
+    use gotatun::packet::{Packet, WgKind};
+    use gotatun::x25519::{PublicKey, StaticSecret};
+    use std::sync::Arc;
+    const PACKET: usize = 1380;
+    const BATCH: usize = 2000;
+    let (ka, kb) = (StaticSecret::from([7u8; 32]), StaticSecret::from([9u8; 32]));
+    let (pa, pb) = (PublicKey::from(&ka), PublicKey::from(&kb));
+    let indices = IndexTable::from_os_rng();
+    let limiter = |k: &PublicKey| Arc::new(RateLimiter::new(k, 100));
+    let mut a = Tunn::new(ka, pb, None, None, indices.clone(), limiter(&pa));
+    let mut b = Tunn::new(kb, pa, None, None, indices, limiter(&pb));
+    let init = a
+        .format_handshake_initiation(false)
+        .expect("a handshake initiation");
+    let TunnResult::WriteToNetwork(response) =
+        b.handle_incoming_packet(WgKind::HandshakeInit(init))
+    else {
+        panic!("no handshake response")
+    };
+    if let TunnResult::WriteToNetwork(keepalive) = a.handle_incoming_packet(response) {
+        let _ = b.handle_incoming_packet(keepalive);
+    }
+    let plain = sample_packet(PACKET);
+    let (mut enc, mut dec, mut bytes) = (Duration::ZERO, Duration::ZERO, 0u64);
+    while enc + dec < Duration::from_secs(2) {
+        let inputs: Vec<Packet> = (0..BATCH).map(|_| Packet::copy_from(&plain[..])).collect();
+        let t = std::time::Instant::now();
+        let sealed: Vec<_> = inputs
+            .into_iter()
+            .map(|p| {
+                a.encapsulate_with_session(p)
+                    .unwrap_or_else(|_| panic!("no session to encrypt with"))
+            })
+            .collect();
+        enc += t.elapsed();
+        let t = std::time::Instant::now();
+        for s in sealed {
+            match b.decapsulate_with_session(s) {
+                Ok(p) => assert_eq!(p.len(), PACKET),
+                Err(e) => panic!("decryption failed: {e:?}"),
+            }
+        }
+        dec += t.elapsed();
+        bytes += (PACKET * BATCH) as u64;
+    }
+    let gbit = bytes as f64 * 8.0 / 1e9;
+    (gbit / enc.as_secs_f64(), gbit / dec.as_secs_f64())
+}
+
+/// A plaintext packet of `len` bytes behind an IPv4 header both noise cores accept.
+fn sample_packet(len: usize) -> Vec<u8> {
+    let mut plain = vec![0x5au8; len];
+    plain[..20].copy_from_slice(&[
+        0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 99, 0, 1, 10, 99, 0, 2,
+    ]);
+    plain[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+    plain
+}
+
 /// Gbit/s of plaintext one core encrypts, and decrypts, through boringtun's noise state
 /// machine alone (ring's ChaCha20-Poly1305 plus boringtun's framing), 1380-byte packets.
 fn crypto_limit() -> (f64, f64) {
@@ -524,12 +591,7 @@ fn crypto_limit() -> (f64, f64) {
         let keepalive = p.to_vec();
         let _ = b.decapsulate(None, &keepalive, &mut out);
     }
-    // An IPv4 header boringtun accepts as the decrypted packet.
-    let mut plain = vec![0x5au8; PACKET];
-    plain[..20].copy_from_slice(&[
-        0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 99, 0, 1, 10, 99, 0, 2,
-    ]);
-    plain[2..4].copy_from_slice(&(PACKET as u16).to_be_bytes());
+    let plain = sample_packet(PACKET);
     let mut sealed = vec![vec![0u8; PACKET + 32]; BATCH];
     let (mut enc, mut dec, mut bytes) = (Duration::ZERO, Duration::ZERO, 0u64);
     while enc + dec < Duration::from_secs(2) {
@@ -634,6 +696,7 @@ fn main() {
         .filter(|r| is_anchor(r))
         .max_by(|a, b| a.gbps.total_cmp(&b.gbps));
     let (enc, dec) = crypto_limit();
+    let (genc, gdec) = crypto_limit_gotatun();
     println!(
         "\n| path | TCP Gbit/s, 1 stream | 4 streams | UDP Gbit/s (lost) | RR p50 µs | RR p99 µs | notes |\n|---|---|---|---|---|---|---|"
     );
@@ -682,4 +745,9 @@ fn main() {
     } else {
         println!("\ncrypto limit of one core: encrypt {enc:.2} Gbit/s, decrypt {dec:.2} Gbit/s");
     }
+    println!(
+        "crypto limit of one core through GotaTun 0.10.2's core (ring): encrypt {genc:.2} Gbit/s, decrypt {gdec:.2} Gbit/s; GotaTun / boringtun: encrypt {:.2}x, decrypt {:.2}x",
+        genc / enc,
+        gdec / dec
+    );
 }
