@@ -50,8 +50,7 @@ impl RequestBudget {
         let Budget { per_second, burst } = self.budget;
         let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
         let (tokens, last) = buckets.entry(project.to_owned()).or_insert((burst, now));
-        let refill = now.saturating_duration_since(*last).as_secs_f64() * per_second;
-        *tokens = (*tokens + refill).min(burst) - 1.0;
+        *tokens = self.refilled(*tokens, *last, now) - 1.0;
         *last = now;
         if *tokens >= 0.0 {
             Duration::ZERO
@@ -64,12 +63,16 @@ impl RequestBudget {
     /// wait for another pass (a poll of a VM's progress) are sent only then, so they never
     /// take the tokens that creating and repairing Gateways need. Takes nothing.
     pub fn has_spare(&self, project: &str, now: Instant) -> bool {
-        let Budget { per_second, burst } = self.budget;
         let buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
         buckets.get(project).is_none_or(|(tokens, last)| {
-            let refill = now.saturating_duration_since(*last).as_secs_f64() * per_second;
-            (*tokens + refill).min(burst) >= burst / 2.0
+            self.refilled(*tokens, *last, now) >= self.budget.burst / 2.0
         })
+    }
+
+    /// A bucket holding `tokens` at `last`, refilled until `now` (up to the burst).
+    fn refilled(&self, tokens: f64, last: Instant, now: Instant) -> f64 {
+        let Budget { per_second, burst } = self.budget;
+        (tokens + now.saturating_duration_since(last).as_secs_f64() * per_second).min(burst)
     }
 
     /// Waits for `project`'s next token.

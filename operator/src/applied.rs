@@ -158,17 +158,13 @@ impl Applied {
         }
     }
 
-    /// How many objects have an entry.
-    pub fn len(&self) -> usize {
+    /// Whether no object has an entry.
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.entries
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .len()
-    }
-
-    /// Whether no object has an entry.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+            .is_empty()
     }
 }
 

@@ -292,6 +292,17 @@ fn collision(kind: &'static str, name: &str, description: &str) -> CloudError {
     }
 }
 
+/// A resource already read as a JSON tree, in the shape `T`, or a protocol error that
+/// names the call (never the value, which serde would quote).
+fn decode<T: DeserializeOwned>(v: Value, op: &str, what: &str) -> Result<T, CloudError> {
+    serde_json::from_value(v).map_err(|e| {
+        CloudError::Protocol(format!(
+            "{op} {what}: GCP's answer does not have the expected shape ({:?} error)",
+            e.classify()
+        ))
+    })
+}
+
 /// A request body as JSON.
 fn encode_body<T: Serialize>(t: &T) -> Result<Value, CloudError> {
     serde_json::to_value(t)

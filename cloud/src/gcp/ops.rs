@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::wire::Operation;
-use super::{GcpCloud, Pass, Step, encode_body};
+use super::{GcpCloud, Pass, Step, decode, encode_body};
 use crate::api::{Retry, Service};
 use crate::error::CloudError;
 use crate::{PendingOp, Recorded, ResourceKind, Target, names};
@@ -196,16 +196,7 @@ impl GcpCloud {
                         .and_then(serde_json::Value::as_str)
                         .unwrap_or_default()
                         .to_owned();
-                    // One resource, read as a tree for its id: no secret in it.
-                    serde_json::from_value::<T>(v)
-                        .map_err(|e| {
-                            CloudError::Protocol(format!(
-                                "{get_op} {}: GCP's answer does not have the expected shape ({:?} error)",
-                                d.name,
-                                e.classify()
-                            ))
-                        })
-                        .map(|t| (id, t))
+                    decode::<T>(v, get_op, &d.name).map(|t| (id, t))
                 })
                 .transpose()
             });

@@ -175,6 +175,25 @@ pub async fn run<C: Cloud + 'static>(
     tokio::join!(gw, egw, lb, sweep);
 }
 
+/// A namespaced object this operator writes whole (applies, or replaces the status of).
+pub trait Written:
+    Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + DeserializeOwned
+    + Serialize
+    + std::fmt::Debug
+{
+}
+
+impl<K> Written for K where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug
+{
+}
+
 /// A metadata-only watch of the `K` objects carrying this operator's labels, for a
 /// controller's `owns_stream`: every change it sees goes to [`Applied::observed`] first, so
 /// the pass it starts applies again what someone else changed or deleted.
@@ -212,11 +231,7 @@ where
 /// it with the owner): that is a [`ChildrenError::NameCollision`].
 pub async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<K, ChildrenError>
 where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + Serialize
-        + std::fmt::Debug,
+    K: Written,
 {
     let name = obj.meta().name.clone().unwrap_or_default();
     let api = Api::<K>::namespaced(client.clone(), ns);
@@ -307,11 +322,7 @@ async fn apply_unless_current<K>(
     obj: &K,
 ) -> Result<(), ChildrenError>
 where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + Serialize
-        + std::fmt::Debug,
+    K: Written,
 {
     let key = applied.key::<K>(ns, obj.meta().name.as_deref().unwrap_or_default());
     let digest = applied.digest(obj);
@@ -375,11 +386,7 @@ pub async fn write_status<K>(
     set: impl FnOnce(&mut K),
 ) -> Result<(), KubeCall>
 where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + Serialize
-        + std::fmt::Debug,
+    K: Written,
 {
     let name = obj.meta().name.clone().unwrap_or_default();
     let ns = obj.meta().namespace.clone().unwrap_or_default();

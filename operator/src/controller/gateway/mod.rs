@@ -342,42 +342,14 @@ async fn reconcile_gateway<C: Cloud>(gw: &Gateway, ctx: &Context<C>) -> Result<A
     // I/O: the Lease, its holder's pod, the Deployment.
     let link = observe::link(&ctx.client, gw).await?;
     let tunnel = status::tunnel_of(&link);
-    // I/O: the VM's guest attributes, unless a settled Gateway keeps its last report or a
-    // waiting one read it moments ago.
-    let uid = &target.id.uid;
+    // I/O: the VM's guest attributes, unless a settled Gateway keeps its last report.
     let report = match status::settled_report(gw, &progress, &tunnel) {
         Some(kept) => {
-            ctx.vm_reports.forget(uid);
+            ctx.vm_reports.forget(&target.id.uid);
             Some(kept)
         }
         None if progress.vm_status.as_deref() == Some("RUNNING") => {
-            let now = Instant::now();
-            let fresh_for = patience(not_ready_for(gw.status.as_ref()), ctx.settings.resync) / 2;
-            // A link that holds a handshake is the news that the VM just came up: read.
-            let recent = (!tunnel.ready)
-                .then(|| ctx.vm_reports.recent(uid, fresh_for, now))
-                .flatten();
-            match (recent, ctx.vm_reports.last(uid)) {
-                (Some(recent), _) => Some(recent),
-                // A poll with a report to fall back on yields to the project's other calls.
-                (None, Some(last)) if !tunnel.ready => {
-                    match ctx.cloud.vm_report_if_spare(&target).await {
-                        Ok(Some(r)) => {
-                            ctx.vm_reports.put(uid, r.clone(), now);
-                            Some(r)
-                        }
-                        Ok(None) => Some(last),
-                        Err(_) => None,
-                    }
-                }
-                (None, _) => {
-                    let read = ctx.cloud.vm_report(&target).await.ok();
-                    if let Some(r) = &read {
-                        ctx.vm_reports.put(uid, r.clone(), now);
-                    }
-                    read
-                }
-            }
+            vm_report(ctx, gw, &target, tunnel.ready).await
         }
         None => None,
     };
@@ -446,6 +418,39 @@ async fn reconcile_gateway<C: Cloud>(gw: &Gateway, ctx: &Context<C>) -> Result<A
     } else {
         patience(not_ready_for(Some(&status)), ctx.settings.resync)
     }))
+}
+
+/// The report of a RUNNING VM whose Gateway is not settled (see [`reports`]): one read
+/// less than half its patience ago stands; a poll with an older one to fall back on reads
+/// only with budget to spare; a link holding a handshake (news that the VM just came up)
+/// or a first look always reads.
+async fn vm_report<C: Cloud>(
+    ctx: &Context<C>,
+    gw: &Gateway,
+    target: &Target,
+    handshaking: bool,
+) -> Option<reports::Report> {
+    let uid = &target.id.uid;
+    let now = Instant::now();
+    let last = if handshaking {
+        None
+    } else {
+        let fresh_for = patience(not_ready_for(gw.status.as_ref()), ctx.settings.resync) / 2;
+        if let Some(recent) = ctx.vm_reports.recent(uid, fresh_for, now) {
+            return Some(recent);
+        }
+        ctx.vm_reports.last(uid)
+    };
+    let read = match last {
+        Some(last) => match ctx.cloud.vm_report_if_spare(target).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return Some(last),
+            Err(_) => return None,
+        },
+        None => ctx.cloud.vm_report(target).await.ok()?,
+    };
+    ctx.vm_reports.put(uid, read.clone(), now);
+    Some(read)
 }
 
 /// How soon to look again at a Gateway that is not Ready and has been in its state for

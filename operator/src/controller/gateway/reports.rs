@@ -52,17 +52,13 @@ impl Reports {
         entries.remove(uid);
     }
 
-    /// How many Gateways have a report kept.
-    pub fn len(&self) -> usize {
+    /// Whether no Gateway has a report kept.
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.entries
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .len()
-    }
-
-    /// Whether none has.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+            .is_empty()
     }
 }
 
