@@ -39,15 +39,23 @@ pub async fn sweep_loop<C: Cloud>(
 /// `DeserializeGuard`, was most of the operator's peak memory.
 const PAGE: u32 = 200;
 
-/// Calls `f` on every object `api` lists, one page of [`PAGE`] at a time.
-async fn each_page<K>(api: &Api<K>, mut f: impl FnMut(&K)) -> Result<(), Error>
+/// Pages one list may take: a server that kept answering with a continue token cannot loop
+/// the sweep (20 million Gateways at [`PAGE`]).
+const MAX_PAGES: usize = 100_000;
+
+/// Calls `f` on every object `api` lists, `page` at a time, following continue tokens for
+/// at most `max_pages` pages.
+async fn each_page<K>(
+    api: &Api<K>,
+    page: u32,
+    max_pages: usize,
+    mut f: impl FnMut(&K),
+) -> Result<(), Error>
 where
     K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    const MAX_PAGES: usize = 100_000;
-    let mut params = ListParams::default().limit(PAGE);
-    // Bounded: a server that kept answering with a continue token cannot loop the sweep.
-    for _ in 0..MAX_PAGES {
+    let mut params = ListParams::default().limit(page);
+    for _ in 0..max_pages {
         let page = api
             .list(&params)
             .await
@@ -61,7 +69,7 @@ where
     // An incomplete list of live Gateways must never lead to a deletion.
     Err(Error::from(ObserveError::Unending {
         what: "list Gateways",
-        pages: MAX_PAGES,
+        pages: max_pages,
     }))
 }
 
@@ -88,7 +96,7 @@ fn too_young(created: Option<&str>, min_age: std::time::Duration) -> bool {
 pub async fn sweep_once<C: Cloud>(ctx: &Context<C>) -> Result<usize, Error> {
     let mut projects: BTreeSet<String> = ctx.settings.sweep_projects.iter().cloned().collect();
     let api = Api::<DeserializeGuard<Gateway>>::all(ctx.client.clone());
-    each_page(&api, |g| {
+    each_page(&api, PAGE, MAX_PAGES, |g| {
         if let Ok(g) = &g.0 {
             projects.insert(g.spec.gcp.project_id.clone());
         }
@@ -106,7 +114,7 @@ pub async fn sweep_once<C: Cloud>(ctx: &Context<C>) -> Result<usize, Error> {
     // The live uids, read after GCP: a Gateway created meanwhile is in this list.
     let mut live = BTreeSet::new();
     let meta = Api::<PartialObjectMeta<Gateway>>::all(ctx.client.clone());
-    each_page(&meta, |g| {
+    each_page(&meta, PAGE, MAX_PAGES, |g| {
         if let Some(uid) = &g.metadata.uid {
             live.insert(uid.clone());
         }
@@ -170,9 +178,90 @@ pub async fn sweep_once<C: Cloud>(ctx: &Context<C>) -> Result<usize, Error> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
-    use super::too_young;
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::Api;
+
+    use super::{each_page, too_young};
+    use crate::controller::error::{Error, ObserveError};
+
+    /// A stand-in API server whose ConfigMap list answers page `i` (the continue token
+    /// `p<i>`) with the names `pages[i]` and a token for the next page, if any, or always
+    /// with a token when `endless`. Records each request's query.
+    fn paged(
+        pages: Vec<Vec<&'static str>>,
+        endless: bool,
+        queries: Arc<Mutex<Vec<String>>>,
+    ) -> kube::Client {
+        let svc = tower::service_fn(move |req: hyper::Request<kube::client::Body>| {
+            let query = req.uri().query().unwrap_or_default().to_owned();
+            let i = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("continue=p"))
+                .and_then(|n| n.parse::<usize>().ok())
+                .unwrap_or(0);
+            queries.lock().expect("not poisoned").push(query);
+            let items: Vec<_> = pages
+                .get(i)
+                .into_iter()
+                .flatten()
+                .map(|n| serde_json::json!({"metadata": {"name": n, "namespace": "default"}}))
+                .collect();
+            let next = (endless || i + 1 < pages.len()).then(|| format!("p{}", i + 1));
+            let body = serde_json::json!({
+                "apiVersion": "v1",
+                "kind": "ConfigMapList",
+                "metadata": {"continue": next.unwrap_or_default()},
+                "items": items,
+            });
+            async move {
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(
+                    body.to_string(),
+                ))))
+            }
+        });
+        kube::Client::new(svc, "default")
+    }
+
+    #[tokio::test]
+    async fn every_page_is_visited_and_an_endless_list_is_an_error() {
+        let queries = Arc::new(Mutex::new(Vec::new()));
+        let client = paged(
+            vec![vec!["a", "b"], vec!["c", "d"], vec!["e"]],
+            false,
+            queries.clone(),
+        );
+        let mut names = Vec::new();
+        each_page(&Api::<ConfigMap>::all(client), 2, 10, |c: &ConfigMap| {
+            names.push(c.metadata.name.clone().unwrap_or_default());
+        })
+        .await
+        .expect("three pages");
+        assert_eq!(names, ["a", "b", "c", "d", "e"]);
+        let queries = queries.lock().expect("not poisoned").clone();
+        assert_eq!(queries.len(), 3);
+        assert!(queries.iter().all(|q| q.contains("limit=2")), "{queries:?}");
+        assert!(queries[2].contains("continue=p2"), "{queries:?}");
+
+        // A server that never stops handing out continue tokens: an error after the
+        // bound, never a partial list taken as complete.
+        let client = paged(vec![vec!["x"]], true, Arc::default());
+        let mut seen = 0;
+        let err = each_page(&Api::<ConfigMap>::all(client), 2, 5, |_: &ConfigMap| {
+            seen += 1;
+        })
+        .await
+        .expect_err("an endless list");
+        assert!(
+            matches!(err, Error::Observe(ObserveError::Unending { pages: 5, .. })),
+            "{err}"
+        );
+        assert_eq!(seen, 1, "only the first page has items");
+    }
 
     #[test]
     fn only_recent_creation_times_are_too_young() {
