@@ -1,10 +1,11 @@
 //! TUN offloads done in userspace. The kernel hands the link TCP super-packets of up to
-//! 64 KiB (TSO) behind a virtio-net header, and accepts them back the same way (GRO), so
-//! the forwarding, conntrack and NAT work of the pod's network stack runs once per 64 KiB
-//! instead of once per MTU-sized packet. WireGuard encrypts MTU-sized packets, so this
-//! module splits super-packets into segments with complete checksums before encryption
-//! ([`segment`]) and merges decrypted segments of one TCP flow after it ([`Coalescer`]).
-//! Pure byte manipulation; the TUN and socket I/O live in `tun` and `wg`.
+//! 64 KiB (TSO), and UDP ones where it has UDP segmentation offload (USO), behind a
+//! virtio-net header, and accepts them back the same way (GRO), so the forwarding,
+//! conntrack and NAT work of the pod's network stack runs once per 64 KiB instead of once
+//! per MTU-sized packet. WireGuard encrypts MTU-sized packets, so this module splits
+//! super-packets into segments with complete checksums before encryption ([`segment`]) and
+//! merges decrypted segments of one TCP flow, or datagrams of one UDP flow, after it
+//! ([`Coalescer`]). Pure byte manipulation; the TUN and socket I/O live in `tun` and `wg`.
 
 /// Size of the virtio-net header in front of every packet on a TUN opened with
 /// `IFF_VNET_HDR` (the legacy header, without `num_buffers`).
@@ -174,17 +175,21 @@ fn complete_checksum(pkt: &mut [u8], start: usize, offset: usize) -> Result<(), 
 /// segment `i - 1`'s payload (already emitted) followed by its own payload where it lies,
 /// so a 64 KiB super-packet costs one header copy per segment instead of a payload copy.
 /// `pkt` is left scrambled.
-pub fn segment(hdr: &VnetHdr, pkt: &mut [u8], emit: impl FnMut(&[u8])) -> Result<(), Malformed> {
-    let l4 = match (hdr.gso_type & !GSO_ECN, hdr.gso_type) {
-        (_, _) if hdr.gso_size == 0 => None,
-        (GSO_NONE, _) => None,
-        (GSO_TCPV4, _) => Some(PROTO_TCP),
-        (_, GSO_UDP_L4) => Some(PROTO_UDP),
+pub fn segment(
+    hdr: &VnetHdr,
+    pkt: &mut [u8],
+    mut emit: impl FnMut(&[u8]),
+) -> Result<(), Malformed> {
+    let l4 = match hdr.gso_type & !GSO_ECN {
+        _ if hdr.gso_size == 0 => None,
+        GSO_NONE => None,
+        GSO_TCPV4 => Some(PROTO_TCP),
+        // ECN marking is a TCP matter: a UDP type with the flag is not one the link took.
+        GSO_UDP_L4 if hdr.gso_type == GSO_UDP_L4 => Some(PROTO_UDP),
         _ => return Err(Malformed::GsoType(hdr.gso_type)),
     };
     match l4 {
         None => {
-            let mut emit = emit;
             if hdr.flags & F_NEEDS_CSUM != 0 {
                 complete_checksum(pkt, hdr.csum_start.into(), hdr.csum_offset.into())?;
             }
@@ -828,6 +833,15 @@ mod tests {
         };
         let mut p = tcp(0, TCP_ACK, &payload(300), &[]);
         assert_eq!(segment(&uso, &mut p, |_| {}), Err(Malformed::Bounds));
+        // ECN is a TCP flag: on a UDP type it is a type the link never took.
+        let uso_ecn = VnetHdr {
+            gso_type: GSO_UDP_L4 | GSO_ECN,
+            ..tso
+        };
+        assert_eq!(
+            segment(&uso_ecn, &mut self::udp(0, &payload(300)), |_| {}),
+            Err(Malformed::GsoType(GSO_UDP_L4 | GSO_ECN))
+        );
     }
 
     #[test]
