@@ -15,7 +15,8 @@
 //!   link's kernel DNAT and through its PROXY protocol v2 relay, and their ratio.
 //!
 //! TCP with iperf3 (5 s, one stream and four), UDP at the sender's maximum rate (received
-//! rate and loss) and 1-byte TCP request/response round trips;
+//! rate and loss), UDP from a sender using UDP_SEGMENT (as QUIC stacks send; iperf3 does
+//! not) and 1-byte TCP request/response round trips;
 //! the link's ratio against the best anchor. For
 //! the links also peak RSS (VmHWM) and CPU seconds per Gbit. Also the crypto limit: what
 //! one core encrypts and decrypts through boringtun alone, 1380-byte packets, no I/O, and
@@ -45,6 +46,8 @@ struct Row {
     gbps4: f64,
     /// UDP at the sender's maximum rate: Gbit/s received and % lost (NaN: not measured).
     udp: (f64, f64),
+    /// UDP from a sender using UDP_SEGMENT, as QUIC stacks send: Gbit/s received.
+    udp_gso: f64,
     p50_us: f64,
     p99_us: f64,
     note: String,
@@ -91,6 +94,39 @@ fn iperf_udp(client: &Netns, server: &Netns, server_ip: &str, connect_ip: &str) 
             / 1e9,
         v["end"]["sum"]["lost_percent"].as_f64().unwrap_or(f64::NAN),
     )
+}
+
+/// UDP from a sender that hands the kernel 48 datagrams of 1300 bytes per send
+/// (UDP_SEGMENT) for [`SECONDS`], into a receiver with UDP_GRO on `server_ip:5201`: Gbit/s
+/// of payload received. iperf3 (Debian's 3.12) sends one datagram per call, so this is
+/// the row where UDP segmentation offload on a TUN can show.
+fn udp_gso(client: &Netns, server: &Netns, server_ip: &str, connect_ip: &str) -> f64 {
+    let dir = TempDir::new();
+    let out = dir.0.join("sink.out");
+    let mut sink = server.spawn(
+        &format!(
+            "python3 '{}' udpsink {server_ip} 5201 {SECONDS} > '{}'",
+            echo_py(),
+            out.display()
+        ),
+        &[],
+    );
+    let bound = wait_for(Duration::from_secs(5), || {
+        server.try_sh("ss -lun | grep -q ':5201 '").0.then_some(())
+    });
+    assert!(bound.is_some(), "UDP sink did not start");
+    client.sh(&format!(
+        "python3 '{}' udpflood {connect_ip} 5201 {SECONDS} 1300 >/dev/null",
+        echo_py()
+    ));
+    let done = wait_for(Duration::from_secs(40), || sink.try_wait().ok().flatten());
+    if done.is_none() {
+        let _ = sink.kill();
+    }
+    std::fs::read_to_string(&out)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(f64::NAN)
 }
 
 /// Four parallel streams against a fresh server: Gbit/s.
@@ -208,6 +244,7 @@ fn bare() -> Row {
         gbps,
         gbps4: f64::NAN,
         udp: (f64::NAN, f64::NAN),
+        udp_gso: f64::NAN,
         p50_us: p50,
         p99_us: p99,
         note: "the ceiling".into(),
@@ -242,6 +279,7 @@ fn userspace_pair(label: &str, start: &str, env: &str) -> Row {
     }
     let (gbps, gbps4) = iperf_1_and_4(&a, &b, "10.99.0.2", "10.99.0.2");
     let udp = iperf_udp(&a, &b, "10.99.0.2", "10.99.0.2");
+    let udp_gso = udp_gso(&a, &b, "10.99.0.2", "10.99.0.2");
     let (p50, p99) = rr(&a, &b, "10.99.0.2", "10.99.0.2", 7000);
     for ns in [&a, &b] {
         ns.kill_all();
@@ -254,6 +292,7 @@ fn userspace_pair(label: &str, start: &str, env: &str) -> Row {
         gbps,
         gbps4,
         udp,
+        udp_gso,
         p50_us: p50,
         p99_us: p99,
         note: String::new(),
@@ -361,12 +400,14 @@ fn link_pair() -> Row {
     let gbit = gbps * f64::from(SECONDS);
     let gbps4 = iperf4(&client, &server, "10.96.0.10", "10.244.1.1");
     let udp = iperf_udp(&client, &server, "10.96.0.10", "10.244.1.1");
+    let udp_gso = udp_gso(&client, &server, "10.96.0.10", "10.244.1.1");
     let (p50, p99) = rr(&client, &server, "10.96.0.10", "10.244.1.1", 7000);
     Row {
         path: "wgnet-link ↔ wgnet-link".into(),
         gbps,
         gbps4,
         udp,
+        udp_gso,
         p50_us: p50,
         p99_us: p99,
         note: format!(
@@ -417,6 +458,7 @@ async fn ingress_path(vm_wireguard: &str) -> Row {
         gbps,
         gbps4: f64::NAN,
         udp: (f64::NAN, f64::NAN),
+        udp_gso: f64::NAN,
         p50_us: p50,
         p99_us: p99,
         note: "the VM uses kernel WireGuard on GCP".into(),
@@ -491,6 +533,7 @@ backend echo
             gbps,
             gbps4: f64::NAN,
             udp: (f64::NAN, f64::NAN),
+            udp_gso: f64::NAN,
             p50_us: p50,
             p99_us: p99,
             note: "HAProxy (tcp mode) in front of iperf3 and the echo server in both".into(),
@@ -698,12 +741,12 @@ fn main() {
     let (enc, dec) = crypto_limit();
     let (genc, gdec) = crypto_limit_gotatun();
     println!(
-        "\n| path | TCP Gbit/s, 1 stream | 4 streams | UDP Gbit/s (lost) | RR p50 µs | RR p99 µs | notes |\n|---|---|---|---|---|---|---|"
+        "\n| path | TCP Gbit/s, 1 stream | 4 streams | UDP Gbit/s (lost) | UDP, GSO sender | RR p50 µs | RR p99 µs | notes |\n|---|---|---|---|---|---|---|---|"
     );
     for r in &rows {
         println!(
-            "| {} | {:.2} | {:.2} | {:.2} ({:.0}%) | {:.0} | {:.0} | {} |",
-            r.path, r.gbps, r.gbps4, r.udp.0, r.udp.1, r.p50_us, r.p99_us, r.note
+            "| {} | {:.2} | {:.2} | {:.2} ({:.0}%) | {:.2} | {:.0} | {:.0} | {} |",
+            r.path, r.gbps, r.gbps4, r.udp.0, r.udp.1, r.udp_gso, r.p50_us, r.p99_us, r.note
         );
     }
     let relay = |suffix: &str| {
@@ -735,6 +778,17 @@ fn main() {
                     "link / best anchor for UDP ({}): {:.2}x received",
                     u.path,
                     l.udp.0 / u.udp.0
+                );
+            }
+            let best_gso = rows
+                .iter()
+                .filter(|r| is_anchor(r))
+                .max_by(|a, b| a.udp_gso.total_cmp(&b.udp_gso));
+            if let Some(u) = best_gso {
+                println!(
+                    "link / best anchor for UDP from a GSO sender ({}): {:.2}x received",
+                    u.path,
+                    l.udp_gso / u.udp_gso
                 );
             }
         }

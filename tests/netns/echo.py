@@ -15,6 +15,12 @@
                                            (one super-packet through the stack), each asking
                                            for its digest; print "got K of N intact" for the
                                            answers that match a datagram sent
+  echo.py udpflood HOST PORT SECONDS SIZE   send SIZE-byte datagrams as fast as possible for
+                                           SECONDS, 48 per UDP_SEGMENT send (as QUIC stacks
+                                           send); print the bytes sent
+  echo.py udpsink ADDR PORT SECONDS        receive datagrams (UDP_GRO on) until 1 s passes
+                                           without one or SECONDS after the first; print the
+                                           Gbit/s of payload between the first and the last
   echo.py slow HOST PORT SECONDS [MARKER]  one TCP flow kept open SECONDS, trickling data;
                                            print the answer (proves the flow survived);
                                            creates the file MARKER once the flow is open
@@ -169,6 +175,42 @@ def main():
         except socket.timeout:
             pass
         print("got %d of %d intact" % (len(got), n))
+    elif mode == "udpflood":
+        seconds, size = float(sys.argv[4]), int(sys.argv[5])
+        c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        c.setsockopt(socket.IPPROTO_UDP, 103, size)  # UDP_SEGMENT
+        c.connect((sys.argv[2], int(sys.argv[3])))
+        burst = random.Random(size).randbytes(48 * size)
+        sent, end = 0, time.monotonic() + seconds
+        while time.monotonic() < end:
+            try:
+                sent += c.send(burst)
+            except OSError:
+                pass  # a full queue (ENOBUFS) or an ICMP error: UDP drops, and so do we
+        print(sent)
+    elif mode == "udpsink":
+        seconds = float(sys.argv[4])
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 24)
+        s.setsockopt(socket.IPPROTO_UDP, 104, 1)  # UDP_GRO: bursts arrive as one buffer
+        s.bind((sys.argv[2], int(sys.argv[3])))
+        s.settimeout(seconds + 30)
+        got, first, last = 0, None, None
+        buf = bytearray(1 << 16)
+        try:
+            while True:
+                n = s.recv_into(buf)
+                last = time.monotonic()
+                if first is None:
+                    first = last
+                    s.settimeout(1)
+                elif last - first > seconds:
+                    break
+                got += n
+        except socket.timeout:
+            pass
+        span = (last - first) if first is not None and last > first else 0
+        print("%.3f" % (got * 8 / span / 1e9 if span else 0))
     elif mode == "slow":
         seconds = float(sys.argv[4])
         steps = max(1, int(seconds * 10))
