@@ -98,9 +98,10 @@ bench: k8s-bins
 	$(CARGO) bench --locked -p wgnet-tests --bench operator_scale
 
 # FUZZ_SECONDS=N per target (default 600); FUZZ_TARGETS to pick some.
-# Fuzz the parsers of tenant input (nightly Rust; corpus in fuzz/corpus/). Not part of test.
+# Fuzz the parsers of tenant input and the link's packet offload code, which a peer's
+# packets reach (nightly Rust; corpus in fuzz/corpus/). Not part of test.
 FUZZ_SECONDS ?= 600
-FUZZ_TARGETS ?= wgquick link_config forwards
+FUZZ_TARGETS ?= wgquick link_config forwards offload
 fuzz:
 	@rustup toolchain list | grep -q '^nightly' || { echo "make fuzz: needs the nightly toolchain (rustup toolchain install nightly)" >&2; exit 1; }
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install --locked cargo-fuzz

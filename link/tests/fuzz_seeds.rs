@@ -1,6 +1,6 @@
 //! The fuzz corpus seeds (`fuzz/corpus/`, grown by `make fuzz`) replayed on stable Rust in
 //! every `make test`: the wg-quick and link-config parsers never panic on them and never
-//! repeat the secret input in an error.
+//! repeat the secret input in an error; the offload code keeps its properties on them.
 
 use std::path::PathBuf;
 
@@ -80,4 +80,13 @@ fn link_config_seeds_parse_or_refuse_without_echo() {
         }
     }
     assert!(ok > 0 && refused > 0, "{ok} parsed, {refused} refused");
+}
+
+#[test]
+fn offload_seeds_keep_the_split_and_merge_properties() {
+    for (p, b) in seeds("offload") {
+        if let Err(broken) = wgnet_link::offload::exercise(&b) {
+            panic!("{}: {broken}", p.display());
+        }
+    }
 }
