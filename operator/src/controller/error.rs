@@ -135,6 +135,11 @@ pub enum Error {
     /// Deleting GCP resources failed; the status already says so.
     #[error("delete cloud resources: {0}")]
     Teardown(CloudError),
+    /// Not a failure: the pass began from an older copy of the object than the API server
+    /// holds (its finalizers changed meanwhile, so the finalizer helper's guarded patch was
+    /// refused); the next pass begins from the newer copy.
+    #[error("the object's finalizers changed while the pass began; looking again")]
+    Stale,
     /// Not a failure: GCP resources are still being deleted, so the finalizer stays.
     #[error("waiting for GCP resources to be deleted: {waiting}")]
     Deleting {
@@ -147,6 +152,26 @@ pub enum Error {
 
 /// The first look again after a failure.
 pub const FIRST_RETRY: Duration = Duration::from_secs(5);
+/// The look again after [`Error::Stale`]: the watch delivers the newer copy within
+/// moments, and a watch that never did would still cost only one refused patch a second.
+pub const STALE_RETRY: Duration = Duration::from_secs(1);
+
+impl From<kube::runtime::finalizer::Error<Error>> for Error {
+    fn from(e: kube::runtime::finalizer::Error<Error>) -> Self {
+        use kube::runtime::finalizer::Error as F;
+        match e {
+            F::ApplyFailed(e) | F::CleanupFailed(e) => e,
+            // The helper's JSON patch tests the finalizers it saw: 422 when they changed
+            // (a pass that ran moments earlier added ours), 409 on a version conflict.
+            F::AddFinalizer(kube::Error::Api(s)) | F::RemoveFinalizer(kube::Error::Api(s))
+                if s.code == 409 || s.code == 422 =>
+            {
+                Self::Stale
+            }
+            other => Self::Finalizer(other.to_string()),
+        }
+    }
+}
 
 impl Error {
     /// The `step` label of `wgnet_reconcile_errors_total`.
@@ -159,7 +184,7 @@ impl Error {
             Self::Children(_) => "children",
             Self::Dns(_) => "dns",
             Self::Status(_) => "status",
-            Self::Finalizer(_) => "finalizer",
+            Self::Finalizer(_) | Self::Stale => "finalizer",
             Self::Teardown(_) | Self::Deleting { .. } => "teardown",
         }
     }
@@ -179,6 +204,7 @@ impl Error {
             Self::Validate(_) => self.reason().into(),
             Self::Children(ChildrenError::NameCollision { .. }) => reasons::NAME_COLLISION.into(),
             Self::Finalizer(_) => "Finalizer".into(),
+            Self::Stale => "Stale".into(),
             Self::Deleting { .. } => reasons::TERMINATING.into(),
         }
     }
@@ -220,6 +246,7 @@ impl Error {
         match self {
             _ if !self.is_retryable() => None,
             Self::Deleting { after, .. } => Some(*after),
+            Self::Stale => Some(STALE_RETRY),
             Self::Cloud(e) | Self::Teardown(e) => Some(e.retry_after()),
             // Another Gateway's deletion is not watched from this one: looked at slowly.
             _ if self.over_count() => Some(Duration::from_secs(300)),
@@ -238,9 +265,10 @@ impl Error {
         )
     }
 
-    /// Whether it is a failure at all (a deletion still in progress is not).
+    /// Whether it is a failure at all (a deletion still in progress, or a pass that began
+    /// from a stale copy, is not).
     pub fn is_failure(&self) -> bool {
-        !matches!(self, Self::Deleting { .. })
+        !matches!(self, Self::Deleting { .. } | Self::Stale)
     }
 }
 
@@ -255,6 +283,35 @@ pub fn backoff(failing: Duration, cap: Duration) -> Duration {
 mod tests {
     use super::*;
     use crate::controller::testing::denied;
+
+    /// The finalizer helper's refused patch (the pass saw finalizers that changed since) is
+    /// no failure: not reported in status, looked at again at once; other refusals are.
+    #[test]
+    fn a_finalizer_patch_refused_for_a_stale_copy_is_not_a_failure() {
+        use kube::runtime::finalizer::Error as F;
+        let api = |code: u16| {
+            kube::Error::Api(Box::new(
+                serde_json::from_value(serde_json::json!({
+                    "status": "Failure", "code": code, "reason": "Invalid",
+                    "message": "the server rejected our request due to an error in our request",
+                }))
+                .expect("a Status"),
+            ))
+        };
+        for e in [F::AddFinalizer(api(422)), F::RemoveFinalizer(api(409))] {
+            let e = Error::from(e);
+            assert!(matches!(e, Error::Stale), "{e}");
+            assert!(!e.is_failure());
+            assert_eq!(e.retry_after(), Some(STALE_RETRY));
+        }
+        let denied = Error::from(F::<Error>::AddFinalizer(api(403)));
+        assert!(matches!(denied, Error::Finalizer(_)) && denied.is_failure());
+        let inner = Error::from(F::ApplyFailed(Error::Dns(KubeCall {
+            what: "apply DNSEndpoint",
+            source: api(500),
+        })));
+        assert!(matches!(inner, Error::Dns(_)));
+    }
 
     #[test]
     fn backoff_starts_quick_and_grows_to_the_cap() {

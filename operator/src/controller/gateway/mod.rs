@@ -35,7 +35,7 @@ use kube::{Resource, ResourceExt};
 use tracing::Instrument as _;
 use wgnet_cloud::{Cloud, GatewayId, Target};
 
-use super::error::{Error, backoff};
+use super::error::{Error, STALE_RETRY, backoff};
 use super::{
     Context, children_watch, condition, controller_config, owner_of_pod, publish, report_invalid,
     set_condition, write_status,
@@ -180,6 +180,10 @@ fn error_policy<C: Cloud>(
         // Not a failure: teardown already waited (bounded) on GCP and says when to look.
         return Action::requeue(*after);
     }
+    if let Error::Stale = e {
+        // Not a failure either: the next pass begins from the copy the watch delivers.
+        return Action::requeue(STALE_RETRY);
+    }
     ctx.metrics.error(KIND, e.metric_label(), &e.reason_label());
     let Some(cap) = e.retry_after() else {
         return Action::await_change();
@@ -242,10 +246,7 @@ async fn under_finalizer<C: Cloud>(gw: &Gateway, ctx: &Context<C>) -> Result<Act
         }
     })
     .await
-    .map_err(|e| match e {
-        finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
-        other => Error::Finalizer(other.to_string()),
-    })
+    .map_err(Error::from)
 }
 
 /// Reports a failure that the pass did not already put in status: `Ready=False/<reason>`
