@@ -18,6 +18,7 @@ pub struct Metrics {
 struct Inner {
     reconciles: BTreeMap<&'static str, u64>,
     duration_sum: BTreeMap<&'static str, f64>,
+    polls: BTreeMap<&'static str, u64>,
     errors: BTreeMap<(&'static str, &'static str, String), u64>,
     gcp_calls: BTreeMap<(String, String, u16), u64>,
     states: BTreeMap<String, String>,
@@ -37,6 +38,22 @@ impl Metrics {
         let mut m = self.lock();
         *m.reconciles.entry(kind).or_default() += 1;
         *m.duration_sum.entry(kind).or_default() += took.as_secs_f64();
+    }
+
+    /// A reconcile of `kind` only polled what no watch covers (it is counted by
+    /// [`Metrics::reconciled`] too).
+    pub fn polled(&self, kind: &'static str) {
+        *self.lock().polls.entry(kind).or_default() += 1;
+    }
+
+    /// Polls of `kind` so far.
+    pub fn polls(&self, kind: &str) -> u64 {
+        self.lock().polls.get(kind).copied().unwrap_or(0)
+    }
+
+    /// Reconciles of `kind` so far, polls included.
+    pub fn reconciles(&self, kind: &str) -> u64 {
+        self.lock().reconciles.get(kind).copied().unwrap_or(0)
     }
 
     /// A reconcile of `kind` failed in `step` with `reason`.
@@ -95,6 +112,13 @@ impl Metrics {
         );
         for (k, v) in &m.duration_sum {
             let _ = writeln!(out, "wgnet_reconcile_seconds_sum{{kind=\"{k}\"}} {v:.6}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP wgnet_polls_total Reconciles that only polled what no watch covers (a waiting Gateway's VM report), by kind.\n# TYPE wgnet_polls_total counter"
+        );
+        for (k, v) in &m.polls {
+            let _ = writeln!(out, "wgnet_polls_total{{kind=\"{k}\"}} {v}");
         }
         let _ = writeln!(
             out,
@@ -157,6 +181,7 @@ mod tests {
     fn renders_counters_and_state_gauges() {
         let m = Metrics::default();
         m.reconciled("Gateway", Duration::from_millis(5));
+        m.polled("Gateway");
         m.error("Gateway", "cloud", "PermissionDenied");
         m.error("Gateway", "children", "say \"x\"");
         m.gateway_state("a/b", Some("Ready"));
@@ -168,6 +193,11 @@ mod tests {
             text.contains("wgnet_reconciles_total{kind=\"Gateway\"} 1"),
             "{text}"
         );
+        assert!(
+            text.contains("wgnet_polls_total{kind=\"Gateway\"} 1"),
+            "{text}"
+        );
+        assert_eq!((m.reconciles("Gateway"), m.polls("Gateway")), (1, 1));
         assert!(
             text.contains(
                 "wgnet_reconcile_errors_total{kind=\"Gateway\",step=\"cloud\",reason=\"PermissionDenied\"} 1"

@@ -314,13 +314,9 @@ async fn main() {
             if held.contains(&gw) {
                 continue;
             }
+            // As a link does: it takes the Lease, then handshakes, and only then does
+            // its readiness probe pass (the pod's change is what the operator watches).
             let name = pod.name_any();
-            let status = json!({"status": {"phase": "Running", "conditions": [
-                {"type": "Ready", "status": "True"}, {"type": "ContainersReady", "status": "True"}
-            ]}});
-            pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
-                .await
-                .expect("pod status");
             let lease: Lease = serde_json::from_value(json!({
                 "metadata": {"name": link_name(&gw)},
                 "spec": {"holderIdentity": name, "leaseDurationSeconds": 3600}
@@ -331,6 +327,12 @@ async fn main() {
                 Err(kube::Error::Api(e)) if e.code == 409 => {}
                 Err(e) => panic!("lease: {e}"),
             }
+            let status = json!({"status": {"phase": "Running", "conditions": [
+                {"type": "Ready", "status": "True"}, {"type": "ContainersReady", "status": "True"}
+            ]}});
+            pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+                .await
+                .expect("pod status");
             held.insert(gw);
         }
         ready = gws

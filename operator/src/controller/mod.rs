@@ -79,6 +79,8 @@ pub struct Context<C> {
     pub applied: crate::applied::Applied,
     /// The VM reports read recently for Gateways that wait for their VM.
     pub vm_reports: gateway::reports::Reports,
+    /// Which Gateways the watches brought news of, so a scheduled poll can tell.
+    pub news: gateway::news::News,
 }
 
 impl<C: Cloud> Context<C> {
@@ -100,6 +102,7 @@ impl<C: Cloud> Context<C> {
         Self {
             applied: crate::applied::Applied::new(settings.resync),
             vm_reports: gateway::reports::Reports::default(),
+            news: gateway::news::News::default(),
             client,
             cloud,
             settings,
@@ -196,7 +199,8 @@ impl<K> Written for K where
 
 /// A metadata-only watch of the `K` objects carrying this operator's labels, for a
 /// controller's `owns_stream`: every change it sees goes to [`Applied::observed`] first, so
-/// the pass it starts applies again what someone else changed or deleted.
+/// the pass it starts applies again what someone else changed or deleted, and is news of
+/// the Gateway that owns the object ([`gateway::news`]).
 pub fn children_watch<K, C>(
     ctx: &Arc<Context<C>>,
 ) -> impl futures_util::Stream<
@@ -222,7 +226,14 @@ where
     )
     .default_backoff()
     .touched_objects()
-    .inspect_ok(move |o| ctx.applied.observed(o))
+    .inspect_ok(move |o| {
+        ctx.applied.observed(o);
+        let meta = o.meta();
+        ctx.news.mark_owners(
+            meta.namespace.as_deref().unwrap_or_default(),
+            meta.owner_references.as_deref().unwrap_or_default(),
+        );
+    })
 }
 
 /// Server-side applies `obj` under the operator's field manager. When `obj` names a

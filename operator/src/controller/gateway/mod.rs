@@ -10,6 +10,7 @@
 
 pub mod apply;
 pub mod build;
+pub mod news;
 pub mod observe;
 pub mod reports;
 pub mod status;
@@ -22,7 +23,7 @@ use std::hash::{Hash as _, Hasher as _};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt as _;
+use futures_util::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service};
 use kube::api::Api;
@@ -103,10 +104,24 @@ pub async fn run<C: Cloud + 'static>(
     // are never read, and at thousands of Gateways they were most of the operator's memory.
     .modify(|g| g.managed_fields_mut().clear())
     .reflect(writer)
+    .inspect_ok({
+        let ctx = ctx.clone();
+        move |ev| {
+            if let watcher::Event::Delete(g) = ev {
+                ctx.news
+                    .forget(&g.namespace().unwrap_or_default(), &g.name_any());
+            }
+        }
+    })
     .applied_objects()
-    .predicate_filter(trigger, kube::runtime::PredicateConfig::default());
+    .predicate_filter(trigger, kube::runtime::PredicateConfig::default())
+    .inspect_ok({
+        let ctx = ctx.clone();
+        move |g| ctx.news.mark(&g.namespace().unwrap_or_default(), &g.name_any())
+    });
     let ctrl = Controller::for_stream(gateways, store.clone()).with_config(controller_config());
     let (s1, s2) = (store.clone(), store);
+    let (c1, c2, c3) = (ctx.clone(), ctx.clone(), ctx.clone());
     let link_pods = watcher::Config::default().labels(&format!(
         "{MANAGED_SELECTOR},{}=link",
         children::COMPONENT_LABEL
@@ -115,17 +130,25 @@ pub async fn run<C: Cloud + 'static>(
     ctrl.owns_stream(children_watch::<Deployment, C>(&ctx))
         .owns_stream(children_watch::<ConfigMap, C>(&ctx))
         .owns_stream(children_watch::<Secret, C>(&ctx))
-        .watches(Api::<Pod>::all(client.clone()), link_pods, |pod: Pod| {
-            owner_of_pod(&pod)
-        })
+        .watches(
+            Api::<Pod>::all(client.clone()),
+            link_pods,
+            move |pod: Pod| {
+                let owner = owner_of_pod(&pod);
+                announce(&c1, owner.iter());
+                owner
+            },
+        )
         .watches(
             Api::<Service>::all(client.clone()),
             watcher::Config::default(),
             move |svc: Service| {
                 let ns = svc.namespace().unwrap_or_default();
-                referencing(&s1, |gw_ns, f| {
+                let gws = referencing(&s1, |gw_ns, f| {
                     f.service == svc.name_any() && f.namespace.as_deref().unwrap_or(gw_ns) == ns
-                })
+                });
+                announce(&c2, gws.iter());
+                gws
             },
         )
         .watches(
@@ -133,11 +156,13 @@ pub async fn run<C: Cloud + 'static>(
             watcher::Config::default(),
             move |n: Namespace| {
                 let name = n.name_any();
-                referencing(&s2, |gw_ns, f| {
+                let gws = referencing(&s2, |gw_ns, f| {
                     f.namespace
                         .as_deref()
                         .is_some_and(|t| t == name && t != gw_ns)
-                })
+                });
+                announce(&c3, gws.iter());
+                gws
             },
         )
         .graceful_shutdown_on(shutdown)
@@ -149,6 +174,17 @@ pub async fn run<C: Cloud + 'static>(
             std::future::ready(())
         })
         .await;
+}
+
+/// Marks the Gateways a watch event starts a pass for as having news ([`news`]).
+fn announce<'a, C>(
+    ctx: &Context<C>,
+    gateways: impl Iterator<Item = &'a ObjectRef<DeserializeGuard<Gateway>>>,
+) {
+    for g in gateways {
+        ctx.news
+            .mark(g.namespace.as_deref().unwrap_or_default(), &g.name);
+    }
 }
 
 /// Gateways in the cache with a forward for which `matches(gateway namespace, forward)`.
@@ -304,9 +340,23 @@ pub fn target_of(gw: &Gateway, cluster: &str) -> Target {
     }
 }
 
-/// One pass over a live Gateway: the steps in order, then when to look again.
+/// One pass over a live Gateway: a poll when only its VM's report can have changed
+/// ([`poll`]), else the steps in order; then when to look again.
 async fn reconcile_gateway<C: Cloud>(gw: &Gateway, ctx: &Context<C>) -> Result<Action, Error> {
-    let key = format!("{}/{}", gw.namespace().unwrap_or_default(), gw.name_any());
+    let (ns, name) = (gw.namespace().unwrap_or_default(), gw.name_any());
+    let uid = gw.uid().unwrap_or_default();
+    let news = ctx.news.of(&ns, &name);
+    let began = Instant::now();
+    if let Some(quiet) = ctx
+        .vm_reports
+        .quiet(&uid)
+        .filter(|q| q.holds(news, gw.metadata.generation, began, ctx.settings.resync))
+        && let Some(action) = poll(ctx, gw, &quiet).await
+    {
+        return Ok(action);
+    }
+    ctx.vm_reports.set_quiet(&uid, None);
+    let key = format!("{ns}/{name}");
     // I/O: the Services, Namespaces and key Secret the spec names.
     let count = ctx.settings.policy.max_gateways_per_namespace > 0;
     let observed = observe::inputs(&ctx.client, gw, count).await?;
@@ -414,11 +464,46 @@ async fn reconcile_gateway<C: Cloud>(gw: &Gateway, ctx: &Context<C>) -> Result<A
         .await;
         return Ok(Action::requeue(Duration::from_millis(10)));
     }
-    Ok(Action::requeue(if ready {
-        ctx.settings.resync
-    } else {
-        patience(not_ready_for(Some(&status)), ctx.settings.resync)
-    }))
+    if ready {
+        return Ok(Action::requeue(ctx.settings.resync));
+    }
+    // Everything in GCP as wanted and nothing written: until a watch brings news, only
+    // the VM's report can change what this pass found.
+    if progress.ready
+        && progress.writes == 0
+        && let Some(report) = report
+    {
+        let quiet = reports::Quiet {
+            news,
+            generation: gw.metadata.generation,
+            at: began,
+            report,
+        };
+        ctx.vm_reports.set_quiet(&uid, Some(quiet));
+    }
+    Ok(Action::requeue(patience(
+        not_ready_for(Some(&status)),
+        ctx.settings.resync,
+    )))
+}
+
+/// A scheduled look at a Gateway whose last full pass found it waiting for its VM and
+/// that no watch brought news of since: its VM's report, read as [`vm_report`] decides,
+/// and nothing else (at thousands of Gateways waiting for their VMs, the full passes'
+/// reads of Services, Secrets, Leases and Deployments were most of the API server's
+/// load). `None` when the report differs from the one the full pass used, or cannot be
+/// read: a full pass follows at once.
+async fn poll<C: Cloud>(ctx: &Context<C>, gw: &Gateway, quiet: &reports::Quiet) -> Option<Action> {
+    let target = target_of(gw, &ctx.settings.cluster_id);
+    let report = vm_report(ctx, gw, &target, false).await?;
+    if report != quiet.report {
+        return None;
+    }
+    ctx.metrics.polled(KIND);
+    Some(Action::requeue(patience(
+        not_ready_for(gw.status.as_ref()),
+        ctx.settings.resync,
+    )))
 }
 
 /// The report of a RUNNING VM whose Gateway is not settled (see [`reports`]): one read
