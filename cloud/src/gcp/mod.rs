@@ -528,6 +528,20 @@ impl GcpCloud {
         op: &'static str,
         what: &str,
     ) -> Result<Vec<L::Item>, CloudError> {
+        self.list_all_as::<L, _>(s, path, op, what, |i| i).await
+    }
+
+    /// [`GcpCloud::list_all`], keeping `keep(item)` of each item as its page arrives: a
+    /// project's instances carry their startup scripts (14 KB each), and keeping only what
+    /// is needed of them page by page holds one page of scripts at a time, not hundreds.
+    async fn list_all_as<L: wire::Page, T>(
+        &self,
+        s: Service,
+        path: &str,
+        op: &'static str,
+        what: &str,
+        mut keep: impl FnMut(L::Item) -> T,
+    ) -> Result<Vec<T>, CloudError> {
         const MAX_PAGES: usize = 1000;
         let sep = if path.contains('?') { '&' } else { '?' };
         let mut out = Vec::new();
@@ -538,7 +552,7 @@ impl GcpCloud {
                 Some(t) => format!("{path}{sep}pageToken={}", encode(t)),
             };
             let (items, next) = self.get::<L>(s, &url, op, what).await?.into_parts();
-            out.extend(items);
+            out.extend(items.into_iter().map(&mut keep));
             match next.filter(|t| !t.is_empty()) {
                 Some(t) => token = Some(t),
                 None => return Ok(out),

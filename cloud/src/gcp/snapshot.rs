@@ -11,7 +11,7 @@
 //! made out of band after it was taken: that is repaired by the next one, at most one
 //! window later, the same latency the steady resources already had.
 //!
-//! I/O: the list calls, through [`GcpCloud::list_all`]; the rest is bookkeeping in memory.
+//! I/O: the list calls, through [`GcpCloud::list_all`] and [`GcpCloud::list_all_as`]; the rest is bookkeeping in memory.
 //!
 //! [`GcpConfig::verify_every`]: super::GcpConfig::verify_every
 
@@ -272,7 +272,7 @@ impl GcpCloud {
                 "list firewalls",
                 project,
             ),
-            self.list_all::<InstanceAggregatedList>(
+            self.list_all_as::<InstanceAggregatedList, _>(
                 Service::Compute,
                 &format!(
                     "projects/{project}/aggregated/instances?filter={}&returnPartialSuccess=true&maxResults={INSTANCE_PAGE}",
@@ -280,6 +280,7 @@ impl GcpCloud {
                 ),
                 "list instances",
                 project,
+                |(zone, i)| ((zone, i.name.clone()), SeenInstance::new(i)),
             ),
             self.list_all::<ServiceAccountList>(
                 Service::Iam,
@@ -311,11 +312,7 @@ impl GcpCloud {
         }
         let firewalls = kept(project, "firewalls", fw)
             .map(|v: Vec<Firewall>| v.into_iter().map(|f| (f.name.clone(), f)).collect());
-        let instances = kept(project, "instances", inst).map(|v: Vec<(String, Instance)>| {
-            v.into_iter()
-                .map(|(zone, i)| ((zone, i.name.clone()), SeenInstance::new(i)))
-                .collect()
-        });
+        let instances = kept(project, "instances", inst).map(|v| v.into_iter().collect());
         let addresses = kept(project, "addresses", addrs).map(|v: Vec<(String, Address)>| {
             v.into_iter()
                 .map(|(region, a)| ((region, a.name.clone()), a))
