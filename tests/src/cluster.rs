@@ -509,6 +509,28 @@ impl Cluster {
             let boot = std::fs::read_to_string(vm.dir.0.join("boot.log")).unwrap_or_default();
             out.push_str(&format!("\n--- vm {name} ---\n{boot}"));
         }
+        // A pod that cannot reach the API server's ClusterIP points at the node's
+        // kube-proxy: its log and the rules it wrote (the kubernetes Service's, the
+        // first a link needs).
+        let proxy_log =
+            std::fs::read_to_string(self.dir.0.join("kube-proxy.log")).unwrap_or_default();
+        let tail: Vec<&str> = proxy_log.lines().rev().take(40).collect();
+        out.push_str("\n--- kube-proxy (last 40 lines) ---\n");
+        for l in tail.into_iter().rev() {
+            out.push_str(l);
+            out.push('\n');
+        }
+        let (_, rules, err) = self.node.try_sh("nft list table ip kube-proxy");
+        let services: Vec<&str> = rules
+            .lines()
+            .filter(|l| l.contains("default/kubernetes") || l.contains("10.96.0.1 "))
+            .collect();
+        out.push_str(&format!(
+            "--- node: kube-proxy's rules for default/kubernetes ({} lines of the table{}) ---\n{}\n",
+            rules.lines().count(),
+            if err.is_empty() { String::new() } else { format!("; nft: {}", err.trim()) },
+            services.join("\n")
+        ));
         out.push_str(&self.cp.logs(15));
         out.push_str(&format!("\n--- cluster state ---\n{}", self.cp.describe()));
         out
