@@ -15,9 +15,11 @@
 //! - a watch sees the object at another resourceVersion (anyone wrote it, or deleted it):
 //!   [`Applied::observed`] drops the entry, so drift in a watched kind is repaired by the
 //!   pass the same event starts;
-//! - it is older than the resync period (`max_age`): kinds no watch covers (ServiceAccount,
-//!   Role, RoleBinding, NetworkPolicy, PodDisruptionBudget) are applied again at least once
-//!   a resync, as often as a steady Gateway's passes applied them before.
+//! - it is older than `max_age` ([`RESYNCS`] resync periods). Every kind the operator
+//!   writes is watched (metadata only), so this only covers what a watch cannot report:
+//!   an object deleted while its watch was down (a re-list reports what exists, not what
+//!   went). Before every kind was watched this was one resync period, and at 5,000
+//!   Gateways re-applying seven objects each per period was most of the API server's load.
 //!
 //! Memory only (no I/O): one small entry per applied object, keys and values hashed with
 //! this process's random keys so the entries hold no names, no contents and nothing a
@@ -29,6 +31,9 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use kube::Resource;
+
+/// How many resync periods an entry counts for at most (see the module documentation).
+pub const RESYNCS: u32 = 10;
 
 /// Which object an entry is about: a hash of its kind, namespace and name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

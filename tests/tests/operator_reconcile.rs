@@ -419,6 +419,20 @@ async fn passes_send_only_what_changed_and_repair_what_others_edit() {
     })
     .await;
     assert!(repaired.is_some(), "the edited config was never repaired");
+
+    // Someone deletes the link's Role (a kind nothing but its watch reports, and the
+    // memo would otherwise trust for ten resync periods): the pass the deletion starts
+    // puts it back.
+    let roles = Api::<k8s_openapi::api::rbac::v1::Role>::namespaced(e.client.clone(), "apps");
+    roles
+        .delete("edge-link", &DeleteParams::default())
+        .await
+        .expect("delete the Role");
+    let back = until(Duration::from_secs(30), || async {
+        roles.get_opt("edge-link").await.ok().flatten()
+    })
+    .await;
+    assert!(back.is_some(), "the deleted Role was never put back");
 }
 
 /// A Gateway waiting for its VM (every GCP resource exists, the VM never reports) is

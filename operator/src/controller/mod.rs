@@ -100,7 +100,7 @@ impl<C: Cloud> Context<C> {
             },
         );
         Self {
-            applied: crate::applied::Applied::new(settings.resync),
+            applied: crate::applied::Applied::new(settings.resync * crate::applied::RESYNCS),
             vm_reports: gateway::reports::Reports::default(),
             news: gateway::news::News::default(),
             client,
@@ -302,14 +302,13 @@ pub async fn apply_children(
     apply_unless_current(client, applied, ns, &c.config_map).await?;
     apply_unless_current(client, applied, ns, &c.network_policy).await?;
     apply_unless_current(client, applied, ns, &c.deployment).await?;
-    // The budgets of this link, pruned as one: keyed by their selector.
-    let pruned =
-        applied.key::<PodDisruptionBudget>(ns, &crate::children::selector_string(&p.labels()));
+    // The link's budget, by the name it has when there is one: a watch event about it
+    // (someone created one) then makes the next pass prune again.
+    let pruned = applied.key::<PodDisruptionBudget>(ns, &p.name);
     match &c.pdb {
-        Some(pdb) => {
-            applied.forget(pruned);
-            apply_unless_current(client, applied, ns, pdb).await?;
-        }
+        // The same entry as the budget's own: an applied budget is not `absent`, so
+        // dropping to one replica prunes it, and going back applies it again.
+        Some(pdb) => apply_unless_current(client, applied, ns, pdb).await?,
         None => {
             let now = Instant::now();
             if !applied.is_current(pruned, applied.absent(), now) {

@@ -25,7 +25,10 @@ use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::Api;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
@@ -126,10 +129,17 @@ pub async fn run<C: Cloud + 'static>(
         "{MANAGED_SELECTOR},{}=link",
         children::COMPONENT_LABEL
     ));
-    // Metadata is all a trigger needs; the watches also keep `ctx.applied` honest.
+    // Metadata is all a trigger needs; the watches also keep `ctx.applied` honest, for
+    // EgressGateways' links too (the memo is shared and the selector is this operator's
+    // label), so that no applied object has to be sent again just because time passed.
     ctrl.owns_stream(children_watch::<Deployment, C>(&ctx))
         .owns_stream(children_watch::<ConfigMap, C>(&ctx))
         .owns_stream(children_watch::<Secret, C>(&ctx))
+        .owns_stream(children_watch::<ServiceAccount, C>(&ctx))
+        .owns_stream(children_watch::<Role, C>(&ctx))
+        .owns_stream(children_watch::<RoleBinding, C>(&ctx))
+        .owns_stream(children_watch::<NetworkPolicy, C>(&ctx))
+        .owns_stream(children_watch::<PodDisruptionBudget, C>(&ctx))
         .watches(
             Api::<Pod>::all(client.clone()),
             link_pods,
@@ -369,6 +379,9 @@ async fn reconcile_gateway<C: Cloud>(gw: &Gateway, ctx: &Context<C>) -> Result<A
     let desired = build::desired(gw, &valid, &target, &keys);
     // I/O: GCP.
     let progress = ctx.cloud.ensure(&desired, &valid.recorded).await;
+    // What a pass builds is large (the startup script, the link's objects) and the pass
+    // may yet wait long on the API server or an operation: nothing of it is held past use.
+    drop(desired);
     let address = progress
         .address
         .clone()
@@ -389,6 +402,7 @@ async fn reconcile_gateway<C: Cloud>(gw: &Gateway, ctx: &Context<C>) -> Result<A
         &children.objects,
     )
     .await?;
+    drop((children, observed, keys));
     let dns = apply::dns(ctx, gw, address.as_deref()).await?;
     // I/O: the Lease, its holder's pod, the Deployment.
     let link = observe::link(&ctx.client, gw).await?;
