@@ -317,45 +317,9 @@ async fn the_reconciler_provisions_builds_prunes_and_deletes_without_a_node() {
 /// else edits is still applied again by the pass the edit starts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passes_send_only_what_changed_and_repair_what_others_edit() {
-    // A resync longer than the test: only the passes of an un-Ready Gateway (every 2 s at
-    // first) and those the edits start run.
-    let e = env_with_resync(
-        Policy::new(Projects::Only(vec![PROJECT.into()])),
-        Duration::from_secs(600),
-    )
-    .await;
-    apps_with_web(&e).await;
-    Api::<Gateway>::namespaced(e.client.clone(), "apps")
-        .create(&PostParams::default(), &gateway("edge"))
-        .await
-        .expect("create");
-    wait_gw(&e, "every GCP resource exists", |g| {
-        g.status
-            .as_ref()
-            .and_then(|s| s.gcp.as_ref())
-            .is_some_and(|s| s.instance.is_some() && s.pending_operations.is_empty())
-    })
-    .await;
-    let user = format!("system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SA}");
+    let (e, _) = waiting_gateway().await;
     // Each pass reads the link's Lease once; applies are patches in the Gateway's namespace.
-    let count = |verb: &str, resource: &str| {
-        e.cp.audit()
-            .iter()
-            .filter(|r| {
-                r.user == user
-                    && r.verb == verb
-                    && r.namespace == "apps"
-                    && resource_is(r, resource)
-            })
-            .count()
-    };
-    // `*`: the link's objects, that is anything but the Gateway and Events.
-    fn resource_is(r: &wgnet_tests::controlplane::Audited, resource: &str) -> bool {
-        match resource {
-            "*" => !r.resource.starts_with("wgnet.dev/") && !r.resource.starts_with("events."),
-            _ => r.resource == resource,
-        }
-    }
+    let count = |verb: &str, resource: &str| operator_requests(&e, verb, resource);
     let applies = count("patch", "*");
 
     // Passes that watches start in quick succession (here: edits of the forwarded
@@ -441,36 +405,9 @@ async fn passes_send_only_what_changed_and_repair_what_others_edit() {
 /// look and reaches status through a full pass.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polls_of_a_gateway_waiting_for_its_vm_read_only_the_vms_report() {
-    let e = env_with_resync(
-        Policy::new(Projects::Only(vec![PROJECT.into()])),
-        Duration::from_secs(600),
-    )
-    .await;
-    apps_with_web(&e).await;
-    Api::<Gateway>::namespaced(e.client.clone(), "apps")
-        .create(&PostParams::default(), &gateway("edge"))
-        .await
-        .expect("create");
-    let gw = wait_gw(&e, "every GCP resource exists", |g| {
-        g.status
-            .as_ref()
-            .and_then(|s| s.gcp.as_ref())
-            .is_some_and(|s| s.instance.is_some() && s.pending_operations.is_empty())
-    })
-    .await;
-    let user = format!("system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SA}");
+    let (e, gw) = waiting_gateway().await;
     // Every full pass reads the link's Lease once.
-    let lease_reads = || {
-        e.cp.audit()
-            .iter()
-            .filter(|r| {
-                r.user == user
-                    && r.verb == "get"
-                    && r.namespace == "apps"
-                    && r.resource == "coordination.k8s.io/leases"
-            })
-            .count()
-    };
+    let lease_reads = || operator_requests(&e, "get", "coordination.k8s.io/leases");
     let m = &e.metrics;
     let (polls, passes, leases) = (m.polls("Gateway"), m.reconciles("Gateway"), lease_reads());
     let polled = until(Duration::from_secs(60), || async {
@@ -511,6 +448,50 @@ async fn polls_of_a_gateway_waiting_for_its_vm_read_only_the_vms_report() {
             .is_some_and(|s| s.vm_state.as_deref() == Some("booting"))
     })
     .await;
+}
+
+/// A Gateway `edge` of `apps` whose GCP resources all exist and whose VM never reports,
+/// under a resync longer than any test: only its patience's looks (every 2 s at first)
+/// and the passes that watches start run.
+async fn waiting_gateway() -> (Env, Gateway) {
+    let e = env_with_resync(
+        Policy::new(Projects::Only(vec![PROJECT.into()])),
+        Duration::from_secs(600),
+    )
+    .await;
+    apps_with_web(&e).await;
+    Api::<Gateway>::namespaced(e.client.clone(), "apps")
+        .create(&PostParams::default(), &gateway("edge"))
+        .await
+        .expect("create");
+    let gw = wait_gw(&e, "every GCP resource exists", |g| {
+        g.status
+            .as_ref()
+            .and_then(|s| s.gcp.as_ref())
+            .is_some_and(|s| s.instance.is_some() && s.pending_operations.is_empty())
+    })
+    .await;
+    (e, gw)
+}
+
+/// The operator's requests so far with `verb` on `resource` in namespace `apps` (`*`: the
+/// link's objects, that is anything but Gateways and Events).
+fn operator_requests(e: &Env, verb: &str, resource: &str) -> usize {
+    let user = format!("system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SA}");
+    e.cp.audit()
+        .iter()
+        .filter(|r| {
+            r.user == user
+                && r.verb == verb
+                && r.namespace == "apps"
+                && match resource {
+                    "*" => {
+                        !r.resource.starts_with("wgnet.dev/") && !r.resource.starts_with("events.")
+                    }
+                    _ => r.resource == resource,
+                }
+        })
+        .count()
 }
 
 /// A Gateway of `apps` named `name` forwarding 8080 to `web`.
