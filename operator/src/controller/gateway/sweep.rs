@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::future::Future;
 
+use kube::Resource as _;
 use kube::api::{Api, ListParams};
 use kube::core::{DeserializeGuard, PartialObjectMeta};
 use wgnet_cloud::{Cloud, GatewayId, Recorded, Target};
@@ -95,17 +96,28 @@ fn too_young(created: Option<&str>, min_age: std::time::Duration) -> bool {
 /// swept.
 pub async fn sweep_once<C: Cloud>(ctx: &Context<C>) -> Result<usize, Error> {
     let mut projects: BTreeSet<String> = ctx.settings.sweep_projects.iter().cloned().collect();
+    // The uids live before GCP is listed narrow what is kept of each project's list to the
+    // candidates: holding every Gateway's resources at once was, at thousands of Gateways,
+    // one of the operator's largest allocations. They decide nothing: the list read after
+    // GCP does.
+    let mut live_before = BTreeSet::new();
     let api = Api::<DeserializeGuard<Gateway>>::all(ctx.client.clone());
     each_page(&api, PAGE, MAX_PAGES, |g| {
         if let Ok(g) = &g.0 {
             projects.insert(g.spec.gcp.project_id.clone());
+        }
+        if let Some(uid) = g.meta().uid.as_ref() {
+            live_before.insert(uid.clone());
         }
     })
     .await?;
     let mut owned = Vec::new();
     for project in projects {
         match ctx.cloud.list_owned(&project).await {
-            Ok(o) => owned.extend(o),
+            Ok(o) => owned.extend(
+                o.into_iter()
+                    .filter(|o| !live_before.contains(&o.target.uid)),
+            ),
             Err(e) => {
                 tracing::warn!(%project, error = %e, "orphan sweep: cannot list this project; the others are swept")
             }
