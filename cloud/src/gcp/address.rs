@@ -52,7 +52,7 @@ impl GcpCloud {
             }
         };
         let found = match p.snap.as_ref().and_then(|s| s.address(&t.region, &p.name)) {
-            Some(v) => Ok(Some(v.clone())),
+            Some(v) => Ok(Some(v)),
             None => {
                 self.get_opt::<Address>(Service::Compute, &path, "get address", &p.name)
                     .await

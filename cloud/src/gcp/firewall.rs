@@ -164,7 +164,7 @@ impl GcpCloud {
         let name = want.name.clone();
         let path = path(p.project(), &name);
         let found = match p.snap.as_ref().and_then(|s| s.firewall(&name)) {
-            Some(v) => Ok(Some(v.clone())),
+            Some(v) => Ok(Some(v)),
             None => {
                 self.get_opt::<Firewall>(Service::Compute, &path, "get firewall", &name)
                     .await

@@ -39,7 +39,7 @@ impl GcpCloud {
             }
         };
         if let Some(v) = p.snap.as_ref().and_then(|s| s.account(&email)) {
-            return check(v);
+            return check(&v);
         }
         match self
             .get_opt::<ServiceAccount>(Service::Iam, &path, "get service account", &email)

@@ -139,9 +139,9 @@ impl GcpCloud {
         };
         // From a snapshot: the instance without its metadata's entries, and their digest.
         let seen = p.snap.as_ref().and_then(|s| s.instance(&t.zone, &p.name));
-        let seen_digest = seen.map(|s| s.metadata_digest);
+        let seen_digest = seen.as_ref().map(|s| s.metadata_digest);
         let found = match seen {
-            Some(s) => Ok(Some(s.instance.clone())),
+            Some(s) => Ok(Some(s.instance)),
             None => {
                 self.get_opt::<Instance>(Service::Compute, &path, "get instance", &p.name)
                     .await

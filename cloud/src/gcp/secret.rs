@@ -40,7 +40,7 @@ impl GcpCloud {
             && let Some(v) = &p.rec.secret_version
             && let Some(found) = p.snap.as_ref().and_then(|s| s.secret(&id))
         {
-            return if ours(found) {
+            return if ours(&found) {
                 Step::Ready((id, v.clone()))
             } else {
                 Step::Failed(collision("secret", &id, ""))

@@ -16,8 +16,13 @@
 //! [`GcpConfig::verify_every`]: super::GcpConfig::verify_every
 
 use std::collections::HashMap;
+use std::hash::Hash;
+use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use super::wire::{
     Address, AddressAggregatedList, Firewall, FirewallList, Instance, InstanceAggregatedList,
@@ -31,83 +36,171 @@ use crate::names;
 /// 500 would be about 7 MB of JSON held at once.
 const INSTANCE_PAGE: usize = 100;
 
+/// A resource as a snapshot holds it: its JSON in one allocation. Held as a Rust value, a
+/// firewall or an instance is a few dozen small allocations, about twice the bytes; a
+/// snapshot holds five of them per gateway, and a pass reads only its own.
+struct Packed<T> {
+    json: Box<[u8]>,
+    kind: PhantomData<fn() -> T>,
+}
+
+impl<T: Serialize + DeserializeOwned> Packed<T> {
+    /// `None` only if `v` cannot be encoded, which the wire types never are: the entry is
+    /// then left out, and an absent entry sends the pass to a GET.
+    fn new(v: &T) -> Option<Self> {
+        let json = serde_json::to_vec(v).ok()?.into_boxed_slice();
+        Some(Self {
+            json,
+            kind: PhantomData,
+        })
+    }
+
+    /// The resource; `None` (read it instead) if it does not decode, which would be a bug.
+    fn get(&self) -> Option<T> {
+        serde_json::from_slice(&self.json).ok()
+    }
+}
+
+impl<T> std::fmt::Debug for Packed<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Packed({} bytes)", self.json.len())
+    }
+}
+
+/// What a paged list keeps of each resource: `split` gives its key and the resource
+/// (`None`: left out), which is kept packed.
+fn pack_by<I, K, T: Serialize + DeserializeOwned>(
+    split: impl Fn(I) -> Option<(K, T)>,
+) -> impl FnMut(I) -> Option<(K, Packed<T>)> {
+    move |item| {
+        let (k, v) = split(item)?;
+        Some((k, Packed::new(&v)?))
+    }
+}
+
 /// One project's resources as five lists saw them. A kind whose list failed is `None`:
 /// its resources are read one by one until the next snapshot.
 #[derive(Debug, Default)]
 pub(super) struct Snapshot {
     /// When the first list was sent: a gateway touched after this is not trusted to it.
     started: Option<Instant>,
-    firewalls: Option<HashMap<String, Firewall>>,
+    firewalls: Option<HashMap<String, Packed<Firewall>>>,
     /// By (zone, name).
-    instances: Option<HashMap<(String, String), SeenInstance>>,
+    instances: Option<HashMap<(String, String), (Packed<Instance>, [u8; 32])>>,
     /// By (region, name).
-    addresses: Option<HashMap<(String, String), Address>>,
+    addresses: Option<HashMap<(String, String), Packed<Address>>>,
     /// By email.
-    accounts: Option<HashMap<String, ServiceAccount>>,
+    accounts: Option<HashMap<String, Packed<ServiceAccount>>>,
     /// By secret id.
-    secrets: Option<HashMap<String, Secret>>,
+    secrets: Option<HashMap<String, Packed<Secret>>>,
 }
 
 impl Snapshot {
-    pub(super) fn firewall(&self, name: &str) -> Option<&Firewall> {
-        self.firewalls.as_ref()?.get(name)
+    pub(super) fn firewall(&self, name: &str) -> Option<Firewall> {
+        self.firewalls.as_ref()?.get(name)?.get()
     }
 
-    pub(super) fn instance(&self, zone: &str, name: &str) -> Option<&SeenInstance> {
-        self.instances
+    pub(super) fn instance(&self, zone: &str, name: &str) -> Option<SeenInstance> {
+        let (instance, metadata_digest) = self
+            .instances
             .as_ref()?
-            .get(&(zone.to_owned(), name.to_owned()))
+            .get(&(zone.to_owned(), name.to_owned()))?;
+        Some(SeenInstance {
+            instance: instance.get()?,
+            metadata_digest: *metadata_digest,
+        })
     }
 
-    pub(super) fn address(&self, region: &str, name: &str) -> Option<&Address> {
+    pub(super) fn address(&self, region: &str, name: &str) -> Option<Address> {
         self.addresses
             .as_ref()?
-            .get(&(region.to_owned(), name.to_owned()))
+            .get(&(region.to_owned(), name.to_owned()))?
+            .get()
     }
 
-    pub(super) fn account(&self, email: &str) -> Option<&ServiceAccount> {
-        self.accounts.as_ref()?.get(email)
+    pub(super) fn account(&self, email: &str) -> Option<ServiceAccount> {
+        self.accounts.as_ref()?.get(email)?.get()
     }
 
-    pub(super) fn secret(&self, id: &str) -> Option<&Secret> {
-        self.secrets.as_ref()?.get(id)
+    pub(super) fn secret(&self, id: &str) -> Option<Secret> {
+        self.secrets.as_ref()?.get(id)?.get()
     }
 
     /// Every firewall listed (named `wg-…`), unless that list failed.
-    pub(super) fn all_firewalls(&self) -> Option<impl Iterator<Item = &Firewall>> {
-        self.firewalls.as_ref().map(HashMap::values)
+    pub(super) fn all_firewalls(&self) -> Option<Vec<Firewall>> {
+        Some(
+            self.firewalls
+                .as_ref()?
+                .values()
+                .filter_map(Packed::get)
+                .collect(),
+        )
     }
 
     /// Every service account of the project, unless that list failed.
-    pub(super) fn all_accounts(&self) -> Option<impl Iterator<Item = &ServiceAccount>> {
-        self.accounts.as_ref().map(HashMap::values)
+    pub(super) fn all_accounts(&self) -> Option<Vec<ServiceAccount>> {
+        Some(
+            self.accounts
+                .as_ref()?
+                .values()
+                .filter_map(Packed::get)
+                .collect(),
+        )
     }
 
     /// Every secret with this install's and cluster's labels, unless that list failed.
-    pub(super) fn all_secrets(&self) -> Option<impl Iterator<Item = &Secret>> {
-        self.secrets.as_ref().map(HashMap::values)
+    pub(super) fn all_secrets(&self) -> Option<Vec<Secret>> {
+        Some(
+            self.secrets
+                .as_ref()?
+                .values()
+                .filter_map(Packed::get)
+                .collect(),
+        )
     }
 }
 
-/// An instance as a snapshot keeps it: everything but its metadata's entries, which hold
-/// the startup script (about 14 KB a VM, 70 MB at 5,000 gateways), replaced by a digest.
+/// An instance as a pass reads it from a snapshot: only what `ensure_instance` compares
+/// (name, marker, labels and their fingerprint, status, public IP, the metadata's
+/// fingerprint), and a digest of the metadata's entries, which hold the startup script
+/// (about 14 KB a VM, 70 MB at 5,000 gateways).
 #[derive(Debug)]
 pub(super) struct SeenInstance {
-    /// The instance; `metadata` keeps its fingerprint (what `setMetadata` needs) and no
-    /// entries.
+    /// The instance, with the fields above and no others.
     pub instance: Instance,
     /// [`metadata_digest`] of the entries it had.
     pub metadata_digest: [u8; 32],
 }
 
 impl SeenInstance {
-    fn new(mut instance: Instance) -> Self {
-        let metadata = instance.metadata.take().unwrap_or_default();
+    fn new(i: Instance) -> Self {
+        let metadata = i.metadata.unwrap_or_default();
         let metadata_digest = metadata_digest(&metadata.to_map());
-        instance.metadata = Some(super::wire::Metadata {
-            fingerprint: metadata.fingerprint,
-            items: Vec::new(),
-        });
+        let nat_ip = i
+            .network_interfaces
+            .into_iter()
+            .next()
+            .and_then(|n| n.access_configs.into_iter().next())
+            .and_then(|a| a.nat_ip);
+        let instance = Instance {
+            name: i.name,
+            description: i.description,
+            labels: i.labels,
+            label_fingerprint: i.label_fingerprint,
+            status: i.status,
+            metadata: Some(super::wire::Metadata {
+                fingerprint: metadata.fingerprint,
+                items: Vec::new(),
+            }),
+            network_interfaces: vec![super::wire::NetworkInterface {
+                access_configs: vec![super::wire::AccessConfig {
+                    nat_ip,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
         Self {
             instance,
             metadata_digest,
@@ -255,15 +348,17 @@ impl GcpCloud {
             "projects/{project}/aggregated/addresses?filter={}&returnPartialSuccess=true",
             encode(&by_install)
         );
-        let addrs = self.list_all::<AddressAggregatedList>(
+        // Each page is packed as it arrives: a list is never held as Rust values.
+        let addrs = self.list_all_as::<AddressAggregatedList, _>(
             Service::Compute,
             &addresses_path,
             "list addresses",
             project,
+            pack_by(|(region, a): (String, Address)| Some(((region, a.name.clone()), a))),
         );
         let ((fw, inst, sa, sec), addrs) = futures_util::future::join(
             futures_util::future::join4(
-            self.list_all::<FirewallList>(
+            self.list_all_as::<FirewallList, _>(
                 Service::Compute,
                 &format!(
                     "projects/{project}/global/firewalls?filter={}",
@@ -271,6 +366,7 @@ impl GcpCloud {
                 ),
                 "list firewalls",
                 project,
+                pack_by(|f: Firewall| Some((f.name.clone(), f))),
             ),
             self.list_all_as::<InstanceAggregatedList, _>(
                 Service::Compute,
@@ -280,15 +376,20 @@ impl GcpCloud {
                 ),
                 "list instances",
                 project,
-                |(zone, i)| ((zone, i.name.clone()), SeenInstance::new(i)),
+                |(zone, i)| {
+                    let seen = SeenInstance::new(i);
+                    let packed = Packed::new(&seen.instance)?;
+                    Some(((zone, seen.instance.name), (packed, seen.metadata_digest)))
+                },
             ),
-            self.list_all::<ServiceAccountList>(
+            self.list_all_as::<ServiceAccountList, _>(
                 Service::Iam,
                 &format!("projects/{project}/serviceAccounts?pageSize=100"),
                 "list service accounts",
                 project,
+                pack_by(|a: ServiceAccount| Some((a.email.clone()?, a))),
             ),
-            self.list_all::<SecretList>(
+            self.list_all_as::<SecretList, _>(
                 Service::Secrets,
                 &format!(
                     "projects/{project}/secrets?filter={}",
@@ -296,6 +397,10 @@ impl GcpCloud {
                 ),
                 "list secrets",
                 project,
+                pack_by(|s: Secret| {
+                    let id = s.name.rsplit('/').next()?.to_owned();
+                    (!id.is_empty()).then_some((id, s))
+                }),
             ),
             ),
             addrs,
@@ -310,25 +415,15 @@ impl GcpCloud {
                 }
             }
         }
-        let firewalls = kept(project, "firewalls", fw)
-            .map(|v: Vec<Firewall>| v.into_iter().map(|f| (f.name.clone(), f)).collect());
-        let instances = kept(project, "instances", inst).map(|v| v.into_iter().collect());
-        let addresses = kept(project, "addresses", addrs).map(|v: Vec<(String, Address)>| {
-            v.into_iter()
-                .map(|(region, a)| ((region, a.name.clone()), a))
-                .collect()
-        });
-        let accounts = kept(project, "service accounts", sa).map(|v: Vec<ServiceAccount>| {
-            v.into_iter()
-                .filter_map(|a| Some((a.email.clone()?, a)))
-                .collect()
-        });
-        let secrets = kept(project, "secrets", sec).map(|v: Vec<Secret>| {
-            v.into_iter()
-                .filter_map(|s| Some((s.name.rsplit('/').next()?.to_owned(), s)))
-                .filter(|(id, _)| !id.is_empty())
-                .collect()
-        });
+        // A resource left out (no key, or not packed) is read by its pass instead.
+        fn by_key<K: Eq + Hash, V>(v: Vec<Option<(K, V)>>) -> HashMap<K, V> {
+            v.into_iter().flatten().collect()
+        }
+        let firewalls = kept(project, "firewalls", fw).map(by_key);
+        let instances = kept(project, "instances", inst).map(by_key);
+        let addresses = kept(project, "addresses", addrs).map(by_key);
+        let accounts = kept(project, "service accounts", sa).map(by_key);
+        let secrets = kept(project, "secrets", sec).map(by_key);
         self.snapshots.forget_older_than(project, started);
         Snapshot {
             started: Some(started),
@@ -345,7 +440,72 @@ impl GcpCloud {
 mod tests {
     use std::collections::BTreeMap;
 
-    use super::metadata_digest;
+    use super::super::wire::{Address, Firewall, Instance, Secret, ServiceAccount};
+    use super::{Packed, SeenInstance, metadata_digest};
+
+    fn json<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+        serde_json::from_value(v).expect("a wire body")
+    }
+
+    /// Every kind a snapshot holds comes back from its packed form as it went in.
+    #[test]
+    fn packed_resources_come_back_unchanged() {
+        fn round_trip<T>(v: T)
+        where
+            T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+        {
+            let p = Packed::new(&v).expect("packs");
+            assert_eq!(p.get().as_ref(), Some(&v));
+        }
+        round_trip::<Firewall>(json(serde_json::json!({
+            "name": "wg-a", "description": "m", "network": "n", "direction": "INGRESS",
+            "priority": 1000, "allowed": [{"IPProtocol": "udp", "ports": ["51820"]}],
+            "sourceRanges": ["0.0.0.0/0"], "targetTags": ["wg-a"],
+            "creationTimestamp": "2026-01-01T00:00:00Z"
+        })));
+        round_trip::<Address>(json(serde_json::json!({
+            "name": "wg-a", "description": "m", "labels": {"k": "v"},
+            "status": "IN_USE", "address": "198.18.0.1"
+        })));
+        round_trip::<ServiceAccount>(json(serde_json::json!({
+            "email": "wg-a@p.iam.gserviceaccount.com", "displayName": "d", "description": "m"
+        })));
+        round_trip::<Secret>(json(serde_json::json!({
+            "name": "projects/p/secrets/wg-a", "labels": {"k": "v"},
+            "replication": {"automatic": {}}, "createTime": "2026-01-01T00:00:00Z"
+        })));
+    }
+
+    /// A listed instance keeps what a pass compares, and its metadata only as a digest.
+    #[test]
+    fn seen_instances_keep_what_a_pass_compares() {
+        let listed: Instance = json(serde_json::json!({
+            "name": "wg-a", "description": "m", "machineType": "zones/z/machineTypes/e2-micro",
+            "labels": {"k": "v"}, "labelFingerprint": "lf", "status": "RUNNING",
+            "tags": {"items": ["wg-a"]},
+            "disks": [{"boot": true, "autoDelete": true}],
+            "networkInterfaces": [{"network": "n", "accessConfigs": [
+                {"name": "external", "type": "ONE_TO_ONE_NAT", "networkTier": "PREMIUM",
+                 "natIP": "198.18.0.1"}]}],
+            "serviceAccounts": [{"email": "e", "scopes": ["s"]}],
+            "metadata": {"fingerprint": "mf", "items": [
+                {"key": "startup-script", "value": "#!/bin/sh"}]}
+        }));
+        let digest = metadata_digest(&listed.metadata.clone().unwrap_or_default().to_map());
+        let seen = SeenInstance::new(listed);
+        let p = Packed::new(&seen.instance).expect("packs");
+        let i = p.get().expect("unpacks");
+        assert_eq!(seen.metadata_digest, digest);
+        assert_eq!((i.name.as_str(), i.description.as_str()), ("wg-a", "m"));
+        assert_eq!(i.labels.get("k").map(String::as_str), Some("v"));
+        assert_eq!(i.label_fingerprint.as_deref(), Some("lf"));
+        assert_eq!(i.status.as_deref(), Some("RUNNING"));
+        assert_eq!(i.nat_ip(), Some("198.18.0.1"));
+        let m = i.metadata.expect("the metadata's fingerprint");
+        assert_eq!((m.fingerprint.as_deref(), m.items.len()), (Some("mf"), 0));
+        assert!(i.disks.is_empty() && i.service_accounts.is_empty() && i.tags.is_none());
+        assert!(i.machine_type.is_empty());
+    }
 
     #[test]
     fn metadata_digests_tell_maps_apart() {

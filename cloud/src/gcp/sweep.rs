@@ -43,19 +43,16 @@ impl GcpCloud {
         );
         let snap = self.fresh_snapshot(project).await;
         let snap = snap.as_deref();
-        let listed_secrets;
-        let secrets: Vec<&Secret> = match snap.and_then(Snapshot::all_secrets) {
-            Some(all) => all.collect(),
+        let secrets: Vec<Secret> = match snap.and_then(Snapshot::all_secrets) {
+            Some(all) => all,
             None => {
-                listed_secrets = self
-                    .list_all::<SecretList>(
-                        Service::Secrets,
-                        &format!("projects/{project}/secrets?filter={}", encode(&filter)),
-                        "list secrets",
-                        project,
-                    )
-                    .await?;
-                listed_secrets.iter().collect()
+                self.list_all::<SecretList>(
+                    Service::Secrets,
+                    &format!("projects/{project}/secrets?filter={}", encode(&filter)),
+                    "list secrets",
+                    project,
+                )
+                .await?
             }
         };
         for s in &secrets {
@@ -86,37 +83,31 @@ impl GcpCloud {
                 found.add(key, kind, created);
             }
         };
-        let listed_fws;
-        let fws: Vec<&Firewall> = match snap.and_then(Snapshot::all_firewalls) {
-            Some(all) => all.collect(),
+        let fws: Vec<Firewall> = match snap.and_then(Snapshot::all_firewalls) {
+            Some(all) => all,
             None => {
-                listed_fws = self
-                    .list_all::<FirewallList>(
-                        Service::Compute,
-                        &format!("projects/{project}/global/firewalls"),
-                        "list firewalls",
-                        project,
-                    )
-                    .await?;
-                listed_fws.iter().collect()
+                self.list_all::<FirewallList>(
+                    Service::Compute,
+                    &format!("projects/{project}/global/firewalls"),
+                    "list firewalls",
+                    project,
+                )
+                .await?
             }
         };
         for f in &fws {
             add_marker(&f.description, "firewall", f.creation_timestamp.as_ref());
         }
-        let listed_sas;
-        let sas: Vec<&ServiceAccount> = match snap.and_then(Snapshot::all_accounts) {
-            Some(all) => all.collect(),
+        let sas: Vec<ServiceAccount> = match snap.and_then(Snapshot::all_accounts) {
+            Some(all) => all,
             None => {
-                listed_sas = self
-                    .list_all::<ServiceAccountList>(
-                        Service::Iam,
-                        &format!("projects/{project}/serviceAccounts?pageSize=100"),
-                        "list service accounts",
-                        project,
-                    )
-                    .await?;
-                listed_sas.iter().collect()
+                self.list_all::<ServiceAccountList>(
+                    Service::Iam,
+                    &format!("projects/{project}/serviceAccounts?pageSize=100"),
+                    "list service accounts",
+                    project,
+                )
+                .await?
             }
         };
         for a in &sas {
