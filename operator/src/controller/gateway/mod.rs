@@ -91,6 +91,22 @@ fn trigger(gw: &DeserializeGuard<Gateway>) -> Option<u64> {
     Some(h.finish())
 }
 
+/// What `kubectl apply` records of the object it applied: a second copy of the spec.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// A Gateway as the cache keeps it: without what no pass reads. The cache holds every
+/// Gateway; their managedFields (about half of each object) were most of the operator's
+/// memory at thousands of Gateways, and a Gateway applied with `kubectl apply` also
+/// carries its spec again, as JSON, in an annotation.
+fn slim(g: &mut DeserializeGuard<Gateway>) {
+    g.managed_fields_mut().clear();
+    let annotations = g.annotations_mut();
+    annotations.remove(LAST_APPLIED);
+    if annotations.is_empty() {
+        g.meta_mut().annotations = None;
+    }
+}
+
 /// Runs the Gateway controller until `shutdown` resolves.
 pub async fn run<C: Cloud + 'static>(
     ctx: Arc<Context<C>>,
@@ -103,9 +119,7 @@ pub async fn run<C: Cloud + 'static>(
         watcher::Config::default().any_semantic(),
     )
     .default_backoff()
-    // The cache holds every Gateway; their managedFields (about half of each object)
-    // are never read, and at thousands of Gateways they were most of the operator's memory.
-    .modify(|g| g.managed_fields_mut().clear())
+    .modify(slim)
     .reflect(writer)
     .inspect_ok({
         let ctx = ctx.clone();
@@ -120,7 +134,10 @@ pub async fn run<C: Cloud + 'static>(
     .predicate_filter(trigger, kube::runtime::PredicateConfig::default())
     .inspect_ok({
         let ctx = ctx.clone();
-        move |g| ctx.news.mark(&g.namespace().unwrap_or_default(), &g.name_any())
+        move |g| {
+            ctx.news
+                .mark(&g.namespace().unwrap_or_default(), &g.name_any())
+        }
     });
     let ctrl = Controller::for_stream(gateways, store.clone()).with_config(controller_config());
     let (s1, s2) = (store.clone(), store);
@@ -611,6 +628,33 @@ mod tests {
         for other in [edited, finalized, abandoned, deleted] {
             assert_ne!(key(&base), key(&other));
         }
+    }
+
+    /// The cache drops managedFields and kubectl's copy of the spec, and keeps every
+    /// annotation a pass reads.
+    #[test]
+    fn the_cache_keeps_what_passes_read() {
+        let mut g = gateway();
+        g.metadata.managed_fields = Some(vec![Default::default()]);
+        g.metadata.annotations = Some(
+            [
+                (LAST_APPLIED.to_owned(), "{\"spec\":{}}".to_owned()),
+                (ABANDON_ANNOTATION.to_owned(), "true".to_owned()),
+            ]
+            .into(),
+        );
+        let mut cached = DeserializeGuard(Ok(g.clone()));
+        slim(&mut cached);
+        let m = cached.meta();
+        assert!(m.managed_fields.as_ref().is_none_or(Vec::is_empty));
+        let kept: Vec<&String> = m.annotations.iter().flat_map(|a| a.keys()).collect();
+        assert_eq!(kept, [ABANDON_ANNOTATION]);
+        assert_eq!(cached.0.as_ref().ok().map(|c| &c.spec), Some(&g.spec));
+
+        g.metadata.annotations = Some([(LAST_APPLIED.to_owned(), "{}".to_owned())].into());
+        let mut cached = DeserializeGuard(Ok(g));
+        slim(&mut cached);
+        assert_eq!(cached.meta().annotations, None);
     }
 
     #[test]
