@@ -24,6 +24,8 @@ impl GcpCloud {
         if !p.d.reserved_ip {
             return (Step::Ready(None), ops);
         }
+        // An insert whose operation was in flight: the address exists, read it.
+        let inserted = p.pending(ResourceKind::Address).is_some();
         if let Some(s) = self.check_pending(p, ResourceKind::Address, &mut ops).await {
             return (s, ops);
         }
@@ -51,8 +53,44 @@ impl GcpCloud {
                 )),
             }
         };
+        let body = Address {
+            name: p.name.clone(),
+            description: p.marker(&self.install),
+            address_type: "EXTERNAL".into(),
+            network_tier: "PREMIUM".into(),
+            labels: p.labels(&self.install),
+            status: None,
+            address: None,
+        };
+        let insert = || Mutation {
+            method: Method::POST,
+            path: format!("projects/{}/regions/{}/addresses", p.project(), t.region),
+            body: Some(&body),
+            op: "insert address",
+            kind: ResourceKind::Address,
+            what: &p.name,
+            scope: ResourceKind::Address.scope(t),
+        };
+        let rid = p.request_id("address");
         let found = match p.snap.as_ref().and_then(|s| s.address(&t.region, &p.name)) {
             Some(v) => Ok(Some(v)),
+            // Never recorded: reserved at once rather than first read and found missing
+            // (see `ensure_rule`); one that exists anyway is refused as alreadyExists and
+            // then read like any other. Only in a project known to exist (its network was
+            // read back lately): this step runs beside the network's, and nothing is sent
+            // blind into a project that may not be there.
+            None if p.rec.address_name.is_none() && !inserted && self.network_seen(p.project()) => {
+                match self.mutate(Some(p), insert(), &rid).await {
+                    Err(e) if e.is_already_exists() => {
+                        self.get_opt::<Address>(Service::Compute, &path, "get address", &p.name)
+                            .await
+                    }
+                    r => {
+                        let step = self.reserved(r, &path, &p.name, &observe, &mut ops).await;
+                        return (step, ops);
+                    }
+                }
+            }
             None => {
                 self.get_opt::<Address>(Service::Compute, &path, "get address", &p.name)
                     .await
@@ -62,46 +100,32 @@ impl GcpCloud {
             Err(e) => (Step::Failed(e), ops),
             Ok(Some(v)) => (observe(&v), ops),
             Ok(None) => {
-                let body = Address {
-                    name: p.name.clone(),
-                    description: p.marker(&self.install),
-                    address_type: "EXTERNAL".into(),
-                    network_tier: "PREMIUM".into(),
-                    labels: p.labels(&self.install),
-                    status: None,
-                    address: None,
-                };
-                let rid = p.request_id("address");
-                let r = self
-                    .mutate(
-                        Some(p),
-                        Mutation {
-                            method: Method::POST,
-                            path: format!(
-                                "projects/{}/regions/{}/addresses",
-                                p.project(),
-                                t.region
-                            ),
-                            body: Some(&body),
-                            op: "insert address",
-                            kind: ResourceKind::Address,
-                            what: &p.name,
-                            scope: ResourceKind::Address.scope(t),
-                        },
-                        &rid,
-                    )
-                    .await;
-                match r {
-                    Ok(OpState::Done) => match self
-                        .get::<Address>(Service::Compute, &path, "get address", &p.name)
-                        .await
-                    {
-                        Ok(v) => (observe(&v), ops),
-                        Err(e) => (Step::Failed(e), ops),
-                    },
-                    other => (Self::finish_op(other, None, &mut ops), ops),
-                }
+                let r = self.mutate(Some(p), insert(), &rid).await;
+                let step = self.reserved(r, &path, &p.name, &observe, &mut ops).await;
+                (step, ops)
             }
+        }
+    }
+
+    /// After an insert: a done one is read for its IP (`observe`), a running one is
+    /// waited for.
+    async fn reserved(
+        &self,
+        r: Result<OpState, crate::CloudError>,
+        path: &str,
+        name: &str,
+        observe: &impl Fn(&Address) -> Step<Option<String>>,
+        ops: &mut Vec<PendingOp>,
+    ) -> Step<Option<String>> {
+        match r {
+            Ok(OpState::Done) => match self
+                .get::<Address>(Service::Compute, path, "get address", name)
+                .await
+            {
+                Ok(v) => observe(&v),
+                Err(e) => Step::Failed(e),
+            },
+            other => Self::finish_op(other, None, ops),
         }
     }
 }
