@@ -19,6 +19,7 @@ use wgnet_operator::metrics::Metrics;
 /// system (`.cargo/config.toml` sets the decay). Under glibc's malloc the operator kept
 /// what its busiest moment had used: at 5,000 Gateways, about half its RSS was memory
 /// freed long before, held in the worker threads' arenas.
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
