@@ -28,6 +28,30 @@ use wgnet_tests::gcp::{self, GcpEmulator, LatencyProfile};
 /// The operator's resync period here: short enough to measure one in the bench.
 const RESYNC: Duration = Duration::from_secs(120);
 
+/// `api.list(params)`, tried again on an error (a 5,000-Gateway run once ended on a
+/// connection the API server closed under a pooled request), at most five times.
+async fn list_again<K>(api: &Api<K>, params: &ListParams) -> kube::api::ObjectList<K>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut last = None;
+    for attempt in 1..=5u64 {
+        match api.list(params).await {
+            Ok(l) => return l,
+            Err(e) => {
+                #[allow(clippy::print_stderr)]
+                {
+                    eprintln!("  list failed ({e}); trying again");
+                }
+                last = Some(e);
+                // A pause before the next try: the API server is loaded, not gone.
+                tokio::time::sleep(Duration::from_secs(attempt)).await;
+            }
+        }
+    }
+    panic!("list failed five times: {last:?}");
+}
+
 fn rss_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -208,7 +232,7 @@ async fn main() {
     let mut next_progress = Instant::now() + Duration::from_secs(60);
     let mut logged = 0;
     while Instant::now() < deadline {
-        let list = gws.list(&ListParams::default()).await.expect("list");
+        let list = list_again(&gws, &ListParams::default()).await;
         done = list
             .items
             .iter()
@@ -303,10 +327,11 @@ async fn main() {
     let mut ready = 0;
     let want_ready = (0..n).filter(|i| !stuck(*i)).count();
     while Instant::now() < deadline {
-        let list = pods
-            .list(&ListParams::default().labels(&format!("{}=link", children::COMPONENT_LABEL)))
-            .await
-            .expect("pods");
+        let list = list_again(
+            &pods,
+            &ListParams::default().labels(&format!("{}=link", children::COMPONENT_LABEL)),
+        )
+        .await;
         for pod in list.items {
             let Some(gw) = pod.labels().get(children::INSTANCE_LABEL).cloned() else {
                 continue;
@@ -335,10 +360,8 @@ async fn main() {
                 .expect("pod status");
             held.insert(gw);
         }
-        ready = gws
-            .list(&ListParams::default())
+        ready = list_again(&gws, &ListParams::default())
             .await
-            .expect("list")
             .items
             .iter()
             .filter(|g| {
