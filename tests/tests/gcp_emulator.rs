@@ -98,6 +98,34 @@ async fn calls_need_a_valid_token() {
     assert_eq!(resp.status().as_u16(), 400);
 }
 
+/// In the poll-driven profile, reading a resource is time passing for the operation aimed
+/// at it: a caller whose every answer to an insert was lost knows no operation to poll,
+/// and GCP finishes the insert anyway. (The seeded fault campaign once left an instance
+/// PROVISIONING forever this way.)
+#[tokio::test]
+async fn reads_of_a_resource_advance_its_unfollowed_operation() {
+    let (_emu, c) = start(LatencyProfile::polls()).await;
+    let regional = format!("/compute/v1/projects/{P}/regions/us-central1");
+    let (s, op) = c
+        .call(
+            Method::POST,
+            &format!("{regional}/addresses"),
+            Some(json!({"name": "a1"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{op}");
+    let name = op["name"].as_str().expect("op name").to_owned();
+    let address = format!("{regional}/addresses/a1");
+    for _ in 0..2 {
+        let (s, _) = c.call(Method::GET, &address, None).await;
+        assert_eq!(s, 200);
+    }
+    let (_, o) = c
+        .call(Method::GET, &format!("{regional}/operations/{name}"), None)
+        .await;
+    assert_eq!(o["status"], "DONE", "two reads of the address finished it");
+}
+
 #[tokio::test]
 async fn operations_progress_by_polls_and_request_ids_replay() {
     let (emu, c) = start(LatencyProfile::polls()).await;

@@ -852,7 +852,10 @@ async fn compute(
         ("GET", ["projects", p, "global", "firewalls"]) => w
             .list("firewalls", p, None, filter.as_deref())
             .and_then(|v| paged(v, "items", query, COMPUTE_PAGE, w.page_cap)),
-        ("GET", ["projects", p, "global", "firewalls", n]) => w.get_firewall(p, n),
+        ("GET", ["projects", p, "global", "firewalls", n]) => {
+            w.look_at(&format!("projects/{p}/global/firewalls/{n}"));
+            w.get_firewall(p, n)
+        }
         ("PATCH", ["projects", p, "global", "firewalls", n]) => {
             let v = parsed()?;
             check("Firewall", &v)?;
@@ -869,7 +872,10 @@ async fn compute(
         ("GET", ["projects", p, "regions", r, "addresses"]) => w
             .list("addresses", p, Some(r), filter.as_deref())
             .and_then(|v| paged(v, "items", query, COMPUTE_PAGE, w.page_cap)),
-        ("GET", ["projects", p, "regions", r, "addresses", n]) => w.get_address(p, r, n),
+        ("GET", ["projects", p, "regions", r, "addresses", n]) => {
+            w.look_at(&format!("projects/{p}/regions/{r}/addresses/{n}"));
+            w.get_address(p, r, n)
+        }
         ("DELETE", ["projects", p, "regions", r, "addresses", n]) => {
             w.delete_address(now, p, r, n, caller, rid)
         }
@@ -893,7 +899,10 @@ async fn compute(
         ("GET", ["projects", p, "zones", z, "instances"]) => w
             .list("instances", p, Some(z), filter.as_deref())
             .and_then(|v| paged(v, "items", query, COMPUTE_PAGE, w.page_cap)),
-        ("GET", ["projects", p, "zones", z, "instances", n]) => w.get_instance(p, z, n),
+        ("GET", ["projects", p, "zones", z, "instances", n]) => {
+            w.look_at(&format!("projects/{p}/zones/{z}/instances/{n}"));
+            w.get_instance(p, z, n)
+        }
         ("DELETE", ["projects", p, "zones", z, "instances", n]) => {
             w.instance_action(now, p, z, n, "delete", json!({}), caller, rid)
         }

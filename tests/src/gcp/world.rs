@@ -453,6 +453,39 @@ impl World {
             .map(|op| op.value.clone()))
     }
 
+    /// One poll of a poll-driven profile's unfinished operation: the second finishes it.
+    fn poll_op(&mut self, key: &str) {
+        let Some(op) = self.ops.get_mut(key) else {
+            return;
+        };
+        op.polls += 1;
+        if op.polls >= 2 {
+            self.finish(key);
+        } else {
+            op.value["status"] = json!("RUNNING");
+        }
+    }
+
+    /// A read of the resource at `path` (`projects/…`): in a poll-driven profile it counts
+    /// as a poll of the unfinished operations aimed at it. GCP finishes an operation
+    /// whether or not its caller still follows it, and a caller whose every answer to an
+    /// insert was lost knows no operation to poll, only the resource to read.
+    pub fn look_at(&mut self, path: &str) {
+        if !self.profile.advance_on_poll {
+            return;
+        }
+        let link = self.link(path);
+        let aimed: Vec<String> = self
+            .ops
+            .iter()
+            .filter(|(_, op)| !op.done && op.value["targetLink"] == link.as_str())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in aimed {
+            self.poll_op(&k);
+        }
+    }
+
     /// `operations.get` (and `wait`'s final answer): a poll advances poll-driven profiles.
     pub fn get_operation(
         &mut self,
@@ -468,14 +501,7 @@ impl World {
             )));
         };
         if count_poll && self.profile.advance_on_poll && !op.done {
-            op.polls += 1;
-            if op.polls >= 2 {
-                self.finish(&key);
-            } else {
-                if let Some(op) = self.ops.get_mut(&key) {
-                    op.value["status"] = json!("RUNNING");
-                }
-            }
+            self.poll_op(&key);
         }
         Ok(self.ops[&key].value.clone())
     }
