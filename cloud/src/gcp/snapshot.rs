@@ -78,6 +78,13 @@ fn pack_by<I, K, T: Serialize + DeserializeOwned>(
     }
 }
 
+/// A [`SeenInstance`] as a snapshot holds it.
+#[derive(Debug)]
+struct PackedInstance {
+    instance: Packed<Instance>,
+    metadata_digest: [u8; 32],
+}
+
 /// One project's resources as five lists saw them. A kind whose list failed is `None`:
 /// its resources are read one by one until the next snapshot.
 #[derive(Debug, Default)]
@@ -86,7 +93,7 @@ pub(super) struct Snapshot {
     started: Option<Instant>,
     firewalls: Option<HashMap<String, Packed<Firewall>>>,
     /// By (zone, name).
-    instances: Option<HashMap<(String, String), (Packed<Instance>, [u8; 32])>>,
+    instances: Option<HashMap<(String, String), PackedInstance>>,
     /// By (region, name).
     addresses: Option<HashMap<(String, String), Packed<Address>>>,
     /// By email.
@@ -101,13 +108,13 @@ impl Snapshot {
     }
 
     pub(super) fn instance(&self, zone: &str, name: &str) -> Option<SeenInstance> {
-        let (instance, metadata_digest) = self
+        let seen = self
             .instances
             .as_ref()?
             .get(&(zone.to_owned(), name.to_owned()))?;
         Some(SeenInstance {
-            instance: instance.get()?,
-            metadata_digest: *metadata_digest,
+            instance: seen.instance.get()?,
+            metadata_digest: seen.metadata_digest,
         })
     }
 
@@ -378,8 +385,12 @@ impl GcpCloud {
                 project,
                 |(zone, i)| {
                     let seen = SeenInstance::new(i);
-                    let packed = Packed::new(&seen.instance)?;
-                    Some(((zone, seen.instance.name), (packed, seen.metadata_digest)))
+                    let instance = Packed::new(&seen.instance)?;
+                    let packed = PackedInstance {
+                        instance,
+                        metadata_digest: seen.metadata_digest,
+                    };
+                    Some(((zone, seen.instance.name), packed))
                 },
             ),
             self.list_all_as::<ServiceAccountList, _>(
