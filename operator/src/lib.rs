@@ -12,6 +12,7 @@ pub mod children;
 pub mod cli;
 pub mod controller;
 pub mod crd;
+pub mod events;
 pub mod forwards;
 pub mod http;
 pub mod k8s;

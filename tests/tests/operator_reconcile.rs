@@ -1170,3 +1170,90 @@ async fn a_load_balancer_service_never_takes_or_deletes_a_gateway_it_does_not_ow
         "and is not being deleted"
     );
 }
+
+/// The operator's event recorder against the real API server: a repeat within the window
+/// patches the first Event's series instead of creating another; a different reason is
+/// another Event; a note longer than events.k8s.io/v1 allows is cut, not refused; a series
+/// whose Event was deleted starts a new Event. It remembers one small entry per series.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_repeat_as_series_and_long_notes_are_cut() {
+    use k8s_openapi::api::core::v1::ObjectReference;
+    use k8s_openapi::api::events::v1::Event;
+    use wgnet_operator::events::{NOTE_LIMIT, Note, Recorder};
+    let cp = ControlPlane::start(controlplane::Options {
+        bind: std::net::Ipv4Addr::LOCALHOST,
+        controllers: false,
+    })
+    .await
+    .unwrap_or_else(|e| panic!("control plane: {e}"));
+    let client = cp.admin_client().await.expect("admin client");
+    let regarding = ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("ConfigMap".into()),
+        namespace: Some("default".into()),
+        name: Some("edge".into()),
+        uid: Some("6c1d2f6e-0000-4000-8000-000000000001".into()),
+        ..ObjectReference::default()
+    };
+    let recorder = Recorder::new(client.clone(), "wgnet-operator", Some("test-0".into()));
+    let note = |reason, note| Note {
+        warning: true,
+        reason,
+        action: "Reconcile",
+        note,
+    };
+    for detail in ["first", "second", "third"] {
+        recorder
+            .publish(note("Denied", detail), &regarding)
+            .await
+            .expect("publish");
+    }
+    let long = "x".repeat(3 * NOTE_LIMIT);
+    recorder
+        .publish(note("TooLong", &long), &regarding)
+        .await
+        .expect("a long note is published, cut");
+    assert_eq!(recorder.remembered(), 2, "one entry per series");
+
+    let events = Api::<Event>::namespaced(client.clone(), "default");
+    let listed = events.list(&Default::default()).await.expect("list events");
+    let of = |reason: &str| -> Vec<Event> {
+        listed
+            .items
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .cloned()
+            .collect()
+    };
+    let denied = of("Denied");
+    assert_eq!(denied.len(), 1, "repeats are one Event: {denied:?}");
+    let series = denied[0].series.as_ref().expect("a series");
+    assert_eq!(series.count, 3);
+    assert_eq!(denied[0].note.as_deref(), Some("first"));
+    assert_eq!(denied[0].reporting_instance.as_deref(), Some("test-0"));
+    assert_eq!(denied[0].type_.as_deref(), Some("Warning"));
+    let cut = of("TooLong");
+    assert_eq!(cut.len(), 1);
+    assert_eq!(cut[0].note.as_deref().map(str::len), Some(NOTE_LIMIT));
+    assert!(cut[0].series.is_none());
+
+    // The Event holding a series is deleted (its TTL, a person): the next repeat creates
+    // a new one rather than failing on the patch.
+    events
+        .delete(&denied[0].name_any(), &DeleteParams::default())
+        .await
+        .expect("delete the Event");
+    recorder
+        .publish(note("Denied", "fourth"), &regarding)
+        .await
+        .expect("a repeat after the Event went");
+    let again = events.list(&Default::default()).await.expect("list events");
+    let denied: Vec<&Event> = again
+        .items
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("Denied"))
+        .collect();
+    assert_eq!(denied.len(), 1, "{denied:?}");
+    assert_eq!(denied[0].note.as_deref(), Some("fourth"));
+    assert!(denied[0].series.is_none(), "a new Event, not a series");
+}

@@ -17,10 +17,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::events::{Note, Recorder};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -92,13 +92,7 @@ impl<C: Cloud> Context<C> {
         metrics: Arc<Metrics>,
         instance: Option<String>,
     ) -> Self {
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: FIELD_MANAGER.into(),
-                instance,
-            },
-        );
+        let recorder = Recorder::new(client.clone(), FIELD_MANAGER, instance);
         Self {
             applied: crate::applied::Applied::new(settings.resync * crate::applied::RESYNCS),
             vm_reports: gateway::reports::Reports::default(),
@@ -510,18 +504,13 @@ pub async fn publish<K: Resource<DynamicType = ()>>(
     action: &str,
     note: String,
 ) {
-    let ev = Event {
-        type_: if warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        },
-        reason: reason.into(),
-        note: Some(note),
-        action: action.into(),
-        secondary: None,
+    let ev = Note {
+        warning,
+        reason,
+        action,
+        note: &note,
     };
-    if let Err(e) = recorder.publish(&ev, &obj.object_ref(&())).await {
+    if let Err(e) = recorder.publish(ev, &obj.object_ref(&())).await {
         tracing::warn!(error = %e, reason, "cannot publish event");
     }
 }
