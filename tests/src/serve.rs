@@ -1,5 +1,7 @@
 //! The accept loop the test servers share: HTTP/1 connections served by a handler until the
-//! returned sender says stop, then shut down gracefully.
+//! returned sender says stop, then shut down gracefully. Each request carries the number
+//! of the connection it came on ([`Connection`], in its extensions), so that a server can
+//! tell which requests a client sent over the same connection.
 //!
 //! I/O boundary: the listener handed in.
 
@@ -15,6 +17,10 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+/// Which accepted connection a request came on: 1 for the first, counting up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Connection(pub u64);
+
 /// Serves `listener` with `handler(state, request)` on the current runtime; sending `true`
 /// (or dropping the sender) stops accepting and drains open connections.
 pub fn spawn<S, F, Fut, E>(listener: TcpListener, state: Arc<S>, handler: F) -> watch::Sender<bool>
@@ -28,16 +34,22 @@ where
 {
     let (shutdown, mut stop) = watch::channel(false);
     tokio::spawn(async move {
+        let mut accepted = 0u64;
         loop {
             let conn = tokio::select! {
                 conn = listener.accept() => conn,
                 _ = stop.changed() => return,
             };
             let Ok((stream, _)) = conn else { continue };
+            accepted += 1;
+            let connection = Connection(accepted);
             let state = state.clone();
             let mut stop = stop.clone();
             tokio::spawn(async move {
-                let service = service_fn(move |req| handler(state.clone(), req));
+                let service = service_fn(move |mut req: Request<Incoming>| {
+                    req.extensions_mut().insert(connection);
+                    handler(state.clone(), req)
+                });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service);
                 tokio::pin!(conn);

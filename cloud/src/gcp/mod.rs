@@ -551,7 +551,11 @@ impl GcpCloud {
                 None => path.to_owned(),
                 Some(t) => format!("{path}{sep}pageToken={}", encode(t)),
             };
-            let (items, next) = self.get::<L>(s, &url, op, what).await?.into_parts();
+            let (items, next) = self
+                .api
+                .list_page::<L>(s, &url, op, what)
+                .await?
+                .into_parts();
             out.extend(items.into_iter().map(&mut keep));
             match next.filter(|t| !t.is_empty()) {
                 Some(t) => token = Some(t),

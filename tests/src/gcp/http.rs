@@ -68,6 +68,8 @@ pub struct LoggedCall {
     pub query: String,
     /// Status answered (0 when the response was dropped).
     pub status: u16,
+    /// Which connection it came on (see [`crate::serve::Connection`]).
+    pub connection: u64,
 }
 
 impl LoggedCall {
@@ -278,6 +280,10 @@ pub async fn handle(
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or("").to_owned();
     let api = api_of(&path);
+    let connection = req
+        .extensions()
+        .get::<crate::serve::Connection>()
+        .map_or(0, |c| c.0);
     let headers = req.headers().clone();
     let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY)
         .collect()
@@ -331,7 +337,7 @@ pub async fn handle(
         let early = early.or_else(|| quota_exceeded(&shared, api, &method, &path));
         if let Some(e) = early {
             let resp = error_response(&e, family);
-            log(&shared, api, &method, &path, &query, e.code);
+            log(&shared, (api, &method, &path, &query), e.code, connection);
             return Ok(resp);
         }
     }
@@ -370,7 +376,7 @@ pub async fn handle(
     } else {
         resp.status().as_u16()
     };
-    log(&shared, api, &method, &path, &query, status);
+    log(&shared, (api, &method, &path, &query), status, connection);
     if drop_response {
         return Err(std::io::Error::other(
             "emulator dropped the response (injected fault)",
@@ -379,13 +385,20 @@ pub async fn handle(
     Ok(resp)
 }
 
-fn log(shared: &Shared, api: &'static str, method: &str, path: &str, query: &str, status: u16) {
+/// Logs `(api, method, path, query)` as answered with `status` over `connection`.
+fn log(
+    shared: &Shared,
+    (api, method, path, query): (&'static str, &str, &str, &str),
+    status: u16,
+    connection: u64,
+) {
     lock(&shared.controls).log.push(LoggedCall {
         api,
         method: method.to_owned(),
         path: path.to_owned(),
         query: query.to_owned(),
         status,
+        connection,
     });
 }
 
