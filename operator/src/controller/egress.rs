@@ -13,7 +13,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, ListParams};
-use kube::core::DeserializeGuard;
+use kube::core::{DeserializeGuard, PartialObjectMeta};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
@@ -63,7 +63,11 @@ pub async fn run<C: Cloud + 'static>(
     // Metadata is all a trigger needs; the watches also keep `ctx.applied` honest.
     .owns_stream(super::children_watch::<Deployment, C>(&ctx))
     .owns_stream(super::children_watch::<Service, C>(&ctx))
-    .watches(Api::<Pod>::all(client), pods, |pod: Pod| owner_of_pod(&pod))
+    .watches(
+        Api::<PartialObjectMeta<Pod>>::all(client),
+        pods,
+        |pod: PartialObjectMeta<Pod>| owner_of_pod(&pod.metadata),
+    )
     .graceful_shutdown_on(shutdown)
     .run(reconcile, error_policy, ctx)
     .for_each(|r| {

@@ -161,10 +161,11 @@ pub async fn run<C: Cloud + 'static>(
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
-    let gw = gateway::run(ctx.clone(), wait(rx.clone()));
+    let (gateways, writer) = kube::runtime::reflector::store();
+    let gw = gateway::run(ctx.clone(), (gateways.clone(), writer), wait(rx.clone()));
     let egw = egress::run(ctx.clone(), wait(rx.clone()));
     let lb = loadbalancer::run(ctx.clone(), wait(rx.clone()));
-    let sweep = gateway::sweep_loop(ctx.clone(), wait(rx));
+    let sweep = gateway::sweep_loop(ctx.clone(), gateways, wait(rx));
     tokio::spawn(async move {
         shutdown.await;
         let _ = tx.send(true);
@@ -419,17 +420,13 @@ pub fn pod_ready(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
 
 /// Maps a link Pod to its owner (the `app.kubernetes.io/instance` label, same namespace).
 pub fn owner_of_pod<K: Resource>(
-    pod: &k8s_openapi::api::core::v1::Pod,
+    pod: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
 ) -> Option<kube::runtime::reflector::ObjectRef<K>>
 where
     K::DynamicType: Default,
 {
-    let ns = pod.metadata.namespace.clone()?;
-    let owner = pod
-        .metadata
-        .labels
-        .as_ref()?
-        .get(crate::children::INSTANCE_LABEL)?;
+    let ns = pod.namespace.clone()?;
+    let owner = pod.labels.as_ref()?.get(crate::children::INSTANCE_LABEL)?;
     Some(kube::runtime::reflector::ObjectRef::new(owner).within(&ns))
 }
 

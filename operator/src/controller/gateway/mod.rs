@@ -30,7 +30,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::Api;
-use kube::core::DeserializeGuard;
+use kube::core::{DeserializeGuard, PartialObjectMeta};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{self, finalizer};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -107,13 +107,19 @@ fn slim(g: &mut DeserializeGuard<Gateway>) {
     }
 }
 
-/// Runs the Gateway controller until `shutdown` resolves.
+/// The cache of Gateways the controller keeps (and the orphan sweep reads).
+pub type Gateways = Store<DeserializeGuard<Gateway>>;
+
+/// Runs the Gateway controller until `shutdown` resolves, filling `store` through `writer`.
 pub async fn run<C: Cloud + 'static>(
     ctx: Arc<Context<C>>,
+    (store, writer): (
+        Gateways,
+        reflector::store::Writer<DeserializeGuard<Gateway>>,
+    ),
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
-    let (store, writer) = reflector::store();
     let gateways = watcher(
         Api::<DeserializeGuard<Gateway>>::all(client.clone()),
         watcher::Config::default().any_semantic(),
@@ -146,7 +152,9 @@ pub async fn run<C: Cloud + 'static>(
         "{MANAGED_SELECTOR},{}=link",
         children::COMPONENT_LABEL
     ));
-    // Metadata is all a trigger needs; the watches also keep `ctx.applied` honest, for
+    // Metadata is all a trigger needs (children, link pods, Services, Namespaces: every
+    // watch but the Gateways' own sends metadata only: a pod is several KB of JSON, its
+    // metadata a fraction). The children's watches also keep `ctx.applied` honest, for
     // EgressGateways' links too (the memo is shared and the selector is this operator's
     // label), so that no applied object has to be sent again just because time passed.
     ctrl.owns_stream(children_watch::<Deployment, C>(&ctx))
@@ -158,18 +166,18 @@ pub async fn run<C: Cloud + 'static>(
         .owns_stream(children_watch::<NetworkPolicy, C>(&ctx))
         .owns_stream(children_watch::<PodDisruptionBudget, C>(&ctx))
         .watches(
-            Api::<Pod>::all(client.clone()),
+            Api::<PartialObjectMeta<Pod>>::all(client.clone()),
             link_pods,
-            move |pod: Pod| {
-                let owner = owner_of_pod(&pod);
+            move |pod: PartialObjectMeta<Pod>| {
+                let owner = owner_of_pod(&pod.metadata);
                 announce(&c1, owner.iter());
                 owner
             },
         )
         .watches(
-            Api::<Service>::all(client.clone()),
+            Api::<PartialObjectMeta<Service>>::all(client.clone()),
             watcher::Config::default(),
-            move |svc: Service| {
+            move |svc: PartialObjectMeta<Service>| {
                 let ns = svc.namespace().unwrap_or_default();
                 let gws = referencing(&s1, |gw_ns, f| {
                     f.service == svc.name_any() && f.namespace.as_deref().unwrap_or(gw_ns) == ns
@@ -179,9 +187,9 @@ pub async fn run<C: Cloud + 'static>(
             },
         )
         .watches(
-            Api::<Namespace>::all(client),
+            Api::<PartialObjectMeta<Namespace>>::all(client),
             watcher::Config::default(),
-            move |n: Namespace| {
+            move |n: PartialObjectMeta<Namespace>| {
                 let name = n.name_any();
                 let gws = referencing(&s2, |gw_ns, f| {
                     f.namespace

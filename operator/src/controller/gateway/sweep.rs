@@ -18,13 +18,14 @@ use crate::controller::error::{Error, KubeCall, ObserveError};
 /// Runs [`sweep_once`] every resync period until `shutdown` resolves.
 pub async fn sweep_loop<C: Cloud>(
     ctx: std::sync::Arc<Context<C>>,
+    gateways: super::Gateways,
     shutdown: impl Future<Output = ()> + Send,
 ) {
     let sweep = async {
         loop {
             // The sweep's own period: a timer, not a wait for some event.
             tokio::time::sleep(ctx.settings.resync).await;
-            match sweep_once(&ctx).await {
+            match sweep_once(&ctx, &gateways).await {
                 Ok(n) => ctx.metrics.swept(n),
                 Err(e) => tracing::warn!(error = %e, "orphan sweep"),
             }
@@ -94,23 +95,27 @@ fn too_young(created: Option<&str>, min_age: std::time::Duration) -> bool {
 /// sweep, uses them by name and adopts them), or when the newest of them is younger than
 /// the minimum age. A project that cannot be listed is reported and the others are still
 /// swept.
-pub async fn sweep_once<C: Cloud>(ctx: &Context<C>) -> Result<usize, Error> {
+pub async fn sweep_once<C: Cloud>(
+    ctx: &Context<C>,
+    gateways: &super::Gateways,
+) -> Result<usize, Error> {
     let mut projects: BTreeSet<String> = ctx.settings.sweep_projects.iter().cloned().collect();
-    // The uids live before GCP is listed narrow what is kept of each project's list to the
-    // candidates: holding every Gateway's resources at once was, at thousands of Gateways,
-    // one of the operator's largest allocations. They decide nothing: the list read after
-    // GCP does.
+    // The Gateways the controller's cache holds narrow what is kept of each project's list
+    // to the candidates: holding every Gateway's resources at once was, at thousands of
+    // Gateways, one of the operator's largest allocations. They decide nothing (the cache
+    // may lag): the list read after GCP does. A Gateway the cache does not hold yet is a
+    // candidate until that list; its project, if no other Gateway uses it, is swept by a
+    // later sweep. Listing every Gateway here instead (a page of full objects after
+    // another, every resync) was the API server's largest answer to this operator.
     let mut live_before = BTreeSet::new();
-    let api = Api::<DeserializeGuard<Gateway>>::all(ctx.client.clone());
-    each_page(&api, PAGE, MAX_PAGES, |g| {
+    for g in gateways.state() {
         if let Ok(g) = &g.0 {
             projects.insert(g.spec.gcp.project_id.clone());
         }
         if let Some(uid) = g.meta().uid.as_ref() {
             live_before.insert(uid.clone());
         }
-    })
-    .await?;
+    }
     let mut owned = Vec::new();
     for project in projects {
         match ctx.cloud.list_owned(&project).await {
