@@ -137,36 +137,18 @@ impl Snapshot {
     }
 
     /// Every firewall listed (named `wg-…`), unless that list failed.
-    pub(super) fn all_firewalls(&self) -> Option<Vec<Firewall>> {
-        Some(
-            self.firewalls
-                .as_ref()?
-                .values()
-                .filter_map(Packed::get)
-                .collect(),
-        )
+    pub(super) fn all_firewalls(&self) -> Option<impl Iterator<Item = Firewall> + '_> {
+        Some(self.firewalls.as_ref()?.values().filter_map(Packed::get))
     }
 
     /// Every service account of the project, unless that list failed.
-    pub(super) fn all_accounts(&self) -> Option<Vec<ServiceAccount>> {
-        Some(
-            self.accounts
-                .as_ref()?
-                .values()
-                .filter_map(Packed::get)
-                .collect(),
-        )
+    pub(super) fn all_accounts(&self) -> Option<impl Iterator<Item = ServiceAccount> + '_> {
+        Some(self.accounts.as_ref()?.values().filter_map(Packed::get))
     }
 
     /// Every secret with this install's and cluster's labels, unless that list failed.
-    pub(super) fn all_secrets(&self) -> Option<Vec<Secret>> {
-        Some(
-            self.secrets
-                .as_ref()?
-                .values()
-                .filter_map(Packed::get)
-                .collect(),
-        )
+    pub(super) fn all_secrets(&self) -> Option<impl Iterator<Item = Secret> + '_> {
+        Some(self.secrets.as_ref()?.values().filter_map(Packed::get))
     }
 }
 
