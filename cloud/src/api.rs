@@ -129,8 +129,8 @@ pub type CallObserver = Arc<dyn Fn(&CallRecord) + Send + Sync>;
 enum Lane {
     /// Single resources, operations, writes: small answers over pooled connections.
     Calls,
-    /// Pages of lists (megabytes each: a page of instances carries their startup scripts)
-    /// over connections of their own, of which at most one per host is kept idle. An
+    /// Pages of lists (hundreds of KB each: a page of instances carries their startup
+    /// scripts) over connections of their own, of which at most one per host is kept idle. An
     /// HTTP/1 connection keeps the read buffer its largest answer grew (up to 400 KB in
     /// hyper) for as long as it lives: pooled with the calls, every connection a list
     /// page ever passed through held one, 14 MB of the operator's peak heap at 2,000

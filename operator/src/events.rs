@@ -87,7 +87,7 @@ impl Recorder {
         }
     }
 
-    /// How many series are remembered (for tests and the memory bench).
+    /// How many series are remembered (for tests).
     pub fn remembered(&self) -> usize {
         self.lock().series.len()
     }
