@@ -129,7 +129,7 @@ pub type CallObserver = Arc<dyn Fn(&CallRecord) + Send + Sync>;
 enum Lane {
     /// Single resources, operations, writes: small answers over pooled connections.
     Calls,
-    /// Pages of lists (hundreds of KB each: a page of instances carries their startup
+    /// Pages of lists (up to megabytes each: a page of instances carries their startup
     /// scripts) over connections of their own, of which at most one per host is kept idle. An
     /// HTTP/1 connection keeps the read buffer its largest answer grew (up to 400 KB in
     /// hyper) for as long as it lives: pooled with the calls, every connection a list
