@@ -1419,19 +1419,8 @@ async fn a_resync_of_steady_gateways_lists_each_kind_once_per_project() {
         .collect();
     let lists: Vec<&str> = log
         .iter()
-        .filter(|c| c.method == "GET")
-        .map(|c| c.path.split('?').next().unwrap_or_default())
-        .filter(|p| {
-            [
-                "/firewalls",
-                "/aggregated/instances",
-                "/aggregated/addresses",
-                "/serviceAccounts",
-                "/secrets",
-            ]
-            .iter()
-            .any(|k| p.ends_with(k))
-        })
+        .filter(|c| is_list_page(c))
+        .map(|c| c.path.as_str())
         .collect();
     assert_eq!(lists.len(), 5, "one list per kind: {lists:?}");
     // Only the two drifted gateways read or wrote their own resources.
@@ -1555,26 +1544,14 @@ async fn list_pages_and_calls_use_separate_connections() {
         .into_iter()
         .filter(|c| c.api != "oauth")
         .collect();
-    let is_page = |c: &wgnet_tests::gcp::LoggedCall| {
-        c.method == "GET"
-            && [
-                "/firewalls",
-                "/aggregated/instances",
-                "/aggregated/addresses",
-                "/serviceAccounts",
-                "/secrets",
-            ]
-            .iter()
-            .any(|k| c.path.ends_with(k))
-    };
     let pages: std::collections::BTreeSet<u64> = log
         .iter()
-        .filter(|c| is_page(c))
+        .filter(|c| is_list_page(c))
         .map(|c| c.connection)
         .collect();
     let calls: std::collections::BTreeSet<u64> = log
         .iter()
-        .filter(|c| !is_page(c))
+        .filter(|c| !is_list_page(c))
         .map(|c| c.connection)
         .collect();
     assert!(
@@ -1586,4 +1563,19 @@ async fn list_pages_and_calls_use_separate_connections() {
         "connections carrying both a list page and a call: {:?}",
         pages.intersection(&calls).collect::<Vec<_>>()
     );
+}
+
+/// Whether the emulator logged `c` as a page of one of the snapshot's five lists (the log's
+/// path has no query).
+fn is_list_page(c: &wgnet_tests::gcp::LoggedCall) -> bool {
+    c.method == "GET"
+        && [
+            "/firewalls",
+            "/aggregated/instances",
+            "/aggregated/addresses",
+            "/serviceAccounts",
+            "/secrets",
+        ]
+        .iter()
+        .any(|k| c.path.ends_with(k))
 }
