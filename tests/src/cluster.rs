@@ -276,6 +276,11 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("control plane: {e}"));
 
         let kube_proxy = start_kube_proxy(&cp, &node, &dir.0);
+        // A node's kube-proxy runs before its workloads do. A pod started inside the
+        // moment before kube-proxy's first sync (its table may exist, its Service rules
+        // not yet) once never reached the API server's ClusterIP in CI; real nodes do not
+        // start pods in that moment, so no test should depend on what happens in it.
+        wait_kube_proxy(&node, &dir.0, cp.url());
         let kubelet = Kubelet::start(
             &cp,
             kubelet::Settings {
@@ -319,23 +324,7 @@ impl Cluster {
             net,
             _subnet: subnet,
         };
-        c.wait_kube_proxy();
         c
-    }
-
-    /// Waits until kube-proxy has synced its rules once (its healthz answers 200).
-    fn wait_kube_proxy(&self) {
-        let ok = wait_for(Duration::from_secs(60), || {
-            let (_, code, _) = self.node.try_sh(
-                "curl -s -o /dev/null -m 2 -w '%{http_code}' http://127.0.0.1:10256/healthz",
-            );
-            (code.trim() == "200").then_some(())
-        });
-        assert!(
-            ok.is_some(),
-            "kube-proxy never became healthy:\n{}",
-            std::fs::read_to_string(self.dir.0.join("kube-proxy.log")).unwrap_or_default()
-        );
     }
 
     /// A client acting as the chart's operator ServiceAccount: what the operator may do
@@ -531,6 +520,34 @@ impl Cluster {
             if err.is_empty() { String::new() } else { format!("; nft: {}", err.trim()) },
             services.join("\n")
         ));
+        // Whether each pod reaches the API server now, by its ClusterIP and directly: a
+        // pod's own failure and the network's look alike in its log ("Connect").
+        let endpoint = self.cp.url().trim_start_matches("https://").to_owned();
+        out.push_str("--- pods reaching the API server now ---\n");
+        for pod in self.kubelet.pods() {
+            for target in [
+                format!("{}:443", controlplane::KUBERNETES_SERVICE_IP),
+                endpoint.clone(),
+            ] {
+                let probe = format!(
+                    "curl -sk -m 3 -o /dev/null -w '%{{http_code}}' https://{target}/readyz; echo \" curl exit $?\""
+                );
+                let answer = self.kubelet.exec(&pod.name, &probe).map_or_else(
+                    || "pod gone".to_owned(),
+                    |(_, o, e)| format!("{}{}", o.trim(), e.trim()),
+                );
+                out.push_str(&format!("{} -> {target}: {answer}\n", pod.name));
+            }
+        }
+        // The node's connection tracking towards the ClusterIP: an entry whose reply still
+        // comes from the ClusterIP is one kube-proxy did not DNAT.
+        let ip = controlplane::KUBERNETES_SERVICE_IP;
+        let (_, tracked, _) = self.node.try_sh(&format!(
+            "echo \"$(grep -c ' dst={ip} ' /proc/net/nf_conntrack) entries; not sent to the API server:\"; grep ' dst={ip} .* src={ip} ' /proc/net/nf_conntrack | head -20"
+        ));
+        out.push_str(&format!(
+            "--- node: conntrack towards the ClusterIP ---\n{tracked}\n"
+        ));
         out.push_str(&self.cp.logs(15));
         out.push_str(&format!("\n--- cluster state ---\n{}", self.cp.describe()));
         out
@@ -618,6 +635,25 @@ fn start_kube_proxy(cp: &ControlPlane, node: &Netns, dir: &std::path::Path) -> C
         .stderr(err)
         .spawn()
         .expect("spawning kube-proxy")
+}
+
+/// Waits until kube-proxy on `node` sends the `kubernetes` Service to the API server at
+/// `api_url` (its DNAT to that address is in the node's table). Its healthz is no such
+/// sign: it answers 200 before the first sync, while no update is queued yet.
+fn wait_kube_proxy(node: &Netns, dir: &std::path::Path, api_url: &str) {
+    let endpoint = api_url.trim_start_matches("https://");
+    let programmed = wait_for(Duration::from_secs(60), || {
+        let (_, rules, _) = node.try_sh("nft list table ip kube-proxy");
+        rules
+            .lines()
+            .any(|l| l.contains("dnat") && l.contains(endpoint))
+            .then_some(())
+    });
+    assert!(
+        programmed.is_some(),
+        "kube-proxy never wrote the kubernetes Service's rules (DNAT to {endpoint}):\n{}",
+        std::fs::read_to_string(dir.join("kube-proxy.log")).unwrap_or_default()
+    );
 }
 
 /// What the booter loop needs.
@@ -864,17 +900,23 @@ fn boot_in_namespace(
     drop(ns.spawn(&cmd, &[]));
 }
 
+/// The `n`th guest's management link: (the internet's side, the guest host's side), a
+/// /30 of 198.19.254.0/24. The internet namespace routes 198.51.100.0/24 (its link to the
+/// root namespace, the emulator's ephemeral addresses), 203.0.113.0/24 and 192.0.2.0/24,
+/// so the links come from the benchmarking range instead: only the scale bench's emulator
+/// hands that out (static addresses counted up from 198.18.0.0), and it boots no guests.
+fn management_link(n: u32) -> (Ipv4Addr, Ipv4Addr) {
+    assert!(n < 64, "the management range holds 64 guests per cluster");
+    let host = |i: u32| Ipv4Addr::new(198, 19, 254, u8::try_from(4 * n + i).expect("n < 64"));
+    (host(1), host(2))
+}
+
 /// Boots an instance as a Debian guest under qemu (see [`crate::guest`]): `ns` is its host
 /// side, bridged to the internet, with GCP's firewall applied to what the bridge forwards
 /// (the kernel passes bridged IPv4 through the ip hooks) and a management link of its own
-/// (198.51.100.4n/30, TEST-NET-2) through which the metadata relay reaches the emulator.
+/// (see [`management_link`]) through which the metadata relay reaches the emulator.
 fn boot_guest(env: &Env, ns: &Netns, dir: &TempDir, ip: &str, md: String, rules: &str) -> Guest {
-    let n = env.hosts.fetch_add(1, Ordering::SeqCst);
-    assert!(n < 64, "the management range holds 64 guests per cluster");
-    let (net_side, host_side) = (
-        Ipv4Addr::new(198, 51, 100, (4 * n + 1) as u8),
-        Ipv4Addr::new(198, 51, 100, (4 * n + 2) as u8),
-    );
+    let (net_side, host_side) = management_link(env.hosts.fetch_add(1, Ordering::SeqCst));
     let tag = netns::unique_tag();
     let (a, b) = (format!("ma{tag}"), format!("mb{tag}"));
     netns::ip(&["link", "add", &a, "type", "veth", "peer", "name", &b]);
@@ -910,4 +952,33 @@ fn boot_guest(env: &Env, ns: &Netns, dir: &TempDir, ip: &str, md: String, rules:
             tap: "tapg".into(),
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::management_link;
+
+    /// A management link is an address of the internet namespace: one inside the root
+    /// links' range (198.51.100.0/25, `netns::Subnet`) made the internet deliver what it
+    /// should send to the emulator and the API server to itself, whenever the cluster's
+    /// root link held the same /30.
+    #[test]
+    fn management_links_shadow_no_address_the_internet_routes() {
+        let routed = |a: Ipv4Addr| {
+            let [x, y, z, _] = a.octets();
+            // Root links and the emulator's ephemeral addresses; the internet's bridge;
+            // the emulator's static addresses.
+            matches!((x, y, z), (198, 51, 100) | (203, 0, 113) | (192, 0, 2))
+        };
+        let mut seen = std::collections::HashSet::new();
+        for n in 0..64 {
+            let (net, host) = management_link(n);
+            for a in [net, host] {
+                assert!(!routed(a), "guest {n}'s management link uses {a}");
+                assert!(seen.insert(a), "{a} is handed out twice");
+            }
+        }
+    }
 }
