@@ -307,7 +307,7 @@ impl Cluster {
             let (world, stop) = (world.clone(), stop.clone());
             std::thread::spawn(move || booter(env, world, stop))
         };
-        let c = Self {
+        Self {
             kubelet,
             emu,
             cp,
@@ -323,8 +323,7 @@ impl Cluster {
             _root: root,
             net,
             _subnet: subnet,
-        };
-        c
+        }
     }
 
     /// A client acting as the chart's operator ServiceAccount: what the operator may do
