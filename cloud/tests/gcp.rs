@@ -1565,6 +1565,131 @@ async fn list_pages_and_calls_use_separate_connections() {
     );
 }
 
+/// Issue 23, goal 5: a project's first snapshot lists instances with their metadata's
+/// entries (startup scripts, 14 KB a VM); later ones ask GCP for a partial response
+/// without them, and a VM's metadata fingerprint stands for the entries the first list
+/// saw. A metadata edit made between two snapshots changes the fingerprint: that VM alone
+/// is read and repaired.
+#[tokio::test]
+async fn later_snapshots_list_instances_without_metadata_and_still_see_it_drift() {
+    use futures_util::future::join_all;
+    let e = env(LatencyProfile::instant()).await;
+    let key = e._dir.0.join("key.json");
+    let mut cloud = cloud_for(&e.emu, key.clone(), INSTALL, "wgnet").await;
+    cloud.set_verify_every(Duration::from_secs(300));
+    let ds: Vec<_> = (0..3)
+        .map(|i| {
+            desired(
+                &format!("meta{i}"),
+                &format!("uid-meta{i}"),
+                &[(443, Protocol::Tcp)],
+            )
+        })
+        .collect();
+    let recs = join_all(
+        ds.iter()
+            .map(|d| async { converge(&cloud, d, Recorded::default(), 200).await.0 }),
+    )
+    .await;
+    let names: Vec<String> = ds.iter().map(|d| d.target.id.resource_name()).collect();
+    let instance_lists = |e: &Env| -> Vec<String> {
+        e.emu
+            .request_log()
+            .into_iter()
+            .filter(|c| c.method == "GET" && c.path.ends_with("/aggregated/instances"))
+            .map(|c| c.query)
+            .collect()
+    };
+
+    // A restarted operator: its passes verify, and its first snapshot is its first list.
+    let mut cloud = cloud_for(&e.emu, key, INSTALL, "wgnet").await;
+    cloud.set_verify_every(Duration::from_secs(300));
+    e.emu.clear_request_log();
+    cloud.list_owned(PROJECT).await.expect("first sweep");
+    let first = instance_lists(&e);
+    assert!(
+        first.len() == 1 && !first[0].contains("fields="),
+        "the first list reads the entries: {first:?}"
+    );
+
+    assert!(e.emu.edit_instance_metadata(
+        PROJECT,
+        "us-central1-a",
+        &names[1],
+        "wgnet-listen-port",
+        "22"
+    ));
+    e.emu.clear_request_log();
+    cloud.list_owned(PROJECT).await.expect("second sweep");
+    let second = instance_lists(&e);
+    assert!(
+        second.len() == 1 && second[0].contains("fields=") && second[0].contains("maxResults=500"),
+        "later lists ask for no entries: {second:?}"
+    );
+    // The partial answer carries no entries (what the operator asked GCP for).
+    let partial: serde_json::Value = reqwest::Client::new()
+        .get(format!(
+            "{}projects/{PROJECT}/aggregated/instances?{}",
+            e.emu.compute_url(),
+            second[0]
+        ))
+        .bearer_auth(
+            e.emu
+                .issue_token("reader@wgnet-test.iam.gserviceaccount.com", true),
+        )
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    let listed = partial["items"]["zones/us-central1-a"]["instances"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(listed.len(), 3, "{partial}");
+    assert!(
+        listed
+            .iter()
+            .all(|i| i["metadata"].get("items").is_none()
+                && i["metadata"]["fingerprint"].is_string()),
+        "{partial}"
+    );
+
+    let passes = join_all(ds.iter().zip(&recs).map(|(d, r)| cloud.ensure(d, r))).await;
+    let log = e.emu.request_log();
+    for (i, n) in names.iter().enumerate() {
+        let own: Vec<String> = log
+            .iter()
+            .filter(|c| c.path.contains(n.as_str()))
+            .map(|c| format!("{} {}", c.method, c.path))
+            .collect();
+        if i == 1 {
+            assert!(
+                own.iter()
+                    .any(|c| c.starts_with("GET ") && c.ends_with(n.as_str())),
+                "{own:?}"
+            );
+            assert!(own.iter().any(|c| c.ends_with("/setMetadata")), "{own:?}");
+        } else {
+            assert!(
+                own.is_empty(),
+                "gateway {i} read its own resources: {own:?}"
+            );
+        }
+    }
+    converge(&cloud, &ds[1], passes[1].recorded.clone(), 20).await;
+    let vm = e
+        .emu
+        .get("instance", PROJECT, "us-central1-a", &names[1])
+        .expect("instance");
+    let port = vm["metadata"]["items"]
+        .as_array()
+        .and_then(|items| items.iter().find(|i| i["key"] == "wgnet-listen-port"))
+        .map(|i| i["value"].clone());
+    assert_eq!(port, Some(json!("51820")));
+}
+
 /// Whether the emulator logged `c` as a page of one of the snapshot's five lists (the log's
 /// path has no query).
 fn is_list_page(c: &wgnet_tests::gcp::LoggedCall) -> bool {

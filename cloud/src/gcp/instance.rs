@@ -15,6 +15,48 @@ use super::{GcpCloud, Pass, Step, collision, labels_ours, network};
 use crate::api::Service;
 use crate::{PendingOp, ResourceKind, Target, vm};
 
+/// A VM's metadata as the last read of its entries (a GET, or a list asking for them)
+/// found it. Snapshots list instances without the entries; GCP changes the fingerprint
+/// with every change of them, so a listed instance whose fingerprint is this one holds
+/// these entries still.
+#[derive(Debug)]
+pub(super) struct MetadataSeen {
+    /// The metadata's fingerprint then.
+    fingerprint: Box<str>,
+    /// [`metadata_digest`] of its entries then.
+    entries: [u8; 32],
+}
+
+impl MetadataSeen {
+    /// What `metadata` (with its entries) shows, when it has a fingerprint.
+    pub(super) fn of(metadata: &Metadata) -> Option<Self> {
+        Some(Self {
+            fingerprint: metadata.fingerprint.as_deref()?.into(),
+            entries: metadata_digest(&metadata.to_map()),
+        })
+    }
+}
+
+/// The key of an instance's [`MetadataSeen`].
+pub(super) fn seen_key(project: &str, zone: &str, name: &str) -> String {
+    format!("{project}/{zone}/{name}")
+}
+
+/// SHA-256 over metadata entries in key order, each key and value length-prefixed so no
+/// two different maps share an encoding.
+fn metadata_digest(m: &std::collections::BTreeMap<String, String>) -> [u8; 32] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for (k, v) in m {
+        for part in [k, v] {
+            ctx.update(&(part.len() as u64).to_le_bytes());
+            ctx.update(part.as_bytes());
+        }
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
 /// The instance's path.
 pub(super) fn path(project: &str, zone: &str, name: &str) -> String {
     format!("projects/{project}/zones/{zone}/instances/{name}")
@@ -137,12 +179,18 @@ impl GcpCloud {
             what: &p.name,
             scope: ResourceKind::Instance.scope(t),
         };
-        // From a snapshot: the instance without its metadata's entries, and their digest.
+        let want = Self::desired_metadata(p, key_version);
+        let key = seen_key(p.project(), &t.zone, &p.name);
+        // From a snapshot: the instance without its metadata's entries. It stands for a
+        // read when the last read of the entries was under the same fingerprint (whether
+        // they are the wanted ones is then known); otherwise the instance is read.
         let seen = p.snap.as_ref().and_then(|s| s.instance(&t.zone, &p.name));
-        let seen_digest = seen.as_ref().map(|s| s.metadata_digest);
-        let found = match seen {
-            Some(s) => Ok(Some(s.instance)),
-            None => {
+        let holds_wanted = seen
+            .as_ref()
+            .and_then(|s| self.metadata_holds(&key, s.metadata.as_ref(), &metadata_digest(&want)));
+        let found = match (seen, holds_wanted) {
+            (Some(s), Some(_)) => Ok(Some(s)),
+            _ => {
                 self.get_opt::<Instance>(Service::Compute, &path, "get instance", &p.name)
                     .await
             }
@@ -199,11 +247,13 @@ impl GcpCloud {
             }
             s => return (Step::Waiting(format!("instance {} is {s}", p.name)), ops),
         }
-        let want = Self::desired_metadata(p, key_version);
         let current = v.metadata.clone().unwrap_or_default();
-        let same = match seen_digest {
-            Some(d) => d == super::snapshot::metadata_digest(&want),
-            None => current.to_map() == want,
+        let same = match holds_wanted {
+            Some(known) => known,
+            None => {
+                self.note_metadata(key, &current);
+                current.to_map() == want
+            }
         };
         if !same {
             let body = Metadata::from_map(current.fingerprint, &want);
@@ -243,6 +293,44 @@ impl GcpCloud {
         (Step::Ready((status, nat)), ops)
     }
 
+    /// Whether the instance `key` (listed with `metadata`, without its entries) holds the
+    /// entries whose digest is `wanted`; `None` when unknown (no read of its entries was
+    /// under this fingerprint).
+    fn metadata_holds(
+        &self,
+        key: &str,
+        metadata: Option<&Metadata>,
+        wanted: &[u8; 32],
+    ) -> Option<bool> {
+        let fingerprint = metadata?.fingerprint.as_deref()?;
+        let seen = self
+            .metadata_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let last = seen.get(key).filter(|s| &*s.fingerprint == fingerprint)?;
+        Some(&last.entries == wanted)
+    }
+
+    /// Records what a read of instance `key` with its metadata's entries found.
+    pub(super) fn note_metadata(&self, key: String, metadata: &Metadata) {
+        let mut seen = self
+            .metadata_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match MetadataSeen::of(metadata) {
+            Some(m) => seen.insert(key, m),
+            None => seen.remove(&key),
+        };
+    }
+
+    /// Forgets instance `key` (deleted).
+    pub(super) fn forget_metadata(&self, key: &str) {
+        self.metadata_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(key);
+    }
+
     /// The VM's own report: its guest attributes under `wgnet/` (empty before it writes).
     pub(super) async fn guest_report(
         &self,
@@ -265,5 +353,31 @@ impl GcpCloud {
                     .collect()
             })
             .unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::metadata_digest;
+
+    #[test]
+    fn metadata_digests_tell_maps_apart() {
+        let m = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let a = m(&[("a", "bc"), ("d", "")]);
+        assert_eq!(metadata_digest(&a), metadata_digest(&a.clone()));
+        // Moving bytes between a key and a value, or between entries, changes it.
+        assert_ne!(
+            metadata_digest(&a),
+            metadata_digest(&m(&[("ab", "c"), ("d", "")]))
+        );
+        assert_ne!(metadata_digest(&a), metadata_digest(&m(&[("a", "bcd")])));
+        assert_ne!(metadata_digest(&a), metadata_digest(&m(&[])));
     }
 }

@@ -120,6 +120,10 @@ pub struct GcpCloud {
     /// When each gateway (by uid) last had a deep pass: one that also read its IAM grant
     /// and its secret's latest version, which no list shows.
     deep_verified: Mutex<HashMap<String, Instant>>,
+    /// Each VM's metadata as the last read of its entries found it (see
+    /// [`instance::MetadataSeen`]; by [`instance::seen_key`]): snapshots list instances
+    /// without the entries.
+    metadata_seen: Mutex<HashMap<String, instance::MetadataSeen>>,
 }
 
 /// What the last verifying pass over a gateway knew.
@@ -346,6 +350,7 @@ impl GcpCloud {
             network_reads: Mutex::new(HashMap::new()),
             snapshots: snapshot::Snapshots::default(),
             deep_verified: Mutex::new(HashMap::new()),
+            metadata_seen: Mutex::new(HashMap::new()),
         })
     }
 
@@ -794,6 +799,7 @@ impl Cloud for GcpCloud {
         self.note_verified(&target.id.uid, None, false);
         let rec = &own_operations(rec, target);
         let name = target.id.resource_name();
+        self.forget_metadata(&instance::seen_key(&target.project, &target.zone, &name));
         // A Gateway recreated under this name must not find these resources in a snapshot.
         self.touch(&target.project, &name);
         let project = target.project.as_str();

@@ -32,12 +32,26 @@ use super::{GcpCloud, encode};
 use crate::api::Service;
 use crate::names;
 
-/// Instances per page of the list: each carries its startup script, so a page of GCP's
-/// 500 would be about 7 MB of JSON held at once. Pages of 25 about halved what a resync
-/// adds to the operator's memory at 2,000 Gateways, but creating 5,000 took 1.17x as long
-/// (889 s against 762 s, one run each; likely because a project's passes wait while its
-/// snapshot is taken, which took four times as many pages).
-const INSTANCE_PAGE: usize = 100;
+/// Instances per page of a list with their metadata's entries (a project's first since
+/// the operator started, see [`INSTANCE_FIELDS`]): each carries its startup script, so a
+/// page of GCP's 500 would be about 7 MB of JSON held at once. Pages of 25 about halved
+/// what a resync added to the operator's memory at 2,000 Gateways, but creating 5,000
+/// took 1.17x as long (889 s against 762 s, one run each; likely because a project's
+/// passes wait while its snapshot is taken, which took four times as many pages).
+const FULL_INSTANCE_PAGE: usize = 100;
+
+/// Instances per page of a list without their metadata's entries: an instance is then a
+/// few hundred bytes, so a page of GCP's largest is smaller than 25 full ones were.
+const INSTANCE_PAGE: usize = 500;
+
+/// What an instance list asks GCP for (a partial response), but for a project's first
+/// since the operator started: what a pass compares (see [`trim_instance`]), without the
+/// metadata's entries. Those hold the startup script, about 14 KB a VM, which made the
+/// instance pages 1.4 MB of JSON each, read at every resync in every project at once. The
+/// metadata's fingerprint stands for them: GCP changes it with every change of the
+/// entries, and the first list (or a read) learnt which entries each fingerprint holds
+/// (see `instance::MetadataSeen`).
+const INSTANCE_FIELDS: &str = "nextPageToken,items/*/instances(name,description,labels,labelFingerprint,status,metadata/fingerprint,networkInterfaces/accessConfigs/natIP)";
 
 /// A resource as a snapshot holds it: its JSON in one allocation. Held as a Rust value, a
 /// firewall or an instance is a few dozen small allocations, about twice the bytes; a
@@ -81,13 +95,6 @@ fn pack_by<I, K, T: Serialize + DeserializeOwned>(
     }
 }
 
-/// A [`SeenInstance`] as a snapshot holds it.
-#[derive(Debug)]
-struct PackedInstance {
-    instance: Packed<Instance>,
-    metadata_digest: [u8; 32],
-}
-
 /// One project's resources as five lists saw them. A kind whose list failed is `None`:
 /// its resources are read one by one until the next snapshot.
 #[derive(Debug, Default)]
@@ -95,8 +102,8 @@ pub(super) struct Snapshot {
     /// When the first list was sent: a gateway touched after this is not trusted to it.
     started: Option<Instant>,
     firewalls: Option<HashMap<String, Packed<Firewall>>>,
-    /// By (zone, name).
-    instances: Option<HashMap<(String, String), PackedInstance>>,
+    /// By (zone, name), as [`trim_instance`] leaves them.
+    instances: Option<HashMap<(String, String), Packed<Instance>>>,
     /// By (region, name).
     addresses: Option<HashMap<(String, String), Packed<Address>>>,
     /// By email.
@@ -110,15 +117,12 @@ impl Snapshot {
         self.firewalls.as_ref()?.get(name)?.get()
     }
 
-    pub(super) fn instance(&self, zone: &str, name: &str) -> Option<SeenInstance> {
-        let seen = self
-            .instances
+    /// The instance without its metadata's entries (see [`INSTANCE_FIELDS`]).
+    pub(super) fn instance(&self, zone: &str, name: &str) -> Option<Instance> {
+        self.instances
             .as_ref()?
-            .get(&(zone.to_owned(), name.to_owned()))?;
-        Some(SeenInstance {
-            instance: seen.instance.get()?,
-            metadata_digest: seen.metadata_digest,
-        })
+            .get(&(zone.to_owned(), name.to_owned()))?
+            .get()
     }
 
     pub(super) fn address(&self, region: &str, name: &str) -> Option<Address> {
@@ -154,65 +158,34 @@ impl Snapshot {
 
 /// An instance as a pass reads it from a snapshot: only what `ensure_instance` compares
 /// (name, marker, labels and their fingerprint, status, public IP, the metadata's
-/// fingerprint), and a digest of the metadata's entries, which hold the startup script
-/// (about 14 KB a VM, 70 MB at 5,000 gateways).
-#[derive(Debug)]
-pub(super) struct SeenInstance {
-    /// The instance, with the fields above and no others.
-    pub instance: Instance,
-    /// [`metadata_digest`] of the entries it had.
-    pub metadata_digest: [u8; 32],
-}
-
-impl SeenInstance {
-    fn new(i: Instance) -> Self {
-        let metadata = i.metadata.unwrap_or_default();
-        let metadata_digest = metadata_digest(&metadata.to_map());
-        let nat_ip = i
-            .network_interfaces
-            .into_iter()
-            .next()
-            .and_then(|n| n.access_configs.into_iter().next())
-            .and_then(|a| a.nat_ip);
-        let instance = Instance {
-            name: i.name,
-            description: i.description,
-            labels: i.labels,
-            label_fingerprint: i.label_fingerprint,
-            status: i.status,
-            metadata: Some(super::wire::Metadata {
-                fingerprint: metadata.fingerprint,
-                items: Vec::new(),
-            }),
-            network_interfaces: vec![super::wire::NetworkInterface {
-                access_configs: vec![super::wire::AccessConfig {
-                    nat_ip,
-                    ..Default::default()
-                }],
+/// fingerprint), which is what [`INSTANCE_FIELDS`] asks GCP for, also when an answer
+/// carries more.
+fn trim_instance(i: Instance) -> Instance {
+    let nat_ip = i
+        .network_interfaces
+        .into_iter()
+        .next()
+        .and_then(|n| n.access_configs.into_iter().next())
+        .and_then(|a| a.nat_ip);
+    Instance {
+        name: i.name,
+        description: i.description,
+        labels: i.labels,
+        label_fingerprint: i.label_fingerprint,
+        status: i.status,
+        metadata: Some(super::wire::Metadata {
+            fingerprint: i.metadata.and_then(|m| m.fingerprint),
+            items: Vec::new(),
+        }),
+        network_interfaces: vec![super::wire::NetworkInterface {
+            access_configs: vec![super::wire::AccessConfig {
+                nat_ip,
                 ..Default::default()
             }],
             ..Default::default()
-        };
-        Self {
-            instance,
-            metadata_digest,
-        }
+        }],
+        ..Default::default()
     }
-}
-
-/// SHA-256 over metadata entries in key order, each key and value length-prefixed so no
-/// two different maps share an encoding.
-pub(super) fn metadata_digest(m: &std::collections::BTreeMap<String, String>) -> [u8; 32] {
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    for (k, v) in m {
-        for part in [k, v] {
-            ctx.update(&(part.len() as u64).to_le_bytes());
-            ctx.update(part.as_bytes());
-        }
-    }
-    let mut out = [0u8; 32];
-    out.copy_from_slice(ctx.finish().as_ref());
-    out
 }
 
 /// Snapshots by project, and when each gateway was last touched.
@@ -224,6 +197,8 @@ pub(super) struct Snapshots {
     /// (project, gateway resource name) → when a pass last wrote, waited on an operation
     /// or deleted there.
     touched: Mutex<HashMap<(String, String), Instant>>,
+    /// Projects whose instances were listed with their metadata's entries since start.
+    entries_listed: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Snapshots {
@@ -340,6 +315,24 @@ impl GcpCloud {
             "projects/{project}/aggregated/addresses?filter={}&returnPartialSuccess=true",
             encode(&by_install)
         );
+        let with_entries = !self
+            .snapshots
+            .entries_listed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(project);
+        let instances_path = if with_entries {
+            format!(
+                "projects/{project}/aggregated/instances?filter={}&returnPartialSuccess=true&maxResults={FULL_INSTANCE_PAGE}",
+                encode(&by_install)
+            )
+        } else {
+            format!(
+                "projects/{project}/aggregated/instances?filter={}&returnPartialSuccess=true&maxResults={INSTANCE_PAGE}&fields={}",
+                encode(&by_install),
+                encode(INSTANCE_FIELDS)
+            )
+        };
         // Each page is packed as it arrives: a list is never held as Rust values.
         let addrs = self.list_all_as::<AddressAggregatedList, _>(
             Service::Compute,
@@ -350,54 +343,52 @@ impl GcpCloud {
         );
         let ((fw, inst, sa, sec), addrs) = futures_util::future::join(
             futures_util::future::join4(
-            self.list_all_as::<FirewallList, _>(
-                Service::Compute,
-                &format!(
-                    "projects/{project}/global/firewalls?filter={}",
-                    encode(firewall_filter)
+                self.list_all_as::<FirewallList, _>(
+                    Service::Compute,
+                    &format!(
+                        "projects/{project}/global/firewalls?filter={}",
+                        encode(firewall_filter)
+                    ),
+                    "list firewalls",
+                    project,
+                    pack_by(|f: Firewall| Some((f.name.clone(), f))),
                 ),
-                "list firewalls",
-                project,
-                pack_by(|f: Firewall| Some((f.name.clone(), f))),
-            ),
-            self.list_all_as::<InstanceAggregatedList, _>(
-                Service::Compute,
-                &format!(
-                    "projects/{project}/aggregated/instances?filter={}&returnPartialSuccess=true&maxResults={INSTANCE_PAGE}",
-                    encode(&by_install)
+                self.list_all_as::<InstanceAggregatedList, _>(
+                    Service::Compute,
+                    &instances_path,
+                    "list instances",
+                    project,
+                    pack_by(|(zone, i): (String, Instance)| {
+                        if with_entries && let Some(m) = &i.metadata {
+                            self.note_metadata(
+                                super::instance::seen_key(project, &zone, &i.name),
+                                m,
+                            );
+                        }
+                        let i = trim_instance(i);
+                        Some(((zone, i.name.clone()), i))
+                    }),
                 ),
-                "list instances",
-                project,
-                |(zone, i)| {
-                    let seen = SeenInstance::new(i);
-                    let instance = Packed::new(&seen.instance)?;
-                    let packed = PackedInstance {
-                        instance,
-                        metadata_digest: seen.metadata_digest,
-                    };
-                    Some(((zone, seen.instance.name), packed))
-                },
-            ),
-            self.list_all_as::<ServiceAccountList, _>(
-                Service::Iam,
-                &format!("projects/{project}/serviceAccounts?pageSize=100"),
-                "list service accounts",
-                project,
-                pack_by(|a: ServiceAccount| Some((a.email.clone()?, a))),
-            ),
-            self.list_all_as::<SecretList, _>(
-                Service::Secrets,
-                &format!(
-                    "projects/{project}/secrets?filter={}",
-                    encode(&secrets_filter)
+                self.list_all_as::<ServiceAccountList, _>(
+                    Service::Iam,
+                    &format!("projects/{project}/serviceAccounts?pageSize=100"),
+                    "list service accounts",
+                    project,
+                    pack_by(|a: ServiceAccount| Some((a.email.clone()?, a))),
                 ),
-                "list secrets",
-                project,
-                pack_by(|s: Secret| {
-                    let id = s.name.rsplit('/').next()?.to_owned();
-                    (!id.is_empty()).then_some((id, s))
-                }),
-            ),
+                self.list_all_as::<SecretList, _>(
+                    Service::Secrets,
+                    &format!(
+                        "projects/{project}/secrets?filter={}",
+                        encode(&secrets_filter)
+                    ),
+                    "list secrets",
+                    project,
+                    pack_by(|s: Secret| {
+                        let id = s.name.rsplit('/').next()?.to_owned();
+                        (!id.is_empty()).then_some((id, s))
+                    }),
+                ),
             ),
             addrs,
         )
@@ -417,6 +408,13 @@ impl GcpCloud {
         }
         let firewalls = kept(project, "firewalls", fw).map(by_key);
         let instances = kept(project, "instances", inst).map(by_key);
+        if with_entries && instances.is_some() {
+            self.snapshots
+                .entries_listed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(project.to_owned());
+        }
         let addresses = kept(project, "addresses", addrs).map(by_key);
         let accounts = kept(project, "service accounts", sa).map(by_key);
         let secrets = kept(project, "secrets", sec).map(by_key);
@@ -434,10 +432,8 @@ impl GcpCloud {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::super::wire::{Address, Firewall, Instance, Secret, ServiceAccount};
-    use super::{Packed, SeenInstance, metadata_digest};
+    use super::{Packed, trim_instance};
 
     fn json<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
         serde_json::from_value(v).expect("a wire body")
@@ -472,7 +468,7 @@ mod tests {
         })));
     }
 
-    /// A listed instance keeps what a pass compares, and its metadata only as a digest.
+    /// A listed instance keeps what a pass compares, and of its metadata the fingerprint.
     #[test]
     fn seen_instances_keep_what_a_pass_compares() {
         let listed: Instance = json(serde_json::json!({
@@ -487,11 +483,8 @@ mod tests {
             "metadata": {"fingerprint": "mf", "items": [
                 {"key": "startup-script", "value": "#!/bin/sh"}]}
         }));
-        let digest = metadata_digest(&listed.metadata.clone().unwrap_or_default().to_map());
-        let seen = SeenInstance::new(listed);
-        let p = Packed::new(&seen.instance).expect("packs");
+        let p = Packed::new(&trim_instance(listed)).expect("packs");
         let i = p.get().expect("unpacks");
-        assert_eq!(seen.metadata_digest, digest);
         assert_eq!((i.name.as_str(), i.description.as_str()), ("wg-a", "m"));
         assert_eq!(i.labels.get("k").map(String::as_str), Some("v"));
         assert_eq!(i.label_fingerprint.as_deref(), Some("lf"));
@@ -501,24 +494,5 @@ mod tests {
         assert_eq!((m.fingerprint.as_deref(), m.items.len()), (Some("mf"), 0));
         assert!(i.disks.is_empty() && i.service_accounts.is_empty() && i.tags.is_none());
         assert!(i.machine_type.is_empty());
-    }
-
-    #[test]
-    fn metadata_digests_tell_maps_apart() {
-        let m = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
-            pairs
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect()
-        };
-        let a = m(&[("a", "bc"), ("d", "")]);
-        assert_eq!(metadata_digest(&a), metadata_digest(&a.clone()));
-        // Moving bytes between a key and a value, or between entries, changes it.
-        assert_ne!(
-            metadata_digest(&a),
-            metadata_digest(&m(&[("ab", "c"), ("d", "")]))
-        );
-        assert_ne!(metadata_digest(&a), metadata_digest(&m(&[("a", "bcd")])));
-        assert_ne!(metadata_digest(&a), metadata_digest(&m(&[])));
     }
 }

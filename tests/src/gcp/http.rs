@@ -365,7 +365,9 @@ pub async fn handle(
             };
             // A FailOperation fault applies to the operation this request started, if any.
             lock(&shared.world).fail_next_operation = None;
-            match result {
+            // `fields` (a partial response) applies to every successful answer.
+            let selector = query_param(&query, "fields");
+            match result.and_then(|v| super::fields::select(v, selector.as_deref())) {
                 Ok(v) => json_response(200, &v),
                 Err(e) => error_response(&e, family),
             }

@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod discovery;
 pub mod error;
+mod fields;
 mod http;
 pub mod permissions;
 pub mod world;
