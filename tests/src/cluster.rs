@@ -637,8 +637,8 @@ fn start_kube_proxy(cp: &ControlPlane, node: &Netns, dir: &std::path::Path) -> C
 }
 
 /// Waits until kube-proxy on `node` sends the `kubernetes` Service to the API server at
-/// `api_url` (its DNAT to that address is in the node's table). Its healthz is no such
-/// sign: it answers 200 before the first sync, while no update is queued yet.
+/// `api_url` (its DNAT to that address is in the node's table): the rule a pod's first
+/// request needs, which kube-proxy's healthz does not name.
 fn wait_kube_proxy(node: &Netns, dir: &std::path::Path, api_url: &str) {
     let endpoint = api_url.trim_start_matches("https://");
     let programmed = wait_for(Duration::from_secs(60), || {
