@@ -1362,20 +1362,7 @@ async fn a_resync_of_steady_gateways_lists_each_kind_once_per_project() {
     let key = e._dir.0.join("key.json");
     let mut cloud = cloud_for(&e.emu, key.clone(), INSTALL, "wgnet").await;
     cloud.set_verify_every(Duration::from_secs(300));
-    let ds: Vec<_> = (0..10)
-        .map(|i| {
-            desired(
-                &format!("snap{i}"),
-                &format!("uid-snap{i}"),
-                &[(443, Protocol::Tcp)],
-            )
-        })
-        .collect();
-    let recs = join_all(
-        ds.iter()
-            .map(|d| async { converge(&cloud, d, Recorded::default(), 200).await.0 }),
-    )
-    .await;
+    let (ds, recs) = converged(&cloud, "snap", 10).await;
     assert!(recs.iter().all(|r| r.instance.is_some()), "all converged");
     let names: Vec<String> = ds.iter().map(|d| d.target.id.resource_name()).collect();
 
@@ -1577,20 +1564,7 @@ async fn later_snapshots_list_instances_without_metadata_and_still_see_it_drift(
     let key = e._dir.0.join("key.json");
     let mut cloud = cloud_for(&e.emu, key.clone(), INSTALL, "wgnet").await;
     cloud.set_verify_every(Duration::from_secs(300));
-    let ds: Vec<_> = (0..3)
-        .map(|i| {
-            desired(
-                &format!("meta{i}"),
-                &format!("uid-meta{i}"),
-                &[(443, Protocol::Tcp)],
-            )
-        })
-        .collect();
-    let recs = join_all(
-        ds.iter()
-            .map(|d| async { converge(&cloud, d, Recorded::default(), 200).await.0 }),
-    )
-    .await;
+    let (ds, recs) = converged(&cloud, "meta", 3).await;
     let names: Vec<String> = ds.iter().map(|d| d.target.id.resource_name()).collect();
     let instance_lists = |e: &Env| -> Vec<String> {
         e.emu
@@ -1688,6 +1662,30 @@ async fn later_snapshots_list_instances_without_metadata_and_still_see_it_drift(
         .and_then(|items| items.iter().find(|i| i["key"] == "wgnet-listen-port"))
         .map(|i| i["value"].clone());
     assert_eq!(port, Some(json!("51820")));
+}
+
+/// `n` gateways named `<prefix><i>`, each serving 443/tcp, converged: their desired states
+/// and records.
+async fn converged(
+    cloud: &wgnet_cloud::gcp::GcpCloud,
+    prefix: &str,
+    n: usize,
+) -> (Vec<wgnet_cloud::Desired>, Vec<Recorded>) {
+    let ds: Vec<_> = (0..n)
+        .map(|i| {
+            desired(
+                &format!("{prefix}{i}"),
+                &format!("uid-{prefix}{i}"),
+                &[(443, Protocol::Tcp)],
+            )
+        })
+        .collect();
+    let recs = futures_util::future::join_all(
+        ds.iter()
+            .map(|d| async { converge(cloud, d, Recorded::default(), 200).await.0 }),
+    )
+    .await;
+    (ds, recs)
 }
 
 /// Whether the emulator logged `c` as a page of one of the snapshot's five lists (the log's
