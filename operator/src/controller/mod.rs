@@ -60,6 +60,22 @@ pub fn controller_config() -> kube::runtime::controller::Config {
     kube::runtime::controller::Config::default().concurrency(128)
 }
 
+/// What `kubectl apply` records of the object it applied: a second copy of it.
+pub(crate) const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Drops from an object's metadata what no pass reads: its managedFields (about half of a
+/// small object) and kubectl's copy of what it applied. For objects a cache keeps, and for
+/// those a pass reads and then holds while it waits (128 passes at once hold them all).
+pub(crate) fn slim_meta(m: &mut kube::api::ObjectMeta) {
+    m.managed_fields = None;
+    if let Some(a) = &mut m.annotations {
+        a.remove(LAST_APPLIED);
+        if a.is_empty() {
+            m.annotations = None;
+        }
+    }
+}
+
 /// The default of [`Settings::sweep_min_age`].
 pub const DEFAULT_SWEEP_MIN_AGE: Duration = Duration::from_secs(600);
 

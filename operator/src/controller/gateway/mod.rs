@@ -91,20 +91,12 @@ fn trigger(gw: &DeserializeGuard<Gateway>) -> Option<u64> {
     Some(h.finish())
 }
 
-/// What `kubectl apply` records of the object it applied: a second copy of the spec.
-const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
-
-/// A Gateway as the cache keeps it: without what no pass reads. The cache holds every
-/// Gateway; their managedFields (about half of each object) were most of the operator's
-/// memory at thousands of Gateways, and a Gateway applied with `kubectl apply` also
-/// carries its spec again, as JSON, in an annotation.
+/// A Gateway as the cache keeps it: without what no pass reads (see
+/// [`crate::controller::slim_meta`]). The cache holds every Gateway; their managedFields
+/// were most of the operator's memory at thousands of Gateways, and a Gateway applied with
+/// `kubectl apply` also carries its spec again, as JSON, in an annotation.
 fn slim(g: &mut DeserializeGuard<Gateway>) {
-    g.managed_fields_mut().clear();
-    let annotations = g.annotations_mut();
-    annotations.remove(LAST_APPLIED);
-    if annotations.is_empty() {
-        g.meta_mut().annotations = None;
-    }
+    crate::controller::slim_meta(g.meta_mut());
 }
 
 /// The cache of Gateways the controller keeps (and the orphan sweep reads).
@@ -432,6 +424,8 @@ async fn reconcile_gateway<C: Cloud>(gw: &Gateway, ctx: &Context<C>) -> Result<A
     // I/O: the Lease, its holder's pod, the Deployment.
     let link = observe::link(&ctx.client, gw).await?;
     let tunnel = status::tunnel_of(&link);
+    // The pod or Deployment read is large, and the pass may yet wait on GCP's budget.
+    drop(link);
     // I/O: the VM's guest attributes, unless a settled Gateway keeps its last report.
     let report = match status::settled_report(gw, &progress, &tunnel) {
         Some(kept) => {
@@ -590,6 +584,7 @@ pub fn patience(since: Duration, resync: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::LAST_APPLIED;
     use crate::controller::testing::gateway;
 
     #[test]

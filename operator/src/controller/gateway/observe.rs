@@ -1,20 +1,28 @@
 //! The observe step: every read a Gateway pass decides on, straight from the API server
 //! (never a cache, so a decision never rests on stale state; the watches only say when to
-//! look again). I/O only; no decisions.
+//! look again). I/O only; no decisions. What is read is kept without its managedFields and
+//! kubectl's copy (see [`slim_meta`]): a pass holds it across its waits on GCP.
 
 use std::collections::BTreeSet;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
-use kube::ResourceExt;
 use kube::api::Api;
+use kube::{Resource, ResourceExt};
 
 use super::{key_secret_name, link_name};
 use crate::api::Gateway;
 use crate::controller::error::{KubeCall, ObserveError};
+use crate::controller::slim_meta;
 use crate::forwards::Observed;
 use crate::keys::WipedSecret;
+
+/// `obj` without what no pass reads.
+fn slim<K: Resource>(mut obj: K) -> K {
+    slim_meta(obj.meta_mut());
+    obj
+}
 
 /// What the spec names: the forwards' Namespaces and Services, and the key Secret.
 #[derive(Clone, Debug, Default)]
@@ -53,7 +61,7 @@ pub async fn inputs(
             .await
             .map_err(KubeCall::new("read Namespace"))?
         {
-            seen.namespaces.insert(n, obj);
+            seen.namespaces.insert(n, slim(obj));
         }
     }
     for (ns, name) in services {
@@ -63,14 +71,14 @@ pub async fn inputs(
             .await
             .map_err(KubeCall::new("read Service"))?
         {
-            seen.services.insert((ns, name), obj);
+            seen.services.insert((ns, name), slim(obj));
         }
     }
     let key_secret = Api::<Secret>::namespaced(client.clone(), &gw_ns)
         .get_opt(&key_secret_name(&gw.name_any()))
         .await
         .map_err(KubeCall::new("read key Secret"))?
-        .map(WipedSecret);
+        .map(|s| WipedSecret(slim(s)));
     let rank = if count_gateways {
         let all = Api::<Gateway>::namespaced(client.clone(), &gw_ns)
             .list_metadata(&kube::api::ListParams::default())
@@ -133,7 +141,8 @@ pub async fn link(client: &kube::Client, gw: &Gateway) -> Result<LinkObserved, O
         let deployment = Api::<Deployment>::namespaced(client.clone(), &ns)
             .get_opt(&link)
             .await
-            .map_err(KubeCall::new("read link Deployment"))?;
+            .map_err(KubeCall::new("read link Deployment"))?
+            .map(slim);
         return Ok(LinkObserved {
             deployment,
             ..LinkObserved::default()
@@ -142,10 +151,110 @@ pub async fn link(client: &kube::Client, gw: &Gateway) -> Result<LinkObserved, O
     let holder_pod = Api::<Pod>::namespaced(client.clone(), &ns)
         .get_opt(&holder)
         .await
-        .map_err(KubeCall::new("read link pod"))?;
+        .map_err(KubeCall::new("read link pod"))?
+        .map(slim);
     Ok(LinkObserved {
         holder: Some(holder),
         holder_pod,
         deployment: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use kube::ResourceExt as _;
+    use serde_json::json;
+
+    use super::{inputs, link};
+    use crate::controller::LAST_APPLIED;
+    use crate::controller::testing::gateway;
+
+    /// Metadata as the API server returns it for an object applied with `kubectl apply`.
+    fn meta(name: &str) -> serde_json::Value {
+        json!({
+            "name": name,
+            "managedFields": [{"manager": "kubectl", "operation": "Apply",
+                               "fieldsV1": {"f:metadata": {"f:labels": {}}}}],
+            "annotations": {LAST_APPLIED: "{\"kind\":\"copy\"}", "kept": "yes"}
+        })
+    }
+
+    /// A stand-in API server holding the objects a pass reads for Gateway `apps/edge`
+    /// (forwarding to `other/web`); with `held`, the link's Lease names a pod.
+    fn api_server(held: bool) -> kube::Client {
+        let svc = tower::service_fn(move |req: hyper::Request<kube::client::Body>| {
+            let body = match req.uri().path() {
+                "/api/v1/namespaces/other" => {
+                    Some(json!({"kind": "Namespace", "metadata": meta("other")}))
+                }
+                "/api/v1/namespaces/other/services/web" => {
+                    Some(json!({"kind": "Service", "metadata": meta("web"),
+                    "spec": {"ports": [{"port": 80}]}}))
+                }
+                "/api/v1/namespaces/apps/secrets/edge-keys" => {
+                    Some(json!({"kind": "Secret", "metadata": meta("edge-keys")}))
+                }
+                "/apis/coordination.k8s.io/v1/namespaces/apps/leases/edge-link" if held => {
+                    Some(json!({"kind": "Lease", "metadata": meta("edge-link"),
+                    "spec": {"holderIdentity": "edge-link-0"}}))
+                }
+                "/api/v1/namespaces/apps/pods/edge-link-0" => {
+                    Some(json!({"kind": "Pod", "metadata": meta("edge-link-0")}))
+                }
+                "/apis/apps/v1/namespaces/apps/deployments/edge-link" => {
+                    Some(json!({"kind": "Deployment", "metadata": meta("edge-link")}))
+                }
+                _ => None,
+            };
+            let resp = match body {
+                Some(b) => hyper::Response::new(Full::new(Bytes::from(b.to_string()))),
+                None => {
+                    let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                        "reason": "NotFound", "code": 404, "message": "not found"});
+                    let mut r = hyper::Response::new(Full::new(Bytes::from(status.to_string())));
+                    *r.status_mut() = hyper::StatusCode::NOT_FOUND;
+                    r
+                }
+            };
+            async move { Ok::<_, std::convert::Infallible>(resp) }
+        });
+        kube::Client::new(svc, "default")
+    }
+
+    /// What a pass holds of every object it read: no managedFields and no kubectl copy,
+    /// every other annotation kept.
+    fn slim<K: kube::Resource>(obj: &K) -> bool {
+        obj.managed_fields().is_empty()
+            && obj.annotations().get(LAST_APPLIED).is_none()
+            && obj.annotations().get("kept").map(String::as_str) == Some("yes")
+    }
+
+    #[tokio::test]
+    async fn a_pass_holds_what_it_read_without_managed_fields_or_kubectls_copy() {
+        let mut gw = gateway();
+        gw.spec.forwards[0].namespace = Some("other".into());
+
+        let read = inputs(&api_server(true), &gw, false).await.expect("inputs");
+        let ns = read
+            .forwards
+            .namespaces
+            .get("other")
+            .expect("the Namespace");
+        let svc = read
+            .forwards
+            .services
+            .get(&("other".to_owned(), "web".to_owned()))
+            .expect("the Service");
+        let secret = read.key_secret.as_deref().expect("the key Secret");
+        assert!(slim(ns) && slim(svc) && slim(secret));
+
+        let held = link(&api_server(true), &gw).await.expect("the link");
+        assert_eq!(held.holder.as_deref(), Some("edge-link-0"));
+        assert!(slim(held.holder_pod.as_ref().expect("the holder's pod")));
+
+        let unheld = link(&api_server(false), &gw).await.expect("the link");
+        assert!(slim(unheld.deployment.as_ref().expect("the Deployment")));
+    }
 }
