@@ -7,6 +7,7 @@
 //! health and metrics; [`cli`] reads flags and environment.
 
 pub mod api;
+pub mod apiclient;
 pub mod applied;
 pub mod children;
 pub mod cli;

@@ -98,7 +98,7 @@ async fn check_crds(client: &Client) -> Result<(), StartError> {
 #[derive(Debug, thiserror::Error)]
 enum StartError {
     #[error("cannot reach the Kubernetes API (in-cluster config or KUBECONFIG): {0}")]
-    Kube(kube::Error),
+    Kube(wgnet_operator::apiclient::ClientError),
     #[error(
         "the API server does not serve wgnet.dev/v1alpha1 {0}: the CRD {0}.wgnet.dev is not installed; install the CRDs with `kubectl apply --server-side -f charts/wireguard-gateway-operator/crds/` (helm install does it from the chart's crds/)"
     )]
@@ -121,7 +121,9 @@ enum StartError {
 }
 
 async fn run(o: cli::Options) -> Result<(), StartError> {
-    let client = Client::try_default().await.map_err(StartError::Kube)?;
+    let client = wgnet_operator::apiclient::client()
+        .await
+        .map_err(StartError::Kube)?;
     check_crds(&client).await?;
     let cluster_id = match &o.cluster_id {
         Some(id) => id.clone(),
