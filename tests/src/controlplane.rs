@@ -612,18 +612,27 @@ impl ControlPlane {
         self.dir.0.join("admin.kubeconfig")
     }
 
+    /// The client configuration of `kubeconfig` (YAML text).
+    pub async fn config_for(kubeconfig: &str) -> Result<Config> {
+        let kc = Kubeconfig::from_yaml(kubeconfig).map_err(Error::Kubeconfig)?;
+        Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            .await
+            .map_err(Error::Kubeconfig)
+    }
+
     /// A client authenticating with `kubeconfig` (YAML text).
     pub async fn client_for(kubeconfig: &str) -> Result<Client> {
-        let kc = Kubeconfig::from_yaml(kubeconfig).map_err(Error::Kubeconfig)?;
-        let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-            .await
-            .map_err(Error::Kubeconfig)?;
-        Client::try_from(config).map_err(Error::Client)
+        Client::try_from(Self::config_for(kubeconfig).await?).map_err(Error::Client)
+    }
+
+    /// The admin's client configuration (system:masters).
+    pub async fn admin_config(&self) -> Result<Config> {
+        Self::config_for(&self.kubeconfig_for_token(&self.url, self.token("wgnet-admin"))).await
     }
 
     /// A client with the admin's rights.
     pub async fn admin_client(&self) -> Result<Client> {
-        Self::client_for(&self.kubeconfig_for_token(&self.url, self.token("wgnet-admin"))).await
+        Client::try_from(self.admin_config().await?).map_err(Error::Client)
     }
 
     /// A token for ServiceAccount `namespace/name` from the TokenRequest API, bound to the

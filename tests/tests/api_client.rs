@@ -6,7 +6,6 @@ use std::collections::HashSet;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{Api, ListParams, WatchParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use wgnet_tests::controlplane::{self, ControlPlane};
 
 /// Watches held open at once: each is a request in flight for as long as it is held.
@@ -65,13 +64,10 @@ async fn requests_in_flight_share_one_http2_connection() {
         .next()
         .and_then(|p| p.trim_end_matches('/').parse().ok())
         .expect("the API server's URL names a port");
-    let kubeconfig = Kubeconfig::from_yaml(
-        &server.kubeconfig_for_token(server.url(), server.token("wgnet-admin")),
-    )
-    .expect("kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+    let config = server
+        .admin_config()
         .await
-        .expect("config");
+        .expect("the admin's configuration");
 
     let client = wgnet_operator::apiclient::build(config.clone()).expect("the operator's client");
     // Plain requests and their errors work as through kube's own client.
