@@ -15,8 +15,8 @@ use wgnet_operator::controller::{self, Context, Settings};
 use wgnet_operator::http::{self, Health};
 use wgnet_operator::metrics::Metrics;
 
-/// jemalloc, with a background thread that returns pages freed for a second to the
-/// system (`.cargo/config.toml` sets the decay). Under glibc's malloc the operator kept
+/// jemalloc, with one arena and a background thread that returns freed pages to the
+/// system at once (`.cargo/config.toml` sets both). Under glibc's malloc the operator kept
 /// what its busiest moment had used: at 5,000 Gateways, about half its RSS was memory
 /// freed long before, held in the worker threads' arenas.
 #[cfg(feature = "jemalloc")]
