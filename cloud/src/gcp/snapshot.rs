@@ -501,12 +501,12 @@ mod tests {
     fn shelved_resources_come_back_unchanged() {
         fn round_trip<T>(v: T)
         where
-            T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+            T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + Clone + std::fmt::Debug,
         {
             let mut shelf = Shelf::new();
-            shelf.put("wg-a".to_owned(), v);
-            let v = shelf.values().next().expect("one value");
-            assert_eq!(shelf.get(&"wg-a".to_owned()), Some(v));
+            shelf.put("wg-a".to_owned(), v.clone());
+            assert_eq!(shelf.get(&"wg-a".to_owned()).as_ref(), Some(&v));
+            assert_eq!(shelf.values().collect::<Vec<_>>(), [v]);
             assert_eq!(shelf.get(&"wg-b".to_owned()), None);
         }
         round_trip::<Firewall>(json(serde_json::json!({
